@@ -1,0 +1,161 @@
+"""Typed settings: config/default.yaml, overridden by environment variables and CLI flags.
+
+Precedence (last wins): the YAML file (``--config`` or ``PATROL_CONFIG``), environment
+variables ``PATROL__SECTION__KEY=value`` (``PATROL_STORE`` for the store location),
+then CLI overrides (``--store``, ``--set section.key=value``). Relative paths of files
+the project ships (model, rules) resolve against the config file's folder; the store
+location resolves against the working directory.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = ROOT / "config" / "default.yaml"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StoreSettings(Section):
+    url: str = Field("data/patrol.gpkg", description="embedded store file, or postgresql://… URL")
+    crs: str = Field("EPSG:4547", description="projected store CRS in metres")
+
+
+class DistrictSettings(Section):
+    name: str = Field("示范区", description="district name shown on reports")
+    case_prefix: str = Field("LW", description="case number prefix: LW2026-000123")
+
+
+class ProcessingSettings(Section):
+    gsd_m: float = Field(0.10, gt=0, le=2, description="ground sample distance the detector sees")
+    tile_px: int = Field(640, ge=64, le=4096, description="tile edge in pixels at the processing GSD")
+    overlap_px: int = Field(96, ge=0, description="overlap between neighbouring tiles in pixels")
+    batch_size: int = Field(8, ge=1, le=256, description="tiles per inference batch")
+    stretch_percentiles: tuple[float, float] = Field(
+        (2.0, 98.0), description="percentile stretch of uint16 imagery to uint8")
+
+    @field_validator("overlap_px")
+    @classmethod
+    def _overlap_below_tile(cls, v: int, info) -> int:
+        tile = info.data.get("tile_px", 640)
+        if v >= tile // 2:
+            raise ValueError(f"must be less than half of tile_px ({tile})")
+        return v
+
+
+class DetectorSettings(Section):
+    model: Path = Field(Path("../models/lianwei-yolo11n.onnx"), description="weights (.pt or .onnx)")
+    confidence: float = Field(0.25, ge=0, le=1, description="minimum detection confidence")
+    nms_iou: float = Field(0.5, gt=0, le=1, description="IoU of the model's own non-max suppression")
+    merge_iou: float = Field(0.3, gt=0, le=1, description="overlap (IoU or containment) that merges seam duplicates")
+    classes: list[str] = Field(
+        ["building", "steel_shed", "under_construction", "greenhouse"],
+        description="class names in the model's index order")
+
+
+class TrackingSettings(Section):
+    match_iou: float = Field(0.2, ge=0, le=1, description="IoU that ties a finding to an open case")
+    centroid_m: float = Field(5.0, ge=0, description="centroid distance that ties a finding to a case")
+    regrowth_ratio: float = Field(0.3, ge=0, description="growth that re-raises a dismissed case")
+
+
+class ReportSettings(Section):
+    language: Literal["zh", "en"] = Field("zh", description="labels on maps and lists")
+    basemap: Literal["none", "osm", "esri", "tianditu", "amap"] = Field("none", description="web basemap")
+    tianditu_token: str = Field("", description="天地图 token (tk) for the tianditu basemap")
+    ortho_gsd_m: float = Field(0.25, gt=0, description="GSD of the orthophoto layer drawn on the map")
+
+
+class Settings(Section):
+    store: StoreSettings = StoreSettings()
+    district: DistrictSettings = DistrictSettings()
+    processing: ProcessingSettings = ProcessingSettings()
+    detector: DetectorSettings = DetectorSettings()
+    tracking: TrackingSettings = TrackingSettings()
+    report: ReportSettings = ReportSettings()
+    rules_file: Path = Field(Path("rules.yaml"), description="violation rules and lifecycle table")
+
+    source: Path | None = Field(None, exclude=True, description="the config file these came from")
+
+    def resolve(self, p: Path) -> Path:
+        """A path from the config file, made absolute against the file's folder."""
+        p = Path(p).expanduser()
+        if p.is_absolute() or self.source is None:
+            return p
+        return (self.source.parent / p).resolve()
+
+    @property
+    def model_path(self) -> Path:
+        return self.resolve(self.detector.model)
+
+    @property
+    def rules_path(self) -> Path:
+        return self.resolve(self.rules_file)
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    keys = [k for k in dotted.lower().split(".") if k]
+    if not keys:
+        raise ConfigError(f"override '{dotted}' names no setting; use section.key=value")
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{dotted}': '{k}' is not a section")
+    node[keys[-1]] = yaml.safe_load(value) if isinstance(value, str) else value
+
+
+def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                  environ: dict[str, str] | None = None) -> Settings:
+    """Read the YAML file, apply ``PATROL__A__B`` env vars and dotted overrides, validate."""
+    env = os.environ if environ is None else environ
+    path = Path(path or env.get("PATROL_CONFIG") or DEFAULT_CONFIG).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; pass --config with an existing YAML file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path}{where} is not valid YAML; fix its syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    for key, value in sorted(env.items()):
+        if key.startswith("PATROL__"):
+            _set_dotted(data, key[len("PATROL__"):].replace("__", "."), value)
+    if env.get("PATROL_STORE"):
+        _set_dotted(data, "store.url", env["PATROL_STORE"])
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    try:
+        settings = Settings(**data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise ConfigError(f"config {path}: setting '{loc}' {err['msg'].lower()}; "
+                          f"fix it in the file or the override") from None
+    settings.source = path
+    return settings
+
+
+def setting_names(model: type[BaseModel] = Settings, prefix: str = "") -> list[str]:
+    """Every dotted setting name the loader accepts (for the configuration reference)."""
+    names = []
+    for name, field in model.model_fields.items():
+        if field.exclude:
+            continue
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            names += setting_names(ann, f"{prefix}{name}.")
+        else:
+            names.append(prefix + name)
+    return names

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Make sure the system packages the tests need are present: PostgreSQL 15 with
+# PostGIS 3 (tests start their own server on a free port) and Debian's chromium
+# (map and web pages are tested in a real headless browser). Installs them with
+# apt when missing and running as root; otherwise says what is missing.
+set -euo pipefail
+need=()
+[ -f /usr/share/postgresql/15/extension/postgis.control ] && [ -x /usr/lib/postgresql/15/bin/postgres ] \
+  || need+=(postgresql-15-postgis-3 postgresql-15)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+  echo "missing system packages: ${need[*]} (install them with apt as root; the tests that need them are skipped)" >&2
+  exit 0
+fi
+echo "installing ${need[*]} with apt ..."
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
