@@ -85,6 +85,513 @@ def demo(ctx, out_dir, seed, size_m, epochs):
     run_demo(ctx, Path(out_dir), seed=seed, size_m=size_m, epochs=epochs, echo=click.echo)
 
 
+# ---------------------------------------------------------------- store, registry import, flights
+def open_ctx_store(ctx: Context, migrate: bool = True):
+    """The store named by the settings (``--store`` / PATROL_STORE / store.url); with
+    ``migrate=False`` an embedded store must exist already."""
+    from pipeline.store import open_store
+    s = ctx.settings
+    if not migrate and "://" not in s.store.url and not Path(s.store.url).expanduser().exists():
+        from pipeline.errors import StoreError
+        raise StoreError(f"store {s.store.url} does not exist; create it with `patrol db init` "
+                         f"or point --store at an existing one")
+    return open_store(s.store.url, s.store.crs, case_prefix=s.district.case_prefix, migrate=migrate)
+
+
+@cli.group("import")
+def import_group():
+    """Load the parcel registry or restricted zones into the store."""
+
+
+@import_group.command("parcels")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--layer", help="Layer to read (default: 'parcels', or the only layer).")
+@click.option("--replace", is_flag=True, help="Remove every stored parcel first (else upsert by parcel_id).")
+@pass_ctx
+def import_parcels_cmd(ctx, file, layer, replace):
+    """Import parcels (宅基地 registry) from a GeoPackage, Shapefile or GeoJSON in any CRS."""
+    from pipeline.registry import read_parcels
+    gdf = read_parcels(Path(file), layer, store_crs=ctx.settings.store.crs)
+    with open_ctx_store(ctx) as store:
+        n = store.import_parcels(gdf, replace=replace)
+        total = store.status()["counts"]["parcel"]
+    click.echo(f"imported {n} parcels from {file} into {ctx.settings.store.url} ({total} stored)")
+
+
+@import_group.command("zones")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--layer", help="Layer to read (default: 'zones', or the only layer).")
+@click.option("--replace", is_flag=True, help="Remove every stored zone first (else upsert by zone_id).")
+@pass_ctx
+def import_zones_cmd(ctx, file, layer, replace):
+    """Import restricted zones (basic farmland, farmland, red line) from a vector file."""
+    from pipeline.registry import read_zones
+    gdf = read_zones(Path(file), layer, store_crs=ctx.settings.store.crs)
+    with open_ctx_store(ctx) as store:
+        n = store.import_zones(gdf, replace=replace)
+        total = store.status()["counts"]["zone"]
+    click.echo(f"imported {n} zones from {file} into {ctx.settings.store.url} ({total} stored)")
+
+
+@cli.group("db")
+def db_group():
+    """Create, upgrade and inspect the store."""
+
+
+@db_group.command("init")
+@pass_ctx
+def db_init(ctx):
+    """Create the store (a GeoPackage file by default) with the newest schema."""
+    with open_ctx_store(ctx) as store:
+        st = store.status()
+    click.echo(f"store {st['url']} ready: schema version {st['version']}, CRS {st['crs']}")
+
+
+@db_group.command("migrate")
+@pass_ctx
+def db_migrate(ctx):
+    """Upgrade the store's schema to the newest version (safe to repeat)."""
+    with open_ctx_store(ctx, migrate=False) as store:
+        before = store.status()["version"]
+        after = store.migrate()
+    click.echo(f"store {store.url}: schema version {before} -> {after}" if after != before
+               else f"store {store.url}: schema version {after}, up to date")
+
+
+@db_group.command("status")
+@pass_ctx
+def db_status(ctx):
+    """Schema version and row counts of every table."""
+    with open_ctx_store(ctx, migrate=False) as store:
+        st = store.status()
+    click.echo(f"store    {st['url']} ({st['backend']})")
+    click.echo(f"crs      {st['crs']}")
+    click.echo(f"schema   version {st['version']} (newest {st['latest_version']})")
+    for table, n in st["counts"].items():
+        click.echo(f"  {table:<12}{n:>8}")
+
+
+@cli.group("flights")
+def flights_group():
+    """Registered flights and their processing status."""
+
+
+@flights_group.command("list")
+@click.option("--status", type=click.Choice(["uploaded", "processing", "done", "failed"]),
+              help="Only flights in this status.")
+@pass_ctx
+def flights_list(ctx, status):
+    """One line per flight: id, capture time, status, GSD, team, path."""
+    with open_ctx_store(ctx) as store:
+        flights = store.list_flights(status)
+    if not len(flights):
+        click.echo("no flights")
+        return
+    for _, f in flights.iterrows():
+        when = "" if f["captured_at"] is None or str(f["captured_at"]) == "NaT" else f["captured_at"]
+        gsd = "" if f["gsd_m"] != f["gsd_m"] else f"{f['gsd_m']:.3f} m"
+        team = "" if f["team"] != f["team"] or f["team"] is None else f["team"]
+        click.echo(f"{f['flight_id']}  {str(when):<19}  {f['status']:<10}  {gsd:<8}  {team}  {f['path']}")
+
+
+@flights_group.command("show")
+@click.argument("flight_id")
+@pass_ctx
+def flights_show(ctx, flight_id):
+    """Every field of one flight and its detection count."""
+    from pipeline.errors import InputError
+    with open_ctx_store(ctx) as store:
+        f = store.get_flight(flight_id)
+        if f is None:
+            raise InputError(f"flight {flight_id} is not in {store.url}; see `patrol flights list`")
+        n = len(store.detections(flight_id))
+    for key, value in f.items():
+        if key == "footprint":
+            value = "" if value is None else f"{value.geom_type}, {value.area:,.0f} m²"
+        click.echo(f"{key:<14}{'' if value is None else value}")
+    click.echo(f"{'detections':<14}{n}")
+
+
+# ---------------------------------------------------------------- cases
+def _ctx_rules(ctx: Context):
+    from pipeline.match import load_rules
+    return load_rules(ctx.settings.rules_path)
+
+
+def _width(text: str) -> int:
+    import unicodedata
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * max(0, width - _width(text))
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "" if v != v else f"{v:,.1f}"
+    if isinstance(v, (list, tuple)):
+        return ",".join(str(x) for x in v)
+    s = str(v)
+    return "" if s == "NaT" else s.removesuffix(" 00:00:00")
+
+
+@cli.group("cases")
+def cases_group():
+    """The case ledger (台账): list, show, move through the lifecycle, assign."""
+
+
+@cases_group.command("list")
+@click.option("--status", multiple=True, help="Only cases in this status (repeatable).")
+@click.option("--category", multiple=True,
+              help="Only this category: illegal_construction, illegal_land_use, over_approval (repeatable).")
+@click.option("--town", help="Only cases in this town.")
+@click.option("--village", help="Only cases in this village.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a GeoJSON FeatureCollection (EPSG:4326), every case field a property.")
+@pass_ctx
+def cases_list(ctx, status, category, town, village, as_json):
+    """One line per case (or GeoJSON with --json)."""
+    import json
+    from pipeline.track import cases_geojson
+    rules = _ctx_rules(ctx)
+    for s in status:
+        if s not in rules.lifecycle.states:
+            raise click.BadParameter(f"'{s}' is not a status; one of {', '.join(rules.lifecycle.states)}",
+                                     param_hint="--status")
+    with open_ctx_store(ctx) as store:
+        cases = store.cases(status=list(status) or None, category=list(category) or None,
+                            town=town, village=village)
+    if as_json:
+        click.echo(json.dumps(cases_geojson(cases), ensure_ascii=False, default=str))
+        return
+    if not len(cases):
+        click.echo("no cases")
+        return
+    head = ["case_no", "status", "category", "stock", "class", "area m²", "town", "village",
+            "flags", "last seen", "assignee"]
+    rows = [[_cell(c["case_no"]), f"{c['status']} {rules.lifecycle.label(c['status'])}",
+             _cell(c["category"]), _cell(c["stock"]), _cell(c["detector_class"]), _cell(c["area_m2"]),
+             _cell(c["town"]), _cell(c["village"]), _cell(c["flags"]), _cell(c["last_seen_at"]),
+             _cell(c["assignee"])] for _, c in cases.iterrows()]
+    widths = [max(_width(r[i]) for r in [head] + rows) for i in range(len(head))]
+    for r in [head] + rows:
+        click.echo("  ".join(_pad(x, w) for x, w in zip(r, widths)).rstrip())
+    click.echo(f"{len(rows)} cases")
+
+
+@cases_group.command("show")
+@click.argument("case_no")
+@pass_ctx
+def cases_show(ctx, case_no):
+    """Every fact of one case and its event history."""
+    from pipeline.track import get_case
+    rules = _ctx_rules(ctx)
+    with open_ctx_store(ctx) as store:
+        c = get_case(store, case_no).iloc[0]
+        events = store.events(case_no)
+    for key, value in c.items():
+        if key == "geometry":
+            value = "" if value is None else (f"{value.geom_type}, centroid "
+                                              f"{value.centroid.x:.1f} {value.centroid.y:.1f}")
+        elif key == "status":
+            value = f"{value} {rules.lifecycle.label(value)}"
+        elif isinstance(value, dict):
+            import json
+            value = json.dumps(value, ensure_ascii=False, default=str)
+        click.echo(f"{key:<20}{_cell(value)}")
+    click.echo(f"history ({len(events)} events):")
+    for _, e in events.iterrows():
+        frm = _cell(e["from_status"]) or "-"
+        click.echo(f"  {_cell(e['at'])}  {_pad(_cell(e['actor']), 10)}  {frm} -> {_cell(e['to_status'])}  "
+                   f"{_cell(e['note'])}")
+
+
+@cases_group.command("set-status")
+@click.argument("case_no")
+@click.argument("status")
+@click.option("--note", required=True, help="Why (recorded in the case history).")
+@click.option("--actor", default=None, help="Who (default: $USER).")
+@click.option("--order-no", help="Order number (with status ordered).")
+@click.option("--deadline", help="Deadline YYYY-MM-DD (default: order_deadline_days after today).")
+@click.option("--demolished-area", type=float, help="Demolished area m² (default: the case area).")
+@pass_ctx
+def cases_set_status(ctx, case_no, status, note, actor, order_no, deadline, demolished_area):
+    """Move a case to STATUS if the lifecycle table allows it."""
+    import getpass
+    from pipeline.errors import InputError
+    from pipeline.track import change_status
+    rules = _ctx_rules(ctx)
+    if deadline is not None:
+        from datetime import date
+        try:
+            date.fromisoformat(deadline)
+        except ValueError:
+            raise InputError(f"--deadline '{deadline}' is not a date; use YYYY-MM-DD") from None
+    with open_ctx_store(ctx) as store:
+        ev = change_status(store, case_no, status, actor or getpass.getuser(), note, rules.lifecycle,
+                           order_no=order_no, deadline=deadline, demolished_area_m2=demolished_area)
+    click.echo(f"{case_no}: {ev['from_status']} -> {ev['to_status']} "
+               f"{rules.lifecycle.label(ev['to_status'])}")
+
+
+@cases_group.command("assign")
+@click.argument("case_no")
+@click.argument("officer")
+@click.option("--actor", default=None, help="Who assigns (default: $USER).")
+@pass_ctx
+def cases_assign(ctx, case_no, officer, actor):
+    """Make OFFICER responsible for the case."""
+    import getpass
+    from pipeline.track import assign_case
+    with open_ctx_store(ctx) as store:
+        assign_case(store, case_no, officer, actor or getpass.getuser())
+    click.echo(f"{case_no}: assigned to {officer}")
+
+
+# ---------------------------------------------------------------- detection
+@cli.command()
+@click.argument("ortho", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Detections file: .gpkg (layer 'detections') or .parquet (GeoParquet).")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False),
+              help="Weights (.pt or .onnx); default: detector.model in the settings.")
+@pass_ctx
+def detect(ctx, ortho, out, model_path):
+    """Detect structures on one orthophoto (any CRS) and write them in the store CRS."""
+    from pipeline.detect import Detector, detect_ortho, write_detections
+    from pipeline.tiling import open_raster
+    settings = ctx.settings
+    open_raster(ortho).close()  # a bad ortho fails before the model loads
+    detector = Detector.from_settings(settings, model_path)
+    gdf = detect_ortho(Path(ortho), settings, detector=detector)
+    write_detections(gdf, Path(out))
+    counts = gdf["class_name"].value_counts().to_dict()
+    summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+    click.echo(f"{len(gdf)} detections ({summary}) written to {out}")
+
+
+# ---------------------------------------------------------------- training data, training, evaluation
+def _split_pair(text: str) -> tuple[str, str]:
+    ortho, sep, labels = text.rpartition(":")
+    if not sep or not ortho or not labels:
+        raise click.BadParameter(f"'{text}' is not ORTHO:LABELS", param_hint="--real")
+    return ortho, labels
+
+
+@cli.group("dataset")
+def dataset_group():
+    """Build YOLO training data: synthetic scenes and labelled real flights."""
+
+
+@dataset_group.command("build")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Dataset folder.")
+@click.option("--scenes", default=100, show_default=True, help="Synthetic training scenes.")
+@click.option("--val-scenes", default=20, show_default=True, help="Synthetic validation scenes (other seeds).")
+@click.option("--seed", default=1, show_default=True, help="First scene seed (train seed…, then val).")
+@click.option("--size-m", default=96.0, show_default=True, help="Edge of each scene in metres.")
+@click.option("--chip-px", default=320, show_default=True, help="Chip edge in pixels.")
+@click.option("--real", multiple=True, metavar="ORTHO:LABELS", help="A labelled real flight for training; repeatable.")
+@click.option("--real-val", multiple=True, metavar="ORTHO:LABELS", help="A labelled real flight for validation.")
+@click.option("--real-stride", type=int, default=None, help="Step between real training chips (px; default chip edge).")
+@pass_ctx
+def dataset_build(ctx, out_dir, scenes, val_scenes, seed, size_m, chip_px, real, real_val, real_stride):
+    """Render randomised synthetic scenes (split by scene) and import real flights into OUT."""
+    from pipeline.train import build_dataset
+    res = build_dataset(Path(out_dir), scenes=scenes, val_scenes=val_scenes, seed=seed, size_m=size_m,
+                        chip_px=chip_px, real=[_split_pair(r) for r in real],
+                        real_val=[_split_pair(r) for r in real_val], gsd_m=ctx.settings.processing.gsd_m,
+                        real_stride_px=real_stride)
+    for split in ("train", "val"):
+        st = res[split]
+        click.echo(f"{split}: {st.chips} chips, {st.boxes} boxes "
+                   + ", ".join(f"{k} {v}" for k, v in st.per_class.items()))
+    click.echo(f"dataset {Path(out_dir) / 'data.yaml'}")
+
+
+@dataset_group.command("import")
+@click.argument("ortho", type=click.Path(dir_okay=False))
+@click.argument("labels", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Dataset folder.")
+@click.option("--split", type=click.Choice(["train", "val"]), default="train", show_default=True)
+@click.option("--class-column", help="Column with the class (default: class_name/class/condition if present).")
+@click.option("--default-class", default="building", show_default=True, help="Class of unlabelled polygons.")
+@click.option("--layer", help="Layer of the label file.")
+@click.option("--chip-px", default=320, show_default=True, help="Chip edge in pixels.")
+@click.option("--stride", "stride_px", type=int, default=None, help="Step between chips (px; default chip edge).")
+@pass_ctx
+def dataset_import(ctx, ortho, labels, out_dir, split, class_column, default_class, layer, chip_px, stride_px):
+    """Import a labelled flight (ORTHO any CRS + LABELS polygons) as chips at the processing GSD."""
+    from pipeline.train import import_labelled
+    st = import_labelled(ortho, labels, out_dir, gsd_m=ctx.settings.processing.gsd_m, chip_px=chip_px,
+                         split=split, stride_px=stride_px, class_column=class_column,
+                         default_class=default_class, layer=layer)
+    click.echo(f"{split}: {st.chips} chips, {st.boxes} boxes from {st.footprints} footprints → {out_dir}")
+
+
+@cli.command("train")
+@click.option("--data", type=click.Path(), help="Dataset folder or data.yaml (default: from the training config).")
+@click.option("--epochs", type=int, help="Epochs (default: from the training config).")
+@click.option("--resume", is_flag=True, help="Resume the interrupted run from its last.pt.")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Start from these weights (fine-tuning).")
+@click.option("--name", help="Run name under the project folder.")
+@click.option("--hours", type=float, help="Time budget: fit the epochs and LR schedule into this many hours.")
+@click.option("--train-config", type=click.Path(dir_okay=False), help="Training settings (default: config/train.yaml).")
+@click.option("--ship", "ship_to", type=click.Path(dir_okay=False),
+              help="After training, copy best.pt here (optimizer stripped) and export .onnx beside it.")
+@click.option("--ship-only", is_flag=True, help="Skip training; ship the run's best.pt.")
+@pass_ctx
+def train_cmd(ctx, data, epochs, resume, weights, name, hours, train_config, ship_to, ship_only):
+    """Train the detector with ultralytics on a dataset from `patrol dataset`."""
+    from pipeline.train import load_train_config, ship_model, train
+    if ship_only:
+        cfg = load_train_config(train_config, {"name": name})
+        run_dir = Path(cfg["project"]) / cfg["name"]
+    else:
+        run_dir = train(train_config, data=data, epochs=epochs, resume=resume, weights=weights, name=name,
+                        hours=hours)
+    click.echo(f"run {run_dir}")
+    if ship_to:
+        pt, onnx = ship_model(run_dir / "weights" / "best.pt", Path(ship_to), imgsz=ctx.settings.processing.tile_px)
+        click.echo(f"shipped {pt} and {onnx}")
+
+
+@cli.command("evaluate")
+@click.option("--ortho", type=click.Path(dir_okay=False), help="Ortho to detect on (any CRS, RGB or RGBA).")
+@click.option("--truth", type=click.Path(dir_okay=False), help="Footprints to score against (any vector file).")
+@click.option("--truth-layer", help="Layer of the truth file (a district.gpkg: truth).")
+@click.option("--epoch", type=int, help="Only truth rows of this epoch (district truth layer).")
+@click.option("--classes", help="Comma-separated classes to score (default: all).")
+@click.option("--iou", default=0.5, show_default=True, help="IoU for a match.")
+@click.option("--envelopes", is_flag=True,
+              help="Compare against each footprint's axis-aligned envelope (for axis-aligned box models).")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Weights (default: detector.model).")
+@click.option("--scenes", type=int, help="Instead: this many held-out generated scenes (ultralytics mAP).")
+@click.option("--seed", default=1_000_000, show_default=True, help="First seed of the held-out scenes.")
+@click.option("--exclude-data", type=click.Path(file_okay=False), help="Refuse seeds used by this dataset.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the figures as JSON.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a Markdown report.")
+@pass_ctx
+def evaluate_cmd(ctx, ortho, truth, truth_layer, epoch, classes, iou, envelopes, model_path, scenes, seed,
+                 exclude_data, json_path, report_path):
+    """Precision/recall/F1 at IoU 0.5 on an ortho with truth, or mAP on held-out generated scenes."""
+    from pipeline import evaluate as ev
+    from pipeline.errors import InputError
+    names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    if names:
+        unknown = [c for c in names if c not in ctx.settings.detector.classes]
+        if unknown:
+            raise InputError(f"class {unknown[0]} is not one of {', '.join(ctx.settings.detector.classes)}")
+    if scenes:
+        m = ev.evaluate_scenes(Path(model_path) if model_path else ctx.settings.model_path.with_suffix(".pt"),
+                               scenes=scenes, seed=seed, exclude_data=exclude_data)
+        click.echo(f"mAP50 {m['mAP50']:.3f}  mAP50-95 {m['mAP50-95']:.3f}  "
+                   f"({m['chips']} chips, {m['objects']} objects, seeds {seed}…{seed + scenes - 1})")
+        for c, v in m["per_class_yolo"].items():
+            click.echo(f"  {c:<20} P {v['precision']:.3f}  R {v['recall']:.3f}  mAP50 {v['mAP50']:.3f}")
+    else:
+        if not ortho or not truth:
+            raise InputError("evaluate needs --ortho and --truth (or --scenes N); pass them")
+        m = ev.evaluate_ortho(ortho, truth, ctx.settings, classes=names, model=model_path, iou=iou,
+                              truth_layer=truth_layer, epoch=epoch, envelope=envelopes)
+        click.echo(f"precision {m['precision']:.3f}  recall {m['recall']:.3f}  F1 {m['f1']:.3f}  "
+                   f"(tp {m['tp']}, fp {m['fp']}, fn {m['fn']}; IoU ≥ {iou})")
+        for c, v in m.get("per_class", {}).items():
+            click.echo(f"  {c:<20} P {v['precision']:.3f}  R {v['recall']:.3f}  F1 {v['f1']:.3f}  "
+                       f"(tp {v['tp']}, fp {v['fp']}, fn {v['fn']})")
+    if json_path:
+        out = m if scenes else {k: m[k] for k in ("precision", "recall", "f1", "tp", "fp", "fn")} | m
+        ev.write_json(out, json_path)
+        click.echo(f"json {json_path}")
+    if report_path:
+        ev.write_report(m, report_path)
+        click.echo(f"report {report_path}")
+
+
+# ---------------------------------------------------------------- reports (issue 5)
+def _report_filters(f):
+    """--status/--category/--town/--village/--from/--to, shared by report and cases export."""
+    for opt in reversed([
+        click.option("--status", multiple=True, help="Only cases in this status (repeatable)."),
+        click.option("--category", multiple=True, help="Only this category (repeatable)."),
+        click.option("--town", help="Only cases in this town."),
+        click.option("--village", help="Only cases in this village."),
+        click.option("--from", "since", help="Only cases first seen on or after this date (YYYY-MM-DD)."),
+        click.option("--to", "until", help="Only cases first seen before this date (YYYY-MM-DD)."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _check_dates(*values):
+    from datetime import date
+    from pipeline.errors import InputError
+    for v in values:
+        if v is not None:
+            try:
+                date.fromisoformat(v)
+            except ValueError:
+                raise InputError(f"'{v}' is not a date; use YYYY-MM-DD") from None
+
+
+@cli.command("report")
+@click.option("--flight", "flight_id", help="Report this flight (default: the whole district).")
+@click.option("--out", "out_dir", default="reports", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the map, lists, evidence and statistics.")
+@_report_filters
+@pass_ctx
+def report_cmd(ctx, flight_id, out_dir, status, category, town, village, since, until):
+    """Offline map, case lists, evidence sheets and statistics for a flight or the district."""
+    from pipeline.report import write_reports
+    _check_dates(since, until)
+    with open_ctx_store(ctx) as store:
+        paths = write_reports(store, ctx.settings, Path(out_dir), flight_id, status=list(status) or None,
+                              category=list(category) or None, town=town, village=village,
+                              since=since, until=until)
+    for name, path in paths.items():
+        click.echo(f"{name:<28}{path}")
+
+
+@cli.command("stats")
+@click.option("--from", "since", help="Cases first seen on or after this date (YYYY-MM-DD).")
+@click.option("--to", "until", help="Cases first seen before this date (YYYY-MM-DD).")
+@click.option("--out", "out_dir", default="reports", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for stats.md, stats.xlsx and stats.png.")
+@pass_ctx
+def stats_cmd(ctx, since, until, out_dir):
+    """Campaign figures reported upward (整改率, 销号率, by town/village and month)."""
+    from pipeline.match import load_rules
+    from pipeline.report.stats import write_stats
+    _check_dates(since, until)
+    with open_ctx_store(ctx) as store:
+        paths = write_stats(store, ctx.settings, load_rules(ctx.settings.rules_path), Path(out_dir), since, until)
+    click.echo(paths["stats_md"].read_text(encoding="utf-8"))
+    for name, path in paths.items():
+        click.echo(f"{name:<12}{path}")
+
+
+@cases_group.command("export")
+@click.option("--format", "fmt", type=click.Choice(["xlsx", "csv", "geojson", "kml", "kmz", "gpkg"]),
+              help="File format (default: from the --out suffix).")
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="File to write.")
+@_report_filters
+@pass_ctx
+def cases_export(ctx, fmt, out_file, status, category, town, village, since, until):
+    """Write the case list as xlsx, csv (UTF-8 BOM), GeoJSON, KML/KMZ or GeoPackage."""
+    from pipeline.report.lists import export_cases
+    _check_dates(since, until)
+    rules = _ctx_rules(ctx)
+    with open_ctx_store(ctx) as store:
+        cases = store.cases(status=list(status) or None, category=list(category) or None, town=town,
+                            village=village, since=since, until=until)
+        evidence = store.evidence()
+        path = export_cases(cases, Path(out_file), fmt, lang=ctx.settings.report.language, rules=rules,
+                            evidence=evidence, crs=store.crs)
+    click.echo(f"{len(cases)} cases written to {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script: one clear line for a PatrolError, never a traceback."""
     args = sys.argv[1:] if argv is None else argv

@@ -73,6 +73,8 @@ class ReportSettings(Section):
     basemap: Literal["none", "osm", "esri", "tianditu", "amap"] = Field("none", description="web basemap")
     tianditu_token: str = Field("", description="天地图 token (tk) for the tianditu basemap")
     ortho_gsd_m: float = Field(0.25, gt=0, description="GSD of the orthophoto layer drawn on the map")
+    cluster_min_cases: int = Field(50, ge=1, description="cluster case markers on the map from this many cases")
+    chip_margin_m: float = Field(8.0, ge=0, description="margin around a case in its evidence chips (m)")
 
 
 class Settings(Section):

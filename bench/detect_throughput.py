@@ -1,0 +1,265 @@
+"""Detection throughput, memory and recall: this pipeline (.pt, .onnx) against SAHI, side by side.
+
+    .venv/bin/python bench/detect_throughput.py --model models/lianwei-yolo11n.pt \
+        --size-m 1000 --small-size-m 500
+
+For each ortho size the script generates a synthetic district ortho (5 cm native GSD, one epoch,
+`pipeline.synth.generate_district`, cached in --work) and runs every variant in its own
+subprocess, so each peak RSS is that variant's alone:
+
+  pt    `detect_ortho` with the .pt weights: streamed tiles resampled to processing.gsd_m, batches
+  onnx  the same with the exported .onnx (the CPU fast path)
+  sahi  SAHI `get_sliced_prediction` with the same .pt weights on the whole image at its native
+        resolution (640 px slices, the same overlap ratio and batch size)
+
+Reported per run: tiles (slices) per second, km² per hour (ortho extent / detection wall time,
+model loading excluded, reading the raster included), peak RSS, and precision / recall / F1 at
+IoU 0.5 against the district's truth layer (classes of --classes), scored like `patrol
+evaluate` (truth clipped to the valid footprint, compared as axis-aligned envelopes). Ratios against SAHI are
+measured in the same run. SAHI is not a project dependency: install it without its
+opencv-python requirement, which would clash with ultralytics' opencv-python-headless
+(`.venv/bin/pip install --no-deps sahi fire`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+VARIANTS = ("pt", "onnx", "sahi")
+
+
+# ---------------------------------------------------------------- one variant (child process)
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def run_pipeline(ortho: Path, weights: Path, overrides: dict) -> dict:
+    import numpy as np
+
+    from pipeline.config import load_settings
+    from pipeline.detect import Detector, detect_ortho
+    from pipeline.tiling import open_raster, plan_windows
+
+    s = load_settings(overrides=overrides)
+    p = s.processing
+    det = Detector.from_settings(s, weights)
+    det.predict([np.zeros((p.tile_px, p.tile_px, 3), np.uint8)] * min(2, p.batch_size))  # load + warm up
+    with open_raster(ortho) as src:
+        tiles = len(plan_windows(src, p.gsd_m, p.tile_px, p.overlap_px))
+    t0 = time.perf_counter()
+    gdf = detect_ortho(ortho, s, detector=det, progress=False)
+    return {"seconds": time.perf_counter() - t0, "tiles": tiles, "detections": gdf}
+
+
+def run_sahi(ortho: Path, weights: Path, overrides: dict) -> dict:
+    import geopandas as gpd
+    import numpy as np
+    import rasterio
+    import shapely
+
+    from pipeline.config import load_settings
+    from pipeline.detect import offline_ultralytics
+    from pipeline.tiling import rgb_bands
+
+    offline_ultralytics()
+    from sahi import AutoDetectionModel
+    from sahi.predict import get_sliced_prediction
+    from sahi.slicing import get_slice_bboxes
+
+    s = load_settings(overrides=overrides)
+    p, d = s.processing, s.detector
+    model = AutoDetectionModel.from_pretrained(model_type="ultralytics", model_path=str(weights),
+                                               confidence_threshold=d.confidence, device="cpu",
+                                               image_size=p.tile_px)
+    model.perform_inference(np.zeros((p.tile_px, p.tile_px, 3), np.uint8))  # load + warm up
+    ratio = p.overlap_px / p.tile_px
+    t0 = time.perf_counter()
+    with rasterio.open(ortho) as src:  # SAHI works on the whole image in memory
+        image = np.ascontiguousarray(np.moveaxis(src.read(rgb_bands(src)), 0, -1))
+        transform, crs = src.transform, src.crs
+    res = get_sliced_prediction(image, model, slice_height=p.tile_px, slice_width=p.tile_px,
+                                overlap_height_ratio=ratio, overlap_width_ratio=ratio,
+                                batch_size=p.batch_size, verbose=0)
+    seconds = time.perf_counter() - t0
+    tiles = len(get_slice_bboxes(image.shape[0], image.shape[1], p.tile_px, p.tile_px, False,
+                                 ratio, ratio))
+    preds = res.object_prediction_list
+    b = np.array([[o.bbox.minx, o.bbox.miny, o.bbox.maxx, o.bbox.maxy] for o in preds]).reshape(-1, 4)
+    x = transform.a * b[:, [0, 2]] + transform.c
+    y = transform.e * b[:, [1, 3]] + transform.f
+    gdf = gpd.GeoDataFrame(
+        {"class_name": [d.classes[o.category.id] for o in preds],
+         "confidence": [float(o.score.value) for o in preds]},
+        geometry=shapely.box(x.min(1), y.min(1), x.max(1), y.max(1)), crs=crs).to_crs(s.store.crs)
+    return {"seconds": seconds, "tiles": tiles, "detections": gdf}
+
+
+def child(args) -> None:
+    """Run one variant on one ortho; write its figures as JSON and its detections as GeoParquet."""
+    overrides = json.loads(args.overrides)
+    fn = run_sahi if args.variant == "sahi" else run_pipeline
+    out = fn(Path(args.ortho), Path(args.weights), overrides)
+    out["detections"].to_parquet(args.result + ".parquet")
+    out.pop("detections")
+    out["peak_rss_mb"] = peak_rss_mb()
+    Path(args.result).write_text(json.dumps(out))
+
+
+# ---------------------------------------------------------------- orchestration (parent)
+def district(work: Path, size_m: float, seed: int, gsd_m: float) -> tuple[Path, Path]:
+    """Ortho (epoch 1) and vectors of a generated district, cached by size/seed/GSD."""
+    from pipeline.synth import generate_district
+
+    out = work / f"district_{int(size_m)}m_seed{seed}_{gsd_m:g}"
+    ortho, vectors = out / "epoch_1.tif", out / "district.gpkg"
+    if not (ortho.is_file() and vectors.is_file()):
+        print(f"generating {size_m:g} m district (seed {seed}, {gsd_m:g} m GSD) in {out} ...", flush=True)
+        t0 = time.perf_counter()
+        r = generate_district(out, seed=seed, size_m=size_m, epochs=1, gsd_m=gsd_m)
+        ortho, vectors = Path(r.orthos[0]), Path(r.vectors)
+        print(f"  generated in {time.perf_counter() - t0:.0f} s", flush=True)
+    return ortho, vectors
+
+
+def extent_km2(ortho: Path) -> float:
+    from pipeline.tiling import ground_pixel_size, open_raster
+    with open_raster(ortho) as src:
+        gx, gy = ground_pixel_size(src)
+        return src.width * gx * src.height * gy / 1e6
+
+
+def score_run(result: str, ortho: Path, vectors: Path, classes: list[str]) -> dict:
+    """Scored like `patrol evaluate`: truth of epoch 1 clipped to the ortho's valid footprint and
+    compared as axis-aligned envelopes (the detector gives boxes), IoU 0.5."""
+    import geopandas as gpd
+
+    from pipeline.evaluate import clip_truth, score
+    from pipeline.ingest import valid_footprint
+    from pipeline.tiling import open_raster
+
+    pred = gpd.read_parquet(result + ".parquet")
+    truth = gpd.read_file(vectors, layer="truth")
+    if "epoch" in truth.columns:
+        truth = truth[truth["epoch"] == 1]
+    truth = truth.to_crs(pred.crs)
+    with open_raster(ortho) as src:
+        foot = valid_footprint(src, pred.crs.to_string())
+    truth = clip_truth(truth, foot, 0.5)
+    truth = truth.set_geometry(truth.geometry.envelope)
+    return score(pred, truth, classes, 0.5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=ROOT / "models" / "lianwei-yolo11n.pt",
+                    help="YOLO .pt weights (the .onnx export is looked for beside it)")
+    ap.add_argument("--onnx", type=Path, help="ONNX weights (default: --model with .onnx)")
+    ap.add_argument("--size-m", type=float, default=1000.0, help="edge of the large ortho in metres")
+    ap.add_argument("--small-size-m", type=float, default=500.0,
+                    help="edge of the small ortho (memory must not grow with size); 0 to skip")
+    ap.add_argument("--gsd", type=float, default=0.05, help="native GSD of the generated orthos (m)")
+    ap.add_argument("--seed", type=int, default=7, help="district seed (not used in training)")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma list of pt,onnx,sahi")
+    ap.add_argument("--classes", default="building,steel_shed", help="classes scored for recall")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="settings override for every variant (repeatable)")
+    ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "patrol-bench",
+                    help="folder for the generated orthos and per-run results")
+    ap.add_argument("--json", type=Path, help="also write every figure to this JSON file")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--variant", help=argparse.SUPPRESS)
+    ap.add_argument("--ortho", help=argparse.SUPPRESS)
+    ap.add_argument("--weights", help=argparse.SUPPRESS)
+    ap.add_argument("--overrides", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        child(args)
+        return 0
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if bad := set(variants) - set(VARIANTS):
+        ap.error(f"unknown variants {sorted(bad)}; choose from {', '.join(VARIANTS)}")
+    weights = {"pt": args.model, "sahi": args.model, "onnx": args.onnx or args.model.with_suffix(".onnx")}
+    for v in variants:
+        if not weights[v].is_file():
+            ap.error(f"weights for {v} not found: {weights[v]} (train and export the model first)")
+    if "sahi" in variants:
+        try:
+            import sahi  # noqa: F401
+        except ImportError:
+            ap.error("SAHI is not installed: .venv/bin/pip install --no-deps sahi fire")
+    overrides = dict(s.split("=", 1) for s in args.sets)
+    classes = [c for c in args.classes.split(",") if c]
+    args.work.mkdir(parents=True, exist_ok=True)
+
+    sizes = [args.size_m] + ([args.small_size_m] if args.small_size_m else [])
+    rows = []
+    for size in sorted(sizes):
+        ortho, vectors = district(args.work, size, args.seed, args.gsd)
+        km2 = extent_km2(ortho)
+        for v in variants:
+            result = str(args.work / f"result_{int(size)}m_{v}.json")
+            cmd = [sys.executable, __file__, "--child", "--variant", v, "--ortho", str(ortho),
+                   "--weights", str(weights[v]), "--overrides", json.dumps(overrides), "--result", result]
+            print(f"{v:>5} on {size:g} m ({km2:.2f} km²) ...", flush=True)
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, cwd=ROOT)
+            if proc.returncode != 0:
+                print(f"  {v} failed (exit {proc.returncode})", flush=True)
+                continue
+            r = json.loads(Path(result).read_text())
+            m = score_run(result, ortho, vectors, classes)
+            row = {"size_m": size, "km2": round(km2, 3), "variant": v, "tiles": r["tiles"],
+                   "seconds": round(r["seconds"], 1), "tiles_per_s": round(r["tiles"] / r["seconds"], 2),
+                   "km2_per_h": round(km2 / r["seconds"] * 3600, 2), "peak_rss_mb": round(r["peak_rss_mb"]),
+                   "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
+                   "n_pred": m["n_pred"], "n_truth": m["n_truth"],
+                   "process_s": round(time.perf_counter() - t0, 1)}
+            rows.append(row)
+            print(f"  {row['seconds']} s, {row['km2_per_h']} km²/h, {row['peak_rss_mb']} MB, "
+                  f"recall {row['recall']}", flush=True)
+
+    print()
+    print(f"model {args.model.name}; native GSD {args.gsd:g} m; classes scored: {', '.join(classes)}; "
+          f"IoU 0.5; {os.cpu_count()} CPUs")
+    head = ["size_m", "km2", "variant", "tiles", "seconds", "tiles_per_s", "km2_per_h", "peak_rss_mb",
+            "precision", "recall", "f1"]
+    print(" | ".join(head))
+    print(" | ".join("---" for _ in head))
+    for r in rows:
+        print(" | ".join(str(r[h]) for h in head))
+    print()
+    for size in sorted(set(r["size_m"] for r in rows)):
+        by = {r["variant"]: r for r in rows if r["size_m"] == size}
+        if "sahi" in by:
+            for v in ("pt", "onnx"):
+                if v in by:
+                    print(f"{size:g} m: {v} vs SAHI: {by[v]['km2_per_h'] / by['sahi']['km2_per_h']:.1f}x km²/h, "
+                          f"recall {by[v]['recall']:.3f} vs {by['sahi']['recall']:.3f}, "
+                          f"peak RSS {by[v]['peak_rss_mb']} vs {by['sahi']['peak_rss_mb']} MB")
+    if len(sizes) > 1:
+        for v in variants:
+            rs = sorted((r for r in rows if r["variant"] == v), key=lambda r: r["km2"])
+            if len(rs) > 1:
+                print(f"{v}: peak RSS {rs[0]['peak_rss_mb']} MB at {rs[0]['km2']} km² -> "
+                      f"{rs[-1]['peak_rss_mb']} MB at {rs[-1]['km2']} km² "
+                      f"({rs[-1]['peak_rss_mb'] / rs[0]['peak_rss_mb']:.2f}x for "
+                      f"{rs[-1]['km2'] / rs[0]['km2']:.1f}x the area)")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""Evaluation: detections against truth footprints (IoU, one-to-one) and YOLO metrics on held-out scenes.
+
+`score` matches predicted polygons to truth polygons at an IoU threshold (default 0.5). Candidate
+pairs come from an STRtree query; IoUs are computed for all candidates at once; pairs are then
+taken greedily by decreasing IoU so each prediction and each truth is used at most once.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from pipeline.errors import InputError
+
+CLASSES = ["building", "steel_shed", "under_construction", "greenhouse"]
+
+
+def match_footprints(pred, truth, iou: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One-to-one matches of two geometry arrays at IoU >= ``iou``: (pred index, truth index, IoU)."""
+    import shapely
+    pred = np.asarray(pred, dtype=object)
+    truth = np.asarray(truth, dtype=object)
+    empty = (np.zeros(0, int), np.zeros(0, int), np.zeros(0))
+    if len(pred) == 0 or len(truth) == 0:
+        return empty
+    tree = shapely.STRtree(truth)
+    pi, ti = tree.query(pred, predicate="intersects")
+    if len(pi) == 0:
+        return empty
+    inter = shapely.area(shapely.intersection(pred[pi], truth[ti]))
+    union = shapely.area(pred[pi]) + shapely.area(truth[ti]) - inter
+    ious = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    ok = ious >= iou
+    pi, ti, ious = pi[ok], ti[ok], ious[ok]
+    order = np.argsort(-ious, kind="stable")
+    used_p, used_t, keep = set(), set(), []
+    for k in order:
+        if pi[k] in used_p or ti[k] in used_t:
+            continue
+        used_p.add(pi[k])
+        used_t.add(ti[k])
+        keep.append(k)
+    keep = np.asarray(keep, dtype=int)
+    return pi[keep], ti[keep], ious[keep]
+
+
+def _prf(tp: int, fp: int, fn: int) -> dict:
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    f = 2 * p * r / (p + r) if p + r else 0.0
+    return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(f, 4),
+            "tp": int(tp), "fp": int(fp), "fn": int(fn)}
+
+
+def score(pred, truth, classes: Sequence[str] | None = None, iou: float = 0.5) -> dict:
+    """Precision/recall/F1 of detections against truth footprints (both GeoDataFrames).
+
+    ``classes`` keeps only those classes (detections always; truth when it has `class_name`).
+    The overall figures ignore the class (a footprint found is found); when the truth has
+    `class_name`, ``per_class`` holds class-aware figures too.
+    """
+    import geopandas as gpd
+    if truth.crs is not None and pred.crs is not None and truth.crs != pred.crs:
+        truth = truth.to_crs(pred.crs)
+    truth = truth[truth.geometry.notna() & ~truth.geometry.is_empty]
+    import shapely
+    truth = truth.set_geometry(shapely.make_valid(truth.geometry.to_numpy()))
+    has_cls = "class_name" in truth.columns
+    if classes:
+        pred = pred[pred["class_name"].isin(classes)]
+        if has_cls:
+            truth = truth[truth["class_name"].isin(classes)]
+    pi, ti, _ = match_footprints(pred.geometry.to_numpy(), truth.geometry.to_numpy(), iou)
+    tp = len(pi)
+    out = _prf(tp, len(pred) - tp, len(truth) - tp)
+    out["iou"] = iou
+    out["n_pred"], out["n_truth"] = int(len(pred)), int(len(truth))
+    if has_cls:
+        per = {}
+        names = list(classes) if classes else sorted(set(truth["class_name"]) | set(pred["class_name"]))
+        for c in names:
+            p_c, t_c = pred[pred["class_name"] == c], truth[truth["class_name"] == c]
+            if len(p_c) == 0 and len(t_c) == 0:
+                continue
+            a, _, _ = match_footprints(p_c.geometry.to_numpy(), t_c.geometry.to_numpy(), iou)
+            per[c] = _prf(len(a), len(p_c) - len(a), len(t_c) - len(a))
+        out["per_class"] = per
+    else:
+        out["per_class_detections"] = {str(k): int(v) for k, v in pred["class_name"].value_counts().items()}
+    return out
+
+
+def read_truth(path: str | Path, layer: str | None = None):
+    """Truth footprints from any vector file (polygons only)."""
+    import geopandas as gpd
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"truth file {path} not found; pass a GeoPackage, GeoJSON or shapefile")
+    try:
+        gdf = gpd.read_file(path, layer=layer) if layer else gpd.read_file(path)
+    except Exception as e:
+        if layer is None and path.suffix.lower() == ".gpkg":
+            try:  # a district.gpkg: its truth layer
+                gdf = gpd.read_file(path, layer="truth")
+            except Exception:
+                raise InputError(f"cannot read truth file {path} ({type(e).__name__}); check the format") from None
+        else:
+            raise InputError(f"cannot read truth file {path} ({type(e).__name__}); check the format") from None
+    if gdf.crs is None:
+        raise InputError(f"truth file {path} has no CRS; set one")
+    return gdf[gdf.geom_type.isin(["Polygon", "MultiPolygon"])]
+
+
+def clip_truth(gt, footprint, min_inside: float = 0.5):
+    """Truth polygons cut to the imaged area; those mostly outside it are dropped."""
+    import shapely
+    geoms = gt.geometry.to_numpy()
+    inside = shapely.intersection(geoms, footprint)
+    frac = shapely.area(inside) / np.maximum(shapely.area(geoms), 1e-9)
+    keep = frac >= min_inside
+    out = gt[keep].copy()
+    return out.set_geometry(gpd_series(inside[keep], gt.crs, out.index))
+
+
+def gpd_series(geoms, crs, index):
+    import geopandas as gpd
+    return gpd.GeoSeries(geoms, crs=crs, index=index)
+
+
+def evaluate_ortho(ortho: str | Path, truth: str | Path, settings, classes: Sequence[str] | None = None,
+                   model: str | Path | None = None, iou: float = 0.5, truth_layer: str | None = None,
+                   epoch: int | None = None, envelope: bool = False, min_inside: float = 0.5,
+                   progress: bool = True) -> dict:
+    """Detect on an ortho (any CRS, RGB/RGBA) and score against a footprint file, in local metres.
+
+    Truth is clipped to the ortho's valid-data footprint (footprints less than ``min_inside``
+    inside are dropped). Detections (oriented boxes) are compared with the footprint polygons;
+    with ``envelope`` (for a model of axis-aligned boxes) with their axis-aligned envelopes.
+    """
+    import rasterio
+
+    from pipeline.detect import Detector, detect_ortho
+    from pipeline.train import _local_utm
+    ortho = Path(ortho)
+    if not ortho.is_file():
+        raise InputError(f"ortho {ortho} not found; pass an existing GeoTIFF")
+    gt = read_truth(truth, truth_layer)
+    if epoch is not None and "epoch" in gt.columns:
+        gt = gt[gt["epoch"] == epoch]
+    from pipeline.ingest import valid_footprint
+    try:
+        src = rasterio.open(ortho)
+    except Exception as e:
+        raise InputError(f"cannot open ortho {ortho} ({type(e).__name__}); pass a GeoTIFF") from None
+    with src:
+        if src.crs is None:
+            raise InputError(f"ortho {ortho} has no CRS; georeference it first")
+        crs = _local_utm(src.crs, src.bounds)
+        foot = valid_footprint(src, crs.to_string())
+    gt = clip_truth(gt.to_crs(crs), foot, min_inside)
+    det = Detector.from_settings(settings, model) if model else None
+    pred = detect_ortho(ortho, settings, store_crs=crs.to_string(), detector=det, progress=progress)
+    if envelope:
+        gt = gt.set_geometry(gt.geometry.envelope)
+    out = score(pred, gt, classes, iou)
+    out["truth_geometry"] = "envelope" if envelope else "polygon"
+    out["ortho"] = str(ortho)
+    out["truth"] = str(truth)
+    out["model"] = str(model or settings.model_path)
+    out["gsd_m"] = settings.processing.gsd_m
+    out["tile_px"] = settings.processing.tile_px
+    return out
+
+
+def write_json(metrics: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def _row(name: str, m: dict) -> str:
+    return (f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | "
+            f"{m['tp']} | {m['fp']} | {m['fn']} |")
+
+
+def report_markdown(metrics: dict, title: str = "Detector evaluation") -> str:
+    """A Markdown report of `score`/`evaluate_ortho`/`evaluate_scenes` figures."""
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"# {title}", "", f"Generated {now}.", ""]
+    for k in ("ortho", "truth", "model", "scenes", "seed", "gsd_m", "tile_px", "iou", "truth_geometry"):
+        if k in metrics:
+            lines.append(f"- {k}: `{metrics[k]}`")
+    lines.append("")
+    if "mAP50" in metrics:
+        lines += ["## YOLO metrics on held-out generated scenes", "",
+                  f"- chips: {metrics.get('chips')}, objects: {metrics.get('objects')}",
+                  f"- mAP50: {metrics['mAP50']:.3f}", f"- mAP50-95: {metrics['mAP50-95']:.3f}", "",
+                  "| class | precision | recall | mAP50 | mAP50-95 |", "| --- | --- | --- | --- | --- |"]
+        for c, m in metrics.get("per_class_yolo", {}).items():
+            lines.append(f"| {c} | {m['precision']:.3f} | {m['recall']:.3f} | {m['mAP50']:.3f} | "
+                         f"{m['mAP50-95']:.3f} |")
+        lines.append("")
+    if "tp" in metrics:
+        lines += ["## Footprints matched at IoU {:.2f} (one-to-one)".format(metrics.get("iou", 0.5)), "",
+                  "| scope | precision | recall | F1 | TP | FP | FN |", "| --- | --- | --- | --- | --- | --- | --- |",
+                  _row("all (class-agnostic)", metrics)]
+        for c, m in metrics.get("per_class", {}).items():
+            lines.append(_row(c, m))
+        lines.append("")
+        if "per_class_detections" in metrics:
+            lines.append("Truth has no classes; detections by class: " + ", ".join(
+                f"{k} {v}" for k, v in metrics["per_class_detections"].items()))
+            lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(metrics: dict, path: str | Path, title: str = "Detector evaluation") -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(report_markdown(metrics, title), encoding="utf-8")
+    return path
+
+
+def evaluate_scenes(model: str | Path, scenes: int = 10, seed: int = 1_000_000, size_m: float = 96.0,
+                    chip_px: int = 320, gsd_range: tuple[float, float] = (0.08, 0.14),
+                    work_dir: str | Path | None = None, exclude_data: str | Path | None = None,
+                    conf: float = 0.001, progress: bool = True) -> dict:
+    """mAP50, mAP50-95 and per-class P/R (ultralytics val) on freshly rendered held-out scenes.
+
+    Scene seeds are ``seed … seed+scenes-1``; with ``exclude_data`` (a dataset folder with a
+    manifest.json) any seed that was used for training or validation there is refused.
+    """
+    import tempfile
+
+    from pipeline.errors import ConfigError, ModelError
+    from pipeline.train import build_dataset, offline_ultralytics
+    model = Path(model)
+    if not model.is_file():
+        raise ModelError(f"model {model} not found; pass --model with .pt or .onnx weights")
+    seeds = set(range(seed, seed + scenes))
+    if exclude_data:
+        mf = Path(exclude_data) / "manifest.json"
+        if mf.is_file():
+            m = json.loads(mf.read_text())
+            clash = seeds & (set(m["synthetic"]["train"]) | set(m["synthetic"]["val"]))
+            if clash:
+                raise ConfigError(f"seeds {sorted(clash)[:3]}… were used in {exclude_data}; pick another --seed")
+    tmp = None
+    if work_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="patrol-eval-")
+        work_dir = tmp.name
+    work_dir = Path(work_dir)
+    try:
+        build_dataset(work_dir, scenes=0, val_scenes=scenes, seed=seed, size_m=size_m, chip_px=chip_px,
+                      gsd_range=gsd_range, progress=progress)
+        offline_ultralytics()
+        from ultralytics import YOLO
+        yolo = YOLO(str(model))
+        r = yolo.val(data=str(work_dir / "data.yaml"), split="val", imgsz=chip_px, batch=8, device="cpu",
+                     plots=False, conf=conf, iou=0.6, verbose=False, workers=0,
+                     project=str(work_dir / "val"), name="run", exist_ok=True)
+        names = r.names
+        per = {}
+        for k, ci in enumerate(r.box.ap_class_index):
+            per[names[int(ci)]] = {"precision": float(r.box.p[k]), "recall": float(r.box.r[k]),
+                                   "mAP50": float(r.box.ap50[k]), "mAP50-95": float(r.box.ap[k])}
+        n_chips = len(list((work_dir / "images" / "val").glob("*.jpg")))
+        n_obj = sum(len(p.read_text().splitlines()) for p in (work_dir / "labels" / "val").glob("*.txt"))
+        return {"model": str(model), "scenes": scenes, "seed": seed, "chips": n_chips, "objects": n_obj,
+                "mAP50": float(r.box.map50), "mAP50-95": float(r.box.map),
+                "precision": float(r.box.mp), "recall": float(r.box.mr), "per_class_yolo": per}
+    finally:
+        if tmp is not None:
+            tmp.cleanup()

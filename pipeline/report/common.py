@@ -1,0 +1,268 @@
+"""Shared bits of the reports: labels in Chinese/English, value formatting, GCJ-02 shift."""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from datetime import date, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+# field id -> (zh, en)
+FIELDS: dict[str, tuple[str, str]] = {
+    "case_no": ("案件编号", "Case no."),
+    "status": ("状态", "Status"),
+    "category": ("类别", "Category"),
+    "stock": ("新建/存量", "New/existing"),
+    "detector_class": ("识别类型", "Detected class"),
+    "area_m2": ("占地面积(m²)", "Area (m²)"),
+    "growth_m2": ("增长面积(m²)", "Growth (m²)"),
+    "confidence": ("置信度", "Confidence"),
+    "rules": ("触发规则", "Rules fired"),
+    "reasons": ("判定依据", "Reasons"),
+    "priority": ("优先级", "Priority"),
+    "flags": ("变化标记", "Change flags"),
+    "town": ("乡镇", "Town"),
+    "village": ("村", "Village"),
+    "village_code": ("村代码", "Village code"),
+    "parcel_id": ("地块编号", "Parcel id"),
+    "owner": ("权利人", "Owner"),
+    "land_use": ("地类", "Land use"),
+    "approved_area_m2": ("批准面积(m²)", "Approved area (m²)"),
+    "party": ("当事人", "Responsible party"),
+    "phone": ("电话", "Phone"),
+    "basic_farmland_m2": ("占永农(m²)", "On basic farmland (m²)"),
+    "redline_m2": ("占红线(m²)", "On red line (m²)"),
+    "farmland_m2": ("占耕地(m²)", "On farmland (m²)"),
+    "first_seen_at": ("首次发现(前时相)", "First seen"),
+    "first_seen_flight": ("首次发现航次", "First seen flight"),
+    "last_seen_at": ("最近发现(后时相)", "Last seen"),
+    "last_seen_flight": ("最近发现航次", "Last seen flight"),
+    "order_no": ("文书编号", "Order no."),
+    "order_date": ("下达日期", "Order date"),
+    "deadline": ("整改期限", "Deadline"),
+    "assignee": ("责任人", "Officer"),
+    "recheck_date": ("复查日期", "Recheck date"),
+    "closed_date": ("销号日期", "Closed"),
+    "demolished_area_m2": ("拆除面积(m²)", "Demolished (m²)"),
+    "lon": ("经度(WGS84)", "Longitude (WGS84)"),
+    "lat": ("纬度(WGS84)", "Latitude (WGS84)"),
+    "x": ("X(存储坐标系)", "X (store CRS)"),
+    "y": ("Y(存储坐标系)", "Y (store CRS)"),
+    "chip": ("影像", "Image"),
+    "coords": ("坐标", "Coordinates"),
+    "evidence": ("影像证据", "Image evidence"),
+    "before": ("前时相", "Before"),
+    "after": ("后时相", "After"),
+    "history": ("处置记录", "Event history"),
+    "at": ("时间", "When"),
+    "actor": ("操作人", "Who"),
+    "from_status": ("原状态", "From"),
+    "to_status": ("新状态", "To"),
+    "note": ("说明", "Note"),
+    "flight": ("航次", "Flight"),
+    "captured_at": ("拍摄时间", "Captured"),
+    "gsd_m": ("分辨率(m)", "GSD (m)"),
+    "file_hash": ("文件哈希", "File hash"),
+    "location": ("位置图", "Location"),
+    "parcel": ("地块信息", "Parcel"),
+    "facts": ("案件信息", "Case facts"),
+}
+
+LAYERS: dict[str, tuple[str, str]] = {
+    "ortho": ("正射影像", "Orthophoto"),
+    "footprint": ("航飞范围", "Flight footprint"),
+    "parcels": ("宗地", "Parcels"),
+    "zones": ("管控区", "Restricted zones"),
+    "detections": ("识别结果", "Detections"),
+    "cases": ("案件", "Cases"),
+    "legend": ("图例", "Legend"),
+    "basemap": ("底图", "Basemap"),
+    "district_map": ("辖区巡查图", "District patrol map"),
+    "flight_map": ("航次巡查图", "Flight patrol map"),
+    "evidence_sheets": ("案件证据单", "Case evidence sheets"),
+}
+
+CATEGORIES: dict[str, tuple[str, str]] = {
+    "illegal_construction": ("违法建设", "Illegal construction"),
+    "illegal_land_use": ("违法用地", "Illegal land use"),
+    "over_approval": ("超批准面积", "Over approval"),
+}
+
+CLASSES: dict[str, tuple[str, str]] = {
+    "building": ("建筑", "Building"),
+    "steel_shed": ("彩钢棚", "Steel shed"),
+    "under_construction": ("在建", "Under construction"),
+    "greenhouse": ("大棚", "Greenhouse"),
+}
+
+STOCK: dict[str, tuple[str, str]] = {"new_build": ("新建", "New build"), "existing": ("存量", "Existing")}
+
+ZONE_KINDS: dict[str, tuple[str, str]] = {
+    "basic_farmland": ("永久基本农田", "Basic farmland"),
+    "farmland": ("耕地", "Farmland"),
+    "ecological_redline": ("生态保护红线", "Ecological red line"),
+}
+
+FLAGS: dict[str, tuple[str, str]] = {
+    "new": ("新发现", "new"), "rebuilt": ("复建", "rebuilt"),
+    "demolition_seen": ("疑似已拆除", "demolition seen"), "grown": ("扩建", "grown"),
+}
+
+STATUS_COLOURS: dict[str, str] = {
+    "suspected": "#ff7f00", "verified": "#e31a1c", "stopped": "#b30000", "filed": "#99004c",
+    "ordered": "#6a3d9a", "demolished": "#33a02c", "rectified": "#1b9e77", "rechecked": "#1f78b4",
+    "closed": "#7f7f7f", "lawful": "#a6cee3", "unfounded": "#b2df8a", "false_positive": "#cccccc",
+}
+CLASS_COLOURS: dict[str, str] = {
+    "building": "#e6ab02", "steel_shed": "#1f78b4", "under_construction": "#d95f02",
+    "greenhouse": "#66a61e",
+}
+ZONE_COLOURS: dict[str, str] = {
+    "basic_farmland": "#fdbf6f", "farmland": "#ffff99", "ecological_redline": "#fb9a99",
+}
+
+
+def lang_index(lang: str) -> int:
+    return 1 if lang == "en" else 0
+
+
+def label(table: Mapping[str, tuple[str, str]], key: Any, lang: str) -> str:
+    """The zh/en label of ``key`` in ``table``; the key itself when unknown."""
+    k = text(key)
+    pair = table.get(k)
+    return pair[lang_index(lang)] if pair else k
+
+
+def status_label(status: Any, lang: str, rules=None) -> str:
+    s = text(status)
+    if lang == "en" or rules is None:
+        return s.replace("_", " ")
+    return rules.lifecycle.states.get(s, s)
+
+
+def missing(v: Any) -> bool:
+    if v is None:
+        return True
+    if isinstance(v, (list, dict, tuple)):
+        return False
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def text(v: Any) -> str:
+    """A value as display text: '' for missing, dates as YYYY-MM-DD (time when not midnight),
+    floats with one decimal, lists joined with '、'."""
+    if missing(v):
+        return ""
+    if isinstance(v, (list, tuple)):
+        return "、".join(text(x) for x in v)
+    if isinstance(v, dict):
+        return json.dumps(v, ensure_ascii=False, default=str)
+    if isinstance(v, (pd.Timestamp, datetime)):
+        t = pd.Timestamp(v)
+        return t.strftime("%Y-%m-%d") if t == t.normalize() else t.strftime("%Y-%m-%d %H:%M")
+    if isinstance(v, date):
+        return v.isoformat()
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):.1f}" if abs(float(v)) >= 1 or v == 0 else f"{float(v):.2f}"
+    if isinstance(v, np.integer):
+        return str(int(v))
+    return str(v)
+
+
+def as_list(v: Any) -> list:
+    if isinstance(v, str):
+        try:
+            v = json.loads(v)
+        except ValueError:
+            return [v]
+    if missing(v):
+        return []
+    return list(v) if isinstance(v, (list, tuple, np.ndarray)) else [v]
+
+
+def as_dict(v: Any) -> dict:
+    if isinstance(v, str):
+        try:
+            v = json.loads(v)
+        except ValueError:
+            return {}
+    return dict(v) if isinstance(v, Mapping) else {}
+
+
+def rule_texts(case: Mapping[str, Any], lang: str, rules=None) -> list[str]:
+    """One line per rule that fired: label and the reason with its numbers."""
+    reasons = as_dict(case.get("reasons"))
+    out = []
+    for r in as_list(case.get("rules")):
+        name = (rules.label(r) if rules is not None and lang == "zh" else None) or label(CATEGORIES, r, lang)
+        why = as_dict(reasons.get(r))
+        detail = why.get("text")
+        if not detail or lang == "en":
+            nums = {k: v for k, v in why.items() if k != "text" and not isinstance(v, (dict, list))}
+            detail = ", ".join(f"{k}={text(v)}" for k, v in nums.items())
+        out.append(f"{name}: {detail}" if detail else name)
+    return out
+
+
+def js_json(obj: Any) -> str:
+    """JSON safe to embed inside a <script> element (no '<', '>', '&', U+2028/9 literal)."""
+    s = json.dumps(obj, ensure_ascii=False, default=str, allow_nan=False)
+    return (s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+
+
+# ---------------------------------------------------------------- GCJ-02 (AMap / Gaode)
+_A = 6378245.0
+_EE = 0.00669342162296594323
+
+
+def out_of_china(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    return (lon < 72.004) | (lon > 137.8347) | (lat < 0.8293) | (lat > 55.8271)
+
+
+def _dlat(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    r = -100.0 + 2.0 * x + 3.0 * y + 0.2 * y * y + 0.1 * x * y + 0.2 * np.sqrt(np.abs(x))
+    r += (20.0 * np.sin(6.0 * x * math.pi) + 20.0 * np.sin(2.0 * x * math.pi)) * 2.0 / 3.0
+    r += (20.0 * np.sin(y * math.pi) + 40.0 * np.sin(y / 3.0 * math.pi)) * 2.0 / 3.0
+    r += (160.0 * np.sin(y / 12.0 * math.pi) + 320.0 * np.sin(y * math.pi / 30.0)) * 2.0 / 3.0
+    return r
+
+
+def _dlon(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    r = 300.0 + x + 2.0 * y + 0.1 * x * x + 0.1 * x * y + 0.1 * np.sqrt(np.abs(x))
+    r += (20.0 * np.sin(6.0 * x * math.pi) + 20.0 * np.sin(2.0 * x * math.pi)) * 2.0 / 3.0
+    r += (20.0 * np.sin(x * math.pi) + 40.0 * np.sin(x / 3.0 * math.pi)) * 2.0 / 3.0
+    r += (150.0 * np.sin(x / 12.0 * math.pi) + 300.0 * np.sin(x / 30.0 * math.pi)) * 2.0 / 3.0
+    return r
+
+
+def wgs84_to_gcj02(lon, lat):
+    """WGS84 (≈ CGCS2000) lon/lat → GCJ-02 (the standard published formula; points
+    outside China are returned unchanged). Vectorised over numpy arrays."""
+    lon = np.asarray(lon, dtype=float)
+    lat = np.asarray(lat, dtype=float)
+    dlat = _dlat(lon - 105.0, lat - 35.0)
+    dlon = _dlon(lon - 105.0, lat - 35.0)
+    rad = lat / 180.0 * math.pi
+    magic = 1 - _EE * np.sin(rad) ** 2
+    sq = np.sqrt(magic)
+    dlat = (dlat * 180.0) / ((_A * (1 - _EE)) / (magic * sq) * math.pi)
+    dlon = (dlon * 180.0) / (_A / sq * np.cos(rad) * math.pi)
+    outside = out_of_china(lon, lat)
+    return np.where(outside, lon, lon + dlon), np.where(outside, lat, lat + dlat)
+
+
+def shift_gcj02(geoms):
+    """Shapely geometries (EPSG:4326) shifted to GCJ-02."""
+    import shapely
+
+    def f(xy: np.ndarray) -> np.ndarray:
+        x, y = wgs84_to_gcj02(xy[:, 0], xy[:, 1])
+        return np.column_stack([x, y])
+    return shapely.transform(geoms, f)

@@ -1,0 +1,98 @@
+"""One flight through every stage: ingest → tile → detect → match → track.
+
+Detection runs outside any write transaction (it is slow and needs no lock); everything
+the flight writes — detections, cases, events, its status — then goes in ONE store
+transaction, so a run that fails or is killed leaves no partial flight behind and a
+re-run completes it. Re-running a finished flight is idempotent.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import geopandas as gpd
+import shapely
+
+from pipeline.errors import PatrolError
+
+
+@dataclass
+class FlightResult:
+    flight_id: str
+    detections: int
+    findings: int
+    new_cases: int
+    events: int
+    skipped: bool = False
+
+
+def register_flight(store, path: str | Path, settings, team: str | None = None) -> dict:
+    """Validate the ortho and record its flight (status 'uploaded' unless already known)."""
+    from pipeline.ingest import register_ortho
+
+    flight = register_ortho(path, settings.store.crs, team)
+    known = store.get_flight(flight["flight_id"])
+    if known is not None:
+        flight.pop("status")
+        if team is None:
+            flight.pop("team")
+    with store.transaction():
+        store.upsert_flight(flight)
+    return store.get_flight(flight["flight_id"])
+
+
+def prior_coverage(store, flight: dict):
+    """Union of the footprints of flights captured before this one (None if none)."""
+    flights = store.list_flights(status="done")
+    if not len(flights):
+        return None
+    earlier = flights[(flights["flight_id"] != flight["flight_id"])
+                      & (flights["captured_at"] < flight["captured_at"])]
+    geoms = earlier.geometry.dropna()
+    return shapely.union_all(geoms.values) if len(geoms) else None
+
+
+def process_flight(store, flight_id: str, settings, *, detector=None, detections: gpd.GeoDataFrame | None = None,
+                   force: bool = False, now: datetime | None = None, progress: bool = True) -> FlightResult:
+    """Run a registered flight through detect → match → track and store the outcome.
+
+    ``detections`` bypasses the detector (e.g. a truth layer, to test the rules apart from
+    the model). A flight already 'done' is skipped unless ``force``; forced or not, a
+    re-run never duplicates detections, findings or cases."""
+    from pipeline.detect import detect_ortho
+    from pipeline.match import find_violations, load_rules
+    from pipeline.track import track_flight
+
+    flight = store.get_flight(flight_id)
+    if flight is None:
+        raise PatrolError(f"flight {flight_id} is not registered; run `patrol ingest PATH` first")
+    if flight["status"] == "done" and not force:
+        return FlightResult(flight_id, 0, 0, 0, 0, skipped=True)
+    rules = load_rules(settings.rules_path)
+    model_version = "truth" if detections is not None else Path(settings.model_path).name
+    with store.transaction():
+        store.set_flight_status(flight_id, "processing")
+    try:
+        if detections is None:
+            detections = detect_ortho(flight["path"], settings, settings.store.crs, detector=detector,
+                                      progress=progress)
+        else:
+            detections = detections.to_crs(settings.store.crs)
+        footprint = flight["footprint"]
+        bbox = footprint.bounds if footprint is not None else tuple(detections.total_bounds)
+        with store.transaction():
+            store.replace_detections(flight_id, detections[["class_name", "confidence", "area_m2", "geometry"]])
+            findings = find_violations(detections, store.parcels(bbox), store.zones(bbox), rules)
+            result = track_flight(store.cases(bbox), findings, detections, flight, settings.tracking, rules,
+                                  now, prior_coverage=prior_coverage(store, flight),
+                                  allocate=store.allocate_case_numbers, prefix=store.case_prefix)
+            if len(result.cases):
+                store.save_cases(result.cases)
+            store.append_events(result.events)
+            store.set_flight_status(flight_id, "done", model_version=model_version)
+    except PatrolError as e:
+        with store.transaction():
+            store.set_flight_status(flight_id, "failed", error=str(e))
+        raise
+    return FlightResult(flight_id, len(detections), len(findings), result.new_case_count, len(result.events))

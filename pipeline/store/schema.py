@@ -1,0 +1,105 @@
+"""The tables every backend holds, as data: each backend turns this into its own DDL.
+
+Column kinds: text, int, real, date, datetime, json, geometry. A table has at most one
+geometry column (polygonal, in the store CRS); frames name it ``geometry``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: str                   # text | int | real | date | datetime | json | geometry
+    required: bool = False      # NOT NULL
+    default: object = None      # JSON default (e.g. []), used when a value is missing
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+    key: tuple[str, ...]        # natural key (unique)
+    description: str = ""
+    append_only: bool = False
+    indexes: tuple[tuple[str, ...], ...] = field(default_factory=tuple)
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def geometry(self) -> str | None:
+        return next((c.name for c in self.columns if c.kind == "geometry"), None)
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+
+def C(name: str, kind: str = "text", required: bool = False, default: object = None) -> Column:
+    return Column(name, kind, required, default)
+
+
+FLIGHT = Table("flight", (
+    C("flight_id", required=True), C("path"), C("captured_at", "datetime"), C("team"), C("source"),
+    C("crs"), C("gsd_m", "real"), C("status", required=True, default="uploaded"), C("error"),
+    C("model_version"), C("processed_at", "datetime"), C("footprint", "geometry"),
+), key=("flight_id",), description="drone flights (orthophotos) and their processing status",
+    indexes=(("captured_at",),))
+
+DETECTION = Table("detection", (
+    C("detection_id", required=True), C("flight_id", required=True), C("class_name", required=True),
+    C("confidence", "real"), C("area_m2", "real"), C("geometry", "geometry"),
+), key=("detection_id",), description="structures the detector found, per flight",
+    indexes=(("flight_id",),))
+
+PARCEL = Table("parcel", (
+    C("parcel_id", required=True), C("owner"), C("town"), C("village"), C("village_code"),
+    C("land_use"), C("approved_area_m2", "real"), C("approved_floors", "int"), C("permit_no"),
+    C("attrs", "json", default={}), C("geometry", "geometry"),
+), key=("parcel_id",), description="宅基地/自建房 registry: approved parcels")
+
+ZONE = Table("zone", (
+    C("zone_id", required=True), C("kind"), C("code"), C("name"), C("geometry", "geometry"),
+), key=("zone_id",), description="restricted land: basic farmland, farmland, ecological red line",
+    indexes=(("kind",),))
+
+CASES = Table("cases", (
+    C("case_no", required=True), C("case_uuid", required=True), C("source"), C("stock"),
+    C("category"), C("detector_class"), C("status", required=True, default="suspected"),
+    C("flags", "json", default=[]), C("area_m2", "real"), C("growth_m2", "real"),
+    C("confidence", "real"), C("rules", "json", default=[]), C("reasons", "json", default={}),
+    C("parcel_id"), C("owner"), C("town"), C("village"), C("village_code"),
+    C("parcel_snapshot", "json", default={}), C("basic_farmland_m2", "real"),
+    C("redline_m2", "real"), C("farmland_m2", "real"), C("party"), C("phone"), C("order_no"),
+    C("order_date", "date"), C("deadline", "date"), C("assignee"), C("first_seen_flight"),
+    C("first_seen_at", "datetime"), C("last_seen_flight"), C("last_seen_at", "datetime"),
+    C("recheck_date", "date"), C("closed_date", "date"), C("demolished_area_m2", "real"),
+    C("created_at", "datetime"), C("updated_at", "datetime"), C("geometry", "geometry"),
+), key=("case_no",), description="enforcement cases (台账)",
+    indexes=(("status",), ("category",), ("town", "village"), ("first_seen_at",)))
+
+CASE_EVENT = Table("case_event", (
+    C("event_id", "int", required=True), C("case_no", required=True), C("at", "datetime", required=True),
+    C("actor"), C("from_status"), C("to_status"), C("note"),
+), key=("event_id",), description="append-only case history", append_only=True,
+    indexes=(("case_no",),))
+
+EVIDENCE = Table("evidence", (
+    C("case_no", required=True), C("flight_id", required=True), C("role", required=True),
+    C("chip_path"), C("file_hash"), C("captured_at", "datetime"), C("gsd_m", "real"),
+), key=("case_no", "flight_id", "role"), description="image chips per case and flight",
+    indexes=(("case_no",),))
+
+CASE_COUNTER = Table("case_counter", (
+    C("prefix", required=True), C("year", "int", required=True), C("last_seq", "int", required=True),
+), key=("prefix", "year"), description="last case number handed out per prefix and year")
+
+TABLES: dict[str, Table] = {t.name: t for t in (
+    FLIGHT, DETECTION, PARCEL, ZONE, CASES, CASE_EVENT, EVIDENCE, CASE_COUNTER)}
+
+#: tables reported by Store.status()["counts"]
+COUNTED = ("flight", "detection", "parcel", "zone", "cases", "case_event", "evidence")
+
+CASE_COLUMNS = CASES.names

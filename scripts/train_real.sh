@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# How models/lianwei-yolo11n.{pt,onnx} were made (2-core CPU, no GPU, no pretrained weights).
+# Data and runs live outside the repository. REAL points at ../shared/realdata (see its README).
+set -euo pipefail
+REAL=${REAL:-/work/shared/realdata}
+DATA=${DATA:-/work/datasets/lianwei}
+export YOLO_OFFLINE=1 OMP_NUM_THREADS=2
+
+# 0. warm-up stage on the real flights only (kampala held out as validation), stopped after ~14 epochs
+#    (pipeline.train.import_labelled into /work/datasets/real, stride 240 px), run stageA-real:
+#    patrol dataset build --out /work/datasets/real --scenes 0 --val-scenes 0 --real-stride 240 --real ... --real-val ...
+#    patrol train --data /work/datasets/real --epochs 60 --name stageA-real   (interrupted by hand)
+
+# 1. dataset: 110 synthetic training scenes (seeds 1-110), 18 validation scenes (seeds 111-128),
+#    96 m each, GSD jittered 0.08-0.14 m, 320 px chips; real flights at 0.10 m (train chips every 240 px);
+#    kampala is the held-out real area.
+patrol dataset build --out "$DATA" --scenes 110 --val-scenes 18 --seed 1 --size-m 96 --chip-px 320 \
+  --real-stride 240 \
+  --real "$REAL/banepa/train_mosaic.tif:$REAL/banepa/osm_buildings.geojson" \
+  --real "$REAL/nairobi/mosaic_z20_c0.tif:$REAL/nairobi/osm_buildings.geojson" \
+  --real "$REAL/nairobi/mosaic_z20_c1.tif:$REAL/nairobi/osm_buildings.geojson" \
+  --real "$REAL/philippines/mosaic_z20_c0.tif:$REAL/philippines/osm_buildings.geojson" \
+  --real "$REAL/philippines/mosaic_z20_c1.tif:$REAL/philippines/osm_buildings.geojson" \
+  --real "$REAL/zanzibar/ortho.tif:$REAL/zanzibar/buildings.geojson" \
+  --real-val "$REAL/kampala/mosaic_z20_c0.tif:$REAL/kampala/osm_buildings.geojson" \
+  --real-val "$REAL/kampala/mosaic_z20_c1.tif:$REAL/kampala/osm_buildings.geojson"
+
+# 2. training: yolo11n from scratch (weights seeded from the warm-up run), 320 px chips, batch 16,
+#    AdamW (ultralytics 'auto'), flips both ways, scale ±35 %, mosaic; the epoch count is fitted into
+#    a time budget (--hours) by ultralytics, measured per epoch. Settings: config/train.yaml.
+patrol train --data "$DATA" --weights /work/runs/stageA-last.pt --name lianwei-yolo11n --hours 1.55
+
+# 3. ship: best.pt → models/lianwei-yolo11n.pt (optimizer stripped) + .onnx (opset 17, dynamic axes)
+patrol train --ship-only --name lianwei-yolo11n --ship models/lianwei-yolo11n.pt
+
+# 4. measure
+#    held-out generated scenes (seeds never used in the build above: 1-128)
+patrol evaluate --model models/lianwei-yolo11n.pt --scenes 30 --seed 1000000 --exclude-data "$DATA" \
+  --json /work/runs/eval_scenes.json --report /work/runs/eval_scenes.md
+#    held-out real area (kampala, OSM footprints), both crops
+for c in c0 c1; do
+  patrol evaluate --ortho "$REAL/kampala/mosaic_z20_$c.tif" --truth "$REAL/kampala/osm_buildings.geojson" \
+    --json /work/runs/eval_kampala_$c.json --report /work/runs/eval_kampala_$c.md
+done
+#    held-out generated district (5 cm flight, resampled to 10 cm by the tiler)
+patrol synth --out /work/datasets/district_eval --seed 4242 --size-m 200 --epochs 1
+patrol evaluate --ortho /work/datasets/district_eval/epoch_1.tif --truth /work/datasets/district_eval/district.gpkg \
+  --truth-layer truth --epoch 1 --json /work/runs/eval_district.json --report /work/runs/eval_district.md
