@@ -546,6 +546,10 @@ def report_cmd(ctx, flight_id, out_dir, status, category, town, village, since, 
     """Offline map, case lists, evidence sheets and statistics for a flight or the district."""
     from pipeline.report import write_reports
     _check_dates(since, until)
+    states = _ctx_rules(ctx).lifecycle.states
+    for s in status:
+        if s not in states:
+            raise click.BadParameter(f"'{s}' is not a status; one of {', '.join(states)}", param_hint="--status")
     with open_ctx_store(ctx) as store:
         paths = write_reports(store, ctx.settings, Path(out_dir), flight_id, status=list(status) or None,
                               category=list(category) or None, town=town, village=village,

@@ -72,6 +72,7 @@ def run_demo(ctx, out_dir: Path, seed: int = 1, size_m: float = 400.0, epochs: i
     from pipeline.detect import Detector
     from pipeline.match import load_rules
     from pipeline.registry import read_parcels, read_zones
+    from pipeline.report import write_reports
     from pipeline.run import process_flight, register_flight
     from pipeline.store import open_store
     from pipeline.synth import generate_district
@@ -120,6 +121,15 @@ def run_demo(ctx, out_dir: Path, seed: int = 1, size_m: float = 400.0, epochs: i
         summary["flights"].append(res.__dict__)
     cases = store.cases()
     echo(f"cases: {len(cases)} ({', '.join(f'{k} {v}' for k, v in cases['status'].value_counts().items())})")
-    echo(f"store: {settings.store.url}")
+    echo("writing reports ...")
+    paths = write_reports(store, settings, out_dir / "reports")
     store.close()
+    echo(f"map:        {paths['map']}")
+    echo(f"case list:  {paths['cases_xlsx']}  (also .csv .geojson .kml .kmz .gpkg beside it)")
+    echo(f"evidence:   {paths['evidence_index']}")
+    for key in ("stats_md", "stats_xlsx", "stats_png"):
+        if key in paths:
+            echo(f"statistics: {paths[key]}")
+    echo(f"store:      {settings.store.url}")
+    summary["reports"] = {k: str(v) for k, v in paths.items()}
     return summary

@@ -251,6 +251,11 @@ def test_case_lists_round_trip(reports):
         assert set(k["case_no"]) == want and set(k["_name"]) == want
         assert dict(zip(k["case_no"], k["owner"])) == owners
         assert dict(zip(k["case_no"], k["village"])) == villages
+    import pyogrio
+    if "LIBKML" in pyogrio.list_drivers():        # and as GDAL/QGIS read it
+        k = gpd.read_file(paths["cases_kml"])
+        assert set(k["case_no"]) == want
+        assert dict(zip(k["case_no"], k["village"].fillna(""))) == villages
     with zipfile.ZipFile(paths["cases_kmz"]) as z:
         assert "doc.kml" in z.namelist() and any(n.startswith("files/") for n in z.namelist())
 
