@@ -29,6 +29,7 @@ from pipeline.errors import InputError
 
 MASK_CELLS_PER_STRIDE = 4  # low-res mask cells along one tile stride (plan resolution)
 STATS_MAX_PX = 1024  # long side of the decimated read used for the uint16 stretch
+BLOCK_CACHE_BYTES = 64 << 20  # GDAL block cache while tiling
 
 
 @dataclass(frozen=True)
@@ -304,8 +305,12 @@ def open_raster(path: str | Path):
 def iter_tiles(path: str | Path, gsd_m: float, tile_px: int, overlap_px: int,
                stretch_percentiles: tuple[float, float] = (2.0, 98.0),
                windows: list[TileWindow] | None = None) -> Iterator[Tile]:
-    """Yield the tiles of ``path`` that hold valid pixels, one window read at a time."""
-    with open_raster(path) as src:
+    """Yield the tiles of ``path`` that hold valid pixels, one window read at a time.
+
+    GDAL's block cache is capped (``BLOCK_CACHE_BYTES``; GDAL's default is 5 % of RAM) so memory
+    stays flat however large the ortho: enough to keep the block row a tile row overlaps.
+    """
+    with rasterio.Env(GDAL_CACHEMAX=BLOCK_CACHE_BYTES), open_raster(path) as src:
         plan = plan_windows(src, gsd_m, tile_px, overlap_px) if windows is None else windows
         bands = rgb_bands(src)
         limits = stretch_limits(src, bands, stretch_percentiles)

@@ -25,16 +25,9 @@ import shapely.geometry
 
 from pipeline.errors import InputError, TransitionError
 from pipeline.match import Lifecycle, Rules
+from pipeline.store.schema import CASE_COLUMNS
 
 SYSTEM_ACTOR = "system"
-
-CASE_COLUMNS = [
-    "case_no", "case_uuid", "source", "stock", "category", "detector_class", "status", "flags",
-    "area_m2", "growth_m2", "confidence", "rules", "reasons", "parcel_id", "owner", "town",
-    "village", "village_code", "parcel_snapshot", "basic_farmland_m2", "redline_m2",
-    "farmland_m2", "party", "phone", "order_no", "order_date", "deadline", "assignee",
-    "first_seen_flight", "first_seen_at", "last_seen_flight", "last_seen_at", "recheck_date",
-    "closed_date", "demolished_area_m2", "created_at", "updated_at", "geometry"]
 
 Allocator = Callable[[int, int], Sequence[str]]     # (year, n) -> case numbers
 
