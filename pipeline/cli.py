@@ -596,12 +596,127 @@ def cases_export(ctx, fmt, out_file, status, category, town, village, since, unt
     click.echo(f"{len(cases)} cases written to {path}")
 
 
+# ---------------------------------------------------------------- web service (issue 8)
+@cli.command()
+@click.option("--host", default=None, help="Address to listen on (default: service.host).")
+@click.option("--port", default=None, type=int, help="Port (default: service.port).")
+@pass_ctx
+def serve(ctx, host, port):
+    """Run the web service: upload for patrol teams, map review and case work for officers."""
+    from pipeline.service import serve as run_service
+    s = ctx.settings
+    click.echo(f"serving {s.store.url} on http://{host or s.service.host}:{port or s.service.port}/ (Ctrl-C stops)")
+    run_service(s, host, port)
+
+
+@cli.group("users")
+def users_group():
+    """Accounts of the web service: patrol (upload), officer (cases of their towns), admin."""
+
+
+def _ask_password(password: str | None) -> str:
+    return password or click.prompt("password", hide_input=True, confirmation_prompt=True)
+
+
+@users_group.command("add")
+@click.argument("username")
+@click.option("--role", type=click.Choice(["patrol", "officer", "admin"]), required=True)
+@click.option("--town", "towns", multiple=True, help="Town or village an officer works on (repeatable).")
+@click.option("--name", "display_name", default="", help="Display name.")
+@click.option("--password", envvar="PATROL_NEW_PASSWORD", help="Password (else asked; env PATROL_NEW_PASSWORD).")
+@pass_ctx
+def users_add(ctx, username, role, towns, display_name, password):
+    """Create an account."""
+    from pipeline.service.auth import add_user
+    with open_ctx_store(ctx) as store:
+        u = add_user(store, username, _ask_password(password), role, list(towns), display_name)
+    click.echo(f"user {u.username} ({u.role}{': ' + ', '.join(u.towns) if u.towns else ''}) added")
+
+
+@users_group.command("passwd")
+@click.argument("username")
+@click.option("--password", envvar="PATROL_NEW_PASSWORD", help="New password (else asked).")
+@pass_ctx
+def users_passwd(ctx, username, password):
+    """Set a new password (ends the account's sessions and API tokens)."""
+    from pipeline.service.auth import set_password
+    with open_ctx_store(ctx) as store:
+        set_password(store, username, _ask_password(password))
+    click.echo(f"password of {username} changed")
+
+
+@users_group.command("list")
+@pass_ctx
+def users_list(ctx):
+    """One line per account: name, role, towns/villages, active or disabled."""
+    from pipeline.service.auth import list_users
+    with open_ctx_store(ctx) as store:
+        for u in list_users(store):
+            state = "disabled" if u.disabled else "active"
+            click.echo(f"{u.username}\t{u.role}\t{','.join(u.towns) or '-'}\t{state}\t{u.display_name}")
+
+
+@users_group.command("disable")
+@click.argument("username")
+@click.option("--enable", is_flag=True, help="Enable the account again instead.")
+@pass_ctx
+def users_disable(ctx, username, enable):
+    """Disable an account (its sessions and tokens stop working at once)."""
+    from pipeline.service.auth import set_disabled
+    with open_ctx_store(ctx) as store:
+        set_disabled(store, username, not enable)
+    click.echo(f"user {username} {'enabled' if enable else 'disabled'}")
+
+
+# ---------------------------------------------------------------- nightly batch (issue 9)
+@cli.command("nightly")
+@click.option("--flights", "flight_ids", multiple=True, metavar="ID[,ID…]",
+              help="Only these flights (repeatable or comma-separated; default: every uploaded flight "
+                   "and every interrupted one).")
+@click.option("--workers", type=int, help="Start a local Dask cluster of N worker processes.")
+@click.option("--scheduler", metavar="tcp://HOST:PORT", help="Use the Dask cluster of this scheduler.")
+@click.option("--summary", "summary_dir", type=click.Path(file_okay=False),
+              help="Folder for the run summary (JSON + Markdown; default: nightly/ beside the store).")
+@click.option("--checkpoints", type=click.Path(file_okay=False),
+              help="Folder for tile checkpoints (default: <store>.checkpoints beside an embedded store).")
+@click.option("--chunk-tiles", default=16, show_default=True, help="Tiles per task and per checkpoint.")
+@click.option("--reports", "reports_dir", type=click.Path(file_okay=False),
+              help="Also write each finished flight's reports to DIR/<flight_id>/.")
+@click.option("--force", is_flag=True, help="Redo given flights even when already done.")
+@click.option("--truth-layer", type=click.Path(dir_okay=False),
+              help="TEST/DEMO ONLY: take detections from this generated district.gpkg's truth layer "
+                   "instead of the model (same tiles, checkpoints and workers).")
+@pass_ctx
+def nightly_cmd(ctx, flight_ids, workers, scheduler, summary_dir, checkpoints, chunk_tiles, reports_dir, force,
+                truth_layer):
+    """Process every new flight (oldest first), safely twice, resumably; exit 1 if any failed."""
+    import re
+
+    from pipeline.batch import run_nightly
+    ids = [i for v in flight_ids for i in re.split(r"[,\s]+", v) if i]
+    settings = ctx.settings
+    with open_ctx_store(ctx) as store:
+        summary = run_nightly(store, settings, ids or None, workers=workers, scheduler=scheduler,
+                              checkpoints=checkpoints, chunk_tiles=chunk_tiles, truth=truth_layer,
+                              reports=reports_dir, force=force, echo=click.echo)
+        if summary_dir is None:
+            summary_dir = (Path(store.url).parent / "nightly") if store.backend == "gpkg" else Path("nightly")
+    json_path, md_path = summary.write(summary_dir)
+    click.echo("")
+    click.echo(summary.markdown().rstrip())
+    click.echo(f"\nsummary: {json_path} and {md_path}")
+    if summary.failed:
+        raise click.exceptions.Exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script: one clear line for a PatrolError, never a traceback."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        cli.main(args=args, prog_name="patrol", standalone_mode=False)
+        rv = cli.main(args=args, prog_name="patrol", standalone_mode=False)
+        if isinstance(rv, int) and not isinstance(rv, bool):      # ctx.exit(n) / Exit(n) in a command
+            return rv
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130

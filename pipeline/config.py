@@ -77,6 +77,23 @@ class ReportSettings(Section):
     chip_margin_m: float = Field(8.0, ge=0, description="margin around a case in its evidence chips (m)")
 
 
+class ServiceSettings(Section):
+    host: str = Field("127.0.0.1", description="address `patrol serve` listens on")
+    port: int = Field(8080, ge=1, le=65535, description="port `patrol serve` listens on")
+    upload_dir: Path = Field(Path("data/uploads"), description="uploaded flights (relative: to the working folder)")
+    work_dir: Path = Field(Path("data/service"), description="maps, chips and downloads the service builds")
+    max_upload_mb: int = Field(20480, ge=1, description="largest upload accepted (MiB)")
+    chunk_mb: int = Field(16, ge=1, le=1024, description="largest chunk of a resumable upload (MiB)")
+    secret_file: Path = Field(Path("data/service.secret"),
+                              description="key that signs sessions and API tokens (created on first start)")
+    session_hours: float = Field(12.0, gt=0, description="a login session lasts this long")
+    token_hours: float = Field(720.0, gt=0, description="an API bearer token lasts this long")
+    process_now: bool = Field(True, description="admins may process a flight at once (else nightly only)")
+    test_only_truth_file: Path | None = Field(
+        None, description="TESTS ONLY: a synthetic district.gpkg whose truth layer (the epoch captured "
+                          "when the flight was) replaces the detector; never set it in production")
+
+
 class Settings(Section):
     store: StoreSettings = StoreSettings()
     district: DistrictSettings = DistrictSettings()
@@ -84,6 +101,7 @@ class Settings(Section):
     detector: DetectorSettings = DetectorSettings()
     tracking: TrackingSettings = TrackingSettings()
     report: ReportSettings = ReportSettings()
+    service: ServiceSettings = ServiceSettings()
     rules_file: Path = Field(Path("rules.yaml"), description="violation rules and lifecycle table")
 
     source: Path | None = Field(None, exclude=True, description="the config file these came from")

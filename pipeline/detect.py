@@ -66,9 +66,24 @@ class Detector:
         self.batch_size = batch_size
         if path.suffix.lower() == ".onnx":
             self._check_onnx_size()
-        # set the predictor up now (weights, ONNX session, warm-up), not on the first tiles. Threads are
-        # the libraries' own: torch gets cpu_count - 1 from ultralytics, onnxruntime every core
+        # set the predictor up now (weights, ONNX session, warm-up), not on the first tiles
         self.predict([np.zeros((imgsz, imgsz, 3), np.uint8)])
+        if path.suffix.lower() == ".onnx":
+            self._limit_onnx_threads()
+
+    def _limit_onnx_threads(self) -> None:
+        """Give onnxruntime the threads ultralytics gives torch (cpu_count - 1, at most 8): one core
+        stays free for reading and decoding the next tiles, and the inference does not fight it."""
+        import onnxruntime as ort
+        from ultralytics.utils import NUM_THREADS
+
+        backend = getattr(getattr(getattr(self.model, "predictor", None), "model", None), "backend", None)
+        if getattr(backend, "session", None) is None:
+            return
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = NUM_THREADS
+        opts.inter_op_num_threads = 1
+        backend.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
 
     @classmethod
     def from_settings(cls, settings, model_path: str | Path | None = None) -> "Detector":
@@ -262,8 +277,6 @@ def detect_ortho(path: str | Path, settings, store_crs: str | None = None, detec
                  progress: bool = True):
     """Detect structures on an ortho: GeoDataFrame(class_name, confidence, area_m2, geometry) in
     the store CRS, seam duplicates merged."""
-    import geopandas as gpd
-    import shapely
     from pyproj import CRS
     from tqdm import tqdm
 
@@ -295,18 +308,31 @@ def detect_ortho(path: str | Path, settings, store_crs: str | None = None, detec
         bar.update(len(plan) - bar.n)  # windows that held no valid pixel once read
     finally:
         bar.close()
-    if not bounds or sum(len(c) for c in confs) == 0:
+    return boxes_to_detections(bounds, confs, classes, tiles, raster_crs, detector.classes, settings.detector.merge_iou,
+                               store_crs, model=detector.path)
+
+
+def boxes_to_detections(bounds: Sequence[np.ndarray], confs: Sequence[np.ndarray], classes: Sequence[np.ndarray],
+                        tiles: Sequence[np.ndarray], raster_crs, class_names: Sequence[str], merge_iou: float,
+                        store_crs, model=None):
+    """Per-tile map boxes (raster CRS; lists of arrays in tile order, ``tiles`` = a tile id per box)
+    -> detections in the store CRS, seam duplicates merged, best confidence first. Shared by
+    ``detect_ortho`` and the nightly runner's tile checkpoints (``pipeline.batch``)."""
+    import geopandas as gpd
+    import shapely
+
+    if not len(bounds) or sum(len(c) for c in confs) == 0:
         return empty_detections(store_crs)
     b = np.concatenate(bounds)
     cls = np.concatenate(classes)
-    if cls.max() >= len(detector.classes):
-        raise ModelError(f"model {detector.path} predicts class {cls.max()} but detector.classes lists "
-                         f"{len(detector.classes)}; list every class in the model's index order")
-    names = np.asarray(detector.classes, dtype=object)[cls]
+    if cls.max() >= len(class_names):
+        raise ModelError(f"model {model} predicts class {cls.max()} but detector.classes lists "
+                         f"{len(class_names)}; list every class in the model's index order")
+    names = np.asarray(class_names, dtype=object)[cls]
     gdf = gpd.GeoDataFrame({"class_name": names, "confidence": np.concatenate(confs),
                             "tile": np.concatenate(tiles)},
                            geometry=shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3]), crs=raster_crs)
-    gdf = merge_seams(gdf, settings.detector.merge_iou).drop(columns="tile")
+    gdf = merge_seams(gdf, merge_iou).drop(columns="tile")
     gdf = gdf.to_crs(store_crs)
     gdf["area_m2"] = gdf.geometry.area
     gdf = gdf[["class_name", "confidence", "area_m2", "geometry"]]

@@ -53,16 +53,51 @@ def prior_coverage(store, flight: dict):
     return shapely.union_all(geoms.values) if len(geoms) else None
 
 
+def commit_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, model_version: str,
+                  *, rules=None, now: datetime | None = None) -> FlightResult:
+    """Match and track a flight's detections and write everything it produces — detections,
+    cases, events, status 'done' — in ONE store transaction (all or nothing)."""
+    from pipeline.match import find_violations, load_rules
+    from pipeline.track import track_flight
+
+    rules = rules if rules is not None else load_rules(settings.rules_path)
+    flight_id = flight["flight_id"]
+    detections = detections.to_crs(settings.store.crs)
+    footprint = flight["footprint"]
+    bbox = footprint.bounds if footprint is not None else tuple(detections.total_bounds)
+    with store.transaction():
+        store.replace_detections(flight_id, detections[["class_name", "confidence", "area_m2", "geometry"]])
+        findings = find_violations(detections, store.parcels(bbox), store.zones(bbox), rules)
+        result = track_flight(store.cases(bbox), findings, detections, flight, settings.tracking, rules,
+                              now, prior_coverage=prior_coverage(store, flight),
+                              allocate=store.allocate_case_numbers, prefix=store.case_prefix)
+        if len(result.cases):
+            store.save_cases(result.cases)
+        store.append_events(result.events)
+        store.set_flight_status(flight_id, "done", model_version=model_version)
+    return FlightResult(flight_id, len(detections), len(findings), result.new_case_count, len(result.events))
+
+
+def fail_flight(store, flight_id: str, error: BaseException | str) -> str:
+    """Record the flight as failed with a one-line error; returns that line."""
+    line = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, BaseException) and not isinstance(error, PatrolError):
+        line = f"{type(error).__name__}: {line}"
+    with store.transaction():
+        store.set_flight_status(flight_id, "failed", error=line[:500])
+    return line
+
+
 def process_flight(store, flight_id: str, settings, *, detector=None, detections: gpd.GeoDataFrame | None = None,
                    force: bool = False, now: datetime | None = None, progress: bool = True) -> FlightResult:
     """Run a registered flight through detect → match → track and store the outcome.
 
     ``detections`` bypasses the detector (e.g. a truth layer, to test the rules apart from
     the model). A flight already 'done' is skipped unless ``force``; forced or not, a
-    re-run never duplicates detections, findings or cases."""
+    re-run never duplicates detections, findings or cases. The nightly runner
+    (``pipeline.batch``) uses the same ``commit_flight`` with tile-checkpointed detection."""
     from pipeline.detect import detect_ortho
-    from pipeline.match import find_violations, load_rules
-    from pipeline.track import track_flight
+    from pipeline.match import load_rules
 
     flight = store.get_flight(flight_id)
     if flight is None:
@@ -77,22 +112,7 @@ def process_flight(store, flight_id: str, settings, *, detector=None, detections
         if detections is None:
             detections = detect_ortho(flight["path"], settings, settings.store.crs, detector=detector,
                                       progress=progress)
-        else:
-            detections = detections.to_crs(settings.store.crs)
-        footprint = flight["footprint"]
-        bbox = footprint.bounds if footprint is not None else tuple(detections.total_bounds)
-        with store.transaction():
-            store.replace_detections(flight_id, detections[["class_name", "confidence", "area_m2", "geometry"]])
-            findings = find_violations(detections, store.parcels(bbox), store.zones(bbox), rules)
-            result = track_flight(store.cases(bbox), findings, detections, flight, settings.tracking, rules,
-                                  now, prior_coverage=prior_coverage(store, flight),
-                                  allocate=store.allocate_case_numbers, prefix=store.case_prefix)
-            if len(result.cases):
-                store.save_cases(result.cases)
-            store.append_events(result.events)
-            store.set_flight_status(flight_id, "done", model_version=model_version)
+        return commit_flight(store, flight, detections, settings, model_version, rules=rules, now=now)
     except PatrolError as e:
-        with store.transaction():
-            store.set_flight_status(flight_id, "failed", error=str(e))
+        fail_flight(store, flight_id, e)
         raise
-    return FlightResult(flight_id, len(detections), len(findings), result.new_case_count, len(result.events))

@@ -18,7 +18,7 @@ from pipeline.store import open_store
 
 XSS = "<script>alert(1)</script>"
 ARTIFACTS = Path(__file__).parent / "artifacts"
-CHROMIUM = Path("/usr/bin/chromium")
+from browser import CHROMIUM, launch_chromium  # noqa: E402  (tests/browser.py)
 
 
 def _copy_store(small_district_store, tmp_path, **overrides):
@@ -109,9 +109,7 @@ def test_map_renders_offline_in_chromium(reports):
     ARTIFACTS.mkdir(exist_ok=True)
     xss_case = reports["xss_case"]
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run"])
+        browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 800})
             requests, failed, errors, dialogs = [], [], [], []

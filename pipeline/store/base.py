@@ -36,6 +36,30 @@ When = str | date | datetime | pd.Timestamp
 FLIGHT_STATUSES = ("uploaded", "processing", "done", "failed")
 
 
+class Claim:
+    """A held flight claim (``Store.claim_flight``): leaving the ``with`` block or
+    ``release()`` frees it; releasing twice is harmless."""
+
+    def __init__(self, flight_id: str, release):
+        self.flight_id = flight_id
+        self._release = release
+
+    @property
+    def held(self) -> bool:
+        return self._release is not None
+
+    def release(self) -> None:
+        fn, self._release = self._release, None
+        if fn is not None:
+            fn()
+
+    def __enter__(self) -> "Claim":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 class Store(abc.ABC):
     """Persistent tables of the pipeline: flights, detections, parcels, zones, cases,
     case events, evidence. Open one with ``pipeline.store.open_store(url, crs)``."""
@@ -97,6 +121,14 @@ class Store(abc.ABC):
                           model_version: str | None = None) -> None:
         """Set status (one of FLIGHT_STATUSES) and error; 'done'/'failed' stamp processed_at.
         An unknown flight or status raises StoreError."""
+
+    @abc.abstractmethod
+    def claim_flight(self, flight_id: str) -> Claim | None:
+        """Try to take the exclusive processing claim on a flight without waiting: a context
+        manager holding it (released on exit), or None when another process or store object
+        holds it. The claim dies with its holder (a killed process frees it), so a run that
+        finds a flight 'processing' with a free claim knows it was interrupted. It guards the
+        work on a flight (the nightly run); writes still go through ``transaction()``."""
 
     # ------------------------------------------------------------ detections
     @abc.abstractmethod
@@ -168,3 +200,29 @@ class Store(abc.ABC):
     def evidence(self, case_no: str | None = None) -> pd.DataFrame:
         """Evidence rows of one case (or all), by captured_at."""
 
+    # ------------------------------------------------------------ web service accounts
+    # Concrete on top of the backends' generic ``_frame(table)`` / ``_upsert(table, frame)``.
+    def users(self) -> pd.DataFrame:
+        """Web service accounts (table ``users``: username, password_hash, role, towns
+        (list), display_name, disabled (0/1), created_at, updated_at), by username."""
+        from pipeline.store.schema import USERS
+        return self._frame(USERS).sort_values("username").reset_index(drop=True)
+
+    def get_user(self, username: str) -> dict[str, Any] | None:
+        """One account as a dict, or None."""
+        users = self.users()
+        hit = users[users["username"] == username]
+        return None if not len(hit) else hit.iloc[0].to_dict()
+
+    def save_user(self, user: Mapping[str, Any]) -> None:
+        """Insert or update one account by username; keys absent keep their stored value."""
+        from pipeline.store.schema import USERS
+        row = {k: v for k, v in dict(user).items() if k in USERS.names}
+        if not row.get("username"):
+            from pipeline.errors import StoreError
+            raise StoreError("save_user: the account has no username")
+        now = datetime.now().replace(microsecond=0)
+        with self.transaction():
+            known = self.get_user(row["username"])
+            row = {**(known or {"created_at": now}), **row, "updated_at": now}
+            self._upsert(USERS, pd.DataFrame([row]))  # type: ignore[attr-defined]

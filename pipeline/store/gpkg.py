@@ -10,8 +10,11 @@ and wait up to ``busy_timeout`` for each other.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
+import os
+import re
 import sqlite3
 import struct
 import threading
@@ -28,7 +31,7 @@ import shapely
 from pyproj import CRS
 
 from pipeline.errors import StoreError
-from pipeline.store.base import FLIGHT_STATUSES, BBox, Store, When
+from pipeline.store.base import FLIGHT_STATUSES, BBox, Claim, Store, When
 from pipeline.store.schema import COUNTED, TABLES, Table
 
 APPLICATION_ID = 0x47504B47          # "GPKG"
@@ -476,6 +479,35 @@ class GpkgStore(Store):
             frame = pd.DataFrame(frame.drop(columns="footprint"))
         self._upsert(table, frame, fill={"status": "uploaded"})
 
+    def claim_flight(self, flight_id: str) -> Claim | None:
+        """An exclusive ``flock`` on ``<store>.locks/<flight_id>.lock`` (the file stays; the
+        kernel drops the lock when its holder exits, however it exits)."""
+        import fcntl
+
+        folder = self.path.with_name(self.path.name + ".locks")
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", flight_id)
+        if name != flight_id:
+            name += "-" + hashlib.sha1(flight_id.encode()).hexdigest()[:8]
+        try:
+            folder.mkdir(exist_ok=True)
+            fd = os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o664)
+        except OSError as e:
+            raise StoreError(f"store {self.path}: cannot create the lock file of flight {flight_id} "
+                             f"in {folder} ({e.strerror}); make the store's folder writable") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+
+        def release() -> None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        return Claim(flight_id, release)
+
     def get_flight(self, flight_id: str) -> dict[str, Any] | None:
         gdf = self._frame(TABLES["flight"], "flight_id = ?", [flight_id])
         if not len(gdf):
@@ -772,6 +804,18 @@ def _migration_1(store: GpkgStore) -> None:
           f"SELECT RAISE(ABORT, 'case_event is append-only: history is never rewritten'); END")
 
 
+def _migration_2(store: GpkgStore) -> None:
+    """The web service's accounts (schema.USERS), a GeoPackage attribute table."""
+    from pipeline.store.schema import USERS
+    cols = ["fid INTEGER PRIMARY KEY AUTOINCREMENT"]
+    cols += [f"{_q(c.name)} {_SQL_TYPE[c.kind]}{' NOT NULL' if c.required else ''}" for c in USERS.columns]
+    cols.append(f"UNIQUE ({', '.join(map(_q, USERS.key))})")
+    store._x(f"CREATE TABLE {_q(USERS.name)} ({', '.join(cols)})")
+    store._x("INSERT INTO gpkg_contents (table_name, data_type, identifier, description) "
+             "VALUES (?, 'attributes', ?, ?)", (USERS.name, USERS.name, USERS.description))
+
+
 MIGRATIONS: list[tuple[int, str, Any]] = [
     (1, "GeoPackage core, flight, detection, parcel, zone, cases, case_event, evidence", _migration_1),
+    (2, "users: web service accounts", _migration_2),
 ]

@@ -99,6 +99,14 @@ CASE_COUNTER = Table("case_counter", (
 TABLES: dict[str, Table] = {t.name: t for t in (
     FLIGHT, DETECTION, PARCEL, ZONE, CASES, CASE_EVENT, EVIDENCE, CASE_COUNTER)}
 
+#: accounts of the web service (pipeline/service), added by migration 2 of every backend;
+#: not in TABLES, which is the frozen table list of migration 1
+USERS = Table("users", (
+    C("username", required=True), C("password_hash", required=True), C("role", required=True),
+    C("towns", "json", default=[]), C("display_name"), C("disabled", "int", default=0),
+    C("created_at", "datetime"), C("updated_at", "datetime"),
+), key=("username",), description="web service accounts: role patrol/officer/admin, officer towns")
+
 #: tables reported by Store.status()["counts"]
 COUNTED = ("flight", "detection", "parcel", "zone", "cases", "case_event", "evidence")
 

@@ -1,0 +1,235 @@
+"""Accounts, passwords, sessions, API tokens and CSRF tokens of the web service.
+
+- Roles: ``patrol`` (uploads flights, sees its own), ``officer`` (reviews and moves the
+  cases of the towns/villages listed on the account), ``admin`` (everything).
+- Passwords: argon2id (argon2-cffi), re-hashed on login when the parameters change.
+- Sessions: an itsdangerous-signed cookie (HttpOnly, SameSite=Lax) holding the username,
+  a fingerprint of the password hash (a password change or reset ends every session and
+  token) and the session's CSRF token. API clients use ``Authorization: Bearer <token>``
+  from ``POST /api/token``; a bearer request needs no CSRF token (no ambient credential).
+- The signing key: ``service.secret_file``, created (random, mode 600) on first use.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ConfigError, InputError
+
+ROLES = ("patrol", "officer", "admin")
+USERNAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{2,40}$")
+MIN_PASSWORD = 8
+SESSION_COOKIE = "patrol_session"
+LOGIN_CSRF_COOKIE = "patrol_login_csrf"
+
+
+def _hasher():
+    from argon2 import PasswordHasher
+    return PasswordHasher()
+
+
+def hash_password(password: str) -> str:
+    if len(password or "") < MIN_PASSWORD:
+        raise InputError(f"password too short; use at least {MIN_PASSWORD} characters")
+    return _hasher().hash(password)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    from argon2.exceptions import InvalidHashError, VerificationError
+    try:
+        return _hasher().verify(password_hash, password or "")
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def fingerprint(password_hash: str) -> str:
+    """Short digest of the stored hash: tokens carry it, so a new password voids them."""
+    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
+
+
+@dataclass
+class User:
+    username: str
+    role: str
+    towns: list[str] = field(default_factory=list)
+    display_name: str = ""
+    disabled: bool = False
+    password_hash: str = ""
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "User":
+        def s(v):
+            return v if isinstance(v, str) else ""
+        towns = row.get("towns")
+        return cls(username=row["username"], role=s(row.get("role")),
+                   towns=[str(t) for t in towns] if isinstance(towns, list) else [],
+                   display_name=s(row.get("display_name")),
+                   disabled=bool(row.get("disabled") == 1 or row.get("disabled") is True),
+                   password_hash=s(row.get("password_hash")))
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    def sees(self, town: Any, village: Any) -> bool:
+        """May this account read and change a case in this town / village?"""
+        if self.is_admin:
+            return True
+        if self.role != "officer":
+            return False
+        places = {t for t in self.towns if t}
+        return (isinstance(town, str) and town in places) or (isinstance(village, str) and village in places)
+
+    def public(self) -> dict[str, Any]:
+        return {"username": self.username, "role": self.role, "towns": self.towns,
+                "display_name": self.display_name, "disabled": self.disabled}
+
+
+# ---------------------------------------------------------------- account management (CLI, admin page)
+def _check_username(username: str) -> None:
+    if not USERNAME_RE.match(username or ""):
+        raise InputError(f"user name '{username}' is not allowed; use 2-40 letters, digits, '_', '.' or '-'")
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise InputError(f"role '{role}' is unknown; use one of {', '.join(ROLES)}")
+
+
+def add_user(store, username: str, password: str, role: str, towns: list[str] | None = None,
+             display_name: str = "") -> User:
+    _check_username(username)
+    _check_role(role)
+    if store.get_user(username) is not None:
+        raise InputError(f"user {username} exists already; use `patrol users passwd {username}`")
+    row = {"username": username, "password_hash": hash_password(password), "role": role,
+           "towns": [t.strip() for t in (towns or []) if t.strip()], "display_name": display_name or "",
+           "disabled": 0}
+    store.save_user(row)
+    return User.from_row(row)
+
+
+def get_user(store, username: str) -> User | None:
+    row = store.get_user(username) if username else None
+    return User.from_row(row) if row else None
+
+
+def set_password(store, username: str, password: str) -> None:
+    if get_user(store, username) is None:
+        raise InputError(f"user {username} does not exist; see `patrol users list`")
+    store.save_user({"username": username, "password_hash": hash_password(password)})
+
+
+def set_disabled(store, username: str, disabled: bool = True) -> None:
+    if get_user(store, username) is None:
+        raise InputError(f"user {username} does not exist; see `patrol users list`")
+    store.save_user({"username": username, "disabled": 1 if disabled else 0})
+
+
+def list_users(store) -> list[User]:
+    return [User.from_row(r) for r in store.users().to_dict("records")]
+
+
+def authenticate(store, username: str, password: str) -> User | None:
+    """The active account with this password, or None (same work done for unknown names)."""
+    user = get_user(store, username or "")
+    if user is None or user.disabled:
+        verify_password(_dummy_hash(), password)
+        return None
+    if not verify_password(user.password_hash, password):
+        return None
+    if _hasher().check_needs_rehash(user.password_hash):
+        store.save_user({"username": user.username, "password_hash": _hasher().hash(password)})
+        user = get_user(store, user.username)
+    return user
+
+
+_DUMMY: list[str] = []
+
+
+def _dummy_hash() -> str:
+    if not _DUMMY:
+        _DUMMY.append(_hasher().hash(secrets.token_hex(8)))
+    return _DUMMY[0]
+
+
+# ---------------------------------------------------------------- signing
+def load_secret(path: Path) -> bytes:
+    """The signing key in ``path``; created (32 random bytes, hex, mode 600) when missing."""
+    path = Path(path).expanduser()
+    try:
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        key = path.read_text().strip()
+    except FileExistsError:
+        key = path.read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"service.secret_file {path}: cannot read or create it ({e.strerror}); "
+                          f"point it at a writable file") from None
+    if len(key) < 32:
+        raise ConfigError(f"service.secret_file {path} holds a key shorter than 32 characters; "
+                          f"delete it to have a new one made")
+    return key.encode()
+
+
+class Signer:
+    """Signed, timestamped session cookies and bearer tokens (itsdangerous)."""
+
+    def __init__(self, secret: bytes, session_s: float, token_s: float):
+        from itsdangerous import URLSafeTimedSerializer
+        self._session = URLSafeTimedSerializer(secret, salt="patrol-session")
+        self._token = URLSafeTimedSerializer(secret, salt="patrol-api-token")
+        self._login = URLSafeTimedSerializer(secret, salt="patrol-login-csrf")
+        self.session_s, self.token_s = session_s, token_s
+
+    def session(self, user: User) -> tuple[str, str]:
+        """(cookie value, CSRF token) of a new session."""
+        csrf = secrets.token_urlsafe(24)
+        return self._session.dumps({"u": user.username, "f": fingerprint(user.password_hash), "c": csrf}), csrf
+
+    def read_session(self, value: str) -> dict | None:
+        return self._load(self._session, value, self.session_s)
+
+    def token(self, user: User) -> str:
+        return self._token.dumps({"u": user.username, "f": fingerprint(user.password_hash)})
+
+    def read_token(self, value: str) -> dict | None:
+        return self._load(self._token, value, self.token_s)
+
+    def login_csrf(self) -> str:
+        return self._login.dumps(secrets.token_urlsafe(16))
+
+    def check_login_csrf(self, cookie: str | None, form: str | None) -> bool:
+        return bool(cookie and form and hmac.compare_digest(cookie, form)
+                    and self._load(self._login, form, 3600) is not None)
+
+    @staticmethod
+    def _load(ser, value: str, max_age: float) -> Any:
+        from itsdangerous import BadSignature
+        if not value or len(value) > 4096:
+            return None
+        try:
+            return ser.loads(value, max_age=max_age)
+        except (BadSignature, ValueError, TypeError):
+            return None
+
+
+def user_for(store, claims: dict | None) -> User | None:
+    """The account a session/token names, if it is active and its password unchanged."""
+    if not isinstance(claims, dict) or not isinstance(claims.get("u"), str):
+        return None
+    user = get_user(store, claims["u"])
+    if user is None or user.disabled or user.role not in ROLES:
+        return None
+    if not hmac.compare_digest(fingerprint(user.password_hash), str(claims.get("f", ""))):
+        return None
+    return user

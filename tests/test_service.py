@@ -1,0 +1,400 @@
+"""Web service (issue 8), in process: authentication on every route, roles and town scope,
+CSRF, uploads (limits, bad files, names), HTML escaping, the OpenAPI spec under schemathesis,
+and the `patrol users` commands. The browser end-to-end run is in test_service_e2e.py."""
+from __future__ import annotations
+
+import re
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+warnings.filterwarnings("ignore", message=".*httpx.*", category=DeprecationWarning)
+from fastapi.testclient import TestClient  # noqa: E402
+
+from pipeline.config import load_settings  # noqa: E402
+from pipeline.service import auth as A  # noqa: E402
+from pipeline.store import open_store  # noqa: E402
+
+XSS = "<script>alert(1)</script>"
+PASSWORDS = {"pat": "patrol-pass-1", "adm": "admin-pass-1", "off": "officer-pass-1", "far": "faraway-pass-1"}
+
+
+def _settings(root: Path, store_path: Path, **extra):
+    over = {"store.url": str(store_path), "service.upload_dir": str(root / "uploads"),
+            "service.work_dir": str(root / "work"), "service.secret_file": str(root / "secret"),
+            "service.max_upload_mb": "4", "service.chunk_mb": "1"}
+    over.update(extra)
+    return load_settings(overrides=over)
+
+
+@pytest.fixture(scope="module")
+def svc(small_district_store, tmp_path_factory):
+    """An app over a copy of the processed small district, with four accounts and one case
+    owned by an HTML-named party; returns a namespace of what the tests need."""
+    src, _, district = small_district_store
+    root = tmp_path_factory.mktemp("service")
+    shutil.copy(src, root / "patrol.gpkg")
+    settings = _settings(root, root / "patrol.gpkg")
+    store = open_store(settings.store.url, settings.store.crs)
+    cases = store.cases()
+    town = cases["town"].dropna().iloc[0]
+    A.add_user(store, "pat", PASSWORDS["pat"], "patrol")
+    A.add_user(store, "adm", PASSWORDS["adm"], "admin")
+    A.add_user(store, "off", PASSWORDS["off"], "officer", [town])
+    A.add_user(store, "far", PASSWORDS["far"], "officer", ["不存在镇"])
+    in_town = cases[cases["town"] == town]["case_no"].tolist()
+    xss_case = in_town[-1]
+    store.save_cases(cases.loc[cases["case_no"] == xss_case, ["case_no"]].assign(owner=XSS))
+    store.close()
+
+    from pipeline.service.app import create_app
+    app = create_app(settings)
+    client = TestClient(app)
+
+    class NS:
+        pass
+    ns = NS()
+    ns.app, ns.client, ns.settings, ns.root, ns.district = app, client, settings, root, district
+    ns.case, ns.xss_case, ns.town = in_town[0], xss_case, town
+    ns.store = app.state.store
+    ns.tokens = {u: _token(client, u) for u in PASSWORDS}
+    yield ns
+    client.close()
+
+
+def _token(client, user):
+    r = client.post("/api/token", json={"username": user, "password": PASSWORDS[user]})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def _session(app, user) -> tuple[TestClient, str]:
+    """A browser-like client signed in through the login form; returns it and its CSRF token."""
+    c = TestClient(app, follow_redirects=False)
+    page = c.get("/login")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    r = c.post("/login", data={"username": user, "password": PASSWORDS[user], "csrf_token": token, "next": "/"})
+    assert r.status_code == 303 and A.SESSION_COOKIE in r.cookies, r.text
+    home = c.get("/flights" if user == "pat" else "/review")
+    assert home.status_code == 200
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', home.text).group(1)
+    return c, csrf
+
+
+def _status(svc, case_no):
+    cases = svc.store.cases()
+    return cases.loc[cases["case_no"] == case_no, "status"].iloc[0]
+
+
+# ---------------------------------------------------------------- authentication
+def test_every_route_needs_a_session(svc):
+    from fastapi.routing import APIRoute
+    from starlette.routing import Route
+
+    public = {("GET", "/login"), ("POST", "/login"), ("POST", "/api/token")}
+    c = TestClient(svc.app, follow_redirects=False)
+    checked = 0
+    for route in svc.app.routes:
+        if not isinstance(route, (APIRoute, Route)):
+            continue
+        path = re.sub(r"\{fmt\}", "csv", route.path)
+        path = re.sub(r"\{flight_id\}", "0123456789abcdef", path)
+        path = re.sub(r"\{case_no\}", svc.case, path)
+        path = re.sub(r"\{[^}]+\}", "x.png", path)
+        for method in sorted(route.methods - {"HEAD"}):
+            if (method, route.path) in public:
+                continue
+            r = c.request(method, path)
+            checked += 1
+            if route.path.startswith("/api/"):
+                assert r.status_code == 401, (method, path, r.status_code)
+                assert r.headers.get("www-authenticate") == "Bearer"
+            else:
+                assert r.status_code == 303, (method, path, r.status_code)
+                assert r.headers["location"].startswith("/login?next=")
+    assert checked >= 25
+    # a forged cookie or token is no session either
+    c.cookies.set(A.SESSION_COOKIE, "eyJ1IjoiYWRtIn0.forged.sig")
+    assert c.get("/review").status_code == 303
+    assert c.get("/api/me", headers={"Authorization": "Bearer nope"}).status_code == 401
+
+
+def test_login_form_needs_its_csrf_token_and_the_right_password(svc):
+    c = TestClient(svc.app, follow_redirects=False)
+    r = c.post("/login", data={"username": "adm", "password": PASSWORDS["adm"], "next": "/"})
+    assert r.status_code == 403 and A.SESSION_COOKIE not in r.cookies
+    token = re.search(r'name="csrf_token" value="([^"]+)"', c.get("/login").text).group(1)
+    r = c.post("/login", data={"username": "adm", "password": "wrong-password", "csrf_token": token})
+    assert r.status_code == 303 and "error=1" in r.headers["location"] and A.SESSION_COOKIE not in r.cookies
+    # no open redirect after login
+    r = c.post("/login", data={"username": "adm", "password": PASSWORDS["adm"], "csrf_token": token,
+                               "next": "//evil.example/x"})
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie.replace("Lax", "lax")
+
+
+def test_password_change_and_disable_end_tokens(svc):
+    A.add_user(svc.store, "tmp", "temporary-1", "officer", [svc.town])
+    c = svc.client
+    h = _token_for(c, "tmp", "temporary-1")
+    assert c.get("/api/me", headers=h).json()["username"] == "tmp"
+    A.set_password(svc.store, "tmp", "temporary-2")
+    assert c.get("/api/me", headers=h).status_code == 401
+    h = _token_for(c, "tmp", "temporary-2")
+    A.set_disabled(svc.store, "tmp")
+    assert c.get("/api/me", headers=h).status_code == 401
+    assert c.post("/api/token", json={"username": "tmp", "password": "temporary-2"}).status_code == 401
+
+
+def _token_for(c, user, password):
+    return {"Authorization": f"Bearer {c.post('/api/token', json={'username': user, 'password': password}).json()['access_token']}"}
+
+
+# ---------------------------------------------------------------- roles and scope
+def test_patrol_cannot_change_or_read_cases(svc):
+    c, t = svc.client, svc.tokens["pat"]
+    before = _status(svc, svc.case)
+    r = c.post(f"/api/cases/{svc.case}/status", json={"to_status": "verified", "note": "x"}, headers=t)
+    assert r.status_code == 403
+    assert c.get("/api/cases", headers=t).status_code == 403
+    s, csrf = _session(svc.app, "pat")
+    r = s.post(f"/cases/{svc.case}/status", data={"to_status": "verified", "note": "x", "csrf_token": csrf})
+    assert r.status_code == 403
+    assert s.get(f"/cases/{svc.case}").status_code == 403
+    assert _status(svc, svc.case) == before
+    # and an officer cannot process flights or manage users
+    assert c.post("/api/flights/0123456789abcdef/process", headers=svc.tokens["off"]).status_code == 403
+    assert c.get("/admin/users", headers=svc.tokens["off"]).status_code == 403
+
+
+def test_officer_sees_only_their_towns(svc):
+    c = svc.client
+    mine = c.get("/api/cases", headers=svc.tokens["off"]).json()
+    assert mine and all(r["town"] == svc.town for r in mine)
+    far = svc.tokens["far"]
+    assert c.get("/api/cases", headers=far).json() == []
+    assert c.get(f"/api/cases/{svc.case}", headers=far).status_code == 404
+    before = _status(svc, svc.case)
+    r = c.post(f"/api/cases/{svc.case}/status", json={"to_status": "verified", "note": "x"}, headers=far)
+    assert r.status_code == 404 and _status(svc, svc.case) == before
+    assert c.get(f"/cases/{svc.case}", headers=far).status_code == 404
+    assert c.get(f"/sheets/{svc.case}", headers=far).status_code == 404
+    assert c.get(f"/chips/{svc.case}_0123456789abcdef_after.png", headers=far).status_code == 404
+    csv = c.get("/api/cases.csv", headers=far).text
+    assert svc.case not in csv
+    assert svc.case in c.get("/api/cases.csv", headers=svc.tokens["off"]).text
+    assert svc.case not in c.get("/review", headers=far).text
+
+
+def test_officer_moves_a_case_through_the_lifecycle(svc):
+    c, t = svc.client, svc.tokens["off"]
+    case = c.get("/api/cases", headers=t).json()[1]["case_no"]
+    r = c.post(f"/api/cases/{case}/status", json={"to_status": "closed", "note": "skip"}, headers=t)
+    assert r.status_code == 409 and "allowed next" in r.json()["detail"]
+    r = c.post(f"/api/cases/{case}/status", json={"to_status": "verified", "note": "  "}, headers=t)
+    assert r.status_code == 422
+    for to in ("verified", "ordered", "demolished"):
+        r = c.post(f"/api/cases/{case}/status", json={"to_status": to, "note": f"to {to}",
+                                                      "order_no": "ZG-1" if to == "ordered" else None}, headers=t)
+        assert r.status_code == 200, r.text
+    d = c.get(f"/api/cases/{case}", headers=t).json()
+    assert d["status"] == "demolished"
+    assert [h["to_status"] for h in d["history"]][-3:] == ["verified", "ordered", "demolished"]
+    assert d["history"][-1]["actor"] == "off" and d["history"][-1]["note"] == "to demolished"
+    ev = svc.store.events(case)
+    assert ev["to_status"].tolist()[-3:] == ["verified", "ordered", "demolished"]
+
+
+# ---------------------------------------------------------------- CSRF
+def test_form_post_without_csrf_is_refused(svc):
+    s, csrf = _session(svc.app, "off")
+    case = s.get("/api/cases").json()[2]["case_no"]          # cookie auth on a GET: fine
+    before = _status(svc, case)
+    r = s.post(f"/cases/{case}/status", data={"to_status": "verified", "note": "no token"})
+    assert r.status_code == 403 and "CSRF" in r.text
+    r = s.post(f"/cases/{case}/status", data={"to_status": "verified", "note": "bad", "csrf_token": "x" + csrf})
+    assert r.status_code == 403
+    r = s.post(f"/api/cases/{case}/status", json={"to_status": "verified", "note": "json, cookie, no header"})
+    assert r.status_code == 403
+    assert s.post("/logout").status_code == 403
+    assert _status(svc, case) == before
+    r = s.post(f"/cases/{case}/status", data={"to_status": "verified", "note": "with token", "csrf_token": csrf})
+    assert r.status_code == 303 and _status(svc, case) == "verified"
+    page = s.get(f"/cases/{case}").text
+    assert "with token" in page and "已核查确认" in page
+
+
+# ---------------------------------------------------------------- escaping
+def test_owner_with_html_renders_as_text(svc):
+    c, t = svc.client, svc.tokens["off"]
+    for url in (f"/cases/{svc.xss_case}", "/review"):
+        page = c.get(url, headers=t).text
+        assert XSS not in page
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert XSS not in c.get(f"/sheets/{svc.xss_case}", headers=t).text
+    assert c.get(f"/api/cases/{svc.xss_case}", headers=t).json()["owner"] == XSS     # JSON keeps the data
+
+
+def test_case_page_has_facts_chips_reasons_and_downloads(svc):
+    c, t = svc.client, svc.tokens["off"]
+    page = c.get(f"/cases/{svc.case}", headers=t).text
+    chips = re.findall(r'<img src="(/chips/[^"]+)"', page)
+    assert chips, "no before/after chip"
+    r = c.get(chips[0], headers=t)
+    assert r.status_code == 200 and r.content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert 'id="reasons"' in page and "<li>—</li>" not in page.split('id="reasons"')[1][:200]
+    r = c.get("/export/cases.xlsx", headers=t)
+    assert r.status_code == 200 and r.content[:2] == b"PK"
+    sheet = c.get(f"/sheets/{svc.case}", headers=t)
+    assert sheet.status_code == 200 and svc.case in sheet.text
+    for img in re.findall(r'<img[^>]+src="([^"]+)"', sheet.text):
+        url = "/sheets/" + img if not img.startswith(("/", "..")) else img.replace("../", "/", 1)
+        assert c.get(url, headers=t).status_code == 200, img
+    m = c.get("/review/map", headers=t)
+    assert m.status_code == 200 and "patrolReport" in m.text and "data-patrol-hook" in m.text
+    for png in set(re.findall(r'"(ortho/[0-9a-f]+\.png)"', m.text)):
+        assert c.get(f"/review/{png}", headers=t).status_code == 200
+
+
+# ---------------------------------------------------------------- uploads
+def _upload(c, t, data: bytes, name: str, chunk: int = 300_000):
+    r = c.post("/api/uploads", json={"filename": name, "size": len(data)}, headers=t)
+    if r.status_code != 201:
+        return r
+    up = r.json()["upload_id"]
+    off = 0
+    while off < len(data):
+        r = c.put(f"/api/uploads/{up}?offset={off}", content=data[off:off + chunk], headers=t)
+        if r.status_code != 200:
+            return r
+        off = r.json()["offset"]
+    return c.post(f"/api/uploads/{up}/finish", headers=t)
+
+
+def _flight_files(svc):
+    return sorted(p.name for p in (svc.root / "uploads" / "flights").iterdir())
+
+
+def test_upload_over_limit_or_not_an_image_is_refused(svc):
+    c, t = svc.client, svc.tokens["pat"]
+    n_flights, files = len(svc.store.list_flights()), _flight_files(svc)
+    r = c.post("/api/uploads", json={"filename": "big.tif", "size": 5 * 2**20}, headers=t)
+    assert r.status_code == 413 and "max_upload_mb" in r.json()["detail"]
+    # a chunk past the declared size, and one over the chunk limit
+    r = c.post("/api/uploads", json={"filename": "a.tif", "size": 10}, headers=t)
+    up = r.json()["upload_id"]
+    assert c.put(f"/api/uploads/{up}?offset=0", content=b"x" * 11, headers=t).status_code == 413
+    assert c.get(f"/api/uploads/{up}", headers=t).json()["offset"] == 0
+    r = c.post("/api/uploads", json={"filename": "b.tif", "size": 3 * 2**20}, headers=t)
+    up = r.json()["upload_id"]
+    assert c.put(f"/api/uploads/{up}?offset=0", content=b"x" * (2**20 + 1), headers=t).status_code == 413
+    assert c.put(f"/api/uploads/{up}?offset=5", content=b"x", headers=t).status_code == 422   # gap
+    # not an image / not a raster type / a zip without an ortho
+    assert c.post("/api/uploads", json={"filename": "notes.txt", "size": 5}, headers=t).status_code == 422
+    r = _upload(c, t, b"this is not a GeoTIFF at all" * 100, "fake.tif")
+    assert r.status_code == 422 and "\n" not in r.json()["detail"]
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("DJI_0001.JPG", b"\xff\xd8\xff" + b"0" * 100)
+    r = _upload(c, t, buf.getvalue(), "photos.zip")
+    assert r.status_code == 422 and "orthophoto" in r.json()["detail"]
+    # an image without georeferencing
+    import numpy as np
+    import rasterio
+    plain = svc.root / "plain.tif"
+    with rasterio.open(plain, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8") as dst:
+        dst.write(np.full((3, 64, 64), 100, np.uint8))
+    r = _upload(c, t, plain.read_bytes(), "plain.tif")
+    assert r.status_code == 422
+    assert len(svc.store.list_flights()) == n_flights
+    assert _flight_files(svc) == files
+
+
+def test_upload_names_cannot_escape_and_a_good_upload_resumes(svc):
+    from pipeline.service.uploads import safe_name
+    for bad in ("../../evil.tif", "..\\..\\evil.tif", "/etc/cron.d/evil.tif", "....//evil.tif", ".evil.tif",
+                "a/../../b.tif", "evil.tif\x00.png", "C:\\Windows\\evil.tif"):
+        name = safe_name(bad)
+        assert name and "/" not in name and "\\" not in name and ".." not in name and not name.startswith(".")
+    assert safe_name("航线 2025-03 东山镇.tif") == "航线_2025-03_东山镇.tif"
+    c, t = svc.client, svc.tokens["pat"]
+    assert c.get("/api/uploads/..%2F..%2Fsecret", headers=t).status_code == 404
+    assert c.put("/api/uploads/../../x?offset=0", content=b"x", headers=t).status_code in (404, 405)
+    data = (svc.district / "epoch_2.tif").read_bytes()
+    r = c.post("/api/uploads", json={"filename": "../../../../tmp/evil.tif", "size": len(data)}, headers=t)
+    up = r.json()["upload_id"]
+    assert r.json()["filename"] == "evil.tif"
+    half = len(data) // 2
+    assert c.put(f"/api/uploads/{up}?offset=0", content=data[:half], headers=t).json()["offset"] == half
+    # resume: resend an overlapping chunk from the offset the server reports
+    assert c.get(f"/api/uploads/{up}", headers=t).json()["offset"] == half
+    other = svc.tokens["adm"] | {}
+    assert c.get(f"/api/uploads/{up}", headers=svc.tokens["off"]).status_code == 403   # officers don't upload
+    assert other
+    off = half - 1000
+    while off < len(data):
+        off = c.put(f"/api/uploads/{up}?offset={off}", content=data[off:off + 2**20], headers=t).json()["offset"]
+    r = c.post(f"/api/uploads/{up}/finish", headers=t)
+    assert r.status_code == 200, r.text
+    f = svc.store.get_flight(r.json()["flight_id"])
+    p = Path(f["path"]).resolve()
+    assert p.is_relative_to((svc.root / "uploads" / "flights").resolve()) and p.name == f"{up}_evil.tif"
+    assert not Path("/tmp/evil.tif").exists()
+    assert p.read_bytes() == data
+    assert f["team"] == "pat"
+    # the patrol team sees its flight, queued for the nightly run
+    mine = c.get("/api/flights", headers=t).json()
+    assert any(x["flight_id"] == f["flight_id"] and x["queue"] in ("nightly", "") for x in mine)
+
+
+# ---------------------------------------------------------------- OpenAPI fuzzing
+def test_openapi_spec_fuzzed_finds_no_server_error(svc):
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    auth = svc.tokens["adm"]
+    schema = schemathesis.openapi.from_asgi("/api/openapi.json", svc.app, headers=auth)
+    ops = [r.ok() for r in schema.get_all_operations()]
+    assert len(ops) >= 10
+    t0 = time.monotonic()
+    for op in ops:
+        @settings(max_examples=6, deadline=None, phases=[Phase.explicit, Phase.generate], database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(case=op.as_strategy())
+        def run(case):
+            r = case.call(headers=auth)
+            assert r.status_code < 500, f"{case.method} {case.formatted_path}: {r.status_code} {r.text[:300]}"
+        run()
+    assert time.monotonic() - t0 < 60
+
+
+# ---------------------------------------------------------------- CLI
+def test_users_cli(tmp_path, capsys):
+    from pipeline.cli import main
+    store = tmp_path / "s.gpkg"
+    base = ["--store", str(store)]
+    assert main(base + ["users", "add", "li", "--role", "officer", "--town", "东山镇", "--town", "马湖村",
+                        "--password", "secret-pass-1"]) == 0
+    assert main(base + ["users", "add", "li", "--role", "officer", "--password", "secret-pass-1"]) == 2
+    assert "exists already" in capsys.readouterr().err
+    assert main(base + ["users", "add", "x y", "--role", "patrol", "--password", "secret-pass-1"]) == 2
+    assert main(base + ["users", "add", "wang", "--role", "patrol", "--password", "short"]) == 2
+    assert "too short" in capsys.readouterr().err
+    assert main(base + ["users", "passwd", "li", "--password", "another-pass-2"]) == 0
+    assert main(base + ["users", "disable", "li"]) == 0
+    assert main(base + ["users", "list"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^li\tofficer\t东山镇,马湖村\tdisabled", out, re.M), out
+    with open_store(store, "EPSG:4547") as s:
+        row = s.get_user("li")
+        assert row["password_hash"].startswith("$argon2id$") and "another" not in row["password_hash"]
+        assert A.authenticate(s, "li", "another-pass-2") is None          # disabled
+        A.set_disabled(s, "li", False)
+        assert A.authenticate(s, "li", "another-pass-2").towns == ["东山镇", "马湖村"]
+        assert A.authenticate(s, "li", "secret-pass-1") is None

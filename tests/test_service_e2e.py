@@ -1,0 +1,218 @@
+"""Web service end to end (issue 8): `patrol serve` as a subprocess on a free localhost port,
+driven by real headless Chromium. A patrol user uploads a generated orthophoto, an admin
+processes it, an officer opens a case from the map, confirms it with a note and sees it in
+the history. Screenshots go to tests/artifacts/service_*.png.
+
+Processing uses the shipped detector when models/lianwei-yolo11n.onnx exists; otherwise the
+test-only setting service.test_only_truth_file makes the server take the district's truth
+layer as detections, so the case-review path is always exercised."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from browser import CHROMIUM, launch_chromium
+from pipeline.config import DEFAULT_CONFIG, load_settings
+from pipeline.service import auth as A
+from pipeline.store import open_store
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+MODEL = DEFAULT_CONFIG.parent.parent / "models" / "lianwei-yolo11n.onnx"
+XSS = "<img src=x onerror=alert(1)><script>alert(2)</script>"
+USERS = {"pat": ("patrol-pass-1", "patrol"), "adm": ("admin-pass-1", "admin"), "off": ("officer-pass-1", "officer")}
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium not installed (make system-deps)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(small_district_store, tmp_path_factory):
+    """`patrol serve` over a fresh store holding the district's parcels and zones and three accounts."""
+    from pipeline.registry import read_parcels, read_zones
+
+    _, _, district = small_district_store
+    root = tmp_path_factory.mktemp("serve")
+    store_path = root / "patrol.gpkg"
+    sets = {"service.upload_dir": root / "uploads", "service.work_dir": root / "work",
+            "service.secret_file": root / "secret"}
+    use_model = MODEL.is_file()
+    if not use_model:
+        sets["service.test_only_truth_file"] = district / "district.gpkg"
+    settings = load_settings(overrides={"store.url": str(store_path), **{k: str(v) for k, v in sets.items()}})
+    store = open_store(store_path, settings.store.crs)
+    parcels = read_parcels(district / "district.gpkg", store_crs=settings.store.crs)
+    store.import_parcels(parcels)
+    store.import_zones(read_zones(district / "district.gpkg", store_crs=settings.store.crs))
+    town = parcels["town"].dropna().iloc[0]
+    for u, (pw, role) in USERS.items():
+        A.add_user(store, u, pw, role, [town] if role == "officer" else [])
+    store.close()
+
+    port = _free_port()
+    exe = Path(sys.executable).parent / "patrol"
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "pipeline.cli"]
+    cmd += ["--store", str(store_path)]
+    for k, v in sets.items():
+        cmd += ["--set", f"{k}={v}"]
+    cmd += ["serve", "--host", "127.0.0.1", "--port", str(port)]
+    log = open(root / "server.log", "w")
+    env = {**os.environ, "YOLO_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"patrol serve exited: {(root / 'server.log').read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        raise RuntimeError("patrol serve did not listen within 60 s")
+    yield {"base": base, "store": store_path, "settings": settings, "district": district, "town": town,
+           "log": root / "server.log", "model": use_model}
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def _login(browser, base, user, problems):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900}, base_url=base)
+    page = ctx.new_page()
+    page.on("pageerror", lambda e: problems.append(f"{user}: {e}"))
+    page.on("console", lambda m: problems.append(f"{user}: {m.text}") if m.type == "error" else None)
+    page.on("dialog", lambda d: (problems.append(f"{user}: dialog {d.message}"), d.dismiss()))
+    page.on("request", lambda r: None if r.url.startswith((base, "data:", "blob:", "about:"))
+            else problems.append(f"{user}: left the intranet {r.url}"))
+    page.goto("/login")
+    page.fill("#username", user)
+    page.fill("#password", USERS[user][0])
+    page.click("button[type=submit]")
+    page.wait_for_selector("#who")
+    return ctx, page
+
+
+def test_upload_process_review_confirm_in_chromium(server):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    ARTIFACTS.mkdir(exist_ok=True)
+    base, problems = server["base"], []
+    ortho = server["district"] / "epoch_1.tif"
+    try:
+        _run(sync_api, server, base, ortho, problems)
+    except Exception:
+        print(server["log"].read_text()[-3000:])
+        print("browser problems:", problems)
+        raise
+
+
+def _run(sync_api, server, base, ortho, problems):
+    with sync_api.sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            # -------- patrol: upload the orthophoto (chunked, through the page)
+            ctx, page = _login(browser, base, "pat", problems)
+            assert page.url.endswith("/flights")
+            page.goto("/upload")
+            page.set_input_files("#file", str(ortho))
+            page.click("#upload-form button[type=submit]")
+            page.wait_for_selector("#upload-msg.ok", timeout=60000)
+            fid = page.get_attribute("#flight-link", "data-flight")
+            assert fid and "queued for the nightly run" in page.inner_text("#upload-msg")
+            page.screenshot(path=str(ARTIFACTS / "service_upload.png"))
+            page.goto("/flights")
+            assert page.inner_text(f"tr[data-flight='{fid}'] .badge") == "uploaded"
+            assert page.locator("button.process").count() == 0          # patrol cannot process
+            ctx.close()
+
+            # -------- admin: process it now
+            ctx, page = _login(browser, base, "adm", problems)
+            page.goto("/flights")
+            page.click(f"tr[data-flight='{fid}'] button.process")
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                page.goto("/flights")
+                status = page.inner_text(f"tr[data-flight='{fid}'] .badge")
+                if status in ("done", "failed"):
+                    break
+                time.sleep(0.5)
+            row = page.inner_text(f"tr[data-flight='{fid}']")
+            assert status == "done", row
+            assert ("truth" in row) != server["model"]
+            page.screenshot(path=str(ARTIFACTS / "service_flights.png"))
+            ctx.close()
+
+            # a hostile owner name on one case (written by another process, as a registry import would)
+            with open_store(server["store"], server["settings"].store.crs) as store:
+                cases = store.cases()
+                assert len(cases), "processing made no case"
+                xss_case = cases["case_no"].iloc[-1]
+                store.save_cases(cases.loc[cases["case_no"] == xss_case, ["case_no"]].assign(owner=XSS))
+
+            # -------- officer: review on the map, open a case from it, confirm with a note
+            ctx, page = _login(browser, base, "off", problems)
+            assert page.url.endswith("/review")
+            frame = page.frame_locator("#map")
+            page.wait_for_function("document.getElementById('map').contentWindow.patrolReport"
+                                   " && document.getElementById('map').contentWindow.patrolReport.ready",
+                                   timeout=30000)
+            page.wait_for_function("document.getElementById('map').contentDocument.documentElement"
+                                   ".getAttribute('data-patrol-hook') === 'ready'", timeout=10000)
+            page.wait_for_timeout(300)
+            page.screenshot(path=str(ARTIFACTS / "service_review.png"))
+            n_rows = page.locator("#cases tbody tr").count()
+            assert n_rows == len(cases)
+            # table tools: search narrows, sort reorders
+            page.fill("#search", xss_case)
+            assert page.locator("#cases tbody tr:not([hidden])").count() == 1
+            page.fill("#search", "")
+            case_no = next(c for c in cases["case_no"] if c != xss_case)
+            page.click(f"#cases tr[data-case='{case_no}'] button.show")
+            link = frame.locator("a.open-case")
+            link.wait_for(state="visible", timeout=10000)
+            assert case_no in frame.locator(".leaflet-popup-content").inner_text()
+            page.screenshot(path=str(ARTIFACTS / "service_review_popup.png"))
+            link.click()
+            page.wait_for_url(f"**/cases/{case_no}", timeout=10000)
+            assert page.get_attribute("#case-status", "data-status") == "suspected"
+            page.wait_for_function("Array.from(document.querySelectorAll('#chips img'))"
+                                   ".every(i => i.complete && i.naturalWidth > 0)", timeout=10000)
+            assert page.locator("#chips img").count() >= 1
+            assert page.locator("#reasons li").count() >= 1
+            note = "现场核实：未批先建 confirmed on site"
+            page.fill("#note", note)
+            page.click("button[data-to='verified']")
+            page.wait_for_selector("#case-status[data-status='verified']", timeout=10000)
+            history = page.inner_text("#history-table")
+            assert note in history and "已核查确认" in history and "off" in history
+            page.screenshot(path=str(ARTIFACTS / "service_case.png"), full_page=True)
+
+            # the hostile owner shows as text and runs nothing
+            page.goto(f"/cases/{xss_case}")
+            assert XSS in page.inner_text("#facts")
+            assert page.locator("#facts img, #facts script").count() == 0
+            page.goto("/review")
+            page.wait_for_timeout(300)
+            assert XSS in page.inner_text("#cases")
+            ctx.close()
+        finally:
+            browser.close()
+    with open_store(server["store"], server["settings"].store.crs) as store:
+        ev = store.events(case_no)
+        assert ev["to_status"].iloc[-1] == "verified" and ev["note"].iloc[-1] == note and ev["actor"].iloc[-1] == "off"
+    assert problems == [], problems
