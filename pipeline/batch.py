@@ -28,6 +28,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -103,6 +104,7 @@ class Chunk:
 
 # ---------------------------------------------------------------- worker side
 _DETECTORS: dict[tuple, Any] = {}
+_MODEL_LOCK = threading.RLock()       # a worker started with several threads shares one model, in turn
 
 
 def load_detector(spec: DetectSpec):
@@ -112,15 +114,20 @@ def load_detector(spec: DetectSpec):
     st = os.stat(spec.model_path)
     key = (spec.model_path, st.st_mtime_ns, spec.classes, spec.confidence, spec.nms_iou, spec.tile_px,
            spec.batch_size)
-    if key not in _DETECTORS:
-        from pipeline.detect import Detector
-        _DETECTORS.clear()
-        t0 = time.perf_counter()
-        det = Detector(spec.model_path, list(spec.classes), spec.confidence, spec.nms_iou,
-                       imgsz=spec.tile_px, batch_size=spec.batch_size)
-        det.load_s = time.perf_counter() - t0
-        _DETECTORS[key] = det
-    return _DETECTORS[key]
+    with _MODEL_LOCK:
+        return _DETECTORS[key] if key in _DETECTORS else _load(spec, key)
+
+
+def _load(spec: DetectSpec, key: tuple):
+    from pipeline.detect import Detector
+
+    _DETECTORS.clear()
+    t0 = time.perf_counter()
+    det = Detector(spec.model_path, list(spec.classes), spec.confidence, spec.nms_iou,
+                   imgsz=spec.tile_px, batch_size=spec.batch_size)
+    det.load_s = time.perf_counter() - t0
+    _DETECTORS[key] = det
+    return det
 
 
 def warm_worker(spec: DetectSpec) -> float:
@@ -155,10 +162,11 @@ def run_chunk(spec: DetectSpec, chunk: Chunk) -> dict[str, Any]:
         if det is None:
             continue                                        # truth mode: the tiles are read, not used
         t1 = time.perf_counter()
-        preds = det.predict([t.image for t in batch])
+        with _MODEL_LOCK:
+            preds = det.predict([t.image for t in batch])
         infer += time.perf_counter() - t1
-        for tile, (xyxy, conf, cls) in zip(batch, preds):
-            b, c, k = tile_detections(tile, xyxy, conf, cls)
+        for tile, (quads, conf, cls) in zip(batch, preds):
+            b, c, k = tile_detections(tile, quads, conf, cls)
             bounds.append(b)
             confs.append(c)
             classes.append(k)
@@ -167,7 +175,7 @@ def run_chunk(spec: DetectSpec, chunk: Chunk) -> dict[str, Any]:
     if det is None:
         out.update(_truth_chunk(spec, chunk))
     else:
-        out["bounds"] = np.concatenate(bounds) if bounds else np.zeros((0, 4))
+        out["bounds"] = np.concatenate(bounds) if bounds else np.zeros((0, 8))
         out["conf"] = np.concatenate(confs) if confs else np.zeros(0)
         out["cls"] = np.concatenate(classes).astype(np.int64) if classes else np.zeros(0, np.int64)
         out["tile"] = np.concatenate(tile_ids) if tile_ids else np.zeros(0, np.int64)
@@ -477,6 +485,8 @@ class NightlySummary:
         try:
             out.mkdir(parents=True, exist_ok=True)
             stem = "nightly-" + re.sub(r"[^0-9T]", "", self.started_at)[:15]
+            if (out / f"{stem}.json").exists():         # two runs started in the same second
+                stem += f"-{os.getpid()}"
             jp, mp = out / f"{stem}.json", out / f"{stem}.md"
             jp.write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=2, default=str), encoding="utf-8")
             mp.write_text(self.markdown(), encoding="utf-8")

@@ -1,9 +1,11 @@
 """Detection: YOLO over batches of tiles, boxes to map polygons, seam merging.
 
 Pixel convention: the top-left corner of tile pixel (col, row) is ``tile.transform * (col, row)``;
-YOLO's xyxy boxes use the same continuous pixel coordinates, so there is no half-pixel shift.
-Boxes are mapped to the raster CRS, duplicates across tile seams are merged there (axis-aligned,
-so the merged envelope is exact), then the result is reprojected to the store CRS.
+YOLO's box corners use the same continuous pixel coordinates, so there is no half-pixel shift.
+The shipped model predicts oriented boxes (a tilted roof gets a tight rotated rectangle, so its
+area is honest for the over-approval rule); a plain box model works too. Corners are mapped to
+the raster CRS, duplicates across tile seams are merged there (the minimum rotated rectangle
+around the parts), then the result is reprojected to the store CRS.
 """
 from __future__ import annotations
 
@@ -49,7 +51,8 @@ class Detector:
         offline_ultralytics()
         from ultralytics import YOLO
         try:
-            self.model = YOLO(str(path), task="detect")
+            self.task = model_task(path)
+            self.model = YOLO(str(path), task=self.task)
             names = self.model.names  # loads the ONNX session's metadata too
         except Exception as e:  # corrupt / truncated / not a YOLO checkpoint
             why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -105,7 +108,10 @@ class Detector:
                              f"{self.imgsz}; set processing.tile_px={h} or export with dynamic=True")
 
     def predict(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Boxes of each RGB uint8 image: (xyxy float (n,4) in pixels, confidence (n,), class (n,))."""
+        """Objects in each RGB uint8 image: (corners float (n,4,2) in pixels, confidence (n,), class (n,)).
+
+        An oriented-box model (task obb) gives each roof's rotated rectangle; a plain detection
+        model gives the four corners of its axis-aligned box."""
         out = []
         for i in range(0, len(images), self.batch_size):
             bgr = [np.ascontiguousarray(im[..., ::-1]) for im in images[i:i + self.batch_size]]
@@ -118,35 +124,63 @@ class Detector:
                                  f"({str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__}); "
                                  f"check it is a YOLO detection model for {self.imgsz}px images") from None
             for r in results:
-                b = r.boxes
-                out.append((b.xyxy.cpu().numpy().astype(np.float64), b.conf.cpu().numpy().astype(np.float64),
+                if getattr(r, "obb", None) is not None:
+                    b = r.obb
+                    quads = b.xyxyxyxy.cpu().numpy().astype(np.float64).reshape(-1, 4, 2)
+                else:
+                    b = r.boxes
+                    xyxy = b.xyxy.cpu().numpy().astype(np.float64)
+                    quads = xyxy[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(-1, 4, 2)
+                out.append((quads, b.conf.cpu().numpy().astype(np.float64),
                             b.cls.cpu().numpy().astype(np.int64)))
         return out
 
 
+def model_task(path: str | Path) -> str:
+    """'obb' or 'detect', from the weights themselves (ONNX metadata or the checkpoint)."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        import onnxruntime as ort
+        try:
+            meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta()
+        except Exception:
+            raise ModelError(f"model {path} is not a loadable ONNX model; re-export it "
+                             f"(patrol train exports .onnx next to the .pt)") from None
+        return meta.custom_metadata_map.get("task", "detect")
+    import torch
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception:
+        raise ModelError(f"model {path} cannot be loaded; re-export or re-train the weights") from None
+    model = ckpt.get("model") if isinstance(ckpt, dict) else None
+    return getattr(model, "task", None) or (ckpt.get("train_args", {}) or {}).get("task", "detect")
+
+
 # ---------------------------------------------------------------- boxes to map
-def boxes_to_map(tile, xyxy: np.ndarray) -> np.ndarray:
-    """Pixel boxes of a tile -> map bounds (minx, miny, maxx, maxy) in the raster CRS."""
+def quads_to_map(tile, quads: np.ndarray) -> np.ndarray:
+    """Pixel corners (n,4,2) of a tile -> map corners (n,8) in the raster CRS (pixel (col,row) is the
+    top-left corner of that pixel, so no half-pixel shift)."""
     t = tile.transform
-    x = t.a * xyxy[:, [0, 2]] + t.c
-    y = t.e * xyxy[:, [1, 3]] + t.f
-    return np.column_stack([x.min(1), y.min(1), x.max(1), y.max(1)])
+    x = t.a * quads[..., 0] + t.b * quads[..., 1] + t.c
+    y = t.d * quads[..., 0] + t.e * quads[..., 1] + t.f
+    return np.stack([x, y], axis=2).reshape(len(quads), 8)
 
 
-def tile_detections(tile, xyxy: np.ndarray, conf: np.ndarray, cls: np.ndarray):
-    """Keep boxes whose centre is on valid pixels, clipped to the tile's data; return map bounds."""
-    if len(xyxy) == 0:
-        return np.zeros((0, 4)), conf[:0], cls[:0]
+def tile_detections(tile, quads: np.ndarray, conf: np.ndarray, cls: np.ndarray):
+    """Keep objects whose centre is on valid pixels; corners clipped to the tile's data; map corners (n,8)."""
+    if len(quads) == 0:
+        return np.zeros((0, 8)), conf[:0], cls[:0]
     h, w = tile.valid.shape
-    cx = np.clip(((xyxy[:, 0] + xyxy[:, 2]) / 2).astype(int), 0, w - 1)
-    cy = np.clip(((xyxy[:, 1] + xyxy[:, 3]) / 2).astype(int), 0, h - 1)
+    centre = quads.mean(axis=1)
+    cx = np.clip(centre[:, 0].astype(int), 0, w - 1)
+    cy = np.clip(centre[:, 1].astype(int), 0, h - 1)
     keep = tile.valid[cy, cx]
     rows, cols = np.nonzero(tile.valid.any(1))[0], np.nonzero(tile.valid.any(0))[0]
-    xyxy = xyxy[keep].copy()
-    if len(xyxy):
-        xyxy[:, [0, 2]] = np.clip(xyxy[:, [0, 2]], 0, cols.max() + 1)
-        xyxy[:, [1, 3]] = np.clip(xyxy[:, [1, 3]], 0, rows.max() + 1)
-    return boxes_to_map(tile, xyxy), conf[keep], cls[keep]
+    quads = quads[keep].copy()
+    if len(quads):
+        quads[..., 0] = np.clip(quads[..., 0], 0, cols.max() + 1)
+        quads[..., 1] = np.clip(quads[..., 1], 0, rows.max() + 1)
+    return quads_to_map(tile, quads), conf[keep], cls[keep]
 
 
 # ---------------------------------------------------------------- seam merging
@@ -169,8 +203,9 @@ def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
 
 
 def merge_seams(gdf, merge_iou: float, tile_column: str = "tile"):
-    """Merge same-class boxes from different tiles that overlap (IoU or intersection over the smaller
-    area >= merge_iou) into one footprint: the envelope of the group, with its best confidence.
+    """Merge same-class objects from different tiles that overlap (IoU or intersection over the smaller
+    area >= merge_iou) into one footprint: the minimum rotated rectangle around the group, with its
+    best confidence.
 
     Rows without a ``tile_column`` are all treated as coming from different tiles.
     """
@@ -200,20 +235,16 @@ def merge_seams(gdf, merge_iou: float, tile_column: str = "tile"):
         return gdf.reset_index(drop=True)
     labels = _components(len(gdf), i, j)
     _, group = np.unique(labels, return_inverse=True)
-    k = group.max() + 1
-    b = shapely.bounds(geoms)
-    lo = np.full((k, 2), np.inf)
-    hi = np.full((k, 2), -np.inf)
-    np.minimum.at(lo, group, b[:, :2])
-    np.maximum.at(hi, group, b[:, 2:])
     conf = gdf["confidence"].to_numpy()
     order = np.lexsort((-conf, group))  # best confidence first within each group
     first = order[np.r_[True, group[order][1:] != group[order][:-1]]]
     out = gdf.iloc[first].copy()
-    sizes = np.bincount(group, minlength=k)
-    single = sizes[group[first]] == 1
-    env = shapely.box(lo[:, 0], lo[:, 1], hi[:, 0], hi[:, 1])[group[first]]
-    out_geom = np.where(single, geoms[first], env)
+    # each group becomes the minimum rotated rectangle around all its parts (for axis-aligned
+    # boxes along a seam that is their envelope)
+    by_group = np.argsort(group, kind="stable")
+    merged = shapely.oriented_envelope(shapely.multipolygons(geoms[by_group], indices=group[by_group]))
+    sizes = np.bincount(group)
+    out_geom = np.where(sizes[group[first]] == 1, geoms[first], merged[group[first]])
     out = gpd.GeoDataFrame(out.drop(columns=out.geometry.name), geometry=list(out_geom), crs=gdf.crs)
     return out.reset_index(drop=True)
 
@@ -297,8 +328,8 @@ def detect_ortho(path: str | Path, settings, store_crs: str | None = None, detec
     n_done = 0
     try:
         for batch in _batched(_prefetch(tile_iter, depth=2 * p.batch_size), p.batch_size):
-            for k, (tile, (xyxy, conf, cls)) in enumerate(zip(batch, detector.predict([t.image for t in batch]))):
-                b, c, k_cls = tile_detections(tile, xyxy, conf, cls)
+            for k, (tile, (quads, conf, cls)) in enumerate(zip(batch, detector.predict([t.image for t in batch]))):
+                b, c, k_cls = tile_detections(tile, quads, conf, cls)
                 bounds.append(b)
                 confs.append(c)
                 classes.append(k_cls)
@@ -323,7 +354,9 @@ def boxes_to_detections(bounds: Sequence[np.ndarray], confs: Sequence[np.ndarray
 
     if not len(bounds) or sum(len(c) for c in confs) == 0:
         return empty_detections(store_crs)
-    b = np.concatenate(bounds)
+    b = np.concatenate([np.asarray(x, dtype=np.float64) for x in bounds if len(x)])
+    if b.shape[1] == 4:     # map bounds (minx, miny, maxx, maxy) -> corners
+        b = b[:, [0, 1, 2, 1, 2, 3, 0, 3]]
     cls = np.concatenate(classes)
     if cls.max() >= len(class_names):
         raise ModelError(f"model {model} predicts class {cls.max()} but detector.classes lists "
@@ -331,7 +364,7 @@ def boxes_to_detections(bounds: Sequence[np.ndarray], confs: Sequence[np.ndarray
     names = np.asarray(class_names, dtype=object)[cls]
     gdf = gpd.GeoDataFrame({"class_name": names, "confidence": np.concatenate(confs),
                             "tile": np.concatenate(tiles)},
-                           geometry=shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3]), crs=raster_crs)
+                           geometry=shapely.polygons(b.reshape(-1, 4, 2)), crs=raster_crs)
     gdf = merge_seams(gdf, merge_iou).drop(columns="tile")
     gdf = gdf.to_crs(store_crs)
     gdf["area_m2"] = gdf.geometry.area

@@ -178,6 +178,25 @@ def load_rules(path: str | Path) -> Rules:
     return rules
 
 
+def rule_setting_names(model: type[BaseModel] | None = None, prefix: str = "") -> list[str]:
+    """Every dotted key config/rules.yaml accepts (for docs/CONFIG.md); keys of the
+    objects in a list read ``name[].key``; a mapping (e.g. ``lifecycle.states``) is one key."""
+    import typing
+    names = []
+    for name, field in (model or Rules).model_fields.items():
+        if field.exclude:
+            continue
+        ann, args = field.annotation, typing.get_args(field.annotation)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            names += rule_setting_names(ann, f"{prefix}{name}.")
+        elif (typing.get_origin(ann) is list and args and isinstance(args[0], type)
+              and issubclass(args[0], BaseModel)):
+            names += rule_setting_names(args[0], f"{prefix}{name}[].")
+        else:
+            names.append(prefix + name)
+    return names
+
+
 # ---------------------------------------------------------------- helpers
 def _pairs(left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Intersecting (i_left, i_right, intersection area) pairs, vectorised."""

@@ -12,7 +12,7 @@ from pyproj import Transformer
 
 from pipeline.cli import main
 from pipeline.config import load_settings
-from pipeline.detect import Detector, boxes_to_map, detect_ortho, merge_seams, write_detections
+from pipeline.detect import Detector, detect_ortho, merge_seams, quads_to_map, write_detections
 from pipeline.errors import InputError, ModelError
 from pipeline.tiling import iter_tiles
 
@@ -39,6 +39,18 @@ def measured_box(channel: np.ndarray) -> np.ndarray:
         out.append((centre - size / 2, centre + size / 2))
     (x0, x1), (y0, y1) = out
     return np.array([[x0, y0, x1, y1]])
+
+
+def xyxy_quads(xyxy):
+    """Pixel boxes (n,4) as the detector's corner quads (n,4,2)."""
+    xyxy = np.asarray(xyxy, float).reshape(-1, 4)
+    return xyxy[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(-1, 4, 2)
+
+
+def boxes_to_map(tile, xyxy):
+    """Map bounds (minx, miny, maxx, maxy) of pixel boxes through quads_to_map."""
+    q = quads_to_map(tile, xyxy_quads(xyxy)).reshape(-1, 4, 2)
+    return np.column_stack([q[..., 0].min(1), q[..., 1].min(1), q[..., 0].max(1), q[..., 1].max(1)])
 
 
 def holds_whole(tile) -> bool:
@@ -135,7 +147,7 @@ def bright_detector(conf_log):
                         conf.append(min(0.99, a / 5000))
                         cls.append(k)
                 conf_log.extend(conf)
-                out.append((np.array(xyxy, float).reshape(-1, 4), np.array(conf), np.array(cls, int)))
+                out.append((xyxy_quads(xyxy), np.array(conf), np.array(cls, int)))
             return out
 
     return Bright()

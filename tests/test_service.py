@@ -37,7 +37,7 @@ def svc(small_district_store, tmp_path_factory):
     src, _, district = small_district_store
     root = tmp_path_factory.mktemp("service")
     shutil.copy(src, root / "patrol.gpkg")
-    settings = _settings(root, root / "patrol.gpkg")
+    settings = _settings(root, root / "patrol.gpkg", **{"detector.model": str(root / "no-such-model.onnx")})
     store = open_store(settings.store.url, settings.store.crs)
     cases = store.cases()
     town = cases["town"].dropna().iloc[0]
@@ -209,6 +209,25 @@ def test_officer_moves_a_case_through_the_lifecycle(svc):
     assert ev["to_status"].tolist()[-3:] == ["verified", "ordered", "demolished"]
 
 
+def test_admin_manages_users_on_the_page(svc):
+    s, csrf = _session(svc.app, "adm")
+    r = s.post("/admin/users", data={"username": "zhao", "password": "zhao-pass-1", "role": "officer",
+                                     "towns": f"{svc.town}, 某村", "display_name": XSS, "csrf_token": csrf})
+    assert r.status_code == 303
+    u = A.get_user(svc.store, "zhao")
+    assert u.role == "officer" and u.towns == [svc.town, "某村"] and not u.disabled
+    page = s.get("/admin/users").text
+    assert "zhao" in page and XSS not in page
+    assert s.post("/admin/users/zhao/disable", data={"disabled": "1"}).status_code == 403     # no CSRF
+    assert s.post("/admin/users/zhao/disable", data={"disabled": "1", "csrf_token": csrf}).status_code == 303
+    assert A.get_user(svc.store, "zhao").disabled
+    r = s.post("/admin/users", data={"username": "zhao", "password": "zhao-pass-1", "role": "officer",
+                                     "csrf_token": csrf})
+    assert r.status_code == 422 and "exists already" in r.text
+    r = s.post("/admin/users/adm/disable", data={"disabled": "1", "csrf_token": csrf})
+    assert r.status_code == 422 and not A.get_user(svc.store, "adm").disabled
+
+
 # ---------------------------------------------------------------- CSRF
 def test_form_post_without_csrf_is_refused(svc):
     s, csrf = _session(svc.app, "off")
@@ -353,6 +372,44 @@ def test_upload_names_cannot_escape_and_a_good_upload_resumes(svc):
     assert any(x["flight_id"] == f["flight_id"] and x["queue"] in ("nightly", "") for x in mine)
 
 
+def test_admin_processes_now_and_a_failure_shows_its_reason(svc):
+    c = svc.client
+    data = (svc.district / "epoch_1.tif").read_bytes()
+    r = _upload(c, svc.tokens["pat"], data, "epoch_1.tif", chunk=2**20)
+    fid = r.json()["flight_id"]
+    assert c.post(f"/api/flights/{fid}/process", headers=svc.tokens["pat"]).status_code == 403
+    r = c.post(f"/api/flights/{fid}/process", headers=svc.tokens["adm"])
+    assert r.status_code == 202 and r.json()["queue"] in ("queued", "running", "")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        f = c.get(f"/api/flights/{fid}", headers=svc.tokens["pat"]).json()
+        if f["status"] == "failed" and not f["queue"]:
+            break
+        time.sleep(0.2)
+    assert f["status"] == "failed" and "no-such-model.onnx" in f["error"] and "\n" not in f["error"]
+    page = c.get("/flights", headers=svc.tokens["pat"]).text
+    assert "no-such-model.onnx" in page and 'data-status="failed"' in page
+    assert svc.app.state.processor.idle()
+
+
+def test_a_zip_holding_one_ortho_is_unpacked_inside_the_folder(svc, make_raster):
+    import io
+    import zipfile
+    tif = make_raster("zipped.tif", 128, 128, tags={"TIFFTAG_DATETIME": "2025:05:01 10:00:00"})
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.write(tif, "../../../evil/../ortho 东山.tif")
+        z.writestr("readme.txt", "flight notes")
+    parts = set((svc.root / "uploads" / "parts").iterdir())
+    r = _upload(svc.client, svc.tokens["pat"], buf.getvalue(), "flight.zip")
+    assert r.status_code == 200, r.text
+    f = svc.store.get_flight(r.json()["flight_id"])
+    p = Path(f["path"]).resolve()
+    assert p.parent == (svc.root / "uploads" / "flights").resolve() and p.name.endswith("_ortho_东山.tif")
+    assert p.read_bytes() == tif.read_bytes() and str(f["captured_at"]).startswith("2025-05-01")
+    assert set((svc.root / "uploads" / "parts").iterdir()) == parts      # nothing left behind
+
+
 # ---------------------------------------------------------------- OpenAPI fuzzing
 def test_openapi_spec_fuzzed_finds_no_server_error(svc):
     schemathesis = pytest.importorskip("schemathesis")
@@ -372,6 +429,41 @@ def test_openapi_spec_fuzzed_finds_no_server_error(svc):
             assert r.status_code < 500, f"{case.method} {case.formatted_path}: {r.status_code} {r.text[:300]}"
         run()
     assert time.monotonic() - t0 < 60
+
+
+# ---------------------------------------------------------------- PostGIS
+def test_the_service_runs_over_postgis(pg_url, small_district_store, tmp_path):
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    from pipeline.service.app import create_app
+    _, _, district = small_district_store
+    settings = _settings(tmp_path, tmp_path / "unused.gpkg", **{"store.url": pg_url})
+    store = open_store(pg_url, settings.store.crs)
+    assert store.status()["version"] == store.status()["latest_version"] >= 2
+    x, y = 539000.0, 3383500.0
+    nos = store.allocate_case_numbers(2026, 2)
+    store.save_cases(gpd.GeoDataFrame({"case_no": nos, "status": ["suspected"] * 2, "town": ["东镇", "西镇"],
+                                       "owner": [XSS, "b"], "category": ["illegal_construction"] * 2},
+                                      geometry=[box(x, y, x + 9, y + 9), box(x + 20, y, x + 29, y + 9)],
+                                      crs=settings.store.crs))
+    A.add_user(store, "off", PASSWORDS["off"], "officer", ["东镇"])
+    A.add_user(store, "pat", PASSWORDS["pat"], "patrol")
+    store.close()
+    app = create_app(settings)
+    with TestClient(app) as c:
+        t = _token(c, "off")
+        assert [r["case_no"] for r in c.get("/api/cases", headers=t).json()] == [nos[0]]
+        assert c.get(f"/api/cases/{nos[1]}", headers=t).status_code == 404
+        r = c.post(f"/api/cases/{nos[0]}/status", json={"to_status": "verified", "note": "pg"}, headers=t)
+        assert r.status_code == 200, r.text
+        page = c.get(f"/cases/{nos[0]}", headers=t).text
+        assert "pg" in page and XSS not in page
+        r = _upload(c, _token(c, "pat"), (district / "epoch_1.tif").read_bytes(), "e1.tif", chunk=2**20)
+        assert r.status_code == 200 and r.json()["status"] == "uploaded"
+    ev = app.state.store.events(nos[0])
+    assert ev["to_status"].tolist()[-1] == "verified" and ev["actor"].tolist()[-1] == "off"
+    app.state.store.close()
 
 
 # ---------------------------------------------------------------- CLI

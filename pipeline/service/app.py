@@ -34,7 +34,7 @@ from pydantic import BaseModel, Field
 from pipeline.errors import InputError, PatrolError, TransitionError
 from pipeline.service import auth as A
 from pipeline.service.jobs import Processor
-from pipeline.service.uploads import UploadNotFound, Uploads, UploadTooLarge, safe_name
+from pipeline.service.uploads import UploadNotFound, Uploads, UploadTooLarge
 
 log = logging.getLogger("pipeline.service")
 HERE = Path(__file__).parent
@@ -43,6 +43,7 @@ CASE_NO_RE = r"^[A-Za-z0-9_\-]{1,40}$"
 FLIGHT_ID_RE = r"^[0-9a-f]{16}$"
 CHIP_RE = re.compile(r"^([A-Za-z0-9\-]{1,40})_[A-Za-z0-9_\-]{1,80}\.png$")
 NAME_RE = re.compile(r"^[A-Za-z0-9_\-]{1,80}\.(png|jpg)$")
+MAPS_KEPT = 24                     # cached review maps (one per officer scope and store state)
 EXPORT_FORMATS = ("xlsx", "csv", "geojson", "kml", "kmz", "gpkg")
 MEDIA = {"xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", "csv": "text/csv",
          "geojson": "application/geo+json", "kml": "application/vnd.google-earth.kml+xml",
@@ -141,7 +142,8 @@ def create_app(settings, *, detector: Any = None, store=None) -> FastAPI:
         if _is_api(request):
             return JSONResponse({"detail": message}, status_code=status, headers=headers)
         if status == 401:
-            nxt = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            nxt = request.url.path + (f"?{request.url.query}" if request.url.query else "") \
+                if request.method == "GET" else "/"
             return RedirectResponse(f"/login?next={quote(nxt, safe='')}", status_code=303)
         return render(request, "error.html", {"status": status, "message": message}, status)
 
@@ -202,7 +204,7 @@ def create_app(settings, *, detector: Any = None, store=None) -> FastAPI:
         if request.method in ("GET", "HEAD", "OPTIONS") or a.via == "token":
             return
         sent = request.headers.get("x-csrf-token")
-        if sent is None and request.headers.get("content-type", "").startswith(
+        if sent is None and request.method == "POST" and request.headers.get("content-type", "").startswith(
                 ("application/x-www-form-urlencoded", "multipart/form-data")):
             sent = (await request.form()).get("csrf_token")
         import hmac
@@ -280,11 +282,12 @@ def create_app(settings, *, detector: Any = None, store=None) -> FastAPI:
             rows = case_chips(store.evidence(case_no), case_no)
         out = []
         for r in rows:
-            name = f"{_safe_name(case_no)}_{_safe_name(r['flight_id'])}_{r['role']}.png"
+            src = Path(r["chip_path"]).resolve()
+            name = src.name if src.parent == work / "chips" and CHIP_RE.match(src.name) else \
+                f"{_safe_name(case_no)}_{_safe_name(r['flight_id'])}_{r['role']}.png"
             dest = work / "chips" / name
-            src = Path(r["chip_path"])
-            if src.resolve() != dest.resolve() and (not dest.exists() or dest.stat().st_mtime < src.stat().st_mtime):
-                shutil.copyfile(src, dest)
+            if src != dest and (not dest.exists() or dest.stat().st_mtime < src.stat().st_mtime):
+                shutil.copyfile(src, dest)     # a chip cut by `patrol report` elsewhere
             out.append({**r, "chip_path": str(dest), "name": name, "url": f"/chips/{quote(name)}",
                         "date": text(r.get("captured_at"))[:10]})
         return out
@@ -418,6 +421,8 @@ def create_app(settings, *, detector: Any = None, store=None) -> FastAPI:
             hook = (STATIC / "map_hook.js").read_text(encoding="utf-8").replace("</script", "<\\/script")
             page = page.replace("</html>", f"<script>{hook}</script>\n</html>", 1)
             out.write_text(page, encoding="utf-8")
+            for old in sorted((work / "maps").glob("*.html"), key=lambda p: p.stat().st_mtime)[:-MAPS_KEPT]:
+                old.unlink(missing_ok=True)
         return out
 
     @app.get("/cases/{case_no}", response_class=HTMLResponse, include_in_schema=False)
@@ -626,7 +631,7 @@ def jsonable_errors(e: RequestValidationError) -> list[dict]:
 
 def _safe_next(nxt: str) -> str:
     """Only a local path (no scheme, no //host) may follow the login."""
-    if not isinstance(nxt, str) or not nxt.startswith("/") or nxt.startswith("//") or "\\" in nxt:
+    if not isinstance(nxt, str) or not re.fullmatch(r"/(?![/\\])[\x21-\x7e]*", nxt) or "\\" in nxt:
         return "/"
     return nxt
 

@@ -8,6 +8,7 @@ setting ``service.test_only_truth_file`` swaps it for a synthetic district's tru
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -96,30 +97,36 @@ class Processor:
         except PatrolError as e:
             log.error("processing %s: %s", flight_id, e)
             return
+        claim = None
         try:
             flight = store.get_flight(flight_id)
             if flight is None:
                 return
-            dets = None
-            truth_file = s.service.test_only_truth_file
-            if truth_file:
-                dets = truth_detections(Path(truth_file), flight, s.store.crs)
-            process_flight(store, flight_id, s, detector=self.detector, detections=dets, force=True,
-                           progress=False)
+            claim = store.claim_flight(flight_id) if hasattr(store, "claim_flight") else contextlib.nullcontext()
+            if claim is None:                       # the nightly run holds it
+                log.warning("flight %s is being processed elsewhere; not started", flight_id)
+                return
+            with claim:
+                dets = None
+                truth_file = s.service.test_only_truth_file
+                if truth_file:
+                    dets = truth_detections(Path(truth_file), flight, s.store.crs)
+                process_flight(store, flight_id, s, detector=self.detector, detections=dets, force=True,
+                               progress=False)
         except PatrolError as e:                    # process_flight marked it failed already
-            self._fail(store, flight_id, str(e))
+            self._fail(store, flight_id, e)
         except Exception as e:                      # a bug or a broken file: keep the reason
             log.exception("processing %s failed", flight_id)
-            self._fail(store, flight_id, f"{type(e).__name__}: {e}".splitlines()[0][:300])
+            self._fail(store, flight_id, e)
         finally:
             store.close()
 
     @staticmethod
-    def _fail(store, flight_id: str, reason: str) -> None:
+    def _fail(store, flight_id: str, error: BaseException) -> None:
+        from pipeline.run import fail_flight
         try:
             f = store.get_flight(flight_id)
             if f is not None and f["status"] != "failed":
-                with store.transaction():
-                    store.set_flight_status(flight_id, "failed", error=reason)
+                fail_flight(store, flight_id, error)
         except PatrolError:
             log.exception("could not mark %s failed", flight_id)

@@ -16,6 +16,7 @@ import secrets
 import shutil
 import unicodedata
 import zipfile
+import zlib
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
@@ -159,6 +160,13 @@ class Uploads:
         return dest
 
     def _unzip(self, part: Path, upload_id: str) -> Path:
+        try:
+            return self._unzip_one(part, upload_id)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
+            raise InputError(f"the uploaded zip cannot be read ({e}); zip the orthophoto again "
+                             f"without a password") from None
+
+    def _unzip_one(self, part: Path, upload_id: str) -> Path:
         try:
             zf = zipfile.ZipFile(part)
         except zipfile.BadZipFile:

@@ -37,16 +37,35 @@
     form.querySelector('button').disabled = true;
     bar.value = 0;
     say('Starting 开始 …');
-    api('POST', '/api/uploads', JSON.stringify({filename: file.name, size: file.size}), 'application/json')
-      .then(function (up) { return send(file, up, 0); })
+    // the same file picked again after a cut (even after a reload) resumes its upload
+    var key = 'patrol-upload:' + [file.name, file.size, file.lastModified].join(':');
+    var known = null;
+    try { known = window.localStorage.getItem(key); } catch (err) { /* private mode */ }
+    var start = (known ? api('GET', '/api/uploads/' + known).catch(function () { return null; }) : Promise.resolve(null))
+      .then(function (up) {
+        if (up && up.size === file.size) { return up; }
+        return api('POST', '/api/uploads', JSON.stringify({filename: file.name, size: file.size}), 'application/json');
+      });
+    start
+      .then(function (up) {
+        try { window.localStorage.setItem(key, up.upload_id); } catch (err) { /* private mode */ }
+        if (up.offset) { say('Resuming 续传 from ' + Math.round(100 * up.offset / file.size) + ' %'); }
+        return send(file, up, 0);
+      })
       .then(function (up) { say('Checking 校验中 …'); return api('POST', '/api/uploads/' + up.upload_id + '/finish'); })
       .then(function (f) {
+        try { window.localStorage.removeItem(key); } catch (err) { /* private mode */ }
         bar.value = 1;
         say('Uploaded 已上传: flight ' + f.flight_id + ' · ' + f.status + (f.queue === 'nightly' ? ' · queued for the nightly run 等待夜间处理' : ''), 'ok');
         var a = document.getElementById('flight-link'); a.href = '/flights'; a.hidden = false;
         a.dataset.flight = f.flight_id;
       })
-      .catch(function (err) { say('Refused 拒绝: ' + err.message, 'err'); })
+      .catch(function (err) {
+        if (!/^(HTTP 5|Failed to fetch|NetworkError)/.test(err.message)) {
+          try { window.localStorage.removeItem(key); } catch (e2) { /* private mode */ }
+        }
+        say('Refused 拒绝: ' + err.message, 'err');
+      })
       .then(function () { form.querySelector('button').disabled = false; });
   });
 })();
