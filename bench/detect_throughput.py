@@ -15,7 +15,8 @@ subprocess, so each peak RSS is that variant's alone:
 Reported per run: tiles (slices) per second, km² per hour (ortho extent / detection wall time,
 model loading excluded, reading the raster included), peak RSS, and precision / recall / F1 at
 IoU 0.5 against the district's truth layer (classes of --classes), scored like `patrol
-evaluate` (truth clipped to the valid footprint, compared as axis-aligned envelopes). Ratios against SAHI are
+evaluate` (truth clipped to the valid footprint; compared as polygons for an oriented-box model,
+as axis-aligned envelopes for a plain box model; SAHI's OBB predictions keep their rotation). Ratios against SAHI are
 measured in the same run. SAHI is not a project dependency: install it without its
 opencv-python requirement, which would clash with ultralytics' opencv-python-headless
 (`.venv/bin/pip install --no-deps sahi fire`).
@@ -93,14 +94,28 @@ def run_sahi(ortho: Path, weights: Path, overrides: dict) -> dict:
     tiles = len(get_slice_bboxes(image.shape[0], image.shape[1], p.tile_px, p.tile_px, False,
                                  ratio, ratio))
     preds = res.object_prediction_list
-    b = np.array([[o.bbox.minx, o.bbox.miny, o.bbox.maxx, o.bbox.maxy] for o in preds]).reshape(-1, 4)
-    x = transform.a * b[:, [0, 2]] + transform.c
-    y = transform.e * b[:, [1, 3]] + transform.f
+    pixel = [sahi_polygon(o) for o in preds]  # full-image pixel coordinates
+    geoms = shapely.transform(np.array(pixel, dtype=object), lambda xy: np.column_stack(
+        [transform.a * xy[:, 0] + transform.c, transform.e * xy[:, 1] + transform.f]))
     gdf = gpd.GeoDataFrame(
         {"class_name": [d.classes[o.category.id] for o in preds],
          "confidence": [float(o.score.value) for o in preds]},
-        geometry=shapely.box(x.min(1), y.min(1), x.max(1), y.max(1)), crs=crs).to_crs(s.store.crs)
+        geometry=list(geoms), crs=crs).to_crs(s.store.crs)
     return {"seconds": seconds, "tiles": tiles, "detections": gdf}
+
+
+def sahi_polygon(o):
+    """A SAHI prediction as a polygon in image pixels: the oriented box of an OBB model (its
+    segmentation points; after SAHI's merging, the minimum rotated rectangle around them), else
+    the axis-aligned box."""
+    import numpy as np
+    import shapely
+
+    seg = o.mask.segmentation if getattr(o, "mask", None) is not None else None
+    pts = [np.asarray(p, float).reshape(-1, 2) for p in (seg or []) if len(p) >= 6]
+    if pts:
+        return shapely.MultiPoint(np.concatenate(pts)).minimum_rotated_rectangle
+    return shapely.box(o.bbox.minx, o.bbox.miny, o.bbox.maxx, o.bbox.maxy)
 
 
 def child(args) -> None:
@@ -137,9 +152,9 @@ def extent_km2(ortho: Path) -> float:
         return src.width * gx * src.height * gy / 1e6
 
 
-def score_run(result: str, ortho: Path, vectors: Path, classes: list[str]) -> dict:
+def score_run(result: str, ortho: Path, vectors: Path, classes: list[str], envelope: bool) -> dict:
     """Scored like `patrol evaluate`: truth of epoch 1 clipped to the ortho's valid footprint and
-    compared as axis-aligned envelopes (the detector gives boxes), IoU 0.5."""
+    compared as polygons (oriented-box model) or as axis-aligned envelopes (plain box model), IoU 0.5."""
     import geopandas as gpd
 
     from pipeline.evaluate import clip_truth, score
@@ -154,7 +169,8 @@ def score_run(result: str, ortho: Path, vectors: Path, classes: list[str]) -> di
     with open_raster(ortho) as src:
         foot = valid_footprint(src, pred.crs.to_string())
     truth = clip_truth(truth, foot, 0.5)
-    truth = truth.set_geometry(truth.geometry.envelope)
+    if envelope:
+        truth = truth.set_geometry(truth.geometry.envelope)
     return score(pred, truth, classes, 0.5)
 
 
@@ -200,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             ap.error("SAHI is not installed: .venv/bin/pip install --no-deps sahi fire")
     overrides = dict(s.split("=", 1) for s in args.sets)
+    from pipeline.detect import model_task
+    oriented = model_task(args.model) == "obb"  # truth as polygons for oriented boxes, else envelopes
     classes = [c for c in args.classes.split(",") if c]
     args.work.mkdir(parents=True, exist_ok=True)
 
@@ -219,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {v} failed (exit {proc.returncode})", flush=True)
                 continue
             r = json.loads(Path(result).read_text())
-            m = score_run(result, ortho, vectors, classes)
+            m = score_run(result, ortho, vectors, classes, envelope=not oriented)
             row = {"size_m": size, "km2": round(km2, 3), "variant": v, "tiles": r["tiles"],
                    "seconds": round(r["seconds"], 1), "tiles_per_s": round(r["tiles"] / r["seconds"], 2),
                    "km2_per_h": round(km2 / r["seconds"] * 3600, 2), "peak_rss_mb": round(r["peak_rss_mb"]),
@@ -231,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"recall {row['recall']}", flush=True)
 
     print()
-    print(f"model {args.model.name}; native GSD {args.gsd:g} m; classes scored: {', '.join(classes)}; "
-          f"IoU 0.5; {os.cpu_count()} CPUs")
+    print(f"model {args.model.name} ({'oriented boxes vs truth polygons' if oriented else 'boxes vs truth envelopes'}); "
+          f"native GSD {args.gsd:g} m; classes scored: {', '.join(classes)}; IoU 0.5; {os.cpu_count()} CPUs")
     head = ["size_m", "km2", "variant", "tiles", "seconds", "tiles_per_s", "km2_per_h", "peak_rss_mb",
             "precision", "recall", "f1"]
     print(" | ".join(head))

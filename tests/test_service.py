@@ -188,6 +188,9 @@ def test_officer_sees_only_their_towns(svc):
     assert svc.case not in csv
     assert svc.case in c.get("/api/cases.csv", headers=svc.tokens["off"]).text
     assert svc.case not in c.get("/review", headers=far).text
+    m = c.get("/review/map", headers=far)
+    assert m.status_code == 200 and svc.case not in m.text
+    assert svc.case in c.get("/review/map", headers=svc.tokens["off"]).text
 
 
 def test_officer_moves_a_case_through_the_lifecycle(svc):
