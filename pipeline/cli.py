@@ -210,6 +210,9 @@ def flights_show(ctx, flight_id):
             value = "" if value is None else f"{value.geom_type}, {value.area:,.0f} m²"
         click.echo(f"{key:<14}{'' if value is None else value}")
     click.echo(f"{'detections':<14}{n}")
+    from pipeline.ingest.flight import manifest_summary
+    for key, value in manifest_summary(f):
+        click.echo(f"{key:<14}{value}")
 
 
 # ---------------------------------------------------------------- cases
@@ -707,6 +710,50 @@ def nightly_cmd(ctx, flight_ids, workers, scheduler, summary_dir, checkpoints, c
     click.echo(f"\nsummary: {json_path} and {md_path}")
     if summary.failed:
         raise click.exceptions.Exit(1)
+
+
+# ---------------------------------------------------------------- ingest (issue 7)
+@cli.command("ingest")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--team", help="Patrol team that flew it (recorded on the flight).")
+@click.option("--each", is_flag=True,
+              help="A batch: every PATH is its own flight (default: all PATHs are one flight).")
+@pass_ctx
+def ingest_cmd(ctx, paths, team, each):
+    """Register a flight: an ortho GeoTIFF, the orthos of one split export (a folder or several
+    paths), or a folder/zip of drone photos. Prints the flight id; refused files are listed at
+    the end (exit 1 when any was refused). `patrol run`/`patrol nightly` take it from there."""
+    from pipeline.errors import PatrolError as _PatrolError
+    from pipeline.ingest.raster import shown
+    from pipeline.run import register_flight
+
+    groups = [[p] for p in paths] if each else [list(paths)]
+    refused: list[tuple[str, str]] = []
+    registered = 0
+    with open_ctx_store(ctx) as store:
+        for group in groups:
+            mine: list[tuple[str, str]] = []
+            notes: list[str] = []
+            try:
+                f = register_flight(store, group if len(group) > 1 else group[0], ctx.settings, team=team,
+                                    refused=mine, notes=notes)
+            except _PatrolError as e:
+                refused.append((", ".join(shown(p) for p in group), " ".join(str(e).split())))
+                refused.extend(mine)
+                continue
+            refused.extend(mine)
+            registered += 1
+            for note in notes:
+                click.echo(f"note: {note}", err=True)
+            gsd = f"{f['gsd_m']:.3f} m" if f.get("gsd_m") == f.get("gsd_m") and f.get("gsd_m") else "?"
+            click.echo(f"registered {f['flight_id']}: {f.get('source')}, captured {f.get('captured_at')}, "
+                       f"GSD {gsd}, status {f['status']}, {shown(f['path'])}", err=True)
+            click.echo(f["flight_id"])
+    if refused:
+        click.echo(f"refused {len(refused)}:", err=True)
+        for name, why in refused:
+            click.echo(f"  {why}" if name in why else f"  {name}: {why}", err=True)
+        raise click.exceptions.Exit(1 if registered else 2)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -94,6 +94,49 @@ class ServiceSettings(Section):
                           "when the flight was) replaces the detector; never set it in production")
 
 
+class Sensor(Section):
+    model: str = Field(description="EXIF camera model (Model tag), e.g. FC6310R")
+    width_mm: float = Field(gt=0, description="sensor width in mm (long side)")
+    height_mm: float = Field(gt=0, description="sensor height in mm")
+
+
+DJI_SENSORS = [  # common DJI cameras: EXIF Model -> sensor size (mm)
+    Sensor(model="FC6310", width_mm=13.2, height_mm=8.8),     # Phantom 4 Pro / Adv
+    Sensor(model="FC6310R", width_mm=13.2, height_mm=8.8),    # Phantom 4 RTK
+    Sensor(model="FC6310S", width_mm=13.2, height_mm=8.8),    # Phantom 4 Pro V2
+    Sensor(model="FC330", width_mm=6.17, height_mm=4.55),     # Phantom 4
+    Sensor(model="FC220", width_mm=6.17, height_mm=4.55),     # Mavic Pro
+    Sensor(model="L1D-20c", width_mm=13.2, height_mm=8.8),    # Mavic 2 Pro
+    Sensor(model="FC3170", width_mm=6.4, height_mm=4.8),      # Mavic Air 2
+    Sensor(model="FC3582", width_mm=9.6, height_mm=7.2),      # Mini 3 Pro
+    Sensor(model="L2D-20c", width_mm=17.3, height_mm=13.0),   # Mavic 3
+    Sensor(model="M3E", width_mm=17.3, height_mm=13.0),       # Mavic 3 Enterprise
+    Sensor(model="M3T", width_mm=6.4, height_mm=4.8),         # Mavic 3 Thermal, wide camera
+    Sensor(model="ZenmuseP1", width_mm=35.9, height_mm=24.0),  # Zenmuse P1 (M300/M350)
+]
+
+
+class IngestSettings(Section):
+    work_dir: Path = Field(Path("data/flights"),
+                           description="unpacked zips, photo frames and split-export mosaics "
+                                       "(relative: to the working folder)")
+    max_raster_mpix: float = Field(100_000, gt=0, description="largest orthophoto accepted (megapixels)")
+    max_zip_mb: int = Field(51_200, ge=1, description="largest total a zip may unpack to (MiB)")
+    max_zip_ratio: float = Field(200.0, gt=1, description="largest compression ratio of a zip member (zip bomb)")
+    max_zip_files: int = Field(20_000, ge=1, description="most files a zip may hold")
+    district_margin_m: float = Field(2000.0, ge=0,
+                                     description="a flight must come this close to the district: a stored "
+                                                 "parcel or zone, or district_boundary when set")
+    district_boundary: Path | None = Field(None, description="polygon file of the district boundary "
+                                                             "(any CRS); null: use the stored parcels/zones")
+    oblique_pitch_deg: float = Field(20.0, gt=0, le=90,
+                                     description="photos whose gimbal pitch is further than this from -90° "
+                                                 "(nadir) are kept as evidence, not georeferenced")
+    gps_error_m: float = Field(5.0, ge=0, description="horizontal position error of a photo without RTK fix (m)")
+    rtk_error_m: float = Field(0.1, ge=0, description="horizontal position error of a photo with RTK fix (m)")
+    sensors: list[Sensor] = Field(DJI_SENSORS, description="camera sensor sizes by EXIF model; add your cameras")
+
+
 class Settings(Section):
     store: StoreSettings = StoreSettings()
     district: DistrictSettings = DistrictSettings()
@@ -102,6 +145,7 @@ class Settings(Section):
     tracking: TrackingSettings = TrackingSettings()
     report: ReportSettings = ReportSettings()
     service: ServiceSettings = ServiceSettings()
+    ingest: IngestSettings = IngestSettings()
     rules_file: Path = Field(Path("rules.yaml"), description="violation rules and lifecycle table")
 
     source: Path | None = Field(None, exclude=True, description="the config file these came from")

@@ -51,7 +51,7 @@ class Detector:
         offline_ultralytics()
         from ultralytics import YOLO
         try:
-            self.task = model_task(path)
+            self.task, self._onnx_input = model_task(path)
             self.model = YOLO(str(path), task=self.task)
             names = self.model.names  # loads the ONNX session's metadata too
         except Exception as e:  # corrupt / truncated / not a YOLO checkpoint
@@ -95,14 +95,7 @@ class Detector:
                    imgsz=p.tile_px, batch_size=p.batch_size)
 
     def _check_onnx_size(self) -> None:
-        import onnxruntime as ort
-        try:
-            sess = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
-        except Exception:
-            raise ModelError(f"model {self.path} is not a loadable ONNX model; re-export it "
-                             f"(patrol train exports .onnx next to the .pt)") from None
-        shape = sess.get_inputs()[0].shape
-        h, w = shape[2], shape[3]
+        h, w = self._onnx_input
         if isinstance(h, int) and isinstance(w, int) and (h, w) != (self.imgsz, self.imgsz):
             raise ModelError(f"model {self.path} takes {h}x{w} images but processing.tile_px is "
                              f"{self.imgsz}; set processing.tile_px={h} or export with dynamic=True")
@@ -136,24 +129,26 @@ class Detector:
         return out
 
 
-def model_task(path: str | Path) -> str:
-    """'obb' or 'detect', from the weights themselves (ONNX metadata or the checkpoint)."""
+def model_task(path: str | Path) -> tuple[str, tuple]:
+    """('obb' or 'detect', ONNX input (h, w) or ()) read from the weights themselves."""
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         import onnxruntime as ort
         try:
-            meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta()
+            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception:
             raise ModelError(f"model {path} is not a loadable ONNX model; re-export it "
                              f"(patrol train exports .onnx next to the .pt)") from None
-        return meta.custom_metadata_map.get("task", "detect")
+        shape = sess.get_inputs()[0].shape
+        return sess.get_modelmeta().custom_metadata_map.get("task", "detect"), (shape[2], shape[3])
     import torch
     try:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception:
         raise ModelError(f"model {path} cannot be loaded; re-export or re-train the weights") from None
     model = ckpt.get("model") if isinstance(ckpt, dict) else None
-    return getattr(model, "task", None) or (ckpt.get("train_args", {}) or {}).get("task", "detect")
+    task = getattr(model, "task", None) or ((ckpt.get("train_args") or {}) if isinstance(ckpt, dict) else {}).get("task")
+    return task or "detect", ()
 
 
 # ---------------------------------------------------------------- boxes to map
@@ -168,6 +163,8 @@ def quads_to_map(tile, quads: np.ndarray) -> np.ndarray:
 
 def tile_detections(tile, quads: np.ndarray, conf: np.ndarray, cls: np.ndarray):
     """Keep objects whose centre is on valid pixels; corners clipped to the tile's data; map corners (n,8)."""
+    import shapely
+
     if len(quads) == 0:
         return np.zeros((0, 8)), conf[:0], cls[:0]
     h, w = tile.valid.shape
@@ -176,11 +173,15 @@ def tile_detections(tile, quads: np.ndarray, conf: np.ndarray, cls: np.ndarray):
     cy = np.clip(centre[:, 1].astype(int), 0, h - 1)
     keep = tile.valid[cy, cx]
     rows, cols = np.nonzero(tile.valid.any(1))[0], np.nonzero(tile.valid.any(0))[0]
-    quads = quads[keep].copy()
-    if len(quads):
-        quads[..., 0] = np.clip(quads[..., 0], 0, cols.max() + 1)
-        quads[..., 1] = np.clip(quads[..., 1], 0, rows.max() + 1)
-    return quads_to_map(tile, quads), conf[keep], cls[keep]
+    quads = quads[keep]
+    if len(quads):   # the part on the tile's data, as a (rotated) rectangle again
+        data = shapely.box(0, 0, cols.max() + 1, rows.max() + 1)
+        part = shapely.oriented_envelope(shapely.intersection(shapely.polygons(quads), data))
+        ok = shapely.get_type_id(part) == 3
+        quads = shapely.get_coordinates(shapely.get_exterior_ring(part[ok])).reshape(-1, 5, 2)[:, :4]
+        conf, cls = conf[keep][ok], cls[keep][ok]
+        return quads_to_map(tile, quads), conf, cls
+    return np.zeros((0, 8)), conf[keep], cls[keep]
 
 
 # ---------------------------------------------------------------- seam merging

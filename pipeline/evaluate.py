@@ -111,7 +111,9 @@ def read_truth(path: str | Path, layer: str | None = None):
             raise InputError(f"cannot read truth file {path} ({type(e).__name__}); check the format") from None
     if gdf.crs is None:
         raise InputError(f"truth file {path} has no CRS; set one")
-    return gdf[gdf.geom_type.isin(["Polygon", "MultiPolygon"])]
+    import shapely
+    gdf = gdf[gdf.geom_type.isin(["Polygon", "MultiPolygon"])]
+    return gdf.set_geometry(shapely.make_valid(gdf.geometry.to_numpy()))  # OSM rings may self-touch
 
 
 def clip_truth(gt, footprint, min_inside: float = 0.5):

@@ -27,11 +27,21 @@ class FlightResult:
     skipped: bool = False
 
 
-def register_flight(store, path: str | Path, settings, team: str | None = None) -> dict:
-    """Validate the ortho and record its flight (status 'uploaded' unless already known)."""
-    from pipeline.ingest import register_ortho
+def register_flight(store, path: str | Path | list, settings, team: str | None = None,
+                    refused: list | None = None, notes: list | None = None) -> dict:
+    """Validate the flight's files (an ortho, a split export, photos: ``pipeline.ingest``), refuse
+    one outside the district, and record it (status 'uploaded' unless already known). Files
+    refused inside a folder/zip are appended to ``refused`` as (name, reason), remarks (oblique
+    photos kept as evidence, …) to ``notes``."""
+    from pipeline.ingest import check_district, ingest_flight
 
-    flight = register_ortho(path, settings.store.crs, team)
+    result = ingest_flight(path, settings, team)
+    if refused is not None:
+        refused.extend(result.refused)
+    if notes is not None:
+        notes.extend(result.notes)
+    flight = result.flight
+    check_district(flight, store, settings)
     known = store.get_flight(flight["flight_id"])
     if known is not None:
         flight.pop("status")
@@ -88,6 +98,26 @@ def fail_flight(store, flight_id: str, error: BaseException | str) -> str:
     return line
 
 
+def detect_flight(flight: dict, settings, detector=None, progress: bool = True) -> gpd.GeoDataFrame:
+    """Detections of a flight: its ortho, or each photo frame with duplicates across
+    overlapping frames merged (``detect.merge_seams``, one frame = one 'tile')."""
+    import pandas as pd
+
+    from pipeline.detect import Detector, detect_ortho, merge_seams
+    from pipeline.ingest import flight_frames
+
+    frames = flight_frames(flight)
+    if len(frames) == 1:
+        return detect_ortho(frames[0], settings, settings.store.crs, detector=detector, progress=progress)
+    detector = detector or Detector.from_settings(settings)
+    parts = [detect_ortho(f, settings, settings.store.crs, detector=detector, progress=progress).assign(tile=k)
+             for k, f in enumerate(frames)]
+    gdf = gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs=settings.store.crs)
+    gdf = merge_seams(gdf, settings.detector.merge_iou).drop(columns="tile")
+    gdf["area_m2"] = gdf.geometry.area
+    return gdf.sort_values("confidence", ascending=False, ignore_index=True)
+
+
 def process_flight(store, flight_id: str, settings, *, detector=None, detections: gpd.GeoDataFrame | None = None,
                    force: bool = False, now: datetime | None = None, progress: bool = True) -> FlightResult:
     """Run a registered flight through detect → match → track and store the outcome.
@@ -96,7 +126,6 @@ def process_flight(store, flight_id: str, settings, *, detector=None, detections
     the model). A flight already 'done' is skipped unless ``force``; forced or not, a
     re-run never duplicates detections, findings or cases. The nightly runner
     (``pipeline.batch``) uses the same ``commit_flight`` with tile-checkpointed detection."""
-    from pipeline.detect import detect_ortho
     from pipeline.match import load_rules
 
     flight = store.get_flight(flight_id)
@@ -110,8 +139,7 @@ def process_flight(store, flight_id: str, settings, *, detector=None, detections
         store.set_flight_status(flight_id, "processing")
     try:
         if detections is None:
-            detections = detect_ortho(flight["path"], settings, settings.store.crs, detector=detector,
-                                      progress=progress)
+            detections = detect_flight(flight, settings, detector, progress)
         return commit_flight(store, flight, detections, settings, model_version, rules=rules, now=now)
     except PatrolError as e:
         fail_flight(store, flight_id, e)

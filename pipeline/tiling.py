@@ -56,15 +56,16 @@ class Tile:
 
 # ---------------------------------------------------------------- georeference
 def check_georeferenced(src, path: str | Path | None = None) -> None:
-    """Raise InputError unless the raster has a CRS and a north-up geotransform."""
+    """Raise InputError unless the raster has a CRS and a north-up or rotated (not sheared)
+    geotransform; tiles of a rotated raster (photo frames) get rotated tile transforms."""
     name = path or src.name
     t = src.transform
     if src.crs is None or t == Affine.identity():
         raise InputError(f"{name} has no georeference (CRS and geotransform); "
                          f"export the ortho as a GeoTIFF with its CRS")
-    if t.b != 0 or t.d != 0:
-        raise InputError(f"{name} is rotated or sheared; warp it to a north-up grid first "
-                         f"(gdalwarp) and try again")
+    if abs(t.a * t.b + t.d * t.e) > 1e-6 * math.hypot(t.a, t.d) * math.hypot(t.b, t.e):
+        raise InputError(f"{name} is sheared (its pixel axes are not perpendicular); warp it to a "
+                         f"north-up grid first (gdalwarp) and try again")
 
 
 def ground_pixel_size(src) -> tuple[float, float]:
@@ -94,7 +95,7 @@ def ground_pixel_size(src) -> tuple[float, float]:
                          f"reproject the ortho to a projected CRS")
     if not crs.is_geographic and crs.axis_info:
         f = crs.axis_info[0].unit_conversion_factor
-        grid = abs(t.a) * f, abs(t.e) * f
+        grid = math.hypot(t.a, t.d) * f, math.hypot(t.b, t.e) * f  # rotated grids too
         if abs(gx / grid[0] - 1) < 0.01 and abs(gy / grid[1] - 1) < 0.01:
             return grid
     return gx, gy
@@ -104,7 +105,7 @@ def processing_pixel(src, gsd_m: float) -> tuple[float, float]:
     """Processing pixel size in raster CRS units (x, y), both positive."""
     gx, gy = ground_pixel_size(src)
     t = src.transform
-    return abs(t.a) * gsd_m / gx, abs(t.e) * gsd_m / gy
+    return math.hypot(t.a, t.d) * gsd_m / gx, math.hypot(t.b, t.e) * gsd_m / gy
 
 
 # ---------------------------------------------------------------- planning
@@ -160,14 +161,14 @@ def plan_windows(src, gsd_m: float, tile_px: int, overlap_px: int) -> list[TileW
         raise InputError(f"overlap_px ({overlap_px}) must be smaller than tile_px ({tile_px})")
     px, py = processing_pixel(src, gsd_m)
     t = src.transform
-    sx, sy = _snap(px / abs(t.a)), _snap(py / abs(t.e))  # native pixels per processing pixel
-    px, py = sx * abs(t.a), sy * abs(t.e)
+    na, ne = math.hypot(t.a, t.d), math.hypot(t.b, t.e)  # native pixel size (rotated grids too)
+    sx, sy = _snap(px / na), _snap(py / ne)  # native pixels per processing pixel
     grid_w = int(math.floor(src.width / sx + 1e-6))
     grid_h = int(math.floor(src.height / sy + 1e-6))
     if grid_w < 1 or grid_h < 1:
         return []
     stride = tile_px - overlap_px
-    base = Affine(math.copysign(px, t.a), 0, t.c, 0, math.copysign(py, t.e), t.f)
+    base = t @ Affine.scale(sx, sy)  # processing pixel -> map; north-up or rotated (photo frames)
 
     cell = max(1, stride // MASK_CELLS_PER_STRIDE)  # processing pixels per mask cell
     mh, mw = max(1, math.ceil(grid_h / cell)), max(1, math.ceil(grid_w / cell))

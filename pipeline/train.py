@@ -23,6 +23,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from pipeline.detect import offline_ultralytics
 from pipeline.errors import ConfigError, InputError, ModelError
 
 CLASSES = ["building", "steel_shed", "under_construction", "greenhouse"]
@@ -36,18 +37,6 @@ CLASS_ALIASES = {
     "under_construction": 2, "construction": 2, "incomplete": 2, "foundation": 2, "在建": 2,
     "greenhouse": 3, "大棚": 3,
 }
-
-
-def offline_ultralytics() -> None:
-    """Make ultralytics work without network: no hub, no downloads, no fonts, no telemetry."""
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_VERBOSE", "False")
-    from ultralytics.utils import SETTINGS
-    try:
-        if SETTINGS.get("sync", False):
-            SETTINGS.update({"sync": False})
-    except Exception:  # read-only settings file: the env var already keeps it offline
-        pass
 
 
 # ---------------------------------------------------------------- dataset files

@@ -1,0 +1,331 @@
+"""The flight record: one flight from an ortho, a split export, or a folder/zip of photos.
+
+``ingest_flight(paths, settings, team)`` looks at what it is given (content, not extension):
+
+- one GeoTIFF: the flight is that file (``source`` 'ortho', id = content hash, as ``register_ortho``);
+- several GeoTIFFs (a folder, several paths, a zip): one split export (``source`` 'orthos'); id =
+  hash of the sorted member hashes; ``path`` = a VRT mosaic in ``ingest.work_dir/<id>/`` whose
+  mask is the union of the members' masks (so tiling, the nightly run and the reports read it
+  like one ortho); ``members.json`` beside it lists the member files;
+- JPEG photos (a folder, several paths, a zip): ``source`` 'photos'; id = hash of the sorted
+  photo hashes; ``path`` = the folder ``ingest.work_dir/<id>/`` holding ``frames.json`` (per
+  photo: file, frame VRT, GSD, position uncertainty, footprint; oblique photos as evidence
+  only) and ``frames/NNNNN.vrt``; detection runs frame by frame (``flight_frames``).
+
+Files that cannot be used are refused one by one (``IngestResult.refused``: name, one-line
+reason) and the flight is made from the rest; when nothing is left, the one InputError says
+why. Footprint = union of the members' valid-data footprints (store CRS); GSD = median of the
+members'; capture time = the earliest. ``check_district`` refuses a flight that lies outside
+the district. Nothing is written to the store here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.errors import InputError
+from pipeline.ingest.raster import (check_name, combined_id, describe_ortho, file_sha256, projected_store_crs,
+                                    register_ortho, shown, sniff, write_mosaic_vrt)
+
+SIDECARS = {".tfw", ".tifw", ".jgw", ".prj", ".xml", ".aux", ".ovr", ".txt", ".json", ".kml", ".kmz",
+            ".mrk", ".obs", ".nav", ".bin", ".rtk", ".log", ".csv", ".md5", ".las", ".laz", ".ply",
+            ".obj", ".mtl", ".html", ".pdf", ".db", ".ini", ".dat", ".cpg", ".dbf", ".shp", ".shx",
+            ".qpj", ".srt", ".mp4", ".mov", ".dng", ".png", ".vrt"}
+
+
+@dataclass
+class IngestResult:
+    flight: dict
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (file, one-line reason)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Item:
+    name: str  # shown to the user
+    path: Path
+    kind: str  # tiff / jpeg
+
+
+def work_dir(settings) -> Path:
+    return Path(settings.ingest.work_dir).expanduser().resolve()
+
+
+def _line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _collect(paths: list[Path], settings, refused: list) -> list[_Item]:
+    """Files to consider, with zips unpacked safely; unusable ones go to ``refused``."""
+    from pipeline.ingest.archive import safe_extract
+
+    items: list[_Item] = []
+
+    def add_file(p: Path, name: str, direct: bool) -> None:
+        try:
+            check_name(p)
+            kind = sniff(p)
+        except InputError as e:
+            refused.append((name, _line(e)))
+            return
+        if kind in ("tiff", "jpeg"):
+            items.append(_Item(name, p, kind))
+        elif kind == "zip" and direct:
+            zid = file_sha256(p)[:16]
+            dest = work_dir(settings) / f"zip-{zid}"
+            if not dest.is_dir():
+                part = dest.with_name(f"{dest.name}.part-{uuid.uuid4().hex[:8]}")
+                try:
+                    safe_extract(p, part, settings.ingest)
+                except InputError as e:
+                    refused.append((name, _line(e)))
+                    return
+                try:
+                    os.replace(part, dest)
+                except OSError:  # another ingest of the same zip won the race
+                    shutil.rmtree(part, ignore_errors=True)
+            members = sorted(q for q in dest.iterdir() if q.is_file())
+            if not members:
+                refused.append((name, f"{name} holds no GeoTIFF or JPEG; zip the orthophoto or the photos"))
+            for q in members:
+                add_file(q, f"{name}:{q.name.split('_', 1)[-1]}", False)
+        elif kind == "empty":
+            refused.append((name, f"{name} is empty (0 bytes); copy the file again"))
+        elif direct or p.suffix.lower() not in SIDECARS:
+            refused.append((name, f"{name} is not an image (neither a GeoTIFF nor a JPEG photo); "
+                                  f"give orthophotos or drone photos"))
+
+    for p in paths:
+        name = shown(p)
+        if not p.exists():
+            refused.append((name, f"{name} not found; check the path"))
+        elif p.is_dir():
+            files = sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith("."))
+            if not files:
+                refused.append((name, f"{name} is an empty folder; give the folder holding the flight"))
+            for q in files:
+                add_file(q, shown(q), False)
+        else:
+            add_file(p, name, True)
+    return items
+
+
+def ingest_flight(paths: str | Path | list[str | Path], settings, team: str | None = None) -> IngestResult:
+    """Validate and describe one flight (see the module docstring). Raises InputError (one line)
+    when nothing usable is left."""
+    store_crs = settings.store.crs
+    projected_store_crs(store_crs)
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not paths:
+        raise InputError("no file given; give an orthophoto, a folder or a zip")
+    paths = [Path(p).expanduser() for p in paths]
+    max_mpix = settings.ingest.max_raster_mpix
+    if len(paths) == 1 and paths[0].is_file():  # one file: the original rules, its errors as they come
+        check_name(paths[0])
+        if sniff(paths[0]) != "zip":
+            if sniff(paths[0]) == "jpeg":
+                return _photos([_Item(shown(paths[0]), paths[0].resolve(), "jpeg")], settings, team, [])
+            return IngestResult(register_ortho(paths[0], store_crs, team, max_mpix=max_mpix))
+    refused: list[tuple[str, str]] = []
+    items = _collect(paths, settings, refused)
+    what = ", ".join(shown(p) for p in paths[:3]) + (" …" if len(paths) > 3 else "")
+    tiffs = [i for i in items if i.kind == "tiff"]
+    jpegs = [i for i in items if i.kind == "jpeg"]
+    if tiffs and jpegs:
+        raise InputError(f"{what} holds both GeoTIFFs ({len(tiffs)}) and photos ({len(jpegs)}); register "
+                         f"the orthophoto and the photos as separate flights")
+    if not items:
+        if len(refused) == 1:
+            raise InputError(refused[0][1])
+        raise InputError(f"{what}: no orthophoto GeoTIFF or drone photo"
+                         + (f" ({len(refused)} files refused, e.g. {refused[0][1]})" if refused else "")
+                         + "; give the flight's files")
+    if tiffs:
+        return _orthos(tiffs, settings, team, refused)
+    return _photos(jpegs, settings, team, refused)
+
+
+def _orthos(items: list[_Item], settings, team, refused) -> IngestResult:
+    store_crs = settings.store.crs
+    good = []
+    for it in items:
+        try:
+            info = describe_ortho(it.path, store_crs, settings.ingest.max_raster_mpix)
+        except InputError as e:
+            refused.append((it.name, _line(e)))
+            continue
+        good.append((it, info))
+    if not good:
+        raise InputError(refused[0][1] if len(refused) == 1 else
+                         f"none of the {len(items)} GeoTIFFs is usable (e.g. {refused[0][1]})")
+    if len(good) == 1:
+        it = good[0][0]
+        return IngestResult(register_ortho(it.path, store_crs, team, max_mpix=settings.ingest.max_raster_mpix),
+                            refused)
+    import shapely
+    hashes = [file_sha256(it.path) for it, _ in good]
+    fid = combined_id(hashes)
+    folder = work_dir(settings) / fid
+    folder.mkdir(parents=True, exist_ok=True)
+    vrt = write_mosaic_vrt([it.path.resolve() for it, _ in good], folder / "mosaic.vrt")
+    members = [{"file": str(it.path.resolve()), "name": it.name, "sha256": h, "gsd_m": info["gsd_m"],
+                "captured_at": info["captured_at"]} for (it, info), h in zip(good, hashes)]
+    _atomic_write(folder / "members.json", json.dumps(
+        {"flight_id": fid, "source": "orthos", "members": members,
+         "refused": [{"file": n, "reason": r} for n, r in refused]}, ensure_ascii=False, indent=1))
+    footprint = shapely.make_valid(shapely.union_all([info["footprint"] for _, info in good]))
+    flight = {"flight_id": fid, "path": str(vrt), "captured_at": min(i["captured_at"] for _, i in good),
+              "team": team, "source": "orthos", "crs": good[0][1]["crs"],
+              "gsd_m": round(statistics.median(i["gsd_m"] for _, i in good), 4),
+              "footprint": footprint, "status": "uploaded"}
+    return IngestResult(flight, refused, [f"split export: {len(good)} orthos mosaicked in {vrt}"])
+
+
+def _photos(items: list[_Item], settings, team, refused) -> IngestResult:
+    import shapely
+
+    from pipeline.ingest.photos import georeference, read_photo, write_frame_vrt
+
+    store_crs = settings.store.crs
+    frames, evidence, notes = [], [], []
+    for it in items:
+        try:
+            photo = read_photo(it.path.resolve(), it.name)
+        except InputError as e:
+            refused.append((it.name, _line(e)))
+            continue
+        try:
+            frame = georeference(photo, settings.ingest, store_crs)
+        except InputError as e:
+            if "oblique" in str(e):
+                evidence.append((photo, _line(e)))
+                notes.append(_line(e))
+            else:
+                refused.append((it.name, _line(e)))
+            continue
+        notes += photo.notes
+        frames.append((photo, frame))
+    if not frames:
+        raise InputError(refused[0][1] if len(refused) == 1 and not evidence else
+                         f"none of the {len(items)} photos can be georeferenced"
+                         + (f" (e.g. {(refused or evidence)[0][1]})" if refused or evidence else "")
+                         + "; give nadir photos with GPS, or the orthophoto")
+    hashes = {id(p): file_sha256(p.path) for p, _ in frames}
+    hashes.update({id(p): file_sha256(p.path) for p, _ in evidence})
+    fid = combined_id(list(hashes.values()))
+    folder = work_dir(settings) / fid
+    (folder / "frames").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for k, (photo, frame) in enumerate(sorted(frames, key=lambda pf: (pf[0].captured_at or "", pf[0].name))):
+        vrt = write_frame_vrt(photo, frame, store_crs, folder / "frames" / f"{k:05d}.vrt")
+        rows.append({"file": str(photo.path), "name": photo.name, "frame": str(vrt), "sha256": hashes[id(photo)],
+                     "captured_at": photo.captured_at, "gsd_m": round(frame.gsd_m, 4),
+                     "uncertainty_m": frame.uncertainty_m, "tilt_deg": round(frame.tilt_deg, 1),
+                     "lat": photo.lat, "lon": photo.lon, "relative_altitude_m": photo.rel_alt,
+                     "yaw_deg": photo.yaw, "pitch_deg": photo.pitch, "camera": photo.model, "rtk": photo.rtk,
+                     "footprint_wkt": frame.footprint.wkt})
+    manifest = {"flight_id": fid, "source": "photos", "crs": store_crs, "frames": rows,
+                "evidence_only": [{"file": str(p.path), "name": p.name, "sha256": hashes[id(p)],
+                                   "captured_at": p.captured_at, "lat": p.lat, "lon": p.lon, "reason": why}
+                                  for p, why in evidence],
+                "refused": [{"file": n, "reason": r} for n, r in refused]}
+    _atomic_write(folder / "frames.json", json.dumps(manifest, ensure_ascii=False, indent=1))
+    times = [p.captured_at for p, _ in frames if p.captured_at]
+    if not times:
+        from datetime import datetime
+        times = [datetime.fromtimestamp(min(p.path.stat().st_mtime for p, _ in frames)).isoformat(timespec="seconds")]
+    footprint = shapely.make_valid(shapely.union_all([f.footprint for _, f in frames]))
+    flight = {"flight_id": fid, "path": str(folder), "captured_at": min(times), "team": team,
+              "source": "photos", "crs": store_crs,
+              "gsd_m": round(statistics.median(f.gsd_m for _, f in frames), 4),
+              "footprint": footprint, "status": "uploaded"}
+    notes.insert(0, f"{len(frames)} photo frames georeferenced (position uncertainty "
+                    f"{min(f.uncertainty_m for _, f in frames):g}–{max(f.uncertainty_m for _, f in frames):g} m)"
+                 + (f", {len(evidence)} oblique kept as evidence" if evidence else ""))
+    return IngestResult(flight, refused, notes)
+
+
+# ---------------------------------------------------------------- after ingest
+def flight_frames(flight: dict) -> list[Path]:
+    """The rasters detection runs on: the ortho (or split-export mosaic), or one VRT per photo."""
+    p = Path(str(flight["path"]))
+    if flight.get("source") == "photos" or p.is_dir():
+        manifest = p / "frames.json"
+        if not manifest.is_file():
+            raise InputError(f"flight {flight['flight_id']}: {manifest} is gone; register the photos again "
+                             f"with `patrol ingest`")
+        return [Path(r["frame"]) for r in json.loads(manifest.read_text(encoding="utf-8"))["frames"]]
+    return [p]
+
+
+def manifest_summary(flight: dict) -> list[tuple[str, str]]:
+    """(label, text) lines describing a split export's members or a photo flight's frames."""
+    p = Path(str(flight.get("path") or ""))
+    try:
+        if flight.get("source") == "photos":
+            m = json.loads((p / "frames.json").read_text(encoding="utf-8"))
+            unc = [fr["uncertainty_m"] for fr in m["frames"]]
+            return [("frames", f"{len(m['frames'])} photos, position uncertainty {min(unc):g}–{max(unc):g} m"),
+                    ("evidence", f"{len(m['evidence_only'])} oblique photos kept as evidence only"),
+                    ("refused", f"{len(m['refused'])} files")]
+        if flight.get("source") == "orthos":
+            m = json.loads((p.parent / "members.json").read_text(encoding="utf-8"))
+            return [("members", ", ".join(mm["file"] for mm in m["members"])),
+                    ("refused", f"{len(m['refused'])} files")]
+    except (OSError, ValueError, KeyError):
+        return [("manifest", f"missing or unreadable beside {p}")]
+    return []
+
+
+def check_district(flight: dict, store, settings) -> None:
+    """Refuse a flight whose footprint lies further than ``ingest.district_margin_m`` from the
+    district: ``ingest.district_boundary`` when set, else every stored parcel and zone (no check
+    while the store holds neither)."""
+    import shapely
+
+    ing = settings.ingest
+    fp = flight.get("footprint")
+    if fp is None or fp.is_empty:
+        return
+    near = fp.buffer(ing.district_margin_m)
+    if ing.district_boundary is not None:
+        area = _boundary(settings.resolve(ing.district_boundary), settings.store.crs)
+        if not shapely.intersects(area, near):
+            raise InputError(f"flight {flight['flight_id']} ({shown(flight['path'])}) lies outside the district "
+                             f"boundary {ing.district_boundary} (more than {ing.district_margin_m:g} m away); "
+                             f"check the flight or its CRS")
+        return
+    counts = store.status().get("counts", {})
+    if not counts.get("parcel") and not counts.get("zone"):
+        return
+    bbox = near.bounds
+    for layer in (store.parcels(bbox), store.zones(bbox)):
+        if len(layer) and shapely.intersects(near, layer.geometry.values).any():
+            return
+    raise InputError(f"flight {flight['flight_id']} ({shown(flight['path'])}) lies outside the district: no "
+                     f"parcel or zone within {ing.district_margin_m:g} m of its footprint; check the flight "
+                     f"(another district?) or its CRS")
+
+
+def _boundary(path: Path, store_crs: str):
+    import geopandas as gpd
+    import shapely
+    try:
+        gdf = gpd.read_file(path)
+    except Exception:
+        raise InputError(f"ingest.district_boundary {path} cannot be read; give a GeoPackage, Shapefile "
+                         f"or GeoJSON polygon") from None
+    if gdf.crs is None:
+        raise InputError(f"ingest.district_boundary {path} has no CRS; save it with its CRS")
+    return shapely.union_all(gdf.to_crs(store_crs).geometry.values)
