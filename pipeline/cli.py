@@ -756,6 +756,36 @@ def ingest_cmd(ctx, paths, team, each):
         raise click.exceptions.Exit(1 if registered else 2)
 
 
+@cli.command("run")
+@click.argument("flight")
+@click.option("--team", help="Patrol team, when FLIGHT is a path registered now.")
+@click.option("--force", is_flag=True, help="Process again even if the flight is done (never duplicates).")
+@pass_ctx
+def run_cmd(ctx, flight, team, force):
+    """Run one flight through ingest → tile → detect → match → track.
+
+    FLIGHT is a flight id (see `patrol flights list`) or a path to register first."""
+    from pipeline.run import process_flight, register_flight
+
+    store = open_ctx_store(ctx)
+    try:
+        record = store.get_flight(flight)
+        if record is None:
+            if not Path(flight).exists():
+                raise PatrolError(f"'{flight}' is neither a flight id in {ctx.settings.store.url} nor a "
+                                  f"file; see `patrol flights list` or give the ortho's path")
+            record = register_flight(store, flight, ctx.settings, team=team)
+            click.echo(f"flight {record['flight_id']} ({flight})")
+        res = process_flight(store, record["flight_id"], ctx.settings, force=force)
+    finally:
+        store.close()
+    if res.skipped:
+        click.echo(f"flight {res.flight_id} is already done; --force processes it again")
+    else:
+        click.echo(f"flight {res.flight_id}: {res.detections} detections, {res.findings} findings, "
+                   f"{res.new_cases} new cases, {res.events} case events")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script: one clear line for a PatrolError, never a traceback."""
     args = sys.argv[1:] if argv is None else argv

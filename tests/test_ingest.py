@@ -16,7 +16,6 @@ import rasterio
 import shapely
 from pyproj import Transformer
 from rasterio.enums import ColorInterp
-from rasterio.features import rasterize
 from rasterio.transform import Affine, from_origin
 
 from pipeline.config import load_settings
@@ -108,7 +107,7 @@ def make_photo(path: Path, lat=LAT, lon=LON, rel_alt="+100.00", yaw="+30.0", pit
 
 
 # ================================================================ orthomosaics
-@pytest.mark.parametrize("kind", ["geotiff", "cog", "bigtiff", "rgba", "mask", "nodata", "uint16"])
+@pytest.mark.parametrize("kind", ["geotiff", "cog", "bigtiff", "rgba", "mask", "nodata", "uint16", "jp2", "img"])
 def test_ortho_formats_register_with_their_valid_footprint(tmp_path, kind):
     h, w = 150, 200
     hole = np.ones((h, w), bool)
@@ -133,12 +132,17 @@ def test_ortho_formats_register_with_their_valid_footprint(tmp_path, kind):
         with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
             copy(path, cog, driver="COG", BLOCKSIZE=64)
         path = cog
+    if kind in ("jp2", "img"):   # JPEG 2000 and ERDAS Imagine exports, no mask
+        from rasterio.shutil import copy
+        other = tmp_path / f"o.{kind}"
+        copy(path, other, driver={"jp2": "JP2OpenJPEG", "img": "HFA"}[kind])
+        path = other
     if kind == "bigtiff":
         assert path.read_bytes()[:4] == b"II+\x00"
     f = register_ortho(path, STORE_CRS, team="t1")
     assert f["source"] == "ortho" and f["gsd_m"] == pytest.approx(0.1, rel=0.01)
     full = 200 * 150 * 0.01
-    expected = 0.75 * full if kind != "geotiff" else full
+    expected = 0.75 * full if kind not in ("geotiff", "jp2", "img") else full
     assert f["footprint"].area == pytest.approx(expected, rel=0.04)
     assert f["footprint"].distance(site_in_store()) < 1.0
 
@@ -186,6 +190,34 @@ def test_rotated_ortho_is_handled_by_footprint_and_tiling(tmp_path):
         assert np.allclose(tile.transform * (10, 0), t * (col + 20, row), atol=1e-6)
 
 
+def test_a_huge_sparse_bigtiff_is_registered_without_reading_it_whole(tmp_path):
+    """20000 x 20000 x 3 (1.2 GB decoded) with one block of data: registering stays far below
+    that in memory (decimated mask read, capped GDAL cache), measured in a fresh process."""
+    import subprocess
+    import sys
+
+    from rasterio.windows import Window
+
+    n = 20000
+    path = tmp_path / "huge.tif"
+    x0, y0 = site("EPSG:32650")
+    with rasterio.open(path, "w", driver="GTiff", width=n, height=n, count=3, dtype="uint8", crs="EPSG:32650",
+                       transform=from_origin(x0, y0, 0.05, 0.05), tiled=True, blockxsize=512, blockysize=512,
+                       nodata=0, compress="deflate", BIGTIFF="YES", SPARSE_OK=True) as d:
+        d.write(np.full((3, 512, 512), 100, np.uint8), window=Window(1024, 1024, 512, 512))
+    assert path.stat().st_size < 1 << 20
+    code = ("import resource, sys; from pipeline.ingest import register_ortho; "
+            "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+            f"f = register_ortho({str(path)!r}, {STORE_CRS!r}); "
+            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0) // 1024, f['footprint'].area)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={k: v for k, v in os.environ.items() if k != "GDAL_CACHEMAX"})
+    assert out.returncode == 0, out.stderr
+    grown_mb, area = out.stdout.split()
+    assert int(grown_mb) < 400
+    assert float(area) == pytest.approx((512 * 0.05) ** 2, rel=0.15)
+
+
 # ================================================================ split exports
 def test_split_export_is_one_flight(tmp_path):
     from pipeline.tiling import open_raster, plan_windows
@@ -200,13 +232,17 @@ def test_split_export_is_one_flight(tmp_path):
     (folder / "ortho_part_1.tfw").write_text("0.1\n0\n0\n-0.1\n0\n0\n")   # sidecars are ignored
     dsm = write_tif(folder / "dsm.tif", count=1, dtype="float32",
                     data=np.zeros((1, 150, 200), "float32"))
+    from PIL import Image
+    Image.new("RGB", (32, 24)).save(folder / "quicklook.jpg")              # a preview: left out
     s = settings_for(tmp_path)
     r = ingest_flight(folder, s, team="t")
     f = r.flight
     hashes = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (a, b)]
     assert f["flight_id"] == combined_id(hashes)
     assert ingest_flight([b, a], s).flight["flight_id"] == f["flight_id"]   # order does not matter
-    assert [n for n, _ in r.refused] == [str(dsm)] and "float32" in r.refused[0][1]
+    refused = dict(r.refused)
+    assert sorted(refused) == [str(dsm), str(folder / "quicklook.jpg")]
+    assert "float32" in refused[str(dsm)] and "beside orthophotos" in refused[str(folder / "quicklook.jpg")]
     assert f["source"] == "orthos" and f["path"].endswith("mosaic.vrt")
     assert f["footprint"].area == pytest.approx((400 * 150 - 50 * 50) * 0.01, rel=0.03)
     members = json.loads((Path(f["path"]).parent / "members.json").read_text())["members"]
@@ -251,12 +287,18 @@ def test_photo_folder_is_a_flight_of_frames(tmp_path):
     make_photo(folder / "DJI_0006.JPG", rel_alt="abc")                                  # junk XMP
     make_photo(folder / "DJI_0007.JPG", when="9999:99:99 xx")                           # junk time: kept
     (folder / "DJI_0001.MRK").write_text("rtk log")                                    # sidecar
+    jpg = (folder / "DJI_0001.JPG").read_bytes()                                        # corrupt EXIF block
+    payload = b"Exif\x00\x00II*\x00\x08\x00\x00\x00\xff\xff\x01\x02" + b"\xee" * 40
+    (folder / "DJI_0008.JPG").write_bytes(jpg[:2] + b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+                                          + jpg[2:])
     (folder / "notes.docx").write_bytes(b"PK\x03\x04 not for us")                       # not an image
     s = settings_for(tmp_path)
     r = ingest_flight(folder, s, team="t")
     f = r.flight
     refused = dict(r.refused)
-    assert set(Path(n).name for n in refused) == {"DJI_0004.JPG", "DJI_0005.JPG", "DJI_0006.JPG", "notes.docx"}
+    assert set(Path(n).name for n in refused) == {"DJI_0004.JPG", "DJI_0005.JPG", "DJI_0006.JPG", "DJI_0008.JPG",
+                                                  "notes.docx"}
+    assert "EXIF" in refused[str(folder / "DJI_0008.JPG")]
     assert "no GPS" in refused[str(folder / "DJI_0004.JPG")]
     assert "junk" in refused[str(folder / "DJI_0005.JPG")] and "junk" in refused[str(folder / "DJI_0006.JPG")]
     assert all("\n" not in why for why in refused.values())
@@ -349,7 +391,9 @@ def test_frame_detections_land_on_the_ground_and_merge_across_photos(tmp_path):
 
 
 def test_photo_georeferencing_round_trip_and_area_property():
-    from hypothesis import given, settings as hsettings, strategies as st
+    from hypothesis import given
+    from hypothesis import settings as hsettings
+    from hypothesis import strategies as st
 
     from pipeline.ingest.photos import Photo, georeference
 
@@ -416,6 +460,12 @@ def test_hostile_files_are_refused_with_one_line_naming_them(tmp_path):
     with pytest.raises(InputError, match="max_raster_mpix") as e:
         ingest_flight(big, s)
     _one_line(e, "big.tif")
+
+    vrt = tmp_path / "link.vrt"   # a VRT may point at any file on the server: refused
+    vrt.write_text('<VRTDataset rasterXSize="1" rasterYSize="1"></VRTDataset>')
+    with pytest.raises(InputError, match="VRT") as e:
+        ingest_flight(vrt, s)
+    _one_line(e, "link.vrt")
 
     sheared = write_tif(tmp_path / "shear.tif", transform=Affine(0.1, 0.05, 0, 0, -0.1, 0))
     with pytest.raises(InputError, match="sheared"):
@@ -505,6 +555,27 @@ def test_flight_outside_the_district_is_refused(tmp_path):
     near = settings_for(tmp_path, **{"ingest.district_margin_m": 40_000})
     assert register_flight(store, ortho, near)["status"] == "uploaded"
     store.close()
+
+
+def test_district_boundary_file_replaces_the_parcel_extent(tmp_path):
+    import geopandas as gpd
+
+    from pipeline.ingest import check_district
+
+    here = shapely.Point(*site("EPSG:4326")).buffer(0.001)
+    gpd.GeoDataFrame(geometry=[here], crs="EPSG:4326").to_file(tmp_path / "district.geojson")
+    gpd.GeoDataFrame(geometry=[shapely.affinity.translate(here, 0.5, 0)], crs="EPSG:4326") \
+        .to_file(tmp_path / "elsewhere.geojson")
+    ortho = write_tif(tmp_path / "o.tif")
+    s = settings_for(tmp_path, **{"ingest.district_boundary": str(tmp_path / "district.geojson"),
+                                  "ingest.district_margin_m": 100})
+    flight = ingest_flight(ortho, s).flight
+    check_district(flight, None, s)      # inside: no store needed
+    s = settings_for(tmp_path, **{"ingest.district_boundary": str(tmp_path / "elsewhere.geojson"),
+                                  "ingest.district_margin_m": 100})
+    with pytest.raises(InputError, match="outside the district boundary") as e:
+        check_district(flight, None, s)
+    _one_line(e, "o.tif")
 
 
 def test_cli_batch_goes_on_past_refused_files(tmp_path):

@@ -2,7 +2,7 @@
 folder, under a minute, with no error cell; the committed notebooks carry no outputs."""
 from __future__ import annotations
 
-import os
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +26,8 @@ def _model_path() -> Path:
 def _run(path: Path, work: Path, monkeypatch) -> tuple[nbformat.NotebookNode, float]:
     monkeypatch.setenv("PATROL_NB_WORK", str(work))       # the kernel inherits the environment
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    # this venv's kernelspec first (its "python" runs as sys.executable), whatever a user registered
+    monkeypatch.setenv("JUPYTER_PATH", str(Path(sys.prefix) / "share" / "jupyter"))
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=TIMEOUT_S, kernel_name="python3",
                                      resources={"metadata": {"path": str(work)}}, allow_errors=False)

@@ -90,3 +90,23 @@ def test_crash_mid_run_leaves_nothing_and_rerun_completes(tmp_path, district, mo
     g = register_flight(other, result.out_dir / ep["ortho"], settings)
     process_flight(other, g["flight_id"], settings, detections=dets, progress=False)
     assert _snapshot(other)[:4] == _snapshot(store)[:4]
+
+
+def test_patrol_run_cli_missing_model_fails_the_flight_in_one_line(tmp_path, district):
+    import subprocess
+    import sys
+    result, meta, _ = district
+    store_path = tmp_path / "s.gpkg"
+    base = [sys.executable, "-m", "pipeline.cli", "--store", str(store_path),
+            "--set", f"detector.model={tmp_path / 'missing.onnx'}"]
+    subprocess.run(base + ["import", "parcels", str(result.vectors)], check=True, capture_output=True)
+    ortho = str(result.out_dir / meta["epochs"][0]["ortho"])
+    proc = subprocess.run(base + ["run", ortho], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "missing.onnx" in proc.stderr and "not found" in proc.stderr
+    with open_store(store_path, "EPSG:4547") as store:
+        (flight,) = store.list_flights().to_dict("records")
+        assert flight["status"] == "failed" and "missing.onnx" in flight["error"]
+    proc = subprocess.run(base + ["run", "no-such-flight"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "neither a flight id" in proc.stderr

@@ -398,7 +398,9 @@ def test_admin_processes_now_and_a_failure_shows_its_reason(svc):
 def test_a_zip_holding_one_ortho_is_unpacked_inside_the_folder(svc, make_raster):
     import io
     import zipfile
-    tif = make_raster("zipped.tif", 128, 128, tags={"TIFFTAG_DATETIME": "2025:05:01 10:00:00"})
+    minx, _, _, maxy = svc.store.parcels().total_bounds          # a flight inside the district
+    tif = make_raster("zipped.tif", 128, 128, crs=svc.store.crs, origin=(minx, maxy),
+                      tags={"TIFFTAG_DATETIME": "2025:05:01 10:00:00"})
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         z.write(tif, "../../../evil/../ortho 东山.tif")

@@ -29,8 +29,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import InputError
-from pipeline.ingest.raster import (check_name, combined_id, describe_ortho, file_sha256, projected_store_crs,
-                                    register_ortho, shown, sniff, write_mosaic_vrt)
+from pipeline.ingest.raster import (
+    RASTER_KINDS,
+    check_name,
+    combined_id,
+    describe_ortho,
+    file_sha256,
+    projected_store_crs,
+    register_ortho,
+    shown,
+    sniff,
+    write_mosaic_vrt,
+)
 
 SIDECARS = {".tfw", ".tifw", ".jgw", ".prj", ".xml", ".aux", ".ovr", ".txt", ".json", ".kml", ".kmz",
             ".mrk", ".obs", ".nav", ".bin", ".rtk", ".log", ".csv", ".md5", ".las", ".laz", ".ply",
@@ -79,8 +89,8 @@ def _collect(paths: list[Path], settings, refused: list) -> list[_Item]:
         except InputError as e:
             refused.append((name, _line(e)))
             return
-        if kind in ("tiff", "jpeg"):
-            items.append(_Item(name, p, kind))
+        if kind in RASTER_KINDS or kind == "jpeg":
+            items.append(_Item(name, p, "jpeg" if kind == "jpeg" else "tiff"))
         elif kind == "zip" and direct:
             zid = file_sha256(p)[:16]
             dest = work_dir(settings) / f"zip-{zid}"
@@ -142,9 +152,9 @@ def ingest_flight(paths: str | Path | list[str | Path], settings, team: str | No
     what = ", ".join(shown(p) for p in paths[:3]) + (" …" if len(paths) > 3 else "")
     tiffs = [i for i in items if i.kind == "tiff"]
     jpegs = [i for i in items if i.kind == "jpeg"]
-    if tiffs and jpegs:
-        raise InputError(f"{what} holds both GeoTIFFs ({len(tiffs)}) and photos ({len(jpegs)}); register "
-                         f"the orthophoto and the photos as separate flights")
+    if tiffs and jpegs:  # an export folder with quick-look JPEGs: the orthos are the flight
+        refused += [(j.name, f"{j.name} is a JPEG beside orthophotos, left out; register photos as a flight "
+                             f"of their own") for j in jpegs]
     if not items:
         if len(refused) == 1:
             raise InputError(refused[0][1])

@@ -29,6 +29,9 @@ IMAGE_DTYPES = ("uint8", "uint16")
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 JPEG_MAGIC = b"\xff\xd8\xff"
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+JP2_MAGIC = (b"\x00\x00\x00\x0cjP  ", b"\xff\x4f\xff\x51")  # JPEG 2000 file / codestream
+HFA_MAGIC = b"EHFA_HEADER_TAG"  # ERDAS Imagine .img
+RASTER_KINDS = ("tiff", "jp2", "hfa")  # accepted orthophoto containers (a VRT is not: it may point anywhere)
 
 
 def shown(path: str | Path) -> str:
@@ -46,10 +49,10 @@ def check_name(path: str | Path) -> None:
 
 
 def sniff(path: str | Path) -> str:
-    """'tiff', 'jpeg', 'zip', 'empty' or 'other', from the first bytes."""
+    """'tiff', 'jp2', 'hfa', 'jpeg', 'zip', 'vrt', 'empty' or 'other', from the first bytes."""
     try:
         with open(path, "rb") as f:
-            head = f.read(8)
+            head = f.read(16)
     except OSError as e:
         raise InputError(f"{shown(path)} cannot be read ({e.strerror}); check the path and "
                          f"its permissions") from None
@@ -61,6 +64,12 @@ def sniff(path: str | Path) -> str:
         return "jpeg"
     if head[:4] in ZIP_MAGIC:
         return "zip"
+    if head.startswith(JP2_MAGIC):
+        return "jp2"
+    if head.startswith(HFA_MAGIC):
+        return "hfa"
+    if head.lstrip().startswith(b"<VRTDataset"):
+        return "vrt"
     return "other"
 
 
@@ -186,16 +195,26 @@ def describe_ortho(path: Path, store_crs: str, max_mpix: float = DEFAULT_MAX_MPI
     """CRS, ground GSD, capture time, footprint (store CRS) and format facts of one ortho."""
     import rasterio
 
-    from pipeline.tiling import ground_pixel_size, open_raster
+    from pipeline.tiling import BLOCK_CACHE_BYTES
 
     check_name(path)
     kind = sniff(path)
     if kind == "empty":
         raise InputError(f"{shown(path)} is empty (0 bytes); copy or export the file again")
-    if kind != "tiff":
-        what = {"jpeg": "a JPEG photo", "zip": "a zip"}.get(kind, "not an image")
+    if kind not in RASTER_KINDS:
+        what = {"jpeg": "a JPEG photo", "zip": "a zip", "vrt": "a GDAL VRT, which may point to any file"
+                }.get(kind, "not an image")
         raise InputError(f"{shown(path)} is not a readable raster ({what}, not a GeoTIFF); give the "
                          f"orthophoto GeoTIFF, or a folder/zip of drone photos")
+    with rasterio.Env(GDAL_CACHEMAX=BLOCK_CACHE_BYTES):  # GDAL's default cache (5 % of RAM) would fill
+        return _describe(path, store_crs, max_mpix)
+
+
+def _describe(path: Path, store_crs: str, max_mpix: float) -> dict:
+    import rasterio
+
+    from pipeline.tiling import ground_pixel_size, open_raster
+
     src = open_raster(path)
     try:
         check_ortho(src, path, max_mpix)
