@@ -54,7 +54,7 @@ class ProcessingSettings(Section):
 
 class DetectorSettings(Section):
     model: Path = Field(Path("../models/lianwei-yolo11n.onnx"), description="weights (.pt or .onnx)")
-    confidence: float = Field(0.25, ge=0, le=1, description="minimum detection confidence")
+    confidence: float = Field(0.4, ge=0, le=1, description="minimum detection confidence")
     nms_iou: float = Field(0.5, gt=0, le=1, description="IoU of the model's own non-max suppression")
     merge_iou: float = Field(0.3, gt=0, le=1, description="overlap (IoU or containment) that merges seam duplicates")
     classes: list[str] = Field(

@@ -110,7 +110,7 @@ class Detector:
             bgr = [np.ascontiguousarray(im[..., ::-1]) for im in images[i:i + self.batch_size]]
             try:
                 results = self.model.predict(bgr, imgsz=self.imgsz, conf=self.confidence,
-                                             iou=self.nms_iou, device="cpu", half=False,
+                                             iou=self.nms_iou, agnostic_nms=True, device="cpu", half=False,
                                              max_det=MAX_DET, verbose=False, save=False)
             except Exception as e:
                 raise ModelError(f"model {self.path} failed on a batch "

@@ -25,10 +25,10 @@ patrol dataset build --out "$DATA" --scenes 110 --val-scenes 18 --seed 1 --size-
   --real-val "$REAL/kampala/mosaic_z20_c0.tif:$REAL/kampala/osm_buildings.geojson" \
   --real-val "$REAL/kampala/mosaic_z20_c1.tif:$REAL/kampala/osm_buildings.geojson"
 
-# 2. training: yolo11n from scratch (weights seeded from the warm-up run), 320 px chips, batch 16,
+# 2. training: yolo11n-obb (config/train.yaml) from scratch (weights seeded from the warm-up run), 320 px chips, batch 16,
 #    AdamW (ultralytics 'auto'), flips both ways, scale ±35 %, mosaic; the epoch count is fitted into
 #    a time budget (--hours) by ultralytics, measured per epoch. Settings: config/train.yaml.
-patrol train --data "$DATA" --weights /work/runs/stageA-last.pt --name lianwei-yolo11n --hours 1.55
+patrol train --data "$DATA" --weights /work/runs/stageA-last.pt --name lianwei-yolo11n --hours 1.45
 
 # 3. ship: best.pt → models/lianwei-yolo11n.pt (optimizer stripped) + .onnx (opset 17, dynamic axes)
 patrol train --ship-only --name lianwei-yolo11n --ship models/lianwei-yolo11n.pt
@@ -37,6 +37,7 @@ patrol train --ship-only --name lianwei-yolo11n --ship models/lianwei-yolo11n.pt
 #    held-out generated scenes (seeds never used in the build above: 1-128)
 patrol evaluate --model models/lianwei-yolo11n.pt --scenes 30 --seed 1000000 --exclude-data "$DATA" \
   --json /work/runs/eval_scenes.json --report /work/runs/eval_scenes.md
+#    real validation chips of Kampala alone (ultralytics val): see /work/runs/final_eval.sh
 #    held-out real area (kampala, OSM footprints), both crops
 for c in c0 c1; do
   patrol evaluate --ortho "$REAL/kampala/mosaic_z20_$c.tif" --truth "$REAL/kampala/osm_buildings.geojson" \
