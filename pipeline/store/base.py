@@ -142,22 +142,40 @@ class Store(abc.ABC):
         """Detections of one flight (or all), optionally only those intersecting bbox."""
 
     # ------------------------------------------------------------ registry
-    @abc.abstractmethod
+    # Concrete on top of the backends' generic ``_frame`` / ``_upsert`` / ``_x``.
     def import_parcels(self, gdf: gpd.GeoDataFrame, replace: bool = False) -> int:
         """Upsert parcels by parcel_id (``replace=True`` first removes every parcel).
         Columns outside the table go to the JSON column ``attrs`` (e.g. 三调 BSM/TBBH/DLBM)."""
+        from pipeline.store.gpkg import _py
+        from pipeline.store.schema import TABLES
+        table = TABLES["parcel"]
+        frame = gdf.copy()
+        extra = [c for c in frame.columns if c not in table.names and c != frame.geometry.name]
+        if extra and "attrs" not in frame.columns:
+            frame["attrs"] = [{k: _py(v) for k, v in zip(extra, vals)}
+                              for vals in frame[extra].itertuples(index=False, name=None)]
+        with self.transaction():
+            if replace:
+                self._x("DELETE FROM parcel")  # type: ignore[attr-defined]
+            return self._upsert(table, frame)  # type: ignore[attr-defined]
 
-    @abc.abstractmethod
     def parcels(self, bbox: BBox | None = None) -> gpd.GeoDataFrame:
         """Parcels, optionally only those intersecting bbox."""
+        from pipeline.store.schema import TABLES
+        return self._frame(TABLES["parcel"], bbox=bbox)  # type: ignore[attr-defined]
 
-    @abc.abstractmethod
     def import_zones(self, gdf: gpd.GeoDataFrame, replace: bool = False) -> int:
         """Upsert zones by zone_id (``replace=True`` first removes every zone)."""
+        from pipeline.store.schema import TABLES
+        with self.transaction():
+            if replace:
+                self._x("DELETE FROM zone")  # type: ignore[attr-defined]
+            return self._upsert(TABLES["zone"], gdf)  # type: ignore[attr-defined]
 
-    @abc.abstractmethod
     def zones(self, bbox: BBox | None = None) -> gpd.GeoDataFrame:
         """Zones, optionally only those intersecting bbox."""
+        from pipeline.store.schema import TABLES
+        return self._frame(TABLES["zone"], bbox=bbox)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------ cases
     @abc.abstractmethod
@@ -191,10 +209,14 @@ class Store(abc.ABC):
     def events(self, case_no: str | None = None) -> pd.DataFrame:
         """Events (event_id, case_no, at, actor, from_status, to_status, note) in order."""
 
-    @abc.abstractmethod
     def add_evidence(self, rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> int:
         """Upsert evidence rows (case_no, flight_id, role, chip_path, file_hash,
         captured_at, gsd_m) by (case_no, flight_id, role)."""
+        from pipeline.store.schema import TABLES
+        frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame([dict(r) for r in rows])
+        if not len(frame):
+            return 0
+        return self._upsert(TABLES["evidence"], frame)  # type: ignore[attr-defined]
 
     @abc.abstractmethod
     def evidence(self, case_no: str | None = None) -> pd.DataFrame:

@@ -564,30 +564,7 @@ class PostgisStore(Store):
         where, params = ([sql.SQL("flight_id = %s")], [flight_id]) if flight_id is not None else ([], [])
         return self._frame(TABLES["detection"], where, params, bbox=bbox)
 
-    # ------------------------------------------------------------ registry
-    def import_parcels(self, gdf: gpd.GeoDataFrame, replace: bool = False) -> int:
-        table = TABLES["parcel"]
-        frame = gdf.copy()
-        extra = [c for c in frame.columns if c not in table.names and c != frame.geometry.name]
-        if extra and "attrs" not in frame.columns:
-            frame["attrs"] = [{k: _py(v) for k, v in zip(extra, vals)}
-                              for vals in frame[extra].itertuples(index=False, name=None)]
-        with self.transaction():
-            if replace:
-                self._x("DELETE FROM parcel")
-            return self._upsert(table, frame)
-
-    def parcels(self, bbox: BBox | None = None) -> gpd.GeoDataFrame:
-        return self._frame(TABLES["parcel"], bbox=bbox)
-
-    def import_zones(self, gdf: gpd.GeoDataFrame, replace: bool = False) -> int:
-        with self.transaction():
-            if replace:
-                self._x("DELETE FROM zone")
-            return self._upsert(TABLES["zone"], gdf)
-
-    def zones(self, bbox: BBox | None = None) -> gpd.GeoDataFrame:
-        return self._frame(TABLES["zone"], bbox=bbox)
+    # ------------------------------------------------------------ registry: in base.Store
 
     # ------------------------------------------------------------ cases
     def cases(self, bbox: BBox | None = None, status: str | Sequence[str] | None = None,
@@ -681,12 +658,6 @@ class PostgisStore(Store):
     def events(self, case_no: str | None = None) -> pd.DataFrame:
         where, params = ([sql.SQL("case_no = %s")], [case_no]) if case_no is not None else ([], [])
         return self._frame(TABLES["case_event"], where, params, order="event_id")
-
-    def add_evidence(self, rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> int:
-        frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame([dict(r) for r in rows])
-        if not len(frame):
-            return 0
-        return self._upsert(TABLES["evidence"], frame)
 
     def evidence(self, case_no: str | None = None) -> pd.DataFrame:
         where, params = ([sql.SQL("case_no = %s")], [case_no]) if case_no is not None else ([], [])
