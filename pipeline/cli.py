@@ -115,7 +115,7 @@ def import_parcels_cmd(ctx, file, layer, replace):
     with open_ctx_store(ctx) as store:
         n = store.import_parcels(gdf, replace=replace)
         total = store.status()["counts"]["parcel"]
-    click.echo(f"imported {n} parcels from {file} into {ctx.settings.store.url} ({total} stored)")
+    click.echo(f"imported {n} parcels from {file} into {store.display_url} ({total} stored)")
 
 
 @import_group.command("zones")
@@ -130,7 +130,7 @@ def import_zones_cmd(ctx, file, layer, replace):
     with open_ctx_store(ctx) as store:
         n = store.import_zones(gdf, replace=replace)
         total = store.status()["counts"]["zone"]
-    click.echo(f"imported {n} zones from {file} into {ctx.settings.store.url} ({total} stored)")
+    click.echo(f"imported {n} zones from {file} into {store.display_url} ({total} stored)")
 
 
 @cli.group("db")
@@ -154,8 +154,8 @@ def db_migrate(ctx):
     with open_ctx_store(ctx, migrate=False) as store:
         before = store.status()["version"]
         after = store.migrate()
-    click.echo(f"store {store.url}: schema version {before} -> {after}" if after != before
-               else f"store {store.url}: schema version {after}, up to date")
+    click.echo(f"store {store.display_url}: schema version {before} -> {after}" if after != before
+               else f"store {store.display_url}: schema version {after}, up to date")
 
 
 @db_group.command("status")

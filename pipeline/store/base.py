@@ -73,6 +73,11 @@ class Store(abc.ABC):
     #: where the store lives (file path or URL)
     url: str
 
+    @property
+    def display_url(self) -> str:
+        """The location as shown to users (a backend hides passwords)."""
+        return self.url
+
     # ------------------------------------------------------------ lifecycle
     @abc.abstractmethod
     def migrate(self) -> int:

@@ -132,9 +132,13 @@ class PostgisStore(Store):
 
     backend = "postgis"
 
+    @property
+    def display_url(self) -> str:
+        """The URL without its password."""
+        return mask_url(self.url)
+
     def __init__(self, url: str, crs: str, case_prefix: str = "LW", pool_size: int = 4):
         self.url = str(url)
-        self.display_url = mask_url(self.url)
         self.crs = str(crs)
         self.case_prefix = case_prefix
         self._crs = _projected_crs(self.crs)
