@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 def prepare(district: Path, size_m: float, epochs: int, settings_over: dict) -> tuple[Path, object]:
     from pipeline.config import load_settings
-    from pipeline.registry import read_parcels, read_zones
+    from pipeline.registry import import_registry
     from pipeline.run import register_flight
     from pipeline.store import open_store
     from pipeline.synth import generate_district
@@ -46,8 +46,7 @@ def prepare(district: Path, size_m: float, epochs: int, settings_over: dict) -> 
         shutil.rmtree(p) if p.is_dir() else p.unlink()
     settings = load_settings(overrides={"store.url": str(base), **settings_over})
     with open_store(base, settings.store.crs) as store:
-        store.import_parcels(read_parcels(district / "district.gpkg", store_crs=settings.store.crs), replace=True)
-        store.import_zones(read_zones(district / "district.gpkg", store_crs=settings.store.crs), replace=True)
+        import_registry(store, district / "district.gpkg", replace=True)
         for ep in meta["epochs"]:
             register_flight(store, district / ep["ortho"], settings)
     return base, settings

@@ -284,16 +284,13 @@ stands in for a night's processing; its truth layer stands in for the detector."
         new_code_cell('''\
 # the nightly run, in short: registry in, both flights processed (see 01_walkthrough)
 from pipeline.match import load_rules
-from pipeline.registry import read_parcels, read_zones
+from pipeline.registry import import_registry
 from pipeline.run import process_flight, register_flight
 from pipeline.store import open_store
 
 rules = load_rules(settings.rules_path)
 store = open_store(settings.store.url, settings.store.crs, case_prefix=settings.district.case_prefix)
-store.migrate()
-with store.transaction():
-    store.import_parcels(read_parcels(VECTORS, store_crs=settings.store.crs), replace=True)
-    store.import_zones(read_zones(VECTORS, store_crs=settings.store.crs), replace=True)
+import_registry(store, VECTORS, replace=True)
 for ep in meta["epochs"]:
     flight = register_flight(store, DISTRICT / ep["ortho"], settings, team="巡查一队")
     res = process_flight(store, flight["flight_id"], settings, detections=truth_detections(ep["epoch"]), progress=False)

@@ -71,7 +71,7 @@ def run_demo(ctx, out_dir: Path, seed: int = 1, size_m: float = 400.0, epochs: i
     """Generate the district once, then ingest, detect, match and track every epoch."""
     from pipeline.detect import Detector
     from pipeline.match import load_rules
-    from pipeline.registry import read_parcels, read_zones
+    from pipeline.registry import import_registry
     from pipeline.report import write_reports
     from pipeline.run import process_flight, register_flight
     from pipeline.store import open_store
@@ -93,10 +93,7 @@ def run_demo(ctx, out_dir: Path, seed: int = 1, size_m: float = 400.0, epochs: i
 
     rules = load_rules(settings.rules_path)
     store = open_store(settings.store.url, settings.store.crs, case_prefix=settings.district.case_prefix)
-    store.migrate()
-    with store.transaction():
-        store.import_parcels(read_parcels(vectors, store_crs=settings.store.crs), replace=True)
-        store.import_zones(read_zones(vectors, store_crs=settings.store.crs), replace=True)
+    import_registry(store, vectors, replace=True)
 
     truth_all = gpd.read_file(vectors, layer="truth")
     use_truth = not settings.model_path.exists()

@@ -62,7 +62,6 @@ def score(pred, truth, classes: Sequence[str] | None = None, iou: float = 0.5) -
     The overall figures ignore the class (a footprint found is found); when the truth has
     `class_name`, ``per_class`` holds class-aware figures too.
     """
-    import geopandas as gpd
     if truth.crs is not None and pred.crs is not None and truth.crs != pred.crs:
         truth = truth.to_crs(pred.crs)
     truth = truth[truth.geometry.notna() & ~truth.geometry.is_empty]
@@ -142,7 +141,6 @@ def evaluate_ortho(ortho: str | Path, truth: str | Path, settings, classes: Sequ
     inside are dropped). Detections (oriented boxes) are compared with the footprint polygons;
     with ``envelope`` (for a model of axis-aligned boxes) with their axis-aligned envelopes.
     """
-    import rasterio
 
     from pipeline.detect import Detector, detect_ortho
     from pipeline.train import _local_utm
@@ -153,13 +151,8 @@ def evaluate_ortho(ortho: str | Path, truth: str | Path, settings, classes: Sequ
     if epoch is not None and "epoch" in gt.columns:
         gt = gt[gt["epoch"] == epoch]
     from pipeline.ingest import valid_footprint
-    try:
-        src = rasterio.open(ortho)
-    except Exception as e:
-        raise InputError(f"cannot open ortho {ortho} ({type(e).__name__}); pass a GeoTIFF") from None
-    with src:
-        if src.crs is None:
-            raise InputError(f"ortho {ortho} has no CRS; georeference it first")
+    from pipeline.tiling import open_raster
+    with open_raster(ortho) as src:
         crs = _local_utm(src.crs, src.bounds)
         foot = valid_footprint(src, crs.to_string())
     gt = clip_truth(gt.to_crs(crs), foot, min_inside)

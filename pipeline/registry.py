@@ -70,6 +70,15 @@ def read_zones(path: str | Path, layer: str | None = None, *, store_crs: str) ->
 
 
 # ------------------------------------------------------------------ reading
+def import_registry(store, path: str | Path, replace: bool = False) -> tuple[int, int]:
+    """Parcels and zones of one file (layers ``parcels`` / ``zones``, e.g. a district.gpkg) into
+    ``store`` in one transaction; both are validated before anything is written."""
+    parcels = read_parcels(path, store_crs=store.crs)
+    zones = read_zones(path, store_crs=store.crs)
+    with store.transaction():
+        return store.import_parcels(parcels, replace=replace), store.import_zones(zones, replace=replace)
+
+
 def _read(path: Path, layer: str | None, wanted: str, store_crs: str) -> tuple[gpd.GeoDataFrame, str]:
     import pyogrio
     if not path.exists():

@@ -19,7 +19,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -226,7 +226,6 @@ def import_labelled(ortho: str | Path, labels: str | Path, out_dir: str | Path, 
     no-data (alpha 0, mask, nodata value) are skipped.
     """
     import geopandas as gpd
-    import rasterio
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
     from rasterio.windows import Window
@@ -250,13 +249,8 @@ def import_labelled(ortho: str | Path, labels: str | Path, out_dir: str | Path, 
     write_data_yaml(out_dir, classes)
     stem_base = prefix or re.sub(r"[^A-Za-z0-9_-]+", "_", f"{ortho.parent.name}_{ortho.stem}")
     stats = ChipStats()
-    try:
-        src = rasterio.open(ortho)
-    except Exception as e:
-        raise InputError(f"cannot open ortho {ortho} ({type(e).__name__}); pass a GeoTIFF") from None
-    with src:
-        if src.crs is None:
-            raise InputError(f"ortho {ortho} has no CRS; georeference it first")
+    from pipeline.tiling import open_raster
+    with open_raster(ortho) as src:
         if src.count < 3 and src.count != 1:
             raise InputError(f"ortho {ortho} has {src.count} bands; need RGB or RGBA")
         dst_crs = _local_utm(src.crs, src.bounds)

@@ -86,7 +86,7 @@ def small_district_store(tmp_path_factory):
     import geopandas as gpd
 
     from pipeline.config import load_settings
-    from pipeline.registry import read_parcels, read_zones
+    from pipeline.registry import import_registry
     from pipeline.run import process_flight, register_flight
     from pipeline.store import open_store
     from pipeline.synth import generate_district
@@ -95,9 +95,7 @@ def small_district_store(tmp_path_factory):
     result = generate_district(root / "district", seed=3, size_m=120.0, epochs=2)
     settings = load_settings(overrides={"store.url": str(root / "patrol.gpkg")})
     store = open_store(settings.store.url, settings.store.crs, case_prefix=settings.district.case_prefix)
-    with store.transaction():
-        store.import_parcels(read_parcels(result.vectors, store_crs=settings.store.crs), replace=True)
-        store.import_zones(read_zones(result.vectors, store_crs=settings.store.crs), replace=True)
+    import_registry(store, result.vectors, replace=True)
     truth_all = gpd.read_file(result.vectors, layer="truth")
     meta = json.loads(Path(result.meta).read_text(encoding="utf-8"))
     for ep in meta["epochs"]:

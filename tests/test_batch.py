@@ -28,7 +28,7 @@ PATROL = [sys.executable, "-m", "pipeline.cli"]
 def base(tmp_path_factory):
     """A 100 m district (3 epochs), parcels/zones imported and flights registered, never processed."""
     from pipeline.config import load_settings
-    from pipeline.registry import read_parcels, read_zones
+    from pipeline.registry import import_registry
     from pipeline.run import register_flight
     from pipeline.store import open_store
     from pipeline.synth import generate_district
@@ -37,8 +37,7 @@ def base(tmp_path_factory):
     res = generate_district(root / "district", seed=5, size_m=100.0, epochs=3)
     settings = load_settings(overrides={"store.url": str(root / "base.gpkg")})
     with open_store(settings.store.url, settings.store.crs) as store:
-        store.import_parcels(read_parcels(res.vectors, store_crs=settings.store.crs), replace=True)
-        store.import_zones(read_zones(res.vectors, store_crs=settings.store.crs), replace=True)
+        import_registry(store, res.vectors, replace=True)
         ids = [register_flight(store, p, settings)["flight_id"] for p in res.orthos]
     return {"root": root, "store": root / "base.gpkg", "vectors": res.vectors, "orthos": res.orthos, "ids": ids}
 
@@ -131,14 +130,13 @@ def test_postgis_claim_is_exclusive_per_store_and_freed_on_close(pg_url):
 
 def test_nightly_on_postgis_claims_and_commits_like_the_embedded_store(base, reference, pg_url, tmp_path):
     from pipeline.config import load_settings
-    from pipeline.registry import read_parcels, read_zones
+    from pipeline.registry import import_registry
     from pipeline.run import register_flight
     from pipeline.store import open_store
 
     settings = load_settings(overrides={"store.url": pg_url, **TRUTH_SET})
     with open_store(pg_url, settings.store.crs) as store:
-        store.import_parcels(read_parcels(base["vectors"], store_crs=settings.store.crs), replace=True)
-        store.import_zones(read_zones(base["vectors"], store_crs=settings.store.crs), replace=True)
+        import_registry(store, base["vectors"], replace=True)
         for p in base["orthos"]:
             register_flight(store, p, settings)
         held = store.claim_flight(base["ids"][2])             # "another run" holds the last flight

@@ -612,7 +612,7 @@ def test_rgba_utm_ortho_with_irregular_alpha_goes_through_the_pipeline(tmp_path)
     import geopandas as gpd
     from rasterio.warp import Resampling, calculate_default_transform, reproject
 
-    from pipeline.registry import read_parcels, read_zones
+    from pipeline.registry import import_registry
     from pipeline.run import process_flight, register_flight
     from pipeline.store import open_store
     from pipeline.synth import generate_district
@@ -644,9 +644,7 @@ def test_rgba_utm_ortho_with_irregular_alpha_goes_through_the_pipeline(tmp_path)
 
     s = settings_for(tmp_path)
     store = open_store(s.store.url, s.store.crs)
-    with store.transaction():
-        store.import_parcels(read_parcels(d.vectors, store_crs=s.store.crs))
-        store.import_zones(read_zones(d.vectors, store_crs=s.store.crs))
+    import_registry(store, d.vectors)
     flight = register_flight(store, utm, s, team="t")
     # footprint from the alpha mask, in the store CRS: the bite is out
     alpha_shapes = [shapely.geometry.shape(g) for g, v in

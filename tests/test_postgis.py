@@ -228,14 +228,13 @@ RUNNER = textwrap.dedent("""
 
 def test_two_concurrent_runs_on_overlapping_flights(pg_url, district, tmp_path):
     from pipeline.config import load_settings
-    from pipeline.registry import read_parcels, read_zones
+    from pipeline.registry import import_registry
     from pipeline.run import register_flight
 
     settings = load_settings(None, {"store.url": pg_url}, environ={})
     vectors = district / "district.gpkg"
     with open_store(pg_url, CRS) as s:
-        s.import_parcels(read_parcels(vectors, store_crs=CRS))
-        s.import_zones(read_zones(vectors, store_crs=CRS))
+        import_registry(s, vectors)
         fids = [register_flight(s, district / f"epoch_{e}.tif", settings)["flight_id"] for e in (1, 2, 3)]
         assert all(f.intersects(g) for f, g in zip(s.list_flights().geometry, s.list_flights().geometry[1:]))
     go = tmp_path / "go"

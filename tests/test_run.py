@@ -8,7 +8,7 @@ import geopandas as gpd
 import pytest
 
 from pipeline.config import load_settings
-from pipeline.registry import read_parcels, read_zones
+from pipeline.registry import import_registry
 from pipeline.run import process_flight, register_flight
 from pipeline.store import open_store
 from pipeline.synth import generate_district
@@ -26,9 +26,7 @@ def district(tmp_path_factory):
 def _fresh_store(tmp_path, result):
     settings = load_settings(overrides={"store.url": str(tmp_path / "patrol.gpkg")}, environ={})
     store = open_store(settings.store.url, settings.store.crs)
-    with store.transaction():
-        store.import_parcels(read_parcels(result.vectors, store_crs=settings.store.crs))
-        store.import_zones(read_zones(result.vectors, store_crs=settings.store.crs))
+    import_registry(store, result.vectors)
     return store, settings
 
 
