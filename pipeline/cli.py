@@ -394,8 +394,8 @@ def dataset_group():
 @click.option("--scenes", default=100, show_default=True, help="Synthetic training scenes.")
 @click.option("--val-scenes", default=20, show_default=True, help="Synthetic validation scenes (other seeds).")
 @click.option("--seed", default=1, show_default=True, help="First scene seed (train seed…, then val).")
-@click.option("--size-m", default=96.0, show_default=True, help="Edge of each scene in metres.")
-@click.option("--chip-px", default=320, show_default=True, help="Chip edge in pixels.")
+@click.option("--size-m", default=128.0, show_default=True, help="Edge of each scene in metres.")
+@click.option("--chip-px", default=640, show_default=True, help="Chip edge in pixels.")
 @click.option("--real", multiple=True, metavar="ORTHO:LABELS", help="A labelled real flight for training; repeatable.")
 @click.option("--real-val", multiple=True, metavar="ORTHO:LABELS", help="A labelled real flight for validation.")
 @click.option("--real-stride", type=int, default=None, help="Step between real training chips (px; default chip edge).")
@@ -422,7 +422,7 @@ def dataset_build(ctx, out_dir, scenes, val_scenes, seed, size_m, chip_px, real,
 @click.option("--class-column", help="Column with the class (default: class_name/class/condition if present).")
 @click.option("--default-class", default="building", show_default=True, help="Class of unlabelled polygons.")
 @click.option("--layer", help="Layer of the label file.")
-@click.option("--chip-px", default=320, show_default=True, help="Chip edge in pixels.")
+@click.option("--chip-px", default=640, show_default=True, help="Chip edge in pixels.")
 @click.option("--stride", "stride_px", type=int, default=None, help="Step between chips (px; default chip edge).")
 @pass_ctx
 def dataset_import(ctx, ortho, labels, out_dir, split, class_column, default_class, layer, chip_px, stride_px):
@@ -474,11 +474,13 @@ def train_cmd(ctx, data, epochs, resume, weights, name, hours, train_config, shi
 @click.option("--scenes", type=int, help="Instead: this many held-out generated scenes (ultralytics mAP).")
 @click.option("--seed", default=1_000_000, show_default=True, help="First seed of the held-out scenes.")
 @click.option("--exclude-data", type=click.Path(file_okay=False), help="Refuse seeds used by this dataset.")
+@click.option("--size-m", default=128.0, show_default=True, help="With --scenes: scene side in metres.")
+@click.option("--chip-px", type=int, help="With --scenes: chip size (default: processing.tile_px).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the figures as JSON.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a Markdown report.")
 @pass_ctx
 def evaluate_cmd(ctx, ortho, truth, truth_layer, epoch, classes, iou, envelopes, model_path, scenes, seed,
-                 exclude_data, json_path, report_path):
+                 exclude_data, size_m, chip_px, json_path, report_path):
     """Precision/recall/F1 at IoU 0.5 on an ortho with truth, or mAP on held-out generated scenes."""
     from pipeline import evaluate as ev
     from pipeline.errors import InputError
@@ -489,7 +491,8 @@ def evaluate_cmd(ctx, ortho, truth, truth_layer, epoch, classes, iou, envelopes,
             raise InputError(f"class {unknown[0]} is not one of {', '.join(ctx.settings.detector.classes)}")
     if scenes:
         m = ev.evaluate_scenes(Path(model_path) if model_path else ctx.settings.model_path.with_suffix(".pt"),
-                               scenes=scenes, seed=seed, exclude_data=exclude_data)
+                               scenes=scenes, seed=seed, exclude_data=exclude_data, size_m=size_m,
+                               chip_px=chip_px or ctx.settings.processing.tile_px)
         click.echo(f"mAP50 {m['mAP50']:.3f}  mAP50-95 {m['mAP50-95']:.3f}  "
                    f"({m['chips']} chips, {m['objects']} objects, seeds {seed}…{seed + scenes - 1})")
         for c, v in m["per_class_yolo"].items():
@@ -501,6 +504,9 @@ def evaluate_cmd(ctx, ortho, truth, truth_layer, epoch, classes, iou, envelopes,
                               truth_layer=truth_layer, epoch=epoch, envelope=envelopes)
         click.echo(f"precision {m['precision']:.3f}  recall {m['recall']:.3f}  F1 {m['f1']:.3f}  "
                    f"(tp {m['tp']}, fp {m['fp']}, fn {m['fn']}; IoU ≥ {iou})")
+        cov = m["coverage"]
+        click.echo(f"footprints found {cov['found_recall']:.3f} ({cov['found']} of {m['n_truth']} at least half "
+                   f"covered by a detection); detections on a footprint {cov['on_target_precision']:.3f}")
         for c, v in m.get("per_class", {}).items():
             click.echo(f"  {c:<20} P {v['precision']:.3f}  R {v['recall']:.3f}  F1 {v['f1']:.3f}  "
                        f"(tp {v['tp']}, fp {v['fp']}, fn {v['fn']})")

@@ -471,7 +471,34 @@ def find_violations(detections: gpd.GeoDataFrame, parcels: gpd.GeoDataFrame,
     }, geometry=list(geoms), crs=detections.crs, index=det.index)
     if not keep_all:
         out = out[np.array([bool(r) for r in rules_list], dtype=bool)]
-    return out[FINDING_COLUMNS]
+    return _one_per_parcel(out[FINDING_COLUMNS])
+
+
+def _one_per_parcel(findings: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """Merge the findings of one parcel that break over-approval alone into one finding.
+
+    Over-approval is judged on the parcel (宅基地), so a house and its extension seen as two
+    structures make one case, not two: the merged finding keeps the biggest structure's
+    fields, the union of the footprints, their summed areas and the best confidence.
+    """
+    only_oa = findings["rules"].map(lambda r: list(r) == ["over_approval"]) & findings["parcel_id"].notna()
+    dup = only_oa & findings["parcel_id"].where(only_oa).duplicated(keep=False)
+    if not dup.any():
+        return findings
+    merged = []
+    for _, g in findings[dup].groupby("parcel_id", sort=False):
+        g = g.sort_values("area_m2", ascending=False)
+        row = g.iloc[0].copy()
+        row[findings.geometry.name] = shapely.union_all(g.geometry.to_numpy())
+        for col in ("area_m2", "inside_m2", "restricted_m2", "basic_farmland_m2", "redline_m2", "farmland_m2"):
+            row[col] = round(float(g[col].sum()), 3)
+        row["inside_share"] = round(row["inside_m2"] / row["area_m2"], 4) if row["area_m2"] else 0.0
+        row["restricted_share"] = round(row["restricted_m2"] / row["area_m2"], 4) if row["area_m2"] else 0.0
+        row["confidence"] = float(g["confidence"].max())
+        row["priority"] = float(g["priority"].max())
+        merged.append(row)
+    out = pd.concat([findings[~dup], gpd.GeoDataFrame(merged, crs=findings.crs)])
+    return gpd.GeoDataFrame(out, geometry=findings.geometry.name, crs=findings.crs).sort_index()
 
 
 def _snapshot(rec: dict, rules: Rules) -> dict:

@@ -23,7 +23,6 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from pipeline.detect import offline_ultralytics
 from pipeline.errors import ConfigError, InputError, ModelError
 
 CLASSES = ["building", "steel_shed", "under_construction", "greenhouse"]
@@ -330,11 +329,15 @@ def _set_threads(n: int) -> None:
 
 def train(config: str | Path | None = None, data: str | Path | None = None, epochs: int | None = None,
           resume: bool = False, weights: str | Path | None = None, name: str | None = None,
-          hours: float | None = None) -> Path:
-    """Train (or resume) with ultralytics; returns the run folder (weights/best.pt, results.csv)."""
+          hours: float | None = None, settings: dict | None = None) -> Path:
+    """Train (or resume) with ultralytics; returns the run folder (weights/best.pt, results.csv).
+
+    ``settings`` override keys of the training config (e.g. ``device``, ``batch``, ``workers``).
+    """
     cfg = load_train_config(config, {"data": str(data) if data else None, "epochs": epochs,
                                      "weights": str(weights) if weights else None, "name": name,
-                                     "time": hours})
+                                     "time": hours, **(settings or {})})
+    from pipeline.detect import offline_ultralytics
     offline_ultralytics()
     _set_threads(int(cfg.get("threads", 2)))
     from ultralytics import YOLO
@@ -359,9 +362,10 @@ def train(config: str | Path | None = None, data: str | Path | None = None, epoc
         model.load(str(w))
         pretrained = str(w)  # the trainer re-seeds the new model from this local file
     cache = cfg.get("cache", False)
+    device = str(cfg.get("device", "cpu"))
     args = dict(data=str(data_yaml), imgsz=int(cfg["imgsz"]), epochs=int(cfg["epochs"]),
                 batch=int(cfg["batch"]), project=str(cfg["project"]), name=str(cfg["name"]),
-                exist_ok=True, device="cpu", amp=False, plots=False, pretrained=pretrained,
+                exist_ok=True, device=device, amp=device != "cpu", plots=False, pretrained=pretrained,
                 workers=int(cfg.get("workers", 1)), cache=cache if cache in ("ram", "disk") else False,
                 save_period=int(cfg.get("save_period", -1)), seed=int(cfg.get("seed", 0)),
                 optimizer=cfg.get("optimizer", "auto"), lr0=float(cfg.get("lr0", 0.01)),
@@ -461,6 +465,7 @@ def ship_model(best: str | Path, dest: str | Path, imgsz: int = 640, opset: int 
     best, dest = Path(best), Path(dest)
     if not best.is_file():
         raise ModelError(f"weights {best} not found; train first or pass an existing .pt")
+    from pipeline.detect import offline_ultralytics
     offline_ultralytics()
     from ultralytics import YOLO
     from ultralytics.utils.torch_utils import strip_optimizer

@@ -180,13 +180,15 @@ def test_over_approval_tolerance_edges(rules, built, fires):
 
 
 def test_over_approval_sums_every_structure_in_the_parcel(rules):
-    # house 80 m² + shed 48 m² = 128 m² > 120 m² → both flagged; the greenhouse is not counted
+    # house 80 m² + shed 48 m² = 128 m² > 120 m² → flagged; the greenhouse is not counted.
+    # Over-approval is the parcel's: house and shed make one finding (one case per 宅基地).
     par = parcels(("P1", box(0, 0, 50, 50), 100.0))
     d = dets(("building", box(0, 0, 8, 10)), ("steel_shed", box(20, 0, 24.8, 10)),
              ("greenhouse", box(30, 0, 40, 10)))
     f = find_violations(d, par, NO_ZONES, rules, keep_all=True).set_index("detection_id")
-    assert f.loc["d0", "rules"] == ["over_approval"] and f.loc["d1", "rules"] == ["over_approval"]
-    assert f.loc["d0", "built_m2"] == pytest.approx(128)
+    assert "d1" not in f.index and f.loc["d0", "rules"] == ["over_approval"]
+    assert f.loc["d0", "built_m2"] == pytest.approx(128) and f.loc["d0", "area_m2"] == pytest.approx(128)
+    assert f.loc["d0", "geometry"].area == pytest.approx(128) and f.loc["d0", "class_name"] == "building"
     assert f.loc["d2", "rules"] == []
     assert f.loc["d0", "owner"] == "owner P1" and f.loc["d0", "parcel_snapshot"]["permit_no"] == "P-P1"
 

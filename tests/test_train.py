@@ -202,11 +202,28 @@ def test_score_counts_and_classes():
     assert (m2["tp"], m2["fp"], m2["fn"]) == (3, 1, 1)
 
 
+def test_coverage_counts_footprints_drawn_as_parts():
+    """One detection over a house mapped as two parts finds both parts (IoU 0.5 finds neither)."""
+    import geopandas as gpd
+    truth = gpd.GeoDataFrame(geometry=[box(0, 0, 10, 10), box(10, 0, 20, 10), box(40, 0, 50, 10),
+                                       box(60, 0, 70, 10)], crs="EPSG:32650")
+    pred = gpd.GeoDataFrame({"class_name": ["building"] * 3, "confidence": [0.9] * 3},
+                            geometry=[box(0, 0, 21, 10),      # over both parts
+                                      box(40, 0, 44, 10),     # 40 % of the third footprint: not found
+                                      box(100, 0, 110, 10)],  # on nothing
+                            crs="EPSG:32650")
+    m = score(pred, truth)
+    assert m["tp"] == 0
+    cov = m["coverage"]
+    assert (cov["found"], cov["on_target"]) == (2, 2)
+    assert cov["found_recall"] == 0.5 and cov["on_target_precision"] == round(2 / 3, 4)
+
+
 # ---------------------------------------------------------------- CLI
 @pytest.fixture(scope="module")
 def untrained_model(tmp_path_factory):
     """A yolo11n with random weights (no detections above the threshold), built offline."""
-    from pipeline.train import offline_ultralytics
+    from pipeline.detect import offline_ultralytics
     offline_ultralytics()
     from ultralytics import YOLO
     path = tmp_path_factory.mktemp("model") / "untrained.pt"

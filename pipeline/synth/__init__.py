@@ -1,9 +1,18 @@
-"""Seeded procedural rural district (orthophotos + parcels/zones/truth) and training scenes."""
-from pipeline.synth.district import DistrictResult, generate_district
-from pipeline.synth.layout import CLASSES
-from pipeline.synth.preview import save_previews
-from pipeline.synth.randomisation import Randomisation
-from pipeline.synth.scene import Scene, render_scene
+"""Seeded procedural rural district (orthophotos + parcels/zones/truth) and training scenes.
 
-__all__ = ["CLASSES", "DistrictResult", "Randomisation", "Scene", "generate_district", "render_scene",
-           "save_previews"]
+Names are imported on first use, so training scenes (`render_scene`) render without the raster
+stack (rasterio) that the district writer needs — e.g. on a bare GPU training machine.
+"""
+from importlib import import_module
+
+_WHERE = {"DistrictResult": "district", "generate_district": "district", "CLASSES": "layout",
+          "save_previews": "preview", "Randomisation": "randomisation", "Scene": "scene",
+          "render_scene": "scene"}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'pipeline.synth' has no attribute {name!r}")
+    return getattr(import_module(f"pipeline.synth.{_WHERE[name]}"), name)
