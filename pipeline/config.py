@@ -57,6 +57,7 @@ class DetectorSettings(Section):
     confidence: float = Field(0.4, ge=0, le=1, description="minimum detection confidence")
     nms_iou: float = Field(0.5, gt=0, le=1, description="IoU of the model's own non-max suppression")
     merge_iou: float = Field(0.3, gt=0, le=1, description="overlap (IoU or containment) that merges seam duplicates")
+    nested_share: float = Field(0.8, gt=0, le=1, description="drop a box lying at least this share inside a bigger one")
     classes: list[str] = Field(
         ["building", "steel_shed", "under_construction", "greenhouse"],
         description="class names in the model's index order")

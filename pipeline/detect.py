@@ -203,12 +203,15 @@ def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         labels = new
 
 
-def merge_seams(gdf, merge_iou: float, tile_column: str = "tile"):
+def merge_seams(gdf, merge_iou: float, tile_column: str = "tile", same_object_iou: float | None = None):
     """Merge same-class objects from different tiles that overlap (IoU or intersection over the smaller
     area >= merge_iou) into one footprint: the minimum rotated rectangle around the group, with its
     best confidence.
 
-    Rows without a ``tile_column`` are all treated as coming from different tiles.
+    With ``same_object_iou``, boxes of different classes from different tiles whose IoU reaches it
+    are one roof seen twice (the model's class-agnostic NMS would have kept one inside a tile):
+    they merge too, and the most confident class stays. Rows without a ``tile_column`` are all
+    treated as coming from different tiles.
     """
     import geopandas as gpd
     import shapely
@@ -219,18 +222,19 @@ def merge_seams(gdf, merge_iou: float, tile_column: str = "tile"):
     tree = shapely.STRtree(geoms)
     i, j = tree.query(geoms, predicate="intersects")
     cls = gdf["class_name"].to_numpy()
-    sel = (i < j) & (cls[i] == cls[j])
+    same = cls[i] == cls[j]
+    sel = (i < j) & (same | (same_object_iou is not None))
     if tile_column in gdf.columns:
         tiles = gdf[tile_column].to_numpy()
         sel &= tiles[i] != tiles[j]
-    i, j = i[sel], j[sel]
+    i, j, same = i[sel], j[sel], same[sel]
     if len(i):
         inter = shapely.area(shapely.intersection(geoms[i], geoms[j]))
         area = shapely.area(geoms)
         ai, aj = area[i], area[j]
         iou = inter / np.maximum(ai + aj - inter, 1e-12)
         ios = inter / np.maximum(np.minimum(ai, aj), 1e-12)
-        ok = np.maximum(iou, ios) >= merge_iou
+        ok = np.where(same, np.maximum(iou, ios) >= merge_iou, iou >= (same_object_iou or 2.0))
         i, j = i[ok], j[ok]
     if len(i) == 0:
         return gdf.reset_index(drop=True)
@@ -248,6 +252,27 @@ def merge_seams(gdf, merge_iou: float, tile_column: str = "tile"):
     out_geom = np.where(sizes[group[first]] == 1, geoms[first], merged[group[first]])
     out = gpd.GeoDataFrame(out.drop(columns=out.geometry.name), geometry=list(out_geom), crs=gdf.crs)
     return out.reset_index(drop=True)
+
+
+def drop_nested(gdf, share: float):
+    """Drop boxes lying at least ``share`` of their area inside a bigger box (any class).
+
+    The model was never taught nested boxes (a roof is one box), so a small box inside a bigger
+    one is a piece of that roof read as another structure (a roof section as a steel shed).
+    """
+    import shapely
+
+    if len(gdf) < 2:
+        return gdf.reset_index(drop=True)
+    geoms = gdf.geometry.values
+    area = shapely.area(geoms)
+    i, j = shapely.STRtree(geoms).query(geoms, predicate="intersects")
+    sel = (i != j) & (area[j] > area[i])
+    i, j = i[sel], j[sel]
+    inside = shapely.area(shapely.intersection(geoms[i], geoms[j])) >= share * area[i] - 1e-9
+    drop = np.zeros(len(gdf), bool)
+    drop[i[inside]] = True
+    return gdf[~drop].reset_index(drop=True)
 
 
 # ---------------------------------------------------------------- the stage
@@ -341,12 +366,14 @@ def detect_ortho(path: str | Path, settings, store_crs: str | None = None, detec
     finally:
         bar.close()
     return boxes_to_detections(bounds, confs, classes, tiles, raster_crs, detector.classes, settings.detector.merge_iou,
-                               store_crs, model=detector.path)
+                               store_crs, model=detector.path, same_object_iou=settings.detector.nms_iou,
+                               nested_share=settings.detector.nested_share)
 
 
 def boxes_to_detections(bounds: Sequence[np.ndarray], confs: Sequence[np.ndarray], classes: Sequence[np.ndarray],
                         tiles: Sequence[np.ndarray], raster_crs, class_names: Sequence[str], merge_iou: float,
-                        store_crs, model=None):
+                        store_crs, model=None, same_object_iou: float | None = None,
+                        nested_share: float = 1.0):
     """Per-tile map boxes (raster CRS; lists of arrays in tile order, ``tiles`` = a tile id per box)
     -> detections in the store CRS, seam duplicates merged, best confidence first. Shared by
     ``detect_ortho`` and the nightly runner's tile checkpoints (``pipeline.batch``)."""
@@ -366,8 +393,8 @@ def boxes_to_detections(bounds: Sequence[np.ndarray], confs: Sequence[np.ndarray
     gdf = gpd.GeoDataFrame({"class_name": names, "confidence": np.concatenate(confs),
                             "tile": np.concatenate(tiles)},
                            geometry=shapely.polygons(b.reshape(-1, 4, 2)), crs=raster_crs)
-    gdf = merge_seams(gdf, merge_iou).drop(columns="tile")
-    gdf = gdf.to_crs(store_crs)
+    gdf = merge_seams(gdf, merge_iou, same_object_iou=same_object_iou).drop(columns="tile")
+    gdf = drop_nested(gdf, nested_share).to_crs(store_crs)
     gdf["area_m2"] = gdf.geometry.area
     gdf = gdf[["class_name", "confidence", "area_m2", "geometry"]]
     return gdf.sort_values("confidence", ascending=False, ignore_index=True)

@@ -125,6 +125,18 @@ def test_seam_merging_is_class_aware_and_needs_enough_overlap():
     out = merge_seams(gdf, 0.3)
     assert len(out) == 6  # other class; a 0.5 m sliver; two boxes of one tile (NMS decided)
     assert sorted(out.class_name) == sorted(gdf.class_name)
+    # one roof seen by two tiles as two classes (IoU 0.33 above): kept apart below same_object_iou
+    assert len(merge_seams(gdf, 0.3, same_object_iou=0.5)) == 6
+
+
+def test_one_roof_seen_as_two_classes_by_two_tiles_is_one_detection():
+    gdf = boxes([("steel_shed", 0.88, 0, 0, 0, 10, 8), ("building", 0.82, 1, 0.2, 0, 10, 8.2),
+                 ("building", 0.7, 0, 30, 0, 40, 8)])
+    assert len(merge_seams(gdf, 0.3)) == 3                       # class-aware: both kept
+    out = merge_seams(gdf, 0.3, same_object_iou=0.5)
+    assert len(out) == 2
+    roof = out[out.geometry.intersects(shapely.box(0, 0, 10, 8))].iloc[0]
+    assert roof["class_name"] == "steel_shed" and roof["confidence"] == 0.88   # the most confident stays
 
 
 def bright_detector(conf_log):
@@ -287,3 +299,15 @@ def test_write_detections_geopackage_and_geoparquet(tmp_path):
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(InputError, match="cannot write"):
         write_detections(gdf, tmp_path / "a_file" / "d.gpkg")
+
+
+def test_a_box_nested_in_a_bigger_roof_is_dropped():
+    from pipeline.detect import drop_nested
+    gdf = boxes([("building", 0.8, 0, 0, 0, 10, 10),
+                 ("steel_shed", 0.9, 0, 2, 2, 6, 6),        # wholly inside the roof: a piece of it
+                 ("steel_shed", 0.7, 0, 8, 0, 14, 4),       # a third inside: a neighbour, kept
+                 ("building", 0.6, 0, 30, 0, 40, 10)])
+    out = drop_nested(gdf, 0.8)
+    assert sorted(out.confidence) == [0.6, 0.7, 0.8]
+    assert len(drop_nested(gdf, 1.0)) == 3                 # 1.0: only boxes wholly inside go
+    assert len(drop_nested(gdf.iloc[[1, 3]], 0.8)) == 2    # nothing bigger around it: kept

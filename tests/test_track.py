@@ -299,8 +299,9 @@ def district(tmp_path_factory):
 
 def _replay_and_check(district, store_path, detect) -> None:
     """Fly each epoch (detections from ``detect(epoch, truth)``), check the cases against the
-    truth, then act as the officer would between flights: recall ≥ 95 %, precision ≥ 90 %
-    and the new / rebuilt / demolition-seen flags against the `changes` layer."""
+    truth, then act as the officer would between flights: recall ≥ 95 %, precision ≥ 90 %, no
+    structure with two live cases, and the new / rebuilt / demolition-seen flags against the
+    `changes` layer."""
     import numpy as np
     import shapely
 
@@ -345,6 +346,8 @@ def _replay_and_check(district, store_path, detect) -> None:
             assert len(hit) >= 0.95 * len(illegal), f"epoch {e}: recall {len(hit)}/{len(illegal)}"
             tp = sum(1 for c in live["case_no"] if viol.get(sid.get(c), ""))
             assert tp >= 0.9 * len(live), f"epoch {e}: precision {tp}/{len(live)}"
+            twice = pd.Series(list(sid.values()), dtype=object).value_counts()
+            assert (twice == 1).all(), f"epoch {e}: structures with two live cases {list(twice[twice > 1].index)}"
 
             # flags against the changes layer (illegal structures only)
             flags = dict(zip(cases["case_no"], cases["flags"]))
@@ -361,10 +364,10 @@ def _replay_and_check(district, store_path, detect) -> None:
                     ok = c is not None and bool(set(want) & set(flags[c]))
                 assert ok, f"epoch {e}: {ch['change']} {ch['structure_id']} ({ch['violation']}) not flagged {want}"
                 seen_flags.add(ch["change"])
-            if e > 1:      # nothing is flagged new / rebuilt that the changes layer does not list
-                listed = set(changes.loc[changes["epoch"] == e, "structure_id"])
-                for c in live["case_no"]:
-                    if {"new", "rebuilt"} & set(flags[c]):
+            if e > 1:      # no illegal structure is flagged new / rebuilt that `changes` does not list
+                listed = set(changes.loc[changes["epoch"] == e, "structure_id"])   # (a case on a legal
+                for c in live["case_no"]:                                         # structure or on none
+                    if viol.get(sid.get(c), "") and {"new", "rebuilt"} & set(flags[c]):  # is precision's)
                         assert sid.get(c) in listed, f"epoch {e}: case {c} flagged {flags[c]} without a change"
 
             # officer actions: illegal ones verified and ordered, false ones dismissed,
