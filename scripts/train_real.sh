@@ -6,6 +6,17 @@ set -euo pipefail
 REAL=${REAL:-/work/shared/realdata}
 DATA=${DATA:-/work/datasets/lianwei}
 export YOLO_OFFLINE=1 OMP_NUM_THREADS=2
+# the labelled real flights: kampala is the held-out real area
+FLIGHTS=(
+  --real "$REAL/banepa/train_mosaic.tif:$REAL/banepa/osm_buildings.geojson"
+  --real "$REAL/nairobi/mosaic_z20_c0.tif:$REAL/nairobi/osm_buildings.geojson"
+  --real "$REAL/nairobi/mosaic_z20_c1.tif:$REAL/nairobi/osm_buildings.geojson"
+  --real "$REAL/philippines/mosaic_z20_c0.tif:$REAL/philippines/osm_buildings.geojson"
+  --real "$REAL/philippines/mosaic_z20_c1.tif:$REAL/philippines/osm_buildings.geojson"
+  --real "$REAL/zanzibar/ortho.tif:$REAL/zanzibar/buildings.geojson"
+  --real-val "$REAL/kampala/mosaic_z20_c0.tif:$REAL/kampala/osm_buildings.geojson"
+  --real-val "$REAL/kampala/mosaic_z20_c1.tif:$REAL/kampala/osm_buildings.geojson"
+)
 
 # 0. warm-up stage on the real flights only (kampala held out as validation), stopped after ~14 epochs
 #    (pipeline.train.import_labelled into /work/datasets/real, stride 240 px), run stageA-real:
@@ -17,14 +28,7 @@ export YOLO_OFFLINE=1 OMP_NUM_THREADS=2
 #    kampala is the held-out real area.
 patrol dataset build --out "$DATA" --scenes 110 --val-scenes 18 --seed 1 --size-m 96 --chip-px 320 \
   --real-stride 240 \
-  --real "$REAL/banepa/train_mosaic.tif:$REAL/banepa/osm_buildings.geojson" \
-  --real "$REAL/nairobi/mosaic_z20_c0.tif:$REAL/nairobi/osm_buildings.geojson" \
-  --real "$REAL/nairobi/mosaic_z20_c1.tif:$REAL/nairobi/osm_buildings.geojson" \
-  --real "$REAL/philippines/mosaic_z20_c0.tif:$REAL/philippines/osm_buildings.geojson" \
-  --real "$REAL/philippines/mosaic_z20_c1.tif:$REAL/philippines/osm_buildings.geojson" \
-  --real "$REAL/zanzibar/ortho.tif:$REAL/zanzibar/buildings.geojson" \
-  --real-val "$REAL/kampala/mosaic_z20_c0.tif:$REAL/kampala/osm_buildings.geojson" \
-  --real-val "$REAL/kampala/mosaic_z20_c1.tif:$REAL/kampala/osm_buildings.geojson"
+  "${FLIGHTS[@]}"
 
 # 2. training: yolo11n-obb (config/train.yaml) from scratch (weights seeded from the warm-up run), 320 px chips, batch 16,
 #    AdamW (ultralytics 'auto'), flips both ways, scale ±35 %, mosaic; the epoch count is fitted into
@@ -55,14 +59,7 @@ patrol evaluate --ortho /work/datasets/district_eval/epoch_1.tif --truth /work/d
 #    pyproj, affine carried; rasterio is not needed there):
 GPU=${GPU:-.gpu/real}
 patrol dataset build --out "$GPU" --scenes 0 --val-scenes 0 --chip-px 640 --real-stride 400 \
-  --real "$REAL/banepa/train_mosaic.tif:$REAL/banepa/osm_buildings.geojson" \
-  --real "$REAL/nairobi/mosaic_z20_c0.tif:$REAL/nairobi/osm_buildings.geojson" \
-  --real "$REAL/nairobi/mosaic_z20_c1.tif:$REAL/nairobi/osm_buildings.geojson" \
-  --real "$REAL/philippines/mosaic_z20_c0.tif:$REAL/philippines/osm_buildings.geojson" \
-  --real "$REAL/philippines/mosaic_z20_c1.tif:$REAL/philippines/osm_buildings.geojson" \
-  --real "$REAL/zanzibar/ortho.tif:$REAL/zanzibar/buildings.geojson" \
-  --real-val "$REAL/kampala/mosaic_z20_c0.tif:$REAL/kampala/osm_buildings.geojson" \
-  --real-val "$REAL/kampala/mosaic_z20_c1.tif:$REAL/kampala/osm_buildings.geojson"
+  "${FLIGHTS[@]}"
 python3 -c "import cv2, glob; [cv2.imwrite(p, cv2.imread(p), [cv2.IMWRITE_JPEG_QUALITY, 80]) for p in glob.glob('$GPU/images/*/*.jpg')]"
 #    on the GPU machine (16 cores): 1,200 + 40 scenes rendered in 61 s, 22 epochs in 6.8 min
 #    python3 scripts/train_gpu.py --real-chips .gpu/real --out "$OUT" --scenes 1200 --val-scenes 40 \
