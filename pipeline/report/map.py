@@ -397,8 +397,12 @@ def _legend(lang: str, rules, statuses, classes, zone_kinds) -> str:
 # ---------------------------------------------------------------- the map
 def build_map(store, settings, out_html: Path, *, flight_id: str | None = None, cases: gpd.GeoDataFrame | None = None,
               evidence: pd.DataFrame | None = None, rules=None, ortho_dir: Path | None = None,
-              sheets: dict[str, Path] | None = None) -> Path:
-    """Write the map of one flight (``flight_id``) or of the district to ``out_html``."""
+              sheets: dict[str, Path] | None = None, sees=None) -> Path:
+    """Write the map of one flight (``flight_id``) or of the district to ``out_html``.
+
+    ``sees(town, village) -> bool`` limits the parcel layer (owners are personal data) to an
+    officer's area; ``cases`` are expected scoped already.
+    """
     import folium
 
     from pipeline.report.evidence import case_chips, ortho_path, rel_url
@@ -509,6 +513,8 @@ def build_map(store, settings, out_html: Path, *, flight_id: str | None = None, 
 
     # parcels
     parcels = store.parcels(bbox)
+    if sees is not None and len(parcels):
+        parcels = parcels[[bool(sees(t, v)) for t, v in zip(parcels["town"], parcels["village"])]]
     if len(parcels):
         props = []
         for p in parcels.to_dict("records"):

@@ -412,7 +412,7 @@ def create_app(settings, *, detector: Any = None, store=None) -> FastAPI:
                 return out
             try:
                 build_map(store, settings, out, cases=cases, evidence=pd.DataFrame(), rules=rules,
-                          ortho_dir=work / "maps" / "ortho")
+                          ortho_dir=work / "maps" / "ortho", sees=None if user.is_admin else user.sees)
             except PatrolError as e:
                 out.write_text(f"<!doctype html><meta charset='utf-8'><p>{html.escape(str(e))}</p>",
                                encoding="utf-8")
