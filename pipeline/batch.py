@@ -507,6 +507,8 @@ class _Job:
     checkpoint: Checkpoint
     plan: list = field(default_factory=list)
     plan_n: int = 0
+    frames: list = field(default_factory=list)     # the rasters (an ortho, or one per photo)
+    frame_of: list = field(default_factory=list)   # frame index of each planned tile
     epoch: int | None = None
     raster_crs: Any = None
     parts: dict[int, dict] = field(default_factory=dict)
@@ -669,7 +671,7 @@ def _sweep(store, root: Path) -> None:
 
 def _start(store, spec, flight_id, claim, root, key, chunk_tiles, force, echo) -> _Job | None:
     """Under the claim: re-read the flight, ingest checks, plan its tiles, load its checkpoint."""
-    from pipeline.ingest import file_id
+    from pipeline.ingest import file_id, flight_frames
     from pipeline.tiling import open_raster, plan_windows
 
     flight = store.get_flight(flight_id)
@@ -691,9 +693,17 @@ def _start(store, spec, flight_id, claim, root, key, chunk_tiles, force, echo) -
         if flight.get("source") == "ortho" and path.is_file() and file_id(path) != flight_id:
             raise InputError(f"flight {flight_id}: {path} changed since it was registered (content hash "
                              f"differs); register the new file with `patrol ingest`")
-        with open_raster(path) as src:
-            job.raster_crs = src.crs
-            plan = plan_windows(src, spec.gsd_m, spec.tile_px, spec.overlap_px)
+        plan, job.frames, job.frame_of = [], [str(f) for f in flight_frames(flight)], []
+        for k, frame in enumerate(job.frames):   # a photo flight: every frame's tiles, one plan
+            with open_raster(frame) as src:
+                if job.raster_crs is None:
+                    job.raster_crs = src.crs
+                elif src.crs != job.raster_crs:
+                    raise InputError(f"flight {flight_id}: frame {Path(frame).name} is in {src.crs}, the "
+                                     f"first in {job.raster_crs}; register the photos again with `patrol ingest`")
+                frame_plan = plan_windows(src, spec.gsd_m, spec.tile_px, spec.overlap_px)
+            plan += frame_plan
+            job.frame_of += [k] * len(frame_plan)
         job.plan = plan
         job.plan_n = len(plan)
         job.epoch = _truth_epoch(spec.truth_path, str(path)) if spec.kind == "truth" else None
@@ -716,10 +726,12 @@ def _chunks(spec: DetectSpec, job: _Job, chunk_tiles: int) -> list[Chunk]:
     todo = [i for i in range(job.plan_n) if i not in done]
     extents = np.array([_extent(w) for w in job.plan]) if spec.kind == "truth" else None
     out = []
-    for k in range(0, len(todo), chunk_tiles):
-        idx = todo[k:k + chunk_tiles]
-        out.append(Chunk(job.flight["flight_id"], str(job.flight["path"]), idx, [job.plan[i] for i in idx],
-                         epoch=job.epoch, extents=extents))
+    for f, frame in enumerate(job.frames):           # a chunk reads one frame
+        mine = [i for i in todo if job.frame_of[i] == f]
+        for k in range(0, len(mine), chunk_tiles):
+            idx = mine[k:k + chunk_tiles]
+            out.append(Chunk(job.flight["flight_id"], frame, idx, [job.plan[i] for i in idx],
+                             epoch=job.epoch, extents=extents))
     return out
 
 
