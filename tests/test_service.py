@@ -25,7 +25,7 @@ PASSWORDS = {"pat": "patrol-pass-1", "adm": "admin-pass-1", "off": "officer-pass
 def _settings(root: Path, store_path: Path, **extra):
     over = {"store.url": str(store_path), "service.upload_dir": str(root / "uploads"),
             "service.work_dir": str(root / "work"), "service.secret_file": str(root / "secret"),
-            "service.max_upload_mb": "4", "service.chunk_mb": "1"}
+            "service.max_upload_mb": "4", "service.chunk_mb": "1", "ingest.work_dir": str(root / "ingest")}
     over.update(extra)
     return load_settings(overrides=over)
 
@@ -329,7 +329,12 @@ def test_upload_over_limit_or_not_an_image_is_refused(svc):
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr("DJI_0001.JPG", b"\xff\xd8\xff" + b"0" * 100)
     r = _upload(c, t, buf.getvalue(), "photos.zip")
-    assert r.status_code == 422 and "orthophoto" in r.json()["detail"]
+    assert r.status_code == 422 and "DJI_0001.JPG" in r.json()["detail"] and "\n" not in r.json()["detail"]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("readme.txt", b"no flight here")
+    r = _upload(c, t, buf.getvalue(), "notes.zip")
+    assert r.status_code == 422 and "no orthophoto GeoTIFF and no drone photo" in r.json()["detail"]
     # an image without georeferencing
     import numpy as np
     import rasterio
@@ -499,3 +504,27 @@ def test_users_cli(tmp_path, capsys):
         A.set_disabled(s, "li", False)
         assert A.authenticate(s, "li", "another-pass-2").towns == ["东山镇", "马湖村"]
         assert A.authenticate(s, "li", "secret-pass-1") is None
+
+
+def test_a_zip_of_drone_photos_uploads_as_one_photo_flight(svc, tmp_path):
+    import io
+    import zipfile
+
+    from pyproj import Transformer
+
+    from test_ingest import make_photo
+    c, t = svc.client, svc.tokens["pat"]
+    files = _flight_files(svc)
+    x0, y0, x1, y1 = svc.store.parcels().total_bounds                 # over the district
+    lon, lat = Transformer.from_crs(svc.settings.store.crs, "EPSG:4326", always_xy=True).transform(
+        (x0 + x1) / 2, (y0 + y1) / 2)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, dlat in (("DCIM/DJI_0001.JPG", 0.0), ("DCIM/DJI_0002.JPG", 0.0002)):
+            z.write(make_photo(tmp_path / Path(name).name, lat=lat + dlat, lon=lon), name)
+    r = _upload(c, t, buf.getvalue(), "flight 3 photos.zip")
+    assert r.status_code == 200, r.text
+    f = svc.store.get_flight(r.json()["flight_id"])
+    assert f["source"] == "photos" and f["team"] == "pat"
+    assert (Path(f["path"]) / "frames.json").is_file()            # frames in ingest.work_dir
+    assert _flight_files(svc) == files                             # the zip itself is not kept

@@ -581,7 +581,9 @@ def create_app(settings, *, detector: Any = None, store=None) -> FastAPI:
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        if Path(flight["path"]).resolve() != path.resolve():     # the same flight was uploaded before
+        if path.suffix.lower() == ".zip":                        # unpacked into ingest.work_dir
+            path.unlink(missing_ok=True)
+        elif Path(flight["path"]).resolve() != path.resolve():   # the same flight was uploaded before
             if Path(flight["path"]).is_file():
                 path.unlink(missing_ok=True)
             else:

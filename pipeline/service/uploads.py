@@ -138,8 +138,9 @@ class Uploads:
 
     # ------------------------------------------------------------ finishing
     def finish(self, upload_id: str, username: str, admin: bool = False) -> Path:
-        """Move the complete upload to ``flights/`` (a zip: its one orthophoto, extracted
-        by streaming) and return the raster path. A refused file is deleted."""
+        """Move the complete upload to ``flights/`` (a zip of one orthophoto: that file, extracted
+        by streaming; a zip of a split export or of photos: the zip, which the ingest unpacks) and
+        return the path. A refused file is deleted."""
         info = self.get(upload_id, username, admin)
         part, meta = self._paths(upload_id)
         if info["offset"] != info["size"]:
@@ -149,6 +150,9 @@ class Uploads:
         try:
             if name.lower().endswith(".zip"):
                 dest = self._unzip(part, upload_id)
+                if dest is None:                       # a split export or a photo set: kept whole
+                    dest = _inside(self.flights / f"{upload_id}_{name}", self.flights)
+                    shutil.move(str(part), dest)
                 part.unlink(missing_ok=True)
             else:
                 dest = _inside(self.flights / f"{upload_id}_{name}", self.flights)
@@ -159,14 +163,14 @@ class Uploads:
         meta.unlink(missing_ok=True)
         return dest
 
-    def _unzip(self, part: Path, upload_id: str) -> Path:
+    def _unzip(self, part: Path, upload_id: str) -> Path | None:
         try:
             return self._unzip_one(part, upload_id)
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
             raise InputError(f"the uploaded zip cannot be read ({e}); zip the orthophoto again "
                              f"without a password") from None
 
-    def _unzip_one(self, part: Path, upload_id: str) -> Path:
+    def _unzip_one(self, part: Path, upload_id: str) -> Path | None:
         try:
             zf = zipfile.ZipFile(part)
         except zipfile.BadZipFile:
@@ -175,11 +179,11 @@ class Uploads:
             members = [m for m in zf.infolist() if not m.is_dir()]
             rasters = [m for m in members if m.filename.lower().endswith(RASTER_SUFFIXES)]
             if len(rasters) != 1:
-                photos = [m for m in members if m.filename.lower().endswith((".jpg", ".jpeg", ".dng"))]
-                what = (f"{len(photos)} photos and no orthomosaic" if photos and not rasters
-                        else f"{len(rasters)} rasters")
-                raise InputError(f"the uploaded zip holds {what}; upload a zip with exactly one "
-                                 f"orthophoto GeoTIFF (photo sets: stitch them into an orthomosaic first)")
+                photos = [m for m in members if m.filename.lower().endswith((".jpg", ".jpeg"))]
+                if not rasters and not photos:
+                    raise InputError("the uploaded zip holds no orthophoto GeoTIFF and no drone photo; "
+                                     "zip the flight's files again")
+                return None          # a split export or a photo set: the ingest unpacks it, safely
             m = rasters[0]
             if m.file_size > self.max_bytes:
                 raise UploadTooLarge(f"{m.filename} in the zip is over the limit of "
