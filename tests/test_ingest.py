@@ -664,3 +664,18 @@ def test_rgba_utm_ortho_with_irregular_alpha_goes_through_the_pipeline(tmp_path)
         res = process_flight(store, flight["flight_id"], s, progress=False, force=True)
         assert store.get_flight(flight["flight_id"])["status"] == "done"
     store.close()
+
+
+def test_a_fake_jpeg_is_refused_in_one_line_with_ultralytics_loaded(tmp_path):
+    """Once the detector is loaded, ultralytics' PIL.Image.open patch tries an optional HEIC
+    plugin on files PIL cannot identify; the ingest still refuses the file in one line."""
+    from pipeline.detect import offline_ultralytics
+    offline_ultralytics()
+    import ultralytics.utils.patches  # noqa: F401  (patches PIL.Image.open, as a loaded detector does)
+
+    from pipeline.ingest.photos import read_photo
+    fake = tmp_path / "DJI_0001.JPG"
+    fake.write_bytes(b"\xff\xd8\xff" + b"0" * 100)
+    with pytest.raises(InputError) as e:
+        read_photo(fake)
+    assert "DJI_0001.JPG is not a readable image" in str(e.value) and "\n" not in str(e.value)

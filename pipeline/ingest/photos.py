@@ -121,7 +121,9 @@ def read_photo(path: Path, name: str | None = None) -> Photo:
         with Image.open(path) as im:
             width, height = im.size
             fmt, mode = im.format, im.mode
-    except (UnidentifiedImageError, OSError):
+    except (UnidentifiedImageError, OSError, ImportError):
+        # ImportError: once ultralytics is imported, its PIL.Image.open patch tries an optional
+        # HEIC plugin (pi_heif) on any file PIL cannot identify
         raise InputError(f"{name} is not a readable image; copy the photo from the drone's card again") from None
     if fmt != "JPEG":
         raise InputError(f"{name} is a {fmt} image, not a drone JPEG; give the photos as taken")
