@@ -274,8 +274,7 @@ class Checkpoint:
             shutil.rmtree(d, ignore_errors=True)
 
 
-def finish_detections(spec: DetectSpec, parts: list[dict], raster_crs, store_crs: str, merge_iou: float,
-                      same_object_iou: float | None = None, nested_share: float = 1.0):
+def finish_detections(spec: DetectSpec, parts: list[dict], raster_crs, store_crs: str, detector_settings):
     """Detections of a whole flight from its chunks' parts (in plan order): seam merge as in
     ``detect_ortho`` (model) or the owned truth rows (truth), in the store CRS."""
     import geopandas as gpd
@@ -287,8 +286,7 @@ def finish_detections(spec: DetectSpec, parts: list[dict], raster_crs, store_crs
     if spec.kind == "model":
         return boxes_to_detections([p["bounds"] for p in parts], [p["conf"] for p in parts],
                                    [p["cls"] for p in parts], [p["tile"] for p in parts], raster_crs,
-                                   spec.classes, merge_iou, store_crs, model=spec.model_path,
-                                   same_object_iou=same_object_iou, nested_share=nested_share)
+                                   spec.classes, detector_settings, store_crs, model=spec.model_path)
     wkb = np.concatenate([p["wkb"] for p in parts]) if parts else np.zeros(0, dtype=str)
     if not len(wkb):
         return empty_detections(store_crs)
@@ -770,8 +768,7 @@ def _commit(store, settings, spec, rules, job: _Job, reports, echo) -> None:
     o = job.outcome
     try:
         dets = finish_detections(spec, list(job.parts.values()), job.raster_crs, settings.store.crs,
-                                 settings.detector.merge_iou, settings.detector.nms_iou,
-                                 settings.detector.nested_share)
+                                 settings.detector)
         t1 = time.perf_counter()
         res = commit_flight(store, job.flight, dets, settings, spec.model_version, rules=rules)
         o.commit_s = time.perf_counter() - t1

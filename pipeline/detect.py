@@ -234,7 +234,9 @@ def merge_seams(gdf, merge_iou: float, tile_column: str = "tile", same_object_io
         ai, aj = area[i], area[j]
         iou = inter / np.maximum(ai + aj - inter, 1e-12)
         ios = inter / np.maximum(np.minimum(ai, aj), 1e-12)
-        ok = np.where(same, np.maximum(iou, ios) >= merge_iou, iou >= (same_object_iou or 2.0))
+        ok = np.maximum(iou, ios) >= merge_iou
+        if same_object_iou is not None:         # other classes: only the same roof seen twice
+            ok = np.where(same, ok, iou >= same_object_iou)
         i, j = i[ok], j[ok]
     if len(i) == 0:
         return gdf.reset_index(drop=True)
@@ -273,6 +275,15 @@ def drop_nested(gdf, share: float):
     drop = np.zeros(len(gdf), bool)
     drop[i[inside]] = True
     return gdf[~drop].reset_index(drop=True)
+
+
+def one_box_per_roof(gdf, detector_settings, tile_column: str = "tile"):
+    """The detector's post-processing across tiles (or photo frames): seam duplicates merged
+    (``merge_seams``: ``merge_iou``, other classes at ``nms_iou``), nested boxes dropped
+    (``drop_nested``: ``nested_share``); the tile column is removed."""
+    d = detector_settings
+    gdf = merge_seams(gdf, d.merge_iou, tile_column, same_object_iou=d.nms_iou).drop(columns=tile_column)
+    return drop_nested(gdf, d.nested_share)
 
 
 # ---------------------------------------------------------------- the stage
@@ -365,15 +376,13 @@ def detect_ortho(path: str | Path, settings, store_crs: str | None = None, detec
         bar.update(len(plan) - bar.n)  # windows that held no valid pixel once read
     finally:
         bar.close()
-    return boxes_to_detections(bounds, confs, classes, tiles, raster_crs, detector.classes, settings.detector.merge_iou,
-                               store_crs, model=detector.path, same_object_iou=settings.detector.nms_iou,
-                               nested_share=settings.detector.nested_share)
+    return boxes_to_detections(bounds, confs, classes, tiles, raster_crs, detector.classes, settings.detector,
+                               store_crs, model=detector.path)
 
 
 def boxes_to_detections(bounds: Sequence[np.ndarray], confs: Sequence[np.ndarray], classes: Sequence[np.ndarray],
-                        tiles: Sequence[np.ndarray], raster_crs, class_names: Sequence[str], merge_iou: float,
-                        store_crs, model=None, same_object_iou: float | None = None,
-                        nested_share: float = 1.0):
+                        tiles: Sequence[np.ndarray], raster_crs, class_names: Sequence[str], detector_settings,
+                        store_crs, model=None):
     """Per-tile map boxes (raster CRS; lists of arrays in tile order, ``tiles`` = a tile id per box)
     -> detections in the store CRS, seam duplicates merged, best confidence first. Shared by
     ``detect_ortho`` and the nightly runner's tile checkpoints (``pipeline.batch``)."""
@@ -393,8 +402,7 @@ def boxes_to_detections(bounds: Sequence[np.ndarray], confs: Sequence[np.ndarray
     gdf = gpd.GeoDataFrame({"class_name": names, "confidence": np.concatenate(confs),
                             "tile": np.concatenate(tiles)},
                            geometry=shapely.polygons(b.reshape(-1, 4, 2)), crs=raster_crs)
-    gdf = merge_seams(gdf, merge_iou, same_object_iou=same_object_iou).drop(columns="tile")
-    gdf = drop_nested(gdf, nested_share).to_crs(store_crs)
+    gdf = one_box_per_roof(gdf, detector_settings).to_crs(store_crs)
     gdf["area_m2"] = gdf.geometry.area
     gdf = gdf[["class_name", "confidence", "area_m2", "geometry"]]
     return gdf.sort_values("confidence", ascending=False, ignore_index=True)

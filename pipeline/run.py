@@ -100,10 +100,10 @@ def fail_flight(store, flight_id: str, error: BaseException | str) -> str:
 
 def detect_flight(flight: dict, settings, detector=None, progress: bool = True) -> gpd.GeoDataFrame:
     """Detections of a flight: its ortho, or each photo frame with duplicates across
-    overlapping frames merged (``detect.merge_seams``, one frame = one 'tile')."""
+    overlapping frames merged (``detect.one_box_per_roof``, one frame = one 'tile')."""
     import pandas as pd
 
-    from pipeline.detect import Detector, detect_ortho, drop_nested, merge_seams
+    from pipeline.detect import Detector, detect_ortho, one_box_per_roof
     from pipeline.ingest import flight_frames
 
     frames = flight_frames(flight)
@@ -113,8 +113,7 @@ def detect_flight(flight: dict, settings, detector=None, progress: bool = True) 
     parts = [detect_ortho(f, settings, settings.store.crs, detector=detector, progress=progress).assign(tile=k)
              for k, f in enumerate(frames)]
     gdf = gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs=settings.store.crs)
-    gdf = merge_seams(gdf, settings.detector.merge_iou, same_object_iou=settings.detector.nms_iou).drop(columns="tile")
-    gdf = drop_nested(gdf, settings.detector.nested_share)
+    gdf = one_box_per_roof(gdf, settings.detector)
     gdf["area_m2"] = gdf.geometry.area
     return gdf.sort_values("confidence", ascending=False, ignore_index=True)
 
