@@ -217,7 +217,7 @@ def flights_show(ctx, flight_id):
 
 # ---------------------------------------------------------------- cases
 def _ctx_rules(ctx: Context):
-    from pipeline.match import load_rules
+    from pipeline.rules import load_rules
     return load_rules(ctx.settings.rules_path)
 
 
@@ -575,7 +575,7 @@ def report_cmd(ctx, flight_id, out_dir, status, category, town, village, since, 
 @pass_ctx
 def stats_cmd(ctx, since, until, out_dir):
     """Campaign figures reported upward (整改率, 销号率, by town/village and month)."""
-    from pipeline.match import load_rules
+    from pipeline.rules import load_rules
     from pipeline.report.stats import write_stats
     _check_dates(since, until)
     with open_ctx_store(ctx) as store:
@@ -609,13 +609,18 @@ def cases_export(ctx, fmt, out_file, status, category, town, village, since, unt
 @cli.command()
 @click.option("--host", default=None, help="Address to listen on (default: service.host).")
 @click.option("--port", default=None, type=int, help="Port (default: service.port).")
+@click.option("--truth-layer", type=click.Path(dir_okay=False),
+              help="TEST/DEMO ONLY: flights processed from the web take their detections from this "
+                   "generated district.gpkg's truth layer instead of the model.")
 @pass_ctx
-def serve(ctx, host, port):
+def serve(ctx, host, port, truth_layer):
     """Run the web service: upload for patrol teams, map review and case work for officers."""
+    from pipeline.detectors import TruthTileDetector
     from pipeline.service import serve as run_service
     s = ctx.settings
+    detector = TruthTileDetector(truth_layer, s.detector.classes) if truth_layer else None
     click.echo(f"serving {s.store.url} on http://{host or s.service.host}:{port or s.service.port}/ (Ctrl-C stops)")
-    run_service(s, host, port)
+    run_service(s, host, port, detector=detector)
 
 
 @cli.group("users")

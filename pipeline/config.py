@@ -90,9 +90,6 @@ class ServiceSettings(Section):
     session_hours: float = Field(12.0, gt=0, description="a login session lasts this long")
     token_hours: float = Field(720.0, gt=0, description="an API bearer token lasts this long")
     process_now: bool = Field(True, description="admins may process a flight at once (else nightly only)")
-    test_only_truth_file: Path | None = Field(
-        None, description="TESTS ONLY: a synthetic district.gpkg whose truth layer (the epoch captured "
-                          "when the flight was) replaces the detector; never set it in production")
 
 
 class Sensor(Section):

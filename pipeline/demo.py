@@ -69,8 +69,8 @@ def officer_actions_from_truth(store, truth: gpd.GeoDataFrame, rules, actor: str
 
 def run_demo(ctx, out_dir: Path, seed: int = 1, size_m: float = 400.0, epochs: int = 3, echo=print) -> dict:
     """Generate the district once, then ingest, detect, match and track every epoch."""
-    from pipeline.detect import Detector
-    from pipeline.match import load_rules
+    from pipeline.detectors import ModelTileDetector, TruthTileDetector
+    from pipeline.rules import load_rules
     from pipeline.registry import import_registry
     from pipeline.report import write_reports
     from pipeline.run import process_flight, register_flight
@@ -96,21 +96,18 @@ def run_demo(ctx, out_dir: Path, seed: int = 1, size_m: float = 400.0, epochs: i
     import_registry(store, vectors, replace=True)
 
     truth_all = gpd.read_file(vectors, layer="truth")
-    use_truth = not settings.model_path.exists()
-    if use_truth:
+    if not settings.model_path.exists():
         echo(f"no detector weights at {settings.model_path}: using the truth layer as detections "
              f"(rules and tracking only)")
-        detector = None
+        detector = TruthTileDetector(vectors, settings.detector.classes)
     else:
-        detector = Detector.from_settings(settings)
+        detector = ModelTileDetector(settings)
         echo(f"detector: {settings.model_path.name}")
     summary = {"store": settings.store.url, "flights": []}
     for ep in meta["epochs"]:
         truth = truth_all[truth_all["epoch"] == ep["epoch"]]
         flight = register_flight(store, out_dir / ep["ortho"], settings, team="demo")
-        dets = truth.assign(confidence=1.0, area_m2=truth.geometry.area) if use_truth else None
-        res = process_flight(store, flight["flight_id"], settings, detector=detector, detections=dets,
-                             force=True)
+        res = process_flight(store, flight["flight_id"], settings, detector=detector, force=True)
         acted = officer_actions_from_truth(store, truth, rules)
         echo(f"epoch {ep['epoch']} ({ep['date']}): flight {res.flight_id}: {res.detections} detections, "
              f"{res.findings} findings, {res.new_cases} new cases; simulated officer: "

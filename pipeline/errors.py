@@ -23,3 +23,19 @@ class ModelError(PatrolError):
 
 class TransitionError(PatrolError):
     """A case status change that the lifecycle table does not allow."""
+
+
+def one_line(error: BaseException | str, limit: int | None = None) -> str:
+    """An error's message as one line (whitespace collapsed, the type's name when it is empty),
+    cut to ``limit`` characters."""
+    text = " ".join(str(error).split()) or (type(error).__name__ if isinstance(error, BaseException) else "")
+    return text[:limit] if limit else text
+
+
+def error_line(error: BaseException | str) -> str:
+    """One line for a log or a failed flight: a PatrolError's message as is, any other error
+    prefixed with its type (``OSError: …``)."""
+    text = one_line(error)
+    if isinstance(error, BaseException) and not isinstance(error, PatrolError):
+        return f"{type(error).__name__}: {text}"
+    return text

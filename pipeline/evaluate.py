@@ -167,7 +167,7 @@ def evaluate_ortho(ortho: str | Path, truth: str | Path, settings, classes: Sequ
     """
 
     from pipeline.detect import Detector, detect_ortho
-    from pipeline.train import _local_utm
+    from pipeline.train import local_utm
     ortho = Path(ortho)
     if not ortho.is_file():
         raise InputError(f"ortho {ortho} not found; pass an existing GeoTIFF")
@@ -177,7 +177,7 @@ def evaluate_ortho(ortho: str | Path, truth: str | Path, settings, classes: Sequ
     from pipeline.ingest import valid_footprint
     from pipeline.tiling import open_raster
     with open_raster(ortho) as src:
-        crs = _local_utm(src.crs, src.bounds)
+        crs = local_utm(src.crs, src.bounds)
         foot = valid_footprint(src, crs.to_string())
     gt = clip_truth(gt.to_crs(crs), foot, min_inside)
     det = Detector.from_settings(settings, model) if model else None

@@ -116,7 +116,7 @@ def _read(path: Path, layer: str | None, wanted: str, store_crs: str) -> tuple[g
         hint = " (the .prj file is missing)" if path.suffix.lower() == ".shp" else ""
         raise InputError(f"{where} has no CRS{hint}; define it (e.g. in QGIS: Assign Projection) "
                          f"and import again")
-    _check_gauss_kruger(gdf, where)
+    check_gauss_kruger(gdf, where)
     _check_text(gdf, where)
     return gdf, where
 
@@ -216,7 +216,7 @@ def _check_text(gdf: gpd.GeoDataFrame, where: str) -> None:
                                  f"in GBK); re-save the source with the right encoding and import again")
 
 
-def _check_gauss_kruger(gdf: gpd.GeoDataFrame, where: str) -> None:
+def check_gauss_kruger(gdf: gpd.GeoDataFrame, where: str) -> None:
     """Eastings above 10⁶ under a central-meridian Transverse Mercator CRS: the zone number
     was left in the coordinates (38,500,000) while the .prj says false easting 500,000."""
     crs = CRS.from_user_input(gdf.crs)

@@ -14,7 +14,7 @@ from pathlib import Path
 import geopandas as gpd
 import shapely
 
-from pipeline.errors import PatrolError
+from pipeline.errors import PatrolError, error_line
 
 
 @dataclass
@@ -67,7 +67,8 @@ def commit_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, m
                   *, rules=None, now: datetime | None = None) -> FlightResult:
     """Match and track a flight's detections and write everything it produces — detections,
     cases, events, status 'done' — in ONE store transaction (all or nothing)."""
-    from pipeline.match import find_violations, load_rules
+    from pipeline.match import find_violations
+    from pipeline.rules import load_rules
     from pipeline.track import track_flight
 
     rules = rules if rules is not None else load_rules(settings.rules_path)
@@ -90,43 +91,36 @@ def commit_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, m
 
 def fail_flight(store, flight_id: str, error: BaseException | str) -> str:
     """Record the flight as failed with a one-line error; returns that line."""
-    line = " ".join(str(error).split()) or type(error).__name__
-    if isinstance(error, BaseException) and not isinstance(error, PatrolError):
-        line = f"{type(error).__name__}: {line}"
+    line = error_line(error)
     with store.transaction():
         store.set_flight_status(flight_id, "failed", error=line[:500])
     return line
 
 
 def detect_flight(flight: dict, settings, detector=None, progress: bool = True) -> gpd.GeoDataFrame:
-    """Detections of a flight: its ortho, or each photo frame with duplicates across
-    overlapping frames merged (``detect.one_box_per_roof``, one frame = one 'tile')."""
-    import pandas as pd
+    """Detections of a registered flight through the one processing path (``pipeline.flightplan``):
+    its ortho, or every photo frame with duplicates across tiles and frames merged in one pass.
+    ``detector``: a tile detector (``pipeline.detectors``), a loaded model, or None for the
+    settings' model."""
+    from pipeline.detectors import tile_detector
+    from pipeline.flightplan import detect_plan, plan_registered_flight
 
-    from pipeline.detect import Detector, detect_ortho, one_box_per_roof
-    from pipeline.ingest import flight_frames
-
-    frames = flight_frames(flight)
-    if len(frames) == 1:
-        return detect_ortho(frames[0], settings, settings.store.crs, detector=detector, progress=progress)
-    detector = detector or Detector.from_settings(settings)
-    parts = [detect_ortho(f, settings, settings.store.crs, detector=detector, progress=progress).assign(tile=k)
-             for k, f in enumerate(frames)]
-    gdf = gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs=settings.store.crs)
-    gdf = one_box_per_roof(gdf, settings.detector)
-    gdf["area_m2"] = gdf.geometry.area
-    return gdf.sort_values("confidence", ascending=False, ignore_index=True)
+    return detect_plan(tile_detector(settings, detector), plan_registered_flight(flight, settings), settings,
+                       progress=progress)
 
 
 def process_flight(store, flight_id: str, settings, *, detector=None, detections: gpd.GeoDataFrame | None = None,
                    force: bool = False, now: datetime | None = None, progress: bool = True) -> FlightResult:
     """Run a registered flight through detect → match → track and store the outcome.
 
-    ``detections`` bypasses the detector (e.g. a truth layer, to test the rules apart from
-    the model). A flight already 'done' is skipped unless ``force``; forced or not, a
-    re-run never duplicates detections, findings or cases. The nightly runner
-    (``pipeline.batch``) uses the same ``commit_flight`` with tile-checkpointed detection."""
-    from pipeline.match import load_rules
+    ``detector``: a tile detector (``pipeline.detectors``: the model, or a truth layer), a loaded
+    model, or None for the settings' model. ``detections`` are given detections instead (to test
+    the rules apart from any detector; recorded as model version 'given'). A flight already
+    'done' is skipped unless ``force``; forced or not, a re-run never duplicates detections,
+    findings or cases. ``patrol nightly`` (``pipeline.batch``) runs the same path with claims,
+    checkpoints and an executor around it."""
+    from pipeline.detectors import tile_detector
+    from pipeline.rules import load_rules
 
     flight = store.get_flight(flight_id)
     if flight is None:
@@ -134,11 +128,13 @@ def process_flight(store, flight_id: str, settings, *, detector=None, detections
     if flight["status"] == "done" and not force:
         return FlightResult(flight_id, 0, 0, 0, 0, skipped=True)
     rules = load_rules(settings.rules_path)
-    model_version = "truth" if detections is not None else Path(settings.model_path).name
     with store.transaction():
         store.set_flight_status(flight_id, "processing")
     try:
+        model_version = "given"
         if detections is None:
+            detector = tile_detector(settings, detector)
+            model_version = detector.version
             detections = detect_flight(flight, settings, detector, progress)
         return commit_flight(store, flight, detections, settings, model_version, rules=rules, now=now)
     except PatrolError as e:

@@ -24,7 +24,7 @@ import shapely
 import shapely.geometry
 
 from pipeline.errors import InputError, TransitionError
-from pipeline.match import Lifecycle, Rules
+from pipeline.rules import Lifecycle, Rules
 from pipeline.store.schema import CASE_COLUMNS
 
 SYSTEM_ACTOR = "system"

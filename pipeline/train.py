@@ -196,7 +196,7 @@ def _class_indices(gdf, class_column: str | None, default_class: str, src: Path)
     return out
 
 
-def _local_utm(crs, bounds) -> "object":
+def local_utm(crs, bounds) -> "object":
     """The UTM CRS at the centre of a raster (any CRS)."""
     from pyproj import CRS, Transformer
     from pyproj.aoi import AreaOfInterest
@@ -252,7 +252,7 @@ def import_labelled(ortho: str | Path, labels: str | Path, out_dir: str | Path, 
     with open_raster(ortho) as src:
         if src.count < 3 and src.count != 1:
             raise InputError(f"ortho {ortho} has {src.count} bands; need RGB or RGBA")
-        dst_crs = _local_utm(src.crs, src.bounds)
+        dst_crs = local_utm(src.crs, src.bounds)
         from rasterio.warp import calculate_default_transform
         tr, w, h = calculate_default_transform(src.crs, dst_crs, src.width, src.height,
                                                *src.bounds, resolution=gsd_m)

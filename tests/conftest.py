@@ -83,9 +83,8 @@ def small_district_store(tmp_path_factory):
     import json
     from pathlib import Path
 
-    import geopandas as gpd
-
     from pipeline.config import load_settings
+    from pipeline.detectors import TruthTileDetector
     from pipeline.registry import import_registry
     from pipeline.run import process_flight, register_flight
     from pipeline.store import open_store
@@ -96,12 +95,10 @@ def small_district_store(tmp_path_factory):
     settings = load_settings(overrides={"store.url": str(root / "patrol.gpkg")})
     store = open_store(settings.store.url, settings.store.crs, case_prefix=settings.district.case_prefix)
     import_registry(store, result.vectors, replace=True)
-    truth_all = gpd.read_file(result.vectors, layer="truth")
+    truth = TruthTileDetector(result.vectors, settings.detector.classes, confidence=0.9)
     meta = json.loads(Path(result.meta).read_text(encoding="utf-8"))
     for ep in meta["epochs"]:
-        truth = truth_all[truth_all["epoch"] == ep["epoch"]]
         flight = register_flight(store, result.out_dir / ep["ortho"], settings, team="test")
-        process_flight(store, flight["flight_id"], settings, progress=False,
-                       detections=truth.assign(confidence=0.9, area_m2=truth.geometry.area))
+        process_flight(store, flight["flight_id"], settings, progress=False, detector=truth)
     store.close()
     return root / "patrol.gpkg", settings, result.out_dir

@@ -4,7 +4,7 @@ processes it, an officer opens a case from the map, confirms it with a note and 
 the history. Screenshots go to tests/artifacts/service_*.png.
 
 Processing uses the shipped detector when models/lianwei-yolo11n.onnx exists; otherwise the
-test-only setting service.test_only_truth_file makes the server take the district's truth
+`patrol serve --truth-layer` (test/demo only) makes the server take the district's truth
 layer as detections, so the case-review path is always exercised."""
 from __future__ import annotations
 
@@ -47,8 +47,6 @@ def server(small_district_store, tmp_path_factory):
     sets = {"service.upload_dir": root / "uploads", "service.work_dir": root / "work",
             "service.secret_file": root / "secret"}
     use_model = MODEL.is_file()
-    if not use_model:
-        sets["service.test_only_truth_file"] = district / "district.gpkg"
     settings = load_settings(overrides={"store.url": str(store_path), **{k: str(v) for k, v in sets.items()}})
     store = open_store(store_path, settings.store.crs)
     parcels = read_parcels(district / "district.gpkg", store_crs=settings.store.crs)
@@ -66,6 +64,8 @@ def server(small_district_store, tmp_path_factory):
     for k, v in sets.items():
         cmd += ["--set", f"{k}={v}"]
     cmd += ["serve", "--host", "127.0.0.1", "--port", str(port)]
+    if not use_model:
+        cmd += ["--truth-layer", str(district / "district.gpkg")]
     log = open(root / "server.log", "w")
     env = {**os.environ, "YOLO_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)

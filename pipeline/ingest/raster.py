@@ -154,7 +154,7 @@ def check_ortho(src, path: Path, max_mpix: float = DEFAULT_MAX_MPIX) -> None:
     import shapely
     from rasterio.windows import Window
 
-    from pipeline.registry import _check_gauss_kruger
+    from pipeline.registry import check_gauss_kruger
 
     name = shown(path)
     if src.width < 1 or src.height < 1:
@@ -179,7 +179,7 @@ def check_ortho(src, path: Path, max_mpix: float = DEFAULT_MAX_MPIX) -> None:
                              f"but its CRS {src.crs} is geographic; assign the right projected CRS")
     else:
         box = shapely.box(*src.bounds)
-        _check_gauss_kruger(gpd.GeoDataFrame(geometry=[box], crs=src.crs.to_wkt()), name)
+        check_gauss_kruger(gpd.GeoDataFrame(geometry=[box], crs=src.crs.to_wkt()), name)
     # truncated files: GDAL opens them from the header; the missing blocks only fail on read
     windows = {Window(0, 0, 1, 1), Window(src.width - 1, src.height - 1, 1, 1)}
     try:

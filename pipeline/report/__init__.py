@@ -21,7 +21,7 @@ def write_reports(store, settings, out_dir: str | Path, flight_id: str | None = 
     cases listed and mapped (statistics always cover every case of the period)."""
 
     from pipeline.errors import PatrolError
-    from pipeline.match import load_rules
+    from pipeline.rules import load_rules
     from pipeline.report.evidence import make_chips, write_evidence_sheets
     from pipeline.report.lists import write_csv, write_geojson, write_gpkg, write_kml, write_kmz, write_xlsx
     from pipeline.report.map import build_map

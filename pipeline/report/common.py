@@ -266,3 +266,30 @@ def shift_gcj02(geoms):
         x, y = wgs84_to_gcj02(xy[:, 0], xy[:, 1])
         return np.column_stack([x, y])
     return shapely.transform(geoms, f)
+
+
+# ---------------------------------------------------------------- shared by the map and the sheets
+def safe_name(s: str) -> str:
+    """A file-name-safe form of an id (letters, digits, - _ . kept)."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(s))
+
+
+def to_uint8(a: np.ndarray) -> np.ndarray:
+    """An image as uint8 (other types stretched between their 2nd and 98th percentile)."""
+    if a.dtype == np.uint8:
+        return a
+    a = a.astype(float)
+    lo, hi = np.percentile(a, [2, 98]) if a.size else (0, 1)
+    return np.clip((a - lo) / max(hi - lo, 1e-9) * 255, 0, 255).astype(np.uint8)
+
+
+def to_wgs84_points(gdf, crs: str) -> np.ndarray:
+    """Centroid lon/lat (EPSG:4326) of every row, shape (n, 2)."""
+    import geopandas as gpd
+    import shapely
+
+    if not len(gdf):
+        return np.zeros((0, 2))
+    pts = gpd.GeoSeries(shapely.centroid(np.asarray(gdf.geometry.values, dtype=object)), crs=gdf.crs or crs)
+    p = pts.to_crs("EPSG:4326")
+    return np.column_stack([p.x.to_numpy(), p.y.to_numpy()])

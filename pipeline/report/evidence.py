@@ -20,14 +20,11 @@ import shapely
 from tqdm import tqdm
 
 from pipeline.report.common import (CATEGORIES, CLASSES, FIELDS, FLAGS, STOCK, STATUS_COLOURS,
-                                    label, missing, rule_texts, status_label, text)
+                                    label, missing, rule_texts, safe_name, status_label, text, to_uint8,
+                                   to_wgs84_points)
 
 CHIP_MAX_PX = 256
 LOCATION_MAX_PX = 480
-
-
-def _safe_name(s: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(s))
 
 
 def file_hash(path: Path) -> str:
@@ -91,7 +88,7 @@ def cut_chip(src, geom, geom_crs: str, out_png: Path, margin_m: float, max_px: i
     mask[y0:y0 + h, x0:x0 + w] = pmask
     if count == 1:
         data = np.repeat(data, 3, axis=0)
-    rgb = np.moveaxis(_to_uint8(data), 0, -1).copy()
+    rgb = np.moveaxis(to_uint8(data), 0, -1).copy()
     rgb[~mask] = 200
     img = Image.fromarray(rgb, "RGB")
     draw = ImageDraw.Draw(img)
@@ -121,14 +118,6 @@ def cut_chip(src, geom, geom_crs: str, out_png: Path, margin_m: float, max_px: i
 def _resampling(name: str):
     from rasterio.enums import Resampling
     return getattr(Resampling, name)
-
-
-def _to_uint8(a: np.ndarray) -> np.ndarray:
-    if a.dtype == np.uint8:
-        return a
-    a = a.astype(float)
-    lo, hi = np.percentile(a, [2, 98]) if a.size else (0, 1)
-    return np.clip((a - lo) / max(hi - lo, 1e-9) * 255, 0, 255).astype(np.uint8)
 
 
 def chip_role(flight_captured: Any, first_seen: Any) -> str:
@@ -164,7 +153,7 @@ def make_chips(store, cases, flights, out_dir: Path, margin_m: float = 8.0,
             it = tqdm(hit, desc=f"chips {flight['flight_id']}", unit="case", disable=not progress, leave=False)
             for i in it:
                 c = cases.iloc[i]
-                out = chip_dir / f"{_safe_name(c['case_no'])}_{_safe_name(flight['flight_id'])}.png"
+                out = chip_dir / f"{safe_name(c['case_no'])}_{safe_name(flight['flight_id'])}.png"
                 m = max(margin_m, 0.5 * max(np.ptp(np.asarray(geoms[i].bounds).reshape(2, 2), axis=0)))
                 gsd = cut_chip(src, geoms[i], store.crs, out, m)
                 if gsd is None:
@@ -250,7 +239,6 @@ def write_evidence_sheets(store, cases, evidence: pd.DataFrame, out_dir: Path, s
         if ortho_path(fl.to_dict(), getattr(store, "url", None)) is not None:
             latest = fl
             break
-    from pipeline.report.map import to_wgs84_points
     lonlat = to_wgs84_points(cases, store.crs) if len(cases) else np.zeros((0, 2))
     paths: dict[str, Path] = {}
     src = rasterio.open(ortho_path(latest.to_dict(), store.url)) if latest is not None else None
@@ -259,7 +247,7 @@ def write_evidence_sheets(store, cases, evidence: pd.DataFrame, out_dir: Path, s
         for i, (_, c) in enumerate(tqdm(list(cases.iterrows()), desc="evidence sheets", unit="case",
                                         disable=not progress, leave=False)):
             c = c.to_dict()
-            name = _safe_name(c["case_no"])
+            name = safe_name(c["case_no"])
             loc = None
             if src is not None and latest_fp is not None and latest_fp.intersects(c["geometry"]):
                 loc_png = ev_dir / "location" / f"{name}.jpg"

@@ -40,7 +40,7 @@ GIS_FIELDS = [f for f in LIST_FIELDS if f not in ("lon", "lat", "x", "y")] + [
 
 
 def _coords(cases: gpd.GeoDataFrame, crs: str) -> pd.DataFrame:
-    from pipeline.report.map import to_wgs84_points
+    from pipeline.report.common import to_wgs84_points
     ll = to_wgs84_points(cases, crs)
     c = shapely.centroid(np.asarray(cases.geometry.values, dtype=object))
     return pd.DataFrame({"lon": np.round(ll[:, 0], 7), "lat": np.round(ll[:, 1], 7),

@@ -22,7 +22,8 @@ import shapely
 from pipeline.errors import ConfigError, PatrolError
 from pipeline.report.common import (CATEGORIES, CLASS_COLOURS, CLASSES, FIELDS, LAYERS, STATUS_COLOURS,
                                     ZONE_COLOURS, ZONE_KINDS, js_json, label, missing, rule_texts,
-                                    shift_gcj02, status_label, text, wgs84_to_gcj02, FLAGS, STOCK)
+                                    shift_gcj02, status_label, text, to_uint8, to_wgs84_points, wgs84_to_gcj02,
+                                    FLAGS, STOCK)
 
 STATIC = Path(__file__).parent / "static"
 VENDOR = "vendored:"
@@ -85,15 +86,6 @@ def inline_assets(page: str) -> str:
 
 
 # ---------------------------------------------------------------- geometry helpers
-def to_wgs84_points(gdf: gpd.GeoDataFrame, crs: str) -> np.ndarray:
-    """Centroid lon/lat (EPSG:4326) of every row, shape (n, 2)."""
-    if not len(gdf):
-        return np.zeros((0, 2))
-    pts = gpd.GeoSeries(shapely.centroid(np.asarray(gdf.geometry.values, dtype=object)), crs=gdf.crs or crs)
-    p = pts.to_crs("EPSG:4326")
-    return np.column_stack([p.x.to_numpy(), p.y.to_numpy()])
-
-
 class _Geo:
     """Store CRS → what Leaflet draws (EPSG:4326, shifted to GCJ-02 for AMap)."""
 
@@ -149,8 +141,7 @@ def ortho_overlay(path: Path, out_png: Path, gsd_m: float) -> list[list[float]]:
         mask = src.dataset_mask(out_shape=(h, wd), resampling=Resampling.nearest)
         if count == 1:
             data = np.repeat(data, 3, axis=0)
-        from pipeline.report.evidence import _to_uint8
-        data = _to_uint8(data)
+        data = to_uint8(data)
         t = src.transform @ Affine.scale(src.width / wd, src.height / h)
         dst_t, dw, dh = calculate_default_transform(src.crs, "EPSG:4326", wd, h, *src.bounds, resolution=res)
         out = np.zeros((4, dh, dw), dtype=np.uint8)

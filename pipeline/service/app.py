@@ -102,7 +102,7 @@ class Auth:
 def create_app(settings, *, detector: Any = None, store=None) -> FastAPI:
     """The service over the store of ``settings``; ``detector`` (a pipeline.detect.Detector
     or anything ``process_flight`` accepts) replaces the model built from the settings."""
-    from pipeline.match import load_rules
+    from pipeline.rules import load_rules
     from pipeline.store import open_store
 
     svc = settings.service
@@ -273,7 +273,8 @@ def create_app(settings, *, detector: Any = None, store=None) -> FastAPI:
 
     def chips_for(case_gdf) -> list[dict]:
         """Evidence chips of one case (cut now if none recorded), copied under work/chips."""
-        from pipeline.report.evidence import _safe_name, case_chips, make_chips
+        from pipeline.report.common import safe_name
+        from pipeline.report.evidence import case_chips, make_chips
         case_no = case_gdf["case_no"].iloc[0]
         ev = store.evidence(case_no)
         rows = case_chips(ev, case_no)
@@ -284,7 +285,7 @@ def create_app(settings, *, detector: Any = None, store=None) -> FastAPI:
         for r in rows:
             src = Path(r["chip_path"]).resolve()
             name = src.name if src.parent == work / "chips" and CHIP_RE.match(src.name) else \
-                f"{_safe_name(case_no)}_{_safe_name(r['flight_id'])}_{r['role']}.png"
+                f"{safe_name(case_no)}_{safe_name(r['flight_id'])}_{r['role']}.png"
             dest = work / "chips" / name
             if src != dest and (not dest.exists() or dest.stat().st_mtime < src.stat().st_mtime):
                 shutil.copyfile(src, dest)     # a chip cut by `patrol report` elsewhere

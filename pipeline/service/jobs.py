@@ -3,8 +3,8 @@
 An admin's "process now" queues the flight here; everything else stays 'uploaded' for the
 nightly run (`patrol nightly`). The thread opens its own store connection and calls
 ``pipeline.run.process_flight`` (which marks the flight processing → done, or failed with
-the reason). The detector is injectable (``create_app(..., detector=)``); the test-only
-setting ``service.test_only_truth_file`` swaps it for a synthetic district's truth layer.
+the reason). The detector is injectable (``create_app(..., detector=)``: a tile detector of
+``pipeline.detectors``, e.g. a generated district's truth layer via ``patrol serve --truth-layer``).
 """
 from __future__ import annotations
 
@@ -12,27 +12,11 @@ import contextlib
 import logging
 import queue
 import threading
-from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InputError, PatrolError
+from pipeline.errors import PatrolError
 
 log = logging.getLogger("pipeline.service")
-
-
-def truth_detections(truth_file: Path, flight: dict, store_crs: str):
-    """TESTS ONLY: the truth layer of the synthetic district epoch captured when the flight was."""
-    import geopandas as gpd
-    import pandas as pd
-
-    fps = gpd.read_file(truth_file, layer="footprints")
-    when = pd.Timestamp(flight["captured_at"])
-    hit = fps[pd.to_datetime(fps["captured_at"]) == when]
-    if not len(hit):
-        raise InputError(f"{truth_file} has no epoch captured at {when}; it is not this flight's district")
-    truth = gpd.read_file(truth_file, layer="truth")
-    truth = truth[truth["epoch"] == int(hit["epoch"].iloc[0])].to_crs(store_crs)
-    return truth.assign(confidence=0.99, area_m2=truth.geometry.area)
 
 
 class Processor:
@@ -107,12 +91,7 @@ class Processor:
                 log.warning("flight %s is being processed elsewhere; not started", flight_id)
                 return
             with claim:
-                dets = None
-                truth_file = s.service.test_only_truth_file
-                if truth_file:
-                    dets = truth_detections(Path(truth_file), flight, s.store.crs)
-                process_flight(store, flight_id, s, detector=self.detector, detections=dets, force=True,
-                               progress=False)
+                process_flight(store, flight_id, s, detector=self.detector, force=True, progress=False)
         except PatrolError as e:                    # process_flight marked it failed already
             self._fail(store, flight_id, e)
         except Exception as e:                      # a bug or a broken file: keep the reason

@@ -1,4 +1,4 @@
-"""The store interface every backend implements (embedded GeoPackage now, PostGIS later).
+"""The store interface every backend implements (``core.SqlStore`` holds the table methods once).
 
 Conventions shared by all backends (the contract suite in tests/test_store_contract.py
 checks them):
@@ -151,13 +151,13 @@ class Store(abc.ABC):
     def import_parcels(self, gdf: gpd.GeoDataFrame, replace: bool = False) -> int:
         """Upsert parcels by parcel_id (``replace=True`` first removes every parcel).
         Columns outside the table go to the JSON column ``attrs`` (e.g. 三调 BSM/TBBH/DLBM)."""
-        from pipeline.store.gpkg import _py
         from pipeline.store.schema import TABLES
+        from pipeline.values import plain
         table = TABLES["parcel"]
         frame = gdf.copy()
         extra = [c for c in frame.columns if c not in table.names and c != frame.geometry.name]
         if extra and "attrs" not in frame.columns:
-            frame["attrs"] = [{k: _py(v) for k, v in zip(extra, vals)}
+            frame["attrs"] = [{k: plain(v) for k, v in zip(extra, vals)}
                               for vals in frame[extra].itertuples(index=False, name=None)]
         with self.transaction():
             if replace:

@@ -1,0 +1,185 @@
+"""Boxes to map polygons and the detector's post-processing across tiles (or photo frames).
+
+Pixel convention: the top-left corner of tile pixel (col, row) is ``tile.transform * (col, row)``;
+YOLO's box corners use the same continuous pixel coordinates, so there is no half-pixel shift.
+Corners are mapped to the raster CRS; duplicates across tile seams are merged there (the minimum
+rotated rectangle around the parts), nested boxes dropped, then the result goes to the store CRS.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from pipeline.errors import ModelError
+
+COLUMNS = ["class_name", "confidence", "area_m2"]
+
+
+def quads_to_map(tile, quads: np.ndarray) -> np.ndarray:
+    """Pixel corners (n,4,2) of a tile -> map corners (n,8) in the raster CRS (pixel (col,row) is the
+    top-left corner of that pixel, so no half-pixel shift)."""
+    t = tile.transform
+    x = t.a * quads[..., 0] + t.b * quads[..., 1] + t.c
+    y = t.d * quads[..., 0] + t.e * quads[..., 1] + t.f
+    return np.stack([x, y], axis=2).reshape(len(quads), 8)
+
+
+def tile_detections(tile, quads: np.ndarray, conf: np.ndarray, cls: np.ndarray):
+    """Keep objects whose centre is on valid pixels; corners clipped to the tile's data; map corners (n,8)."""
+    import shapely
+
+    if len(quads) == 0:
+        return np.zeros((0, 8)), conf[:0], cls[:0]
+    h, w = tile.valid.shape
+    centre = quads.mean(axis=1)
+    cx = np.clip(centre[:, 0].astype(int), 0, w - 1)
+    cy = np.clip(centre[:, 1].astype(int), 0, h - 1)
+    keep = tile.valid[cy, cx]
+    rows, cols = np.nonzero(tile.valid.any(1))[0], np.nonzero(tile.valid.any(0))[0]
+    quads = quads[keep]
+    if len(quads):   # the part on the tile's data, as a (rotated) rectangle again
+        data = shapely.box(0, 0, cols.max() + 1, rows.max() + 1)
+        part = shapely.oriented_envelope(shapely.intersection(shapely.polygons(quads), data))
+        ok = shapely.get_type_id(part) == 3
+        quads = shapely.get_coordinates(shapely.get_exterior_ring(part[ok])).reshape(-1, 5, 2)[:, :4]
+        conf, cls = conf[keep][ok], cls[keep][ok]
+        return quads_to_map(tile, quads), conf, cls
+    return np.zeros((0, 8)), conf[keep], cls[keep]
+
+
+# ---------------------------------------------------------------- seam merging
+def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Connected-component label of each of n nodes given edges (i, j): numpy union-find."""
+    labels = np.arange(n)
+    if len(i) == 0:
+        return labels
+    while True:
+        m = np.minimum(labels[i], labels[j])
+        new = labels.copy()
+        np.minimum.at(new, i, m)
+        np.minimum.at(new, j, m)
+        new = new[new]  # pointer jumping
+        while not np.array_equal(new, new[new]):
+            new = new[new]
+        if np.array_equal(new, labels):
+            return labels
+        labels = new
+
+
+def merge_seams(gdf, merge_iou: float, tile_column: str = "tile", same_object_iou: float | None = None):
+    """Merge same-class objects from different tiles that overlap (IoU or intersection over the smaller
+    area >= merge_iou) into one footprint: the minimum rotated rectangle around the group, with its
+    best confidence.
+
+    With ``same_object_iou``, boxes of different classes from different tiles whose IoU reaches it
+    are one roof seen twice (the model's class-agnostic NMS would have kept one inside a tile):
+    they merge too, and the most confident class stays. Rows without a ``tile_column`` are all
+    treated as coming from different tiles.
+    """
+    import geopandas as gpd
+    import shapely
+
+    if len(gdf) < 2:
+        return gdf.reset_index(drop=True)
+    geoms = gdf.geometry.values
+    tree = shapely.STRtree(geoms)
+    i, j = tree.query(geoms, predicate="intersects")
+    cls = gdf["class_name"].to_numpy()
+    same = cls[i] == cls[j]
+    sel = (i < j) & (same | (same_object_iou is not None))
+    if tile_column in gdf.columns:
+        tiles = gdf[tile_column].to_numpy()
+        sel &= tiles[i] != tiles[j]
+    i, j, same = i[sel], j[sel], same[sel]
+    if len(i):
+        inter = shapely.area(shapely.intersection(geoms[i], geoms[j]))
+        area = shapely.area(geoms)
+        ai, aj = area[i], area[j]
+        iou = inter / np.maximum(ai + aj - inter, 1e-12)
+        ios = inter / np.maximum(np.minimum(ai, aj), 1e-12)
+        ok = np.maximum(iou, ios) >= merge_iou
+        if same_object_iou is not None:         # other classes: only the same roof seen twice
+            ok = np.where(same, ok, iou >= same_object_iou)
+        i, j = i[ok], j[ok]
+    if len(i) == 0:
+        return gdf.reset_index(drop=True)
+    labels = _components(len(gdf), i, j)
+    _, group = np.unique(labels, return_inverse=True)
+    conf = gdf["confidence"].to_numpy()
+    order = np.lexsort((-conf, group))  # best confidence first within each group
+    first = order[np.r_[True, group[order][1:] != group[order][:-1]]]
+    out = gdf.iloc[first].copy()
+    # each group becomes the minimum rotated rectangle around all its parts (for axis-aligned
+    # boxes along a seam that is their envelope)
+    by_group = np.argsort(group, kind="stable")
+    merged = shapely.oriented_envelope(shapely.multipolygons(geoms[by_group], indices=group[by_group]))
+    sizes = np.bincount(group)
+    out_geom = np.where(sizes[group[first]] == 1, geoms[first], merged[group[first]])
+    out = gpd.GeoDataFrame(out.drop(columns=out.geometry.name), geometry=list(out_geom), crs=gdf.crs)
+    return out.reset_index(drop=True)
+
+
+def drop_nested(gdf, share: float):
+    """Drop boxes lying at least ``share`` of their area inside a bigger box (any class).
+
+    The model was never taught nested boxes (a roof is one box), so a small box inside a bigger
+    one is a piece of that roof read as another structure (a roof section as a steel shed).
+    """
+    import shapely
+
+    if len(gdf) < 2:
+        return gdf.reset_index(drop=True)
+    geoms = gdf.geometry.values
+    area = shapely.area(geoms)
+    i, j = shapely.STRtree(geoms).query(geoms, predicate="intersects")
+    sel = (i != j) & (area[j] > area[i])
+    i, j = i[sel], j[sel]
+    inside = shapely.area(shapely.intersection(geoms[i], geoms[j])) >= share * area[i] - 1e-9
+    drop = np.zeros(len(gdf), bool)
+    drop[i[inside]] = True
+    return gdf[~drop].reset_index(drop=True)
+
+
+def one_box_per_roof(gdf, detector_settings, tile_column: str = "tile"):
+    """The detector's post-processing across tiles (or photo frames): seam duplicates merged
+    (``merge_seams``: ``merge_iou``, other classes at ``nms_iou``), nested boxes dropped
+    (``drop_nested``: ``nested_share``); the tile column is removed."""
+    d = detector_settings
+    gdf = merge_seams(gdf, d.merge_iou, tile_column, same_object_iou=d.nms_iou).drop(columns=tile_column)
+    return drop_nested(gdf, d.nested_share)
+
+
+def empty_detections(crs):
+    import geopandas as gpd
+    return gpd.GeoDataFrame({"class_name": np.array([], dtype=object),
+                             "confidence": np.array([], dtype=float),
+                             "area_m2": np.array([], dtype=float)},
+                            geometry=gpd.GeoSeries([], crs=crs), crs=crs)
+
+
+def boxes_to_detections(bounds: Sequence[np.ndarray], confs: Sequence[np.ndarray], classes: Sequence[np.ndarray],
+                        tiles: Sequence[np.ndarray], raster_crs, class_names: Sequence[str], detector_settings,
+                        store_crs, model=None):
+    """Per-tile map boxes (raster CRS; lists of arrays in tile order, ``tiles`` = a tile id per box)
+    -> detections in the store CRS, seam duplicates merged, best confidence first."""
+    import geopandas as gpd
+    import shapely
+
+    if not len(bounds) or sum(len(c) for c in confs) == 0:
+        return empty_detections(store_crs)
+    b = np.concatenate([np.asarray(x, dtype=np.float64) for x in bounds if len(x)])
+    if b.shape[1] == 4:     # map bounds (minx, miny, maxx, maxy) -> corners
+        b = b[:, [0, 1, 2, 1, 2, 3, 0, 3]]
+    cls = np.concatenate(classes)
+    if cls.max() >= len(class_names):
+        raise ModelError(f"model {model} predicts class {cls.max()} but detector.classes lists "
+                         f"{len(class_names)}; list every class in the model's index order")
+    names = np.asarray(class_names, dtype=object)[cls]
+    gdf = gpd.GeoDataFrame({"class_name": names, "confidence": np.concatenate(confs),
+                            "tile": np.concatenate(tiles)},
+                           geometry=shapely.polygons(b.reshape(-1, 4, 2)), crs=raster_crs)
+    gdf = one_box_per_roof(gdf, detector_settings).to_crs(store_crs)
+    gdf["area_m2"] = gdf.geometry.area
+    gdf = gdf[["class_name", "confidence", "area_m2", "geometry"]]
+    return gdf.sort_values("confidence", ascending=False, ignore_index=True)

@@ -1,0 +1,114 @@
+"""The package's structure: no import cycle, no module using another module's private names,
+every module importable on its own in a fresh interpreter, in any order."""
+from __future__ import annotations
+
+import ast
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def imports(name: str, path: Path, known: set[str]) -> list[tuple[str, list[str]]]:
+    """(imported module, names taken from it) for every import of the package in the module,
+    at its top or inside a function."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out += [(a.name, []) for a in node.names if a.name.split(".")[0] == "pipeline"]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            if base.split(".")[0] != "pipeline":
+                continue
+            for a in node.names:                 # `from pipeline.store import gpkg` imports a module
+                sub = f"{base}.{a.name}"
+                out.append((sub, []) if sub in known else (base, [a.name]))
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    known = set(mods)
+    edges = {m: set() for m in mods}
+    for name, path in mods.items():
+        for target, _ in imports(name, path, known):
+            if target in known and target != name:
+                edges[name].add(target)
+    return edges
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, on, stack, out, counter = {}, {}, set(), [], [], [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in sorted(edges[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    sys.setrecursionlimit(10_000)
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycle_in_the_package():
+    found = cycles(graph())
+    assert not found, "import cycles (top-level or inside functions): " + "; ".join(" ↔ ".join(c) for c in found)
+
+
+def test_no_module_imports_another_modules_private_name():
+    mods = modules()
+    known = set(mods)
+    private = []
+    for name, path in mods.items():
+        for target, names in imports(name, path, known):
+            private += [f"{name} imports {target}.{n}" for n in names if n.startswith("_") and target != name]
+    assert not private, "; ".join(private)
+
+
+def test_every_module_imports_in_any_order_in_a_fresh_interpreter():
+    names = sorted(modules())
+    orders = [names, names[::-1], random.Random(15).sample(names, len(names))]
+    for order in orders:
+        code = "import importlib\n" + "".join(f"importlib.import_module({n!r})\n" for n in order)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
