@@ -203,7 +203,8 @@ parcels.drop(columns="geometry").head()'''),
 Every detection that breaks a rule of `config/rules.yaml`, with the rule ids, the numbers
 that fired them (`reasons`), its parcel, the zone overlaps, category and priority."""),
         new_code_cell('''\
-from pipeline.match import find_violations, load_rules
+from pipeline.match import find_violations
+from pipeline.rules import load_rules
 
 rules = load_rules(settings.rules_path)
 findings = find_violations(dets_1, parcels, zones, rules)
@@ -224,6 +225,7 @@ illegal ones are verified and ordered, lawful ones dismissed. The second flight 
 builds (新建), sees ordered structures again, or sees them gone (demolition seen)."""),
         new_code_cell('''\
 from pipeline.demo import officer_actions_from_truth
+from pipeline.detectors import TruthTileDetector
 from pipeline.run import process_flight, register_flight
 from pipeline.store import open_store
 
@@ -232,10 +234,11 @@ store.migrate()
 with store.transaction():
     store.import_parcels(parcels, replace=True)
     store.import_zones(zones, replace=True)
+# the model, or the truth layer through the same tiles (a stand-in when no weights are shipped)
+tiles = detector if DETECTIONS == "model" else TruthTileDetector(VECTORS, settings.detector.classes)
 for ep in meta["epochs"]:
     flight = register_flight(store, DISTRICT / ep["ortho"], settings, team="巡查一队")
-    dets = None if DETECTIONS == "model" else truth_detections(ep["epoch"])
-    res = process_flight(store, flight["flight_id"], settings, detector=detector, detections=dets, progress=False)
+    res = process_flight(store, flight["flight_id"], settings, detector=tiles, progress=False)
     print(f"epoch {ep['epoch']}: flight {res.flight_id}: {res.detections} detections, "
           f"{res.findings} findings, {res.new_cases} new cases, {res.events} events")
     acted = officer_actions_from_truth(store, truth_all[truth_all["epoch"] == ep["epoch"]], rules)
@@ -283,17 +286,19 @@ stands in for a night's processing; its truth layer stands in for the detector."
         new_code_cell(DISTRICT.format(seed=11, size=120)),
         new_code_cell('''\
 # the nightly run, in short: registry in, both flights processed (see 01_walkthrough)
-from pipeline.match import load_rules
+from pipeline.detectors import TruthTileDetector
 from pipeline.registry import import_registry
+from pipeline.rules import load_rules
 from pipeline.run import process_flight, register_flight
 from pipeline.store import open_store
 
 rules = load_rules(settings.rules_path)
+truth = TruthTileDetector(VECTORS, settings.detector.classes)
 store = open_store(settings.store.url, settings.store.crs, case_prefix=settings.district.case_prefix)
 import_registry(store, VECTORS, replace=True)
 for ep in meta["epochs"]:
     flight = register_flight(store, DISTRICT / ep["ortho"], settings, team="巡查一队")
-    res = process_flight(store, flight["flight_id"], settings, detections=truth_detections(ep["epoch"]), progress=False)
+    res = process_flight(store, flight["flight_id"], settings, detector=truth, progress=False)
     print(f"epoch {ep['epoch']}: {res.new_cases} new cases")
 flights = store.list_flights()
 flights[["flight_id", "captured_at", "team", "status", "model_version"]]'''),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.errors import PatrolError
+from pipeline.errors import InputError, PatrolError, StoreError, one_line
 
 
 class Context:
@@ -92,7 +92,6 @@ def open_ctx_store(ctx: Context, migrate: bool = True):
     from pipeline.store import open_store
     s = ctx.settings
     if not migrate and "://" not in s.store.url and not Path(s.store.url).expanduser().exists():
-        from pipeline.errors import StoreError
         raise StoreError(f"store {s.store.url} does not exist; create it with `patrol db init` "
                          f"or point --store at an existing one")
     return open_store(s.store.url, s.store.crs, case_prefix=s.district.case_prefix, migrate=migrate)
@@ -103,34 +102,26 @@ def import_group():
     """Load the parcel registry or restricted zones into the store."""
 
 
-@import_group.command("parcels")
-@click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--layer", help="Layer to read (default: 'parcels', or the only layer).")
-@click.option("--replace", is_flag=True, help="Remove every stored parcel first (else upsert by parcel_id).")
-@pass_ctx
-def import_parcels_cmd(ctx, file, layer, replace):
-    """Import parcels (宅基地 registry) from a GeoPackage, Shapefile or GeoJSON in any CRS."""
-    from pipeline.registry import read_parcels
-    gdf = read_parcels(Path(file), layer, store_crs=ctx.settings.store.crs)
-    with open_ctx_store(ctx) as store:
-        n = store.import_parcels(gdf, replace=replace)
-        total = store.status()["counts"]["parcel"]
-    click.echo(f"imported {n} parcels from {file} into {store.display_url} ({total} stored)")
+def _import_command(kind: str, key: str, what: str):
+    @import_group.command(f"{kind}s", help=what)
+    @click.argument("file", type=click.Path(dir_okay=False))
+    @click.option("--layer", help=f"Layer to read (default: '{kind}s', or the only layer).")
+    @click.option("--replace", is_flag=True, help=f"Remove every stored {kind} first (else upsert by {key}).")
+    @pass_ctx
+    def command(ctx, file, layer, replace):
+        from pipeline import registry
+        gdf = getattr(registry, f"read_{kind}s")(Path(file), layer, store_crs=ctx.settings.store.crs)
+        with open_ctx_store(ctx) as store:
+            n = getattr(store, f"import_{kind}s")(gdf, replace=replace)
+            total = store.status()["counts"][kind]
+        click.echo(f"imported {n} {kind}s from {file} into {store.display_url} ({total} stored)")
+    return command
 
 
-@import_group.command("zones")
-@click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--layer", help="Layer to read (default: 'zones', or the only layer).")
-@click.option("--replace", is_flag=True, help="Remove every stored zone first (else upsert by zone_id).")
-@pass_ctx
-def import_zones_cmd(ctx, file, layer, replace):
-    """Import restricted zones (basic farmland, farmland, red line) from a vector file."""
-    from pipeline.registry import read_zones
-    gdf = read_zones(Path(file), layer, store_crs=ctx.settings.store.crs)
-    with open_ctx_store(ctx) as store:
-        n = store.import_zones(gdf, replace=replace)
-        total = store.status()["counts"]["zone"]
-    click.echo(f"imported {n} zones from {file} into {store.display_url} ({total} stored)")
+import_parcels_cmd = _import_command("parcel", "parcel_id", "Import parcels (宅基地 registry) from a GeoPackage, "
+                                                            "Shapefile or GeoJSON in any CRS.")
+import_zones_cmd = _import_command("zone", "zone_id", "Import restricted zones (basic farmland, farmland, red line) "
+                                                      "from a vector file.")
 
 
 @cli.group("db")
@@ -199,7 +190,6 @@ def flights_list(ctx, status):
 @pass_ctx
 def flights_show(ctx, flight_id):
     """Every field of one flight and its detection count."""
-    from pipeline.errors import InputError
     with open_ctx_store(ctx) as store:
         f = store.get_flight(flight_id)
         if f is None:
@@ -246,19 +236,40 @@ def cases_group():
     """The case ledger (台账): list, show, move through the lifecycle, assign."""
 
 
+def _report_filters(f):
+    """--status/--category/--town/--village/--from/--to, shared by cases list/export and report."""
+    for opt in reversed([
+        click.option("--status", multiple=True, help="Only cases in this status (repeatable)."),
+        click.option("--category", multiple=True, help="Only this category (repeatable)."),
+        click.option("--town", help="Only cases in this town."),
+        click.option("--village", help="Only cases in this village."),
+        click.option("--from", "since", help="Only cases first seen on or after this date (YYYY-MM-DD)."),
+        click.option("--to", "until", help="Only cases first seen before this date (YYYY-MM-DD)."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _check_dates(*values):
+    from datetime import date
+    for v in values:
+        if v is not None:
+            try:
+                date.fromisoformat(v)
+            except ValueError:
+                raise InputError(f"'{v}' is not a date; use YYYY-MM-DD") from None
+
+
 @cases_group.command("list")
-@click.option("--status", multiple=True, help="Only cases in this status (repeatable).")
-@click.option("--category", multiple=True,
-              help="Only this category: illegal_construction, illegal_land_use, over_approval (repeatable).")
-@click.option("--town", help="Only cases in this town.")
-@click.option("--village", help="Only cases in this village.")
+@_report_filters
 @click.option("--json", "as_json", is_flag=True,
               help="Print a GeoJSON FeatureCollection (EPSG:4326), every case field a property.")
 @pass_ctx
-def cases_list(ctx, status, category, town, village, as_json):
+def cases_list(ctx, status, category, town, village, since, until, as_json):
     """One line per case (or GeoJSON with --json)."""
     import json
     from pipeline.track import cases_geojson
+    _check_dates(since, until)
     rules = _ctx_rules(ctx)
     for s in status:
         if s not in rules.lifecycle.states:
@@ -266,7 +277,7 @@ def cases_list(ctx, status, category, town, village, as_json):
                                      param_hint="--status")
     with open_ctx_store(ctx) as store:
         cases = store.cases(status=list(status) or None, category=list(category) or None,
-                            town=town, village=village)
+                            town=town, village=village, since=since, until=until)
     if as_json:
         click.echo(json.dumps(cases_geojson(cases), ensure_ascii=False, default=str))
         return
@@ -324,7 +335,6 @@ def cases_show(ctx, case_no):
 def cases_set_status(ctx, case_no, status, note, actor, order_no, deadline, demolished_area):
     """Move a case to STATUS if the lifecycle table allows it."""
     import getpass
-    from pipeline.errors import InputError
     from pipeline.track import change_status
     rules = _ctx_rules(ctx)
     if deadline is not None:
@@ -483,7 +493,6 @@ def evaluate_cmd(ctx, ortho, truth, truth_layer, epoch, classes, iou, envelopes,
                  exclude_data, size_m, chip_px, json_path, report_path):
     """Precision/recall/F1 at IoU 0.5 on an ortho with truth, or mAP on held-out generated scenes."""
     from pipeline import evaluate as ev
-    from pipeline.errors import InputError
     names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     if names:
         unknown = [c for c in names if c not in ctx.settings.detector.classes]
@@ -520,31 +529,6 @@ def evaluate_cmd(ctx, ortho, truth, truth_layer, epoch, classes, iou, envelopes,
 
 
 # ---------------------------------------------------------------- reports (issue 5)
-def _report_filters(f):
-    """--status/--category/--town/--village/--from/--to, shared by report and cases export."""
-    for opt in reversed([
-        click.option("--status", multiple=True, help="Only cases in this status (repeatable)."),
-        click.option("--category", multiple=True, help="Only this category (repeatable)."),
-        click.option("--town", help="Only cases in this town."),
-        click.option("--village", help="Only cases in this village."),
-        click.option("--from", "since", help="Only cases first seen on or after this date (YYYY-MM-DD)."),
-        click.option("--to", "until", help="Only cases first seen before this date (YYYY-MM-DD)."),
-    ]):
-        f = opt(f)
-    return f
-
-
-def _check_dates(*values):
-    from datetime import date
-    from pipeline.errors import InputError
-    for v in values:
-        if v is not None:
-            try:
-                date.fromisoformat(v)
-            except ValueError:
-                raise InputError(f"'{v}' is not a date; use YYYY-MM-DD") from None
-
-
 @cli.command("report")
 @click.option("--flight", "flight_id", help="Report this flight (default: the whole district).")
 @click.option("--out", "out_dir", default="reports", show_default=True, type=click.Path(file_okay=False),
@@ -734,7 +718,6 @@ def ingest_cmd(ctx, paths, team, each):
     """Register a flight: an ortho GeoTIFF, the orthos of one split export (a folder or several
     paths), or a folder/zip of drone photos. Prints the flight id; refused files are listed at
     the end (exit 1 when any was refused). `patrol run`/`patrol nightly` take it from there."""
-    from pipeline.errors import PatrolError as _PatrolError
     from pipeline.ingest.raster import shown
     from pipeline.run import register_flight
 
@@ -748,8 +731,8 @@ def ingest_cmd(ctx, paths, team, each):
             try:
                 f = register_flight(store, group if len(group) > 1 else group[0], ctx.settings, team=team,
                                     refused=mine, notes=notes)
-            except _PatrolError as e:
-                refused.append((", ".join(shown(p) for p in group), " ".join(str(e).split())))
+            except PatrolError as e:
+                refused.append((", ".join(shown(p) for p in group), one_line(e)))
                 refused.extend(mine)
                 continue
             refused.extend(mine)

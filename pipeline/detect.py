@@ -1,10 +1,6 @@
-"""Detection, the stage: structures on an ortho or on every frame of a flight, without a store.
-
-``detect_frames`` is the one processing path (``pipeline.flightplan``) run in this process:
-plan the tiles, detect each chunk with a tile detector (``pipeline.detectors``), finish (seam
-merge, one box per roof, to the store CRS). ``patrol run`` and ``patrol nightly`` use the same
-path. The model itself is ``pipeline.yolo``; boxes and their post-processing are
-``pipeline.postprocess`` (their names are re-exported here).
+"""Detection, the stage: structures on an ortho or on every frame of a flight, without a store:
+the one processing path (``pipeline.flightplan``) run in this process, as ``patrol run`` and
+``patrol nightly`` run it. The model is ``pipeline.yolo``; box post-processing ``pipeline.postprocess``.
 """
 from __future__ import annotations
 
@@ -15,9 +11,7 @@ from typing import Any
 from pipeline.detectors import tile_detector
 from pipeline.errors import ConfigError, InputError, one_line
 from pipeline.flightplan import Tiling, detect_plan, plan_flight
-from pipeline.postprocess import (  # noqa: F401  (the stage's public names)
-    COLUMNS, boxes_to_detections, drop_nested, empty_detections, merge_seams, one_box_per_roof,
-    quads_to_map, tile_detections)
+from pipeline.postprocess import drop_nested, merge_seams, quads_to_map  # noqa: F401  (the stage's names)
 from pipeline.yolo import Detector, model_task, offline_ultralytics  # noqa: F401
 
 

@@ -1,15 +1,8 @@
-"""Tile detectors: what turns a chunk of planned tiles into boxes (``pipeline.flightplan``).
-
-One small interface, two implementations:
-- ``ModelTileDetector``: the YOLO model (``pipeline.yolo.Detector``, or any object with its
-  ``predict(images)`` / ``classes`` / ``path``); the parts are finished by the seam merge and
-  the one-box-per-roof rule (``pipeline.postprocess``);
-- ``TruthTileDetector``: a generated district's truth layer (tests and the demo): each truth
-  structure of the epoch captured when the flight was belongs to the first planned tile that
-  holds its centroid, and comes back as drawn.
-
-Both are small and picklable, so a Dask worker gets the same object; the model is loaded once
-per process and shared by the threads of a worker, in turn.
+"""Tile detectors: a chunk of planned tiles → boxes (``pipeline.flightplan``). One interface,
+two implementations: ``ModelTileDetector`` (the YOLO model, or any object with its ``predict`` /
+``classes`` / ``path``; parts finished by ``pipeline.postprocess``) and ``TruthTileDetector`` (a
+generated district's truth layer, for tests and the demo). Both are picklable, so a Dask worker
+gets the same object; the model loads once per process and the worker's threads share it.
 """
 from __future__ import annotations
 
@@ -77,10 +70,7 @@ class ModelTileDetector(TileDetector):
         self.version = path.name
         self._predictor = predictor
 
-    def __getstate__(self) -> dict:
-        if self._predictor is not None and not isinstance(self._predictor, _loaded_type()):
-            raise ModelError("a detector given in-process cannot be sent to Dask workers; give the "
-                             "weights' path (detector.model) instead")
+    def __getstate__(self) -> dict:        # a worker loads the weights of model_path itself
         return {**self.__dict__, "_predictor": None}
 
     def key(self) -> str:
@@ -138,15 +128,27 @@ class ModelTileDetector(TileDetector):
                 "infer_s": np.float64(infer)}
 
     def finish(self, parts, raster_crs, store_crs, detector_settings):
-        from pipeline.postprocess import boxes_to_detections
-        return boxes_to_detections([p["bounds"] for p in parts], [p["conf"] for p in parts],
-                                   [p["cls"] for p in parts], [p["tile"] for p in parts], raster_crs,
-                                   self.classes, detector_settings, store_crs, model=self.model_path)
+        """Map corners of every tile → polygons, one box per roof across tiles, best first."""
+        import geopandas as gpd
+        import shapely
 
+        from pipeline.postprocess import empty_detections, one_box_per_roof
 
-def _loaded_type() -> type:
-    from pipeline.yolo import Detector
-    return Detector
+        if sum(len(p["conf"]) for p in parts) == 0:
+            return empty_detections(store_crs)
+        cls = np.concatenate([p["cls"] for p in parts])
+        if cls.max() >= len(self.classes):
+            raise ModelError(f"model {Path(self.model_path).name} predicts class {cls.max()} but detector.classes "
+                             f"lists {len(self.classes)}; list every class in the model's index order")
+        corners = np.concatenate([p["bounds"] for p in parts]).reshape(-1, 4, 2)
+        gdf = gpd.GeoDataFrame({"class_name": np.asarray(self.classes, dtype=object)[cls],
+                                "confidence": np.concatenate([p["conf"] for p in parts]),
+                                "tile": np.concatenate([p["tile"] for p in parts])},
+                               geometry=shapely.polygons(corners), crs=raster_crs)
+        gdf = one_box_per_roof(gdf, detector_settings).to_crs(store_crs)
+        gdf["area_m2"] = gdf.geometry.area
+        return gdf[["class_name", "confidence", "area_m2", "geometry"]].sort_values(
+            "confidence", ascending=False, ignore_index=True)
 
 
 class TruthTileDetector(TileDetector):

@@ -1,12 +1,10 @@
 """The one processing path of a flight: plan → chunks of tiles → detect each chunk → finish.
 
-A flight (an ortho, or every frame of a photo flight) is planned into tile windows over its
-valid pixels (``plan_flight``); the plan is cut into chunks (a chunk reads one frame); each
-chunk is detected by a tile detector (``pipeline.detectors``: the YOLO model or a truth layer)
-into plain arrays (``run_chunk``, the Dask task); the parts are finished together (seam merge,
-one box per roof, to the store CRS) by the same detector. ``detect_plan`` runs the chunks in this
-process (``patrol run``, ``patrol detect``); ``pipeline.batch`` runs them with claims, checkpoints
-and an executor around them (``patrol nightly``). Both give the same detections.
+``plan_flight`` plans tile windows over the valid pixels of every frame (an ortho, or each
+photo); chunks read one frame; ``run_chunk`` (the Dask task) detects one with a tile detector
+(``pipeline.detectors``); ``finish`` merges the parts (seams, one box per roof, store CRS).
+``detect_plan`` runs it in this process (``patrol run``, ``patrol detect``); ``pipeline.batch``
+adds claims, checkpoints and an executor (``patrol nightly``). Both give the same detections.
 """
 from __future__ import annotations
 

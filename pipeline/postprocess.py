@@ -7,14 +7,7 @@ rotated rectangle around the parts), nested boxes dropped, then the result goes 
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
-
-from pipeline.errors import ModelError
-
-COLUMNS = ["class_name", "confidence", "area_m2"]
-
 
 def quads_to_map(tile, quads: np.ndarray) -> np.ndarray:
     """Pixel corners (n,4,2) of a tile -> map corners (n,8) in the raster CRS (pixel (col,row) is the
@@ -156,30 +149,3 @@ def empty_detections(crs):
                              "confidence": np.array([], dtype=float),
                              "area_m2": np.array([], dtype=float)},
                             geometry=gpd.GeoSeries([], crs=crs), crs=crs)
-
-
-def boxes_to_detections(bounds: Sequence[np.ndarray], confs: Sequence[np.ndarray], classes: Sequence[np.ndarray],
-                        tiles: Sequence[np.ndarray], raster_crs, class_names: Sequence[str], detector_settings,
-                        store_crs, model=None):
-    """Per-tile map boxes (raster CRS; lists of arrays in tile order, ``tiles`` = a tile id per box)
-    -> detections in the store CRS, seam duplicates merged, best confidence first."""
-    import geopandas as gpd
-    import shapely
-
-    if not len(bounds) or sum(len(c) for c in confs) == 0:
-        return empty_detections(store_crs)
-    b = np.concatenate([np.asarray(x, dtype=np.float64) for x in bounds if len(x)])
-    if b.shape[1] == 4:     # map bounds (minx, miny, maxx, maxy) -> corners
-        b = b[:, [0, 1, 2, 1, 2, 3, 0, 3]]
-    cls = np.concatenate(classes)
-    if cls.max() >= len(class_names):
-        raise ModelError(f"model {model} predicts class {cls.max()} but detector.classes lists "
-                         f"{len(class_names)}; list every class in the model's index order")
-    names = np.asarray(class_names, dtype=object)[cls]
-    gdf = gpd.GeoDataFrame({"class_name": names, "confidence": np.concatenate(confs),
-                            "tile": np.concatenate(tiles)},
-                           geometry=shapely.polygons(b.reshape(-1, 4, 2)), crs=raster_crs)
-    gdf = one_box_per_roof(gdf, detector_settings).to_crs(store_crs)
-    gdf["area_m2"] = gdf.geometry.area
-    gdf = gdf[["class_name", "confidence", "area_m2", "geometry"]]
-    return gdf.sort_values("confidence", ascending=False, ignore_index=True)

@@ -19,7 +19,8 @@ import pandas as pd
 import shapely
 from pyproj import CRS
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, one_line
+from pipeline.values import is_missing
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def _read(path: Path, layer: str | None, wanted: str, store_crs: str) -> tuple[g
         gdf = pyogrio.read_dataframe(path, layer=layer, encoding=encoding, force_2d=True,
                                      on_invalid="ignore")
     except Exception as e:
-        raise InputError(f"{where} cannot be read ({str(e).splitlines()[0]}); "
+        raise InputError(f"{where} cannot be read ({one_line(e, 200)}); "
                          f"check the file in QGIS") from None
     if not isinstance(gdf, gpd.GeoDataFrame) or gdf.geometry is None:
         raise InputError(f"{where} has no geometry; give a polygon layer")
@@ -264,13 +265,7 @@ def _columns(gdf: gpd.GeoDataFrame, where: str, required: tuple, optional: tuple
 
 
 def _ids(values: pd.Series, where: str, name: str) -> pd.Series:
-    def one(v):
-        if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
-            return None
-        if isinstance(v, (float, np.floating)) and float(v).is_integer():
-            return str(int(v))
-        return str(v).strip() or None
-    ids = pd.Series([one(v) for v in values], index=values.index, dtype=object)
+    ids = _texts(values).replace("", None)
     empty = np.flatnonzero(ids.isna().to_numpy())
     if len(empty):
         raise InputError(f"{where}: {len(empty)} feature(s) have no {name} (first: feature "
@@ -294,12 +289,11 @@ def _numbers(gdf: gpd.GeoDataFrame, col: str, where: str, id_col: str) -> pd.Ser
 
 
 def _texts(values: pd.Series) -> pd.Series:
+    """Cells as stripped text (whole floats without '.0'), None when missing."""
     def one(v):
-        if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
+        if is_missing(v):
             return None
-        if isinstance(v, (float, np.floating)) and float(v).is_integer():
-            return str(int(v))
-        return str(v).strip()
+        return str(int(v)) if isinstance(v, (float, np.floating)) and float(v).is_integer() else str(v).strip()
     return pd.Series([one(v) for v in values], index=values.index, dtype=object)
 
 

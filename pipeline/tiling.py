@@ -25,7 +25,7 @@ from affine import Affine
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.windows import Window
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, one_line
 
 MASK_CELLS_PER_STRIDE = 4  # low-res mask cells along one tile stride (plan resolution)
 STATS_MAX_PX = 1024  # long side of the decimated read used for the uint16 stretch
@@ -321,6 +321,6 @@ def iter_tiles(path: str | Path, gsd_m: float, tile_px: int, overlap_px: int,
                 tile = read_tile(src, tw, tile_px, bands, limits, alpha)
             except rasterio.errors.RasterioIOError as e:
                 raise InputError(f"{path}: cannot read window at row {tw.row} col {tw.col} "
-                                 f"({str(e).splitlines()[0]}); the file may be truncated") from None
+                                 f"({one_line(e, 200)}); the file may be truncated") from None
             if tile is not None:
                 yield tile

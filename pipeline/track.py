@@ -14,7 +14,7 @@ import json
 import re
 import uuid
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
 import geopandas as gpd
@@ -25,6 +25,7 @@ import shapely.geometry
 
 from pipeline.errors import InputError, TransitionError
 from pipeline.rules import Lifecycle, Rules
+from pipeline.values import jsonable
 from pipeline.store.schema import CASE_COLUMNS
 
 SYSTEM_ACTOR = "system"
@@ -410,24 +411,6 @@ def track_flight(cases: gpd.GeoDataFrame | None, findings: gpd.GeoDataFrame,
 
 
 # ---------------------------------------------------------------- store-level operations (CLI, web)
-def _plain(v: Any) -> Any:
-    """A JSON-ready value: timestamps as ISO text, NaN/NaT as None, numpy scalars unwrapped."""
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, Mapping):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if v is None:
-        return None
-    if isinstance(v, (pd.Timestamp, datetime, date)):
-        return None if pd.isna(v) else v.isoformat()
-    try:
-        if pd.isna(v):
-            return None
-    except (TypeError, ValueError):
-        pass
-    return v.item() if hasattr(v, "item") else v
-
-
 def cases_geojson(cases: gpd.GeoDataFrame) -> dict:
     """The cases as a GeoJSON FeatureCollection in EPSG:4326, every case field a property."""
     g = cases if cases.crs is None else cases.to_crs("EPSG:4326")
@@ -435,7 +418,7 @@ def cases_geojson(cases: gpd.GeoDataFrame) -> dict:
     props = [c for c in g.columns if c != g.geometry.name]
     for geom, rec in zip(g.geometry, g[props].to_dict("records")):
         feats.append({"type": "Feature", "id": rec.get("case_no"),
-                      "properties": {k: _plain(v) for k, v in rec.items()},
+                      "properties": {k: jsonable(v) for k, v in rec.items()},
                       "geometry": None if geom is None else shapely.geometry.mapping(geom)})
     return {"type": "FeatureCollection", "features": feats}
 

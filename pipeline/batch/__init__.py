@@ -1,11 +1,6 @@
-"""Nightly batch runs (``patrol nightly``): the one processing path with claims, checkpoints
-and an executor around it.
-
-- ``nightly``: which flights, claims, the commit order, failures (``run_nightly``);
-- ``checkpoints``: finished tile chunks saved and resumed;
-- ``executors``: chunks detected in this process or on a Dask cluster;
-- ``summary``: what the run did, as JSON + Markdown.
-"""
+"""Nightly batch runs (``patrol nightly``): the one processing path with claims (``nightly``),
+tile checkpoints (``checkpoints``), an executor (``executors``: in-process or Dask) and a run
+summary (``summary``) around it."""
 from pipeline.batch.checkpoints import Checkpoint, checkpoint_root
 from pipeline.batch.nightly import PENDING, run_nightly, select_flights
 from pipeline.batch.summary import FlightOutcome, NightlySummary

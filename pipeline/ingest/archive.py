@@ -16,7 +16,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, one_line
 from pipeline.ingest.raster import shown
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg")
@@ -111,7 +111,7 @@ def safe_extract(zip_path: Path, dest: Path, limits) -> list[Member]:
                 out.append(Member(decoded, target))
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
             shutil.rmtree(dest, ignore_errors=True)
-            raise InputError(f"{name} is damaged ({str(e).splitlines()[0][:80] if str(e) else type(e).__name__}); "
+            raise InputError(f"{name} is damaged ({one_line(e, 80)}); "
                              f"zip the files again") from None
         except BaseException:
             shutil.rmtree(dest, ignore_errors=True)

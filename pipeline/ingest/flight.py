@@ -28,7 +28,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, one_line
 from pipeline.ingest.raster import (
     RASTER_KINDS,
     check_name,
@@ -66,10 +66,6 @@ def work_dir(settings) -> Path:
     return Path(settings.ingest.work_dir).expanduser().resolve()
 
 
-def _line(e: BaseException) -> str:
-    return " ".join(str(e).split())
-
-
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
     tmp.write_text(text, encoding="utf-8")
@@ -87,7 +83,7 @@ def _collect(paths: list[Path], settings, refused: list) -> list[_Item]:
             check_name(p)
             kind = sniff(p)
         except InputError as e:
-            refused.append((name, _line(e)))
+            refused.append((name, one_line(e)))
             return
         if kind in RASTER_KINDS or kind == "jpeg":
             items.append(_Item(name, p, "jpeg" if kind == "jpeg" else "tiff"))
@@ -99,7 +95,7 @@ def _collect(paths: list[Path], settings, refused: list) -> list[_Item]:
                 try:
                     safe_extract(p, part, settings.ingest)
                 except InputError as e:
-                    refused.append((name, _line(e)))
+                    refused.append((name, one_line(e)))
                     return
                 try:
                     os.replace(part, dest)
@@ -173,7 +169,7 @@ def _orthos(items: list[_Item], settings, team, refused) -> IngestResult:
         try:
             info = describe_ortho(it.path, store_crs, settings.ingest.max_raster_mpix)
         except InputError as e:
-            refused.append((it.name, _line(e)))
+            refused.append((it.name, one_line(e)))
             continue
         good.append((it, info))
     if not good:
@@ -213,16 +209,16 @@ def _photos(items: list[_Item], settings, team, refused) -> IngestResult:
         try:
             photo = read_photo(it.path.resolve(), it.name)
         except InputError as e:
-            refused.append((it.name, _line(e)))
+            refused.append((it.name, one_line(e)))
             continue
         try:
             frame = georeference(photo, settings.ingest, store_crs)
         except InputError as e:
             if "oblique" in str(e):
-                evidence.append((photo, _line(e)))
-                notes.append(_line(e))
+                evidence.append((photo, one_line(e)))
+                notes.append(one_line(e))
             else:
-                refused.append((it.name, _line(e)))
+                refused.append((it.name, one_line(e)))
             continue
         notes += photo.notes
         frames.append((photo, frame))

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.values import is_missing as missing  # noqa: F401  (the reports' name for it)
+
 # field id -> (zh, en)
 FIELDS: dict[str, tuple[str, str]] = {
     "case_no": ("案件编号", "Case no."),
@@ -141,17 +143,6 @@ def status_label(status: Any, lang: str, rules=None) -> str:
     if lang == "en" or rules is None:
         return s.replace("_", " ")
     return rules.lifecycle.states.get(s, s)
-
-
-def missing(v: Any) -> bool:
-    if v is None:
-        return True
-    if isinstance(v, (list, dict, tuple)):
-        return False
-    try:
-        return bool(pd.isna(v))
-    except (TypeError, ValueError):
-        return False
 
 
 def text(v: Any) -> str:

@@ -8,7 +8,6 @@ the reason). The detector is injectable (``create_app(..., detector=)``: a tile 
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
@@ -86,7 +85,7 @@ class Processor:
             flight = store.get_flight(flight_id)
             if flight is None:
                 return
-            claim = store.claim_flight(flight_id) if hasattr(store, "claim_flight") else contextlib.nullcontext()
+            claim = store.claim_flight(flight_id)
             if claim is None:                       # the nightly run holds it
                 log.warning("flight %s is being processed elsewhere; not started", flight_id)
                 return

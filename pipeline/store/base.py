@@ -1,4 +1,7 @@
-"""The store interface every backend implements (``core.SqlStore`` holds the table methods once).
+"""The store every backend is: the table methods once, in SQL both backends speak, on a few
+dialect hooks each backend supplies (running a statement with ``?`` placeholders, the
+transaction and its lock, geometry encoding, the bounding-box filter, the bulk write, the
+migrations' DDL): ``gpkg.py`` (embedded SQLite/GeoPackage) and ``postgis.py`` (PostgreSQL).
 
 Conventions shared by all backends (the contract suite in tests/test_store_contract.py
 checks them):
@@ -23,12 +26,22 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import re
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
 import geopandas as gpd
+import numpy as np
 import pandas as pd
+import shapely
+from pyproj import CRS
+
+from pipeline.errors import StoreError
+from pipeline.store.core import check_bbox, from_sql, in_clause, q, to_sql
+from pipeline.store.schema import COUNTED, TABLES, USERS, Table
+from pipeline.values import is_missing, iso_datetime, plain
 
 BBox = tuple[float, float, float, float]      # minx, miny, maxx, maxy in the store CRS
 When = str | date | datetime | pd.Timestamp
@@ -72,21 +85,35 @@ class Store(abc.ABC):
     case_prefix: str
     #: where the store lives (file path or URL)
     url: str
+    #: [(version, description, step(store))] of the backend's DDL
+    MIGRATIONS: list[tuple[int, str, Any]] = []
+    _crs: CRS
 
     @property
     def display_url(self) -> str:
         """The location as shown to users (a backend hides passwords)."""
         return self.url
 
-    # ------------------------------------------------------------ lifecycle
-    @abc.abstractmethod
     def migrate(self) -> int:
         """Create or upgrade the schema to the newest version (idempotent, safe when two
         processes call it at once). Returns the schema version now in force."""
+        with self.transaction():
+            self._migration_lock()
+            current = self._version()
+            for version, description, step in self.MIGRATIONS:
+                if version > current:
+                    step(self)
+                    self._x("INSERT INTO schema_version (version, applied_at, description) VALUES (?, ?, ?)",
+                            (version, iso_datetime(datetime.now()), description))
+            self._check_crs()
+            return self._version()
 
-    @abc.abstractmethod
     def status(self) -> dict[str, Any]:
         """``{"backend", "url", "crs", "version", "latest_version", "counts": {table: rows}}``."""
+        version = self._version()
+        counts = {t: int(self._rows(f"SELECT COUNT(*) FROM {q(t)}")[0][0]) for t in COUNTED} if version else {}
+        return {"backend": self.backend, "url": self.display_url, "crs": self.crs, "version": version,
+                "latest_version": self.MIGRATIONS[-1][0], "counts": counts}
 
     @abc.abstractmethod
     def transaction(self) -> contextlib.AbstractContextManager[None]:
@@ -105,27 +132,50 @@ class Store(abc.ABC):
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # ------------------------------------------------------------ flights
-    @abc.abstractmethod
     def upsert_flight(self, flight: Mapping[str, Any]) -> None:
         """Insert or update one flight by ``flight_id`` (keys as in the Flight dict of
         ARCHITECTURE.md; ``footprint`` a shapely polygon in the store CRS). Keys absent
         from the mapping keep their stored value; a new flight defaults to status 'uploaded'."""
+        table = TABLES["flight"]
+        if not flight.get("flight_id"):
+            raise StoreError("upsert_flight: the flight has no flight_id")
+        if flight.get("status") is not None and flight["status"] not in FLIGHT_STATUSES:
+            raise StoreError(f"flight {flight['flight_id']}: unknown status '{flight['status']}'; "
+                             f"use one of {', '.join(FLIGHT_STATUSES)}")
+        row = {k: v for k, v in flight.items() if k in table.names and k != "footprint"}
+        frame = gpd.GeoDataFrame({k: [v] for k, v in row.items()},
+                                 geometry=gpd.GeoSeries([flight.get("footprint")], crs=self.crs), crs=self.crs)
+        frame = frame.rename_geometry("footprint")
+        if "footprint" not in flight:
+            frame = pd.DataFrame(frame.drop(columns="footprint"))
+        self._upsert(table, frame, fill={"status": "uploaded"})
 
-    @abc.abstractmethod
     def get_flight(self, flight_id: str) -> dict[str, Any] | None:
         """The flight as a dict (every column; captured_at/processed_at as datetime,
         footprint a shapely geometry or None), or None if unknown."""
+        gdf = self._frame(TABLES["flight"], "flight_id = ?", [flight_id])
+        return {k: plain(v) for k, v in gdf.iloc[0].items()} if len(gdf) else None
 
-    @abc.abstractmethod
     def list_flights(self, status: str | Sequence[str] | None = None) -> gpd.GeoDataFrame:
         """Flights, oldest capture first; the geometry column is ``footprint``."""
+        where, params = in_clause("status", status)
+        return self._frame(TABLES["flight"], where, params, order="captured_at NULLS FIRST, flight_id")
 
-    @abc.abstractmethod
     def set_flight_status(self, flight_id: str, status: str, error: str | None = None,
                           model_version: str | None = None) -> None:
         """Set status (one of FLIGHT_STATUSES) and error; 'done'/'failed' stamp processed_at.
         An unknown flight or status raises StoreError."""
+        if status not in FLIGHT_STATUSES:
+            raise StoreError(f"flight {flight_id}: unknown status '{status}'; "
+                             f"use one of {', '.join(FLIGHT_STATUSES)}")
+        with self.transaction():
+            if not self._rows("SELECT 1 FROM flight WHERE flight_id = ?", [flight_id]):
+                raise StoreError(f"flight {flight_id} is not in the store; register it first")
+            self._x("UPDATE flight SET status = ?, error = ?, model_version = COALESCE(?, model_version) "
+                    "WHERE flight_id = ?", (status, error, model_version, flight_id))
+            if status in ("done", "failed"):
+                self._x("UPDATE flight SET processed_at = ? WHERE flight_id = ?",
+                        (iso_datetime(datetime.now()), flight_id))
 
     @abc.abstractmethod
     def claim_flight(self, flight_id: str) -> Claim | None:
@@ -135,24 +185,33 @@ class Store(abc.ABC):
         finds a flight 'processing' with a free claim knows it was interrupted. It guards the
         work on a flight (the nightly run); writes still go through ``transaction()``."""
 
-    # ------------------------------------------------------------ detections
-    @abc.abstractmethod
     def replace_detections(self, flight_id: str, gdf: gpd.GeoDataFrame) -> int:
         """Replace every detection of the flight with ``gdf`` (class_name, confidence,
         area_m2, geometry; optional detection_id, else ``{flight_id}-{n:05d}`` in row order).
         Idempotent: running it twice leaves one copy. The flight must exist."""
+        if not isinstance(gdf, gpd.GeoDataFrame):
+            raise StoreError(f"replace_detections({flight_id}): expected a GeoDataFrame")
+        frame = gdf.copy()
+        frame["flight_id"] = flight_id
+        if "detection_id" not in frame.columns:
+            frame["detection_id"] = [f"{flight_id}-{i:05d}" for i in range(len(frame))]
+        if "area_m2" not in frame.columns and len(frame):
+            frame["area_m2"] = frame.to_crs(self._crs).area if frame.crs else frame.area
+        with self.transaction():
+            if not self._rows("SELECT 1 FROM flight WHERE flight_id = ?", [flight_id]):
+                raise StoreError(f"flight {flight_id} is not in the store; register it before "
+                                 f"its detections")
+            self._x("DELETE FROM detection WHERE flight_id = ?", [flight_id])
+            return self._upsert(TABLES["detection"], frame)
 
-    @abc.abstractmethod
     def detections(self, flight_id: str | None = None, bbox: BBox | None = None) -> gpd.GeoDataFrame:
         """Detections of one flight (or all), optionally only those intersecting bbox."""
+        where, params = ("flight_id = ?", [flight_id]) if flight_id is not None else ("", [])
+        return self._frame(TABLES["detection"], where, params, bbox=bbox)
 
-    # ------------------------------------------------------------ registry
-    # Concrete on top of the backends' generic ``_frame`` / ``_upsert`` / ``_x``.
     def import_parcels(self, gdf: gpd.GeoDataFrame, replace: bool = False) -> int:
         """Upsert parcels by parcel_id (``replace=True`` first removes every parcel).
         Columns outside the table go to the JSON column ``attrs`` (e.g. 三调 BSM/TBBH/DLBM)."""
-        from pipeline.store.schema import TABLES
-        from pipeline.values import plain
         table = TABLES["parcel"]
         frame = gdf.copy()
         extra = [c for c in frame.columns if c not in table.names and c != frame.geometry.name]
@@ -161,78 +220,123 @@ class Store(abc.ABC):
                               for vals in frame[extra].itertuples(index=False, name=None)]
         with self.transaction():
             if replace:
-                self._x("DELETE FROM parcel")  # type: ignore[attr-defined]
-            return self._upsert(table, frame)  # type: ignore[attr-defined]
+                self._x("DELETE FROM parcel")
+            return self._upsert(table, frame)
 
     def parcels(self, bbox: BBox | None = None) -> gpd.GeoDataFrame:
         """Parcels, optionally only those intersecting bbox."""
-        from pipeline.store.schema import TABLES
-        return self._frame(TABLES["parcel"], bbox=bbox)  # type: ignore[attr-defined]
+        return self._frame(TABLES["parcel"], bbox=bbox)
 
     def import_zones(self, gdf: gpd.GeoDataFrame, replace: bool = False) -> int:
         """Upsert zones by zone_id (``replace=True`` first removes every zone)."""
-        from pipeline.store.schema import TABLES
         with self.transaction():
             if replace:
-                self._x("DELETE FROM zone")  # type: ignore[attr-defined]
-            return self._upsert(TABLES["zone"], gdf)  # type: ignore[attr-defined]
+                self._x("DELETE FROM zone")
+            return self._upsert(TABLES["zone"], gdf)
 
     def zones(self, bbox: BBox | None = None) -> gpd.GeoDataFrame:
         """Zones, optionally only those intersecting bbox."""
-        from pipeline.store.schema import TABLES
-        return self._frame(TABLES["zone"], bbox=bbox)  # type: ignore[attr-defined]
+        return self._frame(TABLES["zone"], bbox=bbox)
 
-    # ------------------------------------------------------------ cases
-    @abc.abstractmethod
     def cases(self, bbox: BBox | None = None, status: str | Sequence[str] | None = None,
               category: str | Sequence[str] | None = None, town: str | None = None,
               village: str | None = None, since: When | None = None,
               until: When | None = None) -> gpd.GeoDataFrame:
         """Cases with every column, ordered by case_no. ``since``/``until`` bound
         first_seen_at (created_at when first_seen_at is empty): since <= t < until."""
+        clauses, params = [], []
+        for name, value in (("status", status), ("category", category)):
+            w, p = in_clause(name, value)
+            if w:
+                clauses.append(w)
+                params += p
+        for name, value in (("town", town), ("village", village)):
+            if value is not None:
+                clauses.append(f"{q(name)} = ?")
+                params.append(value)
+        for value, op in ((since, ">="), (until, "<")):
+            if value is not None:
+                clauses.append(f"COALESCE(first_seen_at, created_at) {op} ?")
+                params.append(to_sql("datetime", value))
+        return self._frame(TABLES["cases"], " AND ".join(clauses), params, order="case_no", bbox=bbox)
 
-    @abc.abstractmethod
     def save_cases(self, gdf: gpd.GeoDataFrame) -> int:
         """Upsert by case_no (required). Only the frame's columns are written; a new case
         gets a case_uuid and created_at when the frame has none; updated_at is stamped
         unless given."""
+        table = TABLES["cases"]
+        frame = gdf.copy()
+        now = iso_datetime(datetime.now())
+        if "updated_at" not in frame.columns:
+            frame["updated_at"] = now
+        fill: dict[str, Any] = {"case_uuid": lambda i: str(uuid.uuid4()), "created_at": now, "status": "suspected"}
+        for c in table.columns:
+            if c.kind == "json":
+                fill[c.name] = to_sql("json", c.default)
+        return self._upsert(table, frame, fill=fill, keep=("case_uuid", "created_at"))
 
-    @abc.abstractmethod
     def allocate_case_numbers(self, year: int, n: int) -> list[str]:
         """Reserve ``n`` new case numbers ``f"{case_prefix}{year}-{seq:06d}"``, sequential,
         never handed out twice, even by concurrent writer processes (runs inside the write
         transaction; numbers of a rolled-back transaction are reused)."""
+        if n < 0:
+            raise StoreError(f"allocate_case_numbers: n must be >= 0, got {n}")
+        if n == 0:
+            return []
+        head = f"{self.case_prefix}{int(year)}-"
+        key = (self.case_prefix, int(year))
+        with self.transaction():      # writers hold the store's write lock: no one else counts now
+            self._x("INSERT INTO case_counter (prefix, year, last_seq) VALUES (?, ?, 0) "
+                    "ON CONFLICT (prefix, year) DO NOTHING", key)
+            last = self._rows("SELECT last_seq FROM case_counter WHERE prefix = ? AND year = ?", key)[0][0]
+            used = [int(s) for (no,) in self._rows("SELECT case_no FROM cases WHERE substr(case_no, 1, ?) = ?",
+                                                   (len(head), head))
+                    if re.fullmatch(r"[0-9]{1,18}", s := no[len(head):])]
+            start = max(int(last), max(used, default=0)) + 1
+            self._x("UPDATE case_counter SET last_seq = ? WHERE prefix = ? AND year = ?", (start + n - 1, *key))
+        return [f"{head}{s:06d}" for s in range(start, start + n)]
 
-    # ------------------------------------------------------------ history and evidence
-    @abc.abstractmethod
     def append_events(self, rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> list[int]:
         """Append case_event rows (case_no, at, actor, from_status, to_status, note);
         ``at`` defaults to now. Returns their event_ids. There is no update or delete:
         the backend refuses both."""
+        table = TABLES["case_event"]
+        records = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else [dict(r) for r in rows]
+        cols = [c for c in table.names if c != "event_id"]
+        now = iso_datetime(datetime.now())
+        insert = f"INSERT INTO case_event ({', '.join(map(q, cols))}) VALUES ({', '.join('?' * len(cols))}) " \
+                 f"RETURNING event_id"
+        ids = []
+        with self.transaction():
+            for r in records:
+                if is_missing(r.get("case_no")):
+                    raise StoreError("append_events: an event has no case_no; give every event one")
+                vals = [to_sql(table.column(c).kind, r.get(c)) for c in cols]
+                vals[cols.index("at")] = vals[cols.index("at")] or now
+                ids.append(int(self._x(insert, vals).fetchone()[0]))
+        return ids
 
-    @abc.abstractmethod
     def events(self, case_no: str | None = None) -> pd.DataFrame:
         """Events (event_id, case_no, at, actor, from_status, to_status, note) in order."""
+        where, params = ("case_no = ?", [case_no]) if case_no is not None else ("", [])
+        return self._frame(TABLES["case_event"], where, params, order="event_id")
 
     def add_evidence(self, rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> int:
         """Upsert evidence rows (case_no, flight_id, role, chip_path, file_hash,
         captured_at, gsd_m) by (case_no, flight_id, role)."""
-        from pipeline.store.schema import TABLES
         frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame([dict(r) for r in rows])
         if not len(frame):
             return 0
-        return self._upsert(TABLES["evidence"], frame)  # type: ignore[attr-defined]
+        return self._upsert(TABLES["evidence"], frame)
 
-    @abc.abstractmethod
     def evidence(self, case_no: str | None = None) -> pd.DataFrame:
         """Evidence rows of one case (or all), by captured_at."""
+        where, params = ("case_no = ?", [case_no]) if case_no is not None else ("", [])
+        return self._frame(TABLES["evidence"], where, params, order="captured_at NULLS FIRST, fid")
 
-    # ------------------------------------------------------------ web service accounts
-    # Concrete on top of the backends' generic ``_frame(table)`` / ``_upsert(table, frame)``.
     def users(self) -> pd.DataFrame:
         """Web service accounts (table ``users``: username, password_hash, role, towns
         (list), display_name, disabled (0/1), created_at, updated_at), by username."""
-        from pipeline.store.schema import USERS
         return self._frame(USERS).sort_values("username").reset_index(drop=True)
 
     def get_user(self, username: str) -> dict[str, Any] | None:
@@ -243,13 +347,136 @@ class Store(abc.ABC):
 
     def save_user(self, user: Mapping[str, Any]) -> None:
         """Insert or update one account by username; keys absent keep their stored value."""
-        from pipeline.store.schema import USERS
         row = {k: v for k, v in dict(user).items() if k in USERS.names}
         if not row.get("username"):
-            from pipeline.errors import StoreError
             raise StoreError("save_user: the account has no username")
         now = datetime.now().replace(microsecond=0)
         with self.transaction():
             known = self.get_user(row["username"])
             row = {**(known or {"created_at": now}), **row, "updated_at": now}
-            self._upsert(USERS, pd.DataFrame([row]))  # type: ignore[attr-defined]
+            self._upsert(USERS, pd.DataFrame([row]))
+
+    # ------------------------------------------------------------ backend dialect
+    @abc.abstractmethod
+    def _x(self, query: str, params: Sequence = ()) -> Any:
+        """Run one statement inside the current transaction; a cursor."""
+
+    @abc.abstractmethod
+    def _rows(self, query: str, params: Sequence = ()) -> list[tuple]:
+        """Rows of a query (inside a transaction on its connection, else any)."""
+
+    @abc.abstractmethod
+    def _encode(self, geoms: Sequence, table: Table) -> list:
+        """Shapely polygons → the backend's geometry values (None for missing/empty)."""
+
+    @abc.abstractmethod
+    def _select_geometry(self, column: str) -> str:
+        """The SELECT expression that reads a geometry column as WKB."""
+
+    @abc.abstractmethod
+    def _decode(self, values: Sequence) -> np.ndarray:
+        """Read geometry values → shapely array."""
+
+    @abc.abstractmethod
+    def _bbox_clause(self, table: Table, bbox: tuple[float, float, float, float]) -> tuple[str, list]:
+        """WHERE clause (and params) of rows whose geometry may intersect bbox."""
+
+    @abc.abstractmethod
+    def _write(self, table: Table, cols: list[str], rows: list[tuple], conflict: str) -> None:
+        """Bulk INSERT of rows into cols with the ``ON CONFLICT …`` clause."""
+
+    @abc.abstractmethod
+    def _version(self) -> int:
+        """Schema version in force (0 when none)."""
+
+    def _migration_lock(self) -> None:
+        """Taken inside migrate()'s transaction before the version is read (optional)."""
+
+    def _stored_crs(self) -> str | None:
+        rows = self._rows("SELECT value FROM store_meta WHERE key = 'crs'")
+        return rows[0][0] if rows else None
+
+    def _check_crs(self) -> None:
+        stored = self._stored_crs()
+        if stored and not CRS.from_user_input(stored).equals(self._crs, ignore_axis_order=True):
+            raise StoreError(f"store {self.display_url} holds geometries in {stored}, settings say "
+                             f"{self.crs}; set store.crs to {stored} or use another store")
+
+    def _frame(self, table: Table, where: str = "", params: Sequence = (), order: str = "",
+               bbox: BBox | None = None) -> gpd.GeoDataFrame | pd.DataFrame:
+        names, geom = table.names, table.geometry
+        clauses, params = ([where] if where else []), list(params)
+        if bbox is not None:
+            box = check_bbox(bbox)
+            clause, extra = self._bbox_clause(table, box)
+            clauses.append(clause)
+            params += extra
+        cols = [self._select_geometry(c.name) if c.kind == "geometry" else
+                f"CAST({q(c.name)} AS TEXT)" if c.kind == "json" else q(c.name) for c in table.columns]
+        query = f"SELECT {', '.join(cols)} FROM {q(table.name)}"
+        if clauses:
+            query += " WHERE " + " AND ".join(f"({c})" for c in clauses)
+        query += f" ORDER BY {order or ('event_id' if table.name == 'case_event' else 'fid')}"
+        rows = self._rows(query, params)
+        values = list(zip(*rows)) if rows else [[] for _ in names]
+        data = {c.name: from_sql(c.kind, list(v), c.default)
+                for c, v in zip(table.columns, values) if c.kind != "geometry"}
+        if geom is None:
+            return pd.DataFrame(data, columns=names)
+        data[geom] = gpd.GeoSeries(self._decode(values[names.index(geom)]), crs=self.crs)
+        gdf = gpd.GeoDataFrame(data, columns=names, geometry=geom, crs=self.crs)
+        if bbox is not None and len(gdf):
+            gdf = gdf[shapely.intersects(gdf.geometry.values, shapely.box(*box))].reset_index(drop=True)
+        return gdf
+
+    def _prepare(self, table: Table, frame: pd.DataFrame) -> tuple[list[str], list[tuple]]:
+        """Columns of ``frame`` the table knows, and rows converted for SQL."""
+        geom = table.geometry
+        if isinstance(frame, gpd.GeoDataFrame) and geom:
+            if frame.geometry.name != geom:
+                if geom in frame.columns:
+                    frame = frame.drop(columns=[geom])
+                frame = frame.rename_geometry(geom)
+            if frame.crs is not None and not frame.crs.equals(self._crs):
+                frame = frame.to_crs(self._crs)
+        cols = [c for c in table.names if c in frame.columns]
+        values = []
+        for name in cols:
+            col = table.column(name)
+            if col.kind == "geometry":
+                values.append(self._encode(frame[name].values, table))
+            else:
+                values.append([to_sql(col.kind, v, col.default) for v in frame[name].tolist()])
+            if col.required and any(v is None for v in values[-1]):
+                raise StoreError(f"table {table.name}: column {name} is empty in some rows; "
+                                 f"give every row a {name}")
+        return cols, list(zip(*values)) if values else []
+
+    def _upsert(self, table: Table, frame: pd.DataFrame, fill: Mapping[str, Any] | None = None,
+                keep: Sequence[str] = ()) -> int:
+        """INSERT … ON CONFLICT (key) DO UPDATE of the frame's columns; ``fill`` gives values for
+        new rows only (callables get the row index), ``keep`` columns keep their stored values."""
+        cols, rows = self._prepare(table, frame)
+        for k in table.key:
+            if k not in cols:
+                raise StoreError(f"table {table.name}: the frame has no {k} column; add one")
+        if not rows:
+            return 0
+        keys = [tuple(r[cols.index(k)] for k in table.key) for r in rows]
+        if len(set(keys)) != len(keys):
+            seen, dup = set(), set()
+            for k in keys:
+                (dup if k in seen else seen).add(k)
+            raise StoreError(f"table {table.name}: duplicate {'/'.join(table.key)} in the frame: "
+                             f"{', '.join('/'.join(map(str, k)) for k in sorted(dup)[:5])}; make them unique")
+        extra = [c for c in (fill or {}) if c not in cols]
+        if extra:
+            rows = [r + tuple(fill[c](i) if callable(fill[c]) else fill[c] for c in extra)
+                    for i, r in enumerate(rows)]
+        sets = [f"{q(c)} = COALESCE({q(table.name)}.{q(c)}, EXCLUDED.{q(c)})" if c in keep
+                else f"{q(c)} = EXCLUDED.{q(c)}" for c in cols if c not in table.key]
+        conflict = f"ON CONFLICT ({', '.join(map(q, table.key))}) DO " + \
+            (f"UPDATE SET {', '.join(sets)}" if sets else "NOTHING")
+        with self.transaction():
+            self._write(table, cols + extra, rows, conflict)
+        return len(rows)

@@ -5,7 +5,7 @@ Feature tables (flight, detection, parcel, zone, cases) carry a GeoPackage geome
 standard GeoPackage triggers; case_event and evidence are GeoPackage attribute tables.
 Internal tables (store_meta, schema_version, case_counter) are not registered as layers.
 WAL journal: readers never wait for the writer; writers take the lock at BEGIN IMMEDIATE
-and wait up to ``busy_timeout`` for each other. The table methods are ``core.SqlStore``'s;
+and wait up to ``busy_timeout`` for each other. The table methods are ``base.Store``'s;
 this module supplies the SQLite dialect, the connection and the GeoPackage DDL.
 """
 from __future__ import annotations
@@ -26,8 +26,8 @@ import shapely
 from pyproj import CRS
 
 from pipeline.errors import StoreError
-from pipeline.store.base import Claim
-from pipeline.store.core import SqlStore, from_wkb, multipolygons, projected_crs, q, table_columns
+from pipeline.store.base import Claim, Store
+from pipeline.store.core import from_wkb, multipolygons, projected_crs, q, table_columns
 from pipeline.store.schema import TABLES, Table
 
 APPLICATION_ID = 0x47504B47          # "GPKG"
@@ -91,7 +91,7 @@ def _st_is_empty(blob) -> int | None:
 
 
 # ------------------------------------------------------------------ the store
-class GpkgStore(SqlStore):
+class GpkgStore(Store):
     """The embedded GeoPackage store at ``path``; see the module docstring."""
 
     backend = "gpkg"

@@ -15,7 +15,7 @@ primary key).
 - Bulk loads (detections, parcels, zones, cases, evidence) go through COPY into a
   temporary staging table (geometries as hex EWKB), then one INSERT … ON CONFLICT.
 - SQL is parameterised; identifiers are quoted (``core.q``) or composed with ``psycopg.sql``.
-  The table methods are ``core.SqlStore``'s (``?`` placeholders, turned into ``%s`` here);
+  The table methods are ``base.Store``'s (``?`` placeholders, turned into ``%s`` here);
   this module supplies the PostgreSQL dialect, the pool and the PostGIS DDL.
 - A connection found dead at the start of a transaction (or of a read) is replaced and
   the statement retried; one lost in the middle of a write fails with one StoreError
@@ -39,8 +39,8 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from pipeline.errors import StoreError, one_line
-from pipeline.store.base import Claim
-from pipeline.store.core import SqlStore, from_wkb, multipolygons, projected_crs, q, table_columns
+from pipeline.store.base import Claim, Store
+from pipeline.store.core import from_wkb, multipolygons, projected_crs, q, table_columns
 from pipeline.store.schema import TABLES, Table
 
 WRITE_LOCK = 0x4C57_5752          # advisory lock keys ("LWWR", "LWMG")
@@ -87,7 +87,7 @@ def ewkb_hex(geoms: Sequence, srid: int, table: str = "") -> list[str | None]:
 
 
 # ------------------------------------------------------------------ the store
-class PostgisStore(SqlStore):
+class PostgisStore(Store):
     """The PostGIS store at ``url`` (``postgresql://user[:password]@host[:port]/db``)."""
 
     backend = "postgis"

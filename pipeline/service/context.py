@@ -1,0 +1,332 @@
+"""What every router of the web service shares: the service's state (settings, store, rules,
+signer, uploads, processor, templates), who is asking (``Auth``, the role dependencies) and
+the case/flight views the pages and the API both show. The stages are called, never
+re-implemented: ``run.register_flight``, ``run.process_flight`` (through ``jobs.Processor``),
+``track.change_status``, ``report.map.build_map``, ``report.evidence``, ``report.lists``.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import html
+import json
+import re
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote
+
+import pandas as pd
+from fastapi import Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, Field
+
+from pipeline.errors import InputError, PatrolError
+from pipeline.report.common import CATEGORIES, label, rule_texts, status_label, text
+from pipeline.service import auth as A
+from pipeline.service.jobs import Processor
+from pipeline.service.uploads import Uploads
+
+HERE = Path(__file__).parent
+STATIC = HERE / "static"
+CASE_NO_RE = r"^[A-Za-z0-9_\-]{1,40}$"
+FLIGHT_ID_RE = r"^[0-9a-f]{16}$"
+CHIP_RE = re.compile(r"^([A-Za-z0-9\-]{1,40})_[A-Za-z0-9_\-]{1,80}\.png$")
+NAME_RE = re.compile(r"^[A-Za-z0-9_\-]{1,80}\.(png|jpg)$")
+MAPS_KEPT = 24                     # cached review maps (one per officer scope and store state)
+EXPORT_FORMATS = ("xlsx", "csv", "geojson", "kml", "kmz", "gpkg")
+MEDIA = {"xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", "csv": "text/csv",
+         "geojson": "application/geo+json", "kml": "application/vnd.google-earth.kml+xml",
+         "kmz": "application/vnd.google-earth.kmz", "gpkg": "application/geopackage+sqlite3"}
+
+
+# ---------------------------------------------------------------- errors
+class HTTPProblem(Exception):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+class NotAuthenticated(HTTPProblem):
+    def __init__(self):
+        super().__init__(401, "sign in first", {"WWW-Authenticate": "Bearer"})
+
+
+def is_api(request: Request) -> bool:
+    return request.url.path.startswith("/api/") or request.url.path == "/api"
+
+
+# ---------------------------------------------------------------- request models (API)
+class StatusChange(BaseModel):
+    to_status: str = Field(..., max_length=40, description="next lifecycle state (rules.yaml)")
+    note: str = Field(..., min_length=1, max_length=4000, description="why (kept in the case history)")
+    order_no: str | None = Field(None, max_length=100, description="order number (to ordered)")
+    deadline: date | None = Field(None, description="整改期限 (to ordered)")
+    demolished_area_m2: float | None = Field(None, ge=0, le=1e7, description="(to demolished)")
+
+
+@dataclass
+class Auth:
+    user: A.User
+    via: Literal["session", "token"]
+    csrf: str | None = None
+
+
+# ---------------------------------------------------------------- the service
+@dataclass
+class Service:
+    """The state of one running service and the views its routers share."""
+    settings: Any
+    store: Any
+    rules: Any
+    signer: A.Signer
+    uploads: Uploads
+    processor: Processor
+    work: Path
+    templates: Jinja2Templates
+    map_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def start(cls, settings, detector: Any = None, store=None) -> "Service":
+        from pipeline.rules import load_rules
+        from pipeline.store import open_store
+
+        svc = settings.service
+        rules = load_rules(settings.rules_path)
+        if store is None:
+            store = open_store(settings.store.url, settings.store.crs, case_prefix=settings.district.case_prefix)
+        work = Path(svc.work_dir).expanduser().resolve()
+        (work / "maps" / "ortho").mkdir(parents=True, exist_ok=True)
+        (work / "chips").mkdir(parents=True, exist_ok=True)
+        templates = Jinja2Templates(directory=str(HERE / "templates"))
+        templates.env.globals["css"] = (STATIC / "service.css").read_text(encoding="utf-8")
+        templates.env.globals["district"] = settings.district.name
+        return cls(settings, store, rules,
+                   A.Signer(A.load_secret(svc.secret_file), svc.session_hours * 3600, svc.token_hours * 3600),
+                   Uploads(svc.upload_dir, svc.max_upload_mb * 2**20, svc.chunk_mb * 2**20),
+                   Processor(settings, detector), work, templates)
+
+    @property
+    def lifecycle(self):
+        return self.rules.lifecycle
+
+    @property
+    def lang(self) -> str:
+        return self.settings.report.language
+
+    def slabel(self, s: Any) -> str:
+        return status_label(s, self.lang, self.rules)
+
+    # ------------------------------------------------------------ responses
+    def render(self, request: Request, name: str, ctx: dict, status: int = 200) -> HTMLResponse:
+        a: Auth | None = getattr(request.state, "auth", None)
+        base = {"user": a.user if a else None, "csrf": a.csrf if a else "", "slabel": self.slabel}
+        return self.templates.TemplateResponse(request, name, {**base, **ctx}, status_code=status)
+
+    def problem(self, request: Request, status: int, message: str, headers: dict | None = None) -> Response:
+        if is_api(request):
+            return JSONResponse({"detail": message}, status_code=status, headers=headers)
+        if status == 401:
+            nxt = request.url.path + (f"?{request.url.query}" if request.url.query else "") \
+                if request.method == "GET" else "/"
+            return RedirectResponse(f"/login?next={quote(nxt, safe='')}", status_code=303)
+        return self.render(request, "error.html", {"status": status, "message": message}, status)
+
+    # ------------------------------------------------------------ who is asking
+    def current(self, request: Request) -> Auth | None:
+        header = request.headers.get("authorization", "")
+        if header[:7].lower() == "bearer ":
+            user = A.user_for(self.store, self.signer.read_token(header[7:].strip()))
+            return Auth(user, "token") if user else None
+        claims = self.signer.read_session(request.cookies.get(A.SESSION_COOKIE, ""))
+        user = A.user_for(self.store, claims)
+        return Auth(user, "session", claims.get("c")) if user else None
+
+    # ------------------------------------------------------------ flights
+    def flight_row(self, f: dict) -> dict:
+        st = self.processor.state(f["flight_id"])
+        return {"flight_id": f["flight_id"], "captured_at": text(f.get("captured_at")), "team": text(f.get("team")),
+                "status": text(f.get("status")), "error": text(f.get("error")),
+                "processed_at": text(f.get("processed_at")),
+                "gsd_m": f.get("gsd_m") if pd.notna(f.get("gsd_m")) else None,
+                "model_version": text(f.get("model_version")), "file": Path(text(f.get("path"))).name,
+                "queue": st or ("nightly" if f.get("status") == "uploaded" else "")}
+
+    def visible_flights(self, user: A.User) -> list[dict]:
+        fl = self.store.list_flights()
+        rows = [self.flight_row(r) for r in fl.drop(columns=fl.geometry.name).to_dict("records")]
+        if not user.is_admin:
+            rows = [r for r in rows if r["team"] == user.username]
+        return sorted(rows, key=lambda r: r["captured_at"], reverse=True)
+
+    def one_flight(self, user: A.User, flight_id: str) -> dict:
+        f = self.store.get_flight(flight_id)
+        if f is None or (not user.is_admin and f.get("team") != user.username):
+            raise HTTPProblem(404, f"flight {flight_id} not found among your flights")
+        f.pop("footprint", None)
+        return self.flight_row(f)
+
+    def start_processing(self, user: A.User, flight_id: str) -> dict:
+        if not re.match(FLIGHT_ID_RE, flight_id):
+            raise HTTPProblem(404, f"flight {flight_id} not found")
+        if not self.settings.service.process_now:
+            raise HTTPProblem(403, "processing now is switched off (service.process_now); the nightly run will do it")
+        self.one_flight(user, flight_id)
+        self.processor.submit(flight_id)
+        return self.one_flight(user, flight_id)
+
+    def upload_info(self, info: dict) -> dict:
+        return {k: info[k] for k in ("upload_id", "filename", "size", "offset", "created")} | \
+            {"chunk_size": self.uploads.chunk_bytes, "complete": info["offset"] == info["size"]}
+
+    # ------------------------------------------------------------ cases
+    def scoped_cases(self, user: A.User, **filters):
+        cases = self.store.cases(**{k: v for k, v in filters.items() if v})
+        if user.is_admin or not len(cases):
+            return cases
+        keep = [user.sees(t, v) for t, v in zip(cases["town"], cases["village"])]
+        return cases[keep]
+
+    def one_case(self, user: A.User, case_no: str):
+        cases = self.store.cases()
+        hit = cases[cases["case_no"] == case_no]
+        if not len(hit) or not user.sees(hit["town"].iloc[0], hit["village"].iloc[0]):
+            raise HTTPProblem(404, f"case {case_no} not found among your cases")
+        return hit
+
+    def case_summary(self, c: dict) -> dict:
+        pr = c.get("reasons", {}).get("priority") if isinstance(c.get("reasons"), dict) else None
+        return {"case_no": c["case_no"], "status": text(c.get("status")), "status_label": self.slabel(c.get("status")),
+                "category": text(c.get("category")), "category_label": label(CATEGORIES, c.get("category"), self.lang),
+                "town": text(c.get("town")), "village": text(c.get("village")), "owner": text(c.get("owner")),
+                "area_m2": None if pd.isna(c.get("area_m2")) else round(float(c["area_m2"]), 1),
+                "priority": text(pr), "first_seen_at": text(c.get("first_seen_at"))[:10],
+                "assignee": text(c.get("assignee")), "deadline": text(c.get("deadline"))[:10]}
+
+    def case_detail(self, user: A.User, case_no: str) -> dict:
+        from pipeline.report.evidence import case_facts
+        g = self.one_case(user, case_no)
+        c = g.iloc[0].to_dict()
+        ev = self.store.events(case_no)
+        history = [{"at": text(e["at"]), "actor": text(e["actor"]), "from_status": text(e["from_status"]),
+                    "to_status": text(e["to_status"]),
+                    "from_label": self.slabel(e["from_status"]) if text(e["from_status"]) else "",
+                    "to_label": self.slabel(e["to_status"]), "note": text(e["note"])} for e in ev.to_dict("records")]
+        centre = g.to_crs("EPSG:4326").geometry.iloc[0].centroid
+        return {**self.case_summary(c), "facts": case_facts(c, self.lang, self.rules),
+                "reasons": rule_texts(c, self.lang, self.rules), "flags": list(c.get("flags") or []),
+                "history": history, "allowed": self.lifecycle.allowed(text(c.get("status")) or self.lifecycle.initial),
+                "lon": round(centre.x, 7), "lat": round(centre.y, 7)}
+
+    def chips_for(self, case_gdf) -> list[dict]:
+        """Evidence chips of one case (cut now if none recorded), copied under work/chips."""
+        from pipeline.report.common import safe_name
+        from pipeline.report.evidence import case_chips, make_chips
+        case_no = case_gdf["case_no"].iloc[0]
+        rows = case_chips(self.store.evidence(case_no), case_no)
+        if not rows:
+            make_chips(self.store, case_gdf, self.store.list_flights(), self.work,
+                       self.settings.report.chip_margin_m, progress=False)
+            rows = case_chips(self.store.evidence(case_no), case_no)
+        out = []
+        for r in rows:
+            src = Path(r["chip_path"]).resolve()
+            name = src.name if src.parent == self.work / "chips" and CHIP_RE.match(src.name) else \
+                f"{safe_name(case_no)}_{safe_name(r['flight_id'])}_{r['role']}.png"
+            dest = self.work / "chips" / name
+            if src != dest and (not dest.exists() or dest.stat().st_mtime < src.stat().st_mtime):
+                shutil.copyfile(src, dest)     # a chip cut by `patrol report` elsewhere
+            out.append({**r, "chip_path": str(dest), "name": name, "url": f"/chips/{quote(name)}",
+                        "date": text(r.get("captured_at"))[:10]})
+        return out
+
+    def apply_status(self, user: A.User, case_no: str, ch: StatusChange) -> dict:
+        from pipeline.track import change_status
+        self.one_case(user, case_no)
+        if not (ch.note or "").strip():
+            raise InputError(f"case {case_no}: give a note with the status change (it goes in the history)")
+        kw = {k: v for k, v in (("order_no", ch.order_no), ("deadline", ch.deadline),
+                                ("demolished_area_m2", ch.demolished_area_m2)) if v is not None}
+        ev = change_status(self.store, case_no, ch.to_status, user.username, ch.note.strip(), self.lifecycle, **kw)
+        return {k: text(v) if k == "at" else v for k, v in ev.items()}
+
+    def export(self, user: A.User, fmt: str, status: str | None) -> FileResponse:
+        from starlette.background import BackgroundTask
+
+        from pipeline.report.lists import export_cases
+        if fmt not in EXPORT_FORMATS:
+            raise HTTPProblem(404, f"no case list as '{fmt}'; use one of {', '.join(EXPORT_FORMATS)}")
+        cases = self.scoped_cases(user, status=status)
+        tmp = Path(tempfile.mkdtemp(prefix="export-", dir=self.work))
+        path = export_cases(cases, tmp / f"cases.{fmt}", fmt, lang=self.lang, rules=self.rules,
+                            evidence=self.store.evidence() if fmt in ("xlsx", "kmz") else None, crs=self.store.crs)
+        return FileResponse(path, media_type=MEDIA[fmt], filename=f"cases_{date.today():%Y%m%d}.{fmt}",
+                            background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True))
+
+    def review_map(self, user: A.User) -> Path:
+        """The offline report map of the officer's cases (cached per scope and store state)."""
+        from pipeline.report.map import build_map
+        cases = self.scoped_cases(user)
+        flights = self.store.list_flights()
+        events = self.store.events()
+        stamp = json.dumps([sorted(user.towns) if not user.is_admin else "*", len(cases),
+                            text(cases["updated_at"].max()) if len(cases) else "",
+                            int(events["event_id"].max()) if len(events) else 0,
+                            [[f, s] for f, s in zip(flights["flight_id"], flights["status"])]])
+        maps = self.work / "maps"
+        out = maps / f"{hashlib.sha256(stamp.encode()).hexdigest()[:20]}.html"
+        with self.map_lock:
+            if out.is_file():
+                return out
+            try:
+                build_map(self.store, self.settings, out, cases=cases, evidence=pd.DataFrame(), rules=self.rules,
+                          ortho_dir=maps / "ortho", sees=None if user.is_admin else user.sees)
+            except PatrolError as e:
+                out.write_text(f"<!doctype html><meta charset='utf-8'><p>{html.escape(str(e))}</p>",
+                               encoding="utf-8")
+                return out
+            page = out.read_text(encoding="utf-8")
+            hook = (STATIC / "map_hook.js").read_text(encoding="utf-8").replace("</script", "<\\/script")
+            out.write_text(page.replace("</html>", f"<script>{hook}</script>\n</html>", 1), encoding="utf-8")
+            for old in sorted(maps.glob("*.html"), key=lambda p: p.stat().st_mtime)[:-MAPS_KEPT]:
+                old.unlink(missing_ok=True)
+        return out
+
+
+# ---------------------------------------------------------------- dependencies
+def service(request: Request) -> Service:
+    return request.app.state.svc
+
+
+async def check_csrf(request: Request, a: Auth) -> None:
+    if request.method in ("GET", "HEAD", "OPTIONS") or a.via == "token":
+        return
+    sent = request.headers.get("x-csrf-token")
+    if sent is None and request.method == "POST" and request.headers.get("content-type", "").startswith(
+            ("application/x-www-form-urlencoded", "multipart/form-data")):
+        sent = (await request.form()).get("csrf_token")
+    if not (isinstance(sent, str) and a.csrf and hmac.compare_digest(sent, a.csrf)):
+        raise HTTPProblem(403, "the form's CSRF token is missing or stale; reload the page and try again")
+
+
+def need(*roles: str):
+    """A dependency: the signed-in account (401 without one), of one of ``roles`` (403 else),
+    with a valid CSRF token on a form post."""
+    async def dep(request: Request) -> Auth:
+        a = service(request).current(request)
+        if a is None:
+            raise NotAuthenticated()
+        request.state.auth = a
+        if roles and a.user.role not in roles:
+            raise HTTPProblem(403, f"your role ({a.user.role}) may not do this")
+        await check_csrf(request, a)
+        return a
+    return dep
+
+
+anyone, patrol, officer, admin = need(), need("patrol", "admin"), need("officer", "admin"), need("admin")

@@ -1,0 +1,103 @@
+"""Officers' pages: the review map beside the case table, the case page and its actions, chips,
+evidence sheets and case-list downloads."""
+from __future__ import annotations
+
+from datetime import date
+from urllib.parse import quote
+
+import pandas as pd
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+
+from pipeline.errors import InputError
+from pipeline.service.context import (CHIP_RE, EXPORT_FORMATS, NAME_RE, Auth, HTTPProblem, Service, StatusChange,
+                                      officer, service)
+
+router = APIRouter(include_in_schema=False)
+ACTIONS = {  # lifecycle state -> button text (officer's verb)
+    "verified": "Confirm 确认违法", "stopped": "Stop work 制止", "filed": "File 立案",
+    "ordered": "Order 责令整改/拆除", "demolished": "Demolished 已拆除", "rectified": "Rectified 已整改",
+    "rechecked": "Rechecked 已复查", "closed": "Close 销号", "lawful": "Dismiss: lawful 合法",
+    "unfounded": "Dismiss: unfounded 举报不实", "false_positive": "Dismiss: false positive 误报",
+    "suspected": "Reopen 重新核查"}
+
+
+@router.get("/review", response_class=HTMLResponse)
+def review_page(request: Request, a: Auth = Depends(officer), svc: Service = Depends(service)):
+    rows = [svc.case_summary(c) for c in svc.scoped_cases(a.user).to_dict("records")]
+    states = list(svc.lifecycle.states)
+    statuses = sorted({r["status"] for r in rows}, key=lambda s: states.index(s) if s in states else 99)
+    return svc.render(request, "review.html", {"cases": rows, "statuses": [(s, svc.slabel(s)) for s in statuses],
+                                               "formats": EXPORT_FORMATS})
+
+
+@router.get("/review/map", response_class=HTMLResponse)
+def review_map(a: Auth = Depends(officer), svc: Service = Depends(service)):
+    return HTMLResponse(svc.review_map(a.user).read_text(encoding="utf-8"),
+                        headers={"Content-Security-Policy":
+                                 "default-src 'self' data: blob: 'unsafe-inline' 'unsafe-eval'"})
+
+
+@router.get("/review/ortho/{name}")
+def review_ortho(name: str, a: Auth = Depends(officer), svc: Service = Depends(service)):
+    p = svc.work / "maps" / "ortho" / name
+    if not NAME_RE.match(name) or not p.is_file():
+        raise HTTPProblem(404, "not found")
+    return FileResponse(p)
+
+
+@router.get("/cases/{case_no}", response_class=HTMLResponse)
+def case_page(request: Request, case_no: str, a: Auth = Depends(officer), svc: Service = Depends(service)):
+    d = svc.case_detail(a.user, case_no)
+    chips = svc.chips_for(svc.one_case(a.user, case_no))
+    actions = [(s, ACTIONS.get(s, s), svc.slabel(s)) for s in d["allowed"]]
+    return svc.render(request, "case.html", {"c": d, "chips": chips, "actions": actions,
+                                             "can_act": a.user.role in ("officer", "admin")})
+
+
+@router.post("/cases/{case_no}/status")
+def case_action(case_no: str, a: Auth = Depends(officer), to_status: str = Form(..., max_length=40),
+                note: str = Form("", max_length=4000), order_no: str = Form("", max_length=100),
+                deadline: str = Form("", max_length=20), svc: Service = Depends(service)):
+    dl = None
+    if deadline:
+        try:
+            dl = date.fromisoformat(deadline)
+        except ValueError:
+            raise InputError(f"deadline '{deadline}' is not a date; use YYYY-MM-DD") from None
+    svc.apply_status(a.user, case_no, StatusChange.model_construct(
+        to_status=to_status, note=note, order_no=order_no or None, deadline=dl, demolished_area_m2=None))
+    return RedirectResponse(f"/cases/{quote(case_no)}#history", status_code=303)
+
+
+@router.get("/chips/{name}")
+def chip(name: str, a: Auth = Depends(officer), svc: Service = Depends(service)):
+    m = CHIP_RE.match(name)
+    p = svc.work / "chips" / name
+    if not m or not p.is_file():
+        raise HTTPProblem(404, "not found")
+    svc.one_case(a.user, m.group(1))
+    return FileResponse(p, media_type="image/png")
+
+
+@router.get("/sheets/{case_no}", response_class=HTMLResponse)
+def sheet(case_no: str, a: Auth = Depends(officer), svc: Service = Depends(service)):
+    from pipeline.report.evidence import write_evidence_sheets
+    g = svc.one_case(a.user, case_no)
+    paths = write_evidence_sheets(svc.store, g, pd.DataFrame(svc.chips_for(g)), svc.work, svc.settings, svc.rules,
+                                  svc.store.list_flights(), None, progress=False)
+    return HTMLResponse(paths[case_no].read_text(encoding="utf-8"))
+
+
+@router.get("/sheets/location/{name}")
+def sheet_location(name: str, a: Auth = Depends(officer), svc: Service = Depends(service)):
+    p = svc.work / "evidence" / "location" / name
+    if not NAME_RE.match(name) or not p.is_file():
+        raise HTTPProblem(404, "not found")
+    svc.one_case(a.user, name.rsplit(".", 1)[0])
+    return FileResponse(p)
+
+
+@router.get("/export/cases.{fmt}")
+def export_page(fmt: str, a: Auth = Depends(officer), status: str = "", svc: Service = Depends(service)):
+    return svc.export(a.user, fmt, status or None)
