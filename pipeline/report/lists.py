@@ -67,11 +67,16 @@ def _display(c: dict, field: str, lang: str, rules) -> Any:
     return text(v)
 
 
+def spreadsheet_safe(v: Any) -> Any:
+    """Text a spreadsheet would run as a formula (``=HYPERLINK(…)``, ``+1``, ``@SUM``) kept as text."""
+    return "'" + v if isinstance(v, str) and v.startswith(("=", "+", "-", "@", "\t", "\r")) else v
+
+
 def case_table(cases: gpd.GeoDataFrame, lang: str = "zh", rules=None, crs: str | None = None) -> pd.DataFrame:
-    """One row per case, display values, headers in the report language."""
+    """One row per case, display values (never a live formula), headers in the report language."""
     crs = crs or str(cases.crs)
     cases = cases.join(_coords(cases, crs)) if len(cases) else cases.assign(lon=[], lat=[], x=[], y=[])
-    rows = [[_display(c, f, lang, rules) for f in LIST_FIELDS] for c in cases.to_dict("records")]
+    rows = [[spreadsheet_safe(_display(c, f, lang, rules)) for f in LIST_FIELDS] for c in cases.to_dict("records")]
     return pd.DataFrame(rows, columns=[label(FIELDS, f, lang) for f in LIST_FIELDS])
 
 
