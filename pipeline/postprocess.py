@@ -1,10 +1,6 @@
-"""Boxes to map polygons and the detector's post-processing across tiles (or photo frames).
-
-Pixel convention: the top-left corner of tile pixel (col, row) is ``tile.transform * (col, row)``;
-YOLO's box corners use the same continuous pixel coordinates, so there is no half-pixel shift.
-Corners are mapped to the raster CRS; duplicates across tile seams are merged there (the minimum
-rotated rectangle around the parts), nested boxes dropped, then the result goes to the store CRS.
-"""
+"""Boxes to map polygons (tile pixel (col, row)'s top-left corner is ``tile.transform * (col, row)``,
+as YOLO's corners: no half-pixel shift) and the post-processing across tiles or photo frames in
+the raster CRS: seam duplicates merged (minimum rotated rectangle of the parts), nested boxes dropped."""
 from __future__ import annotations
 
 import numpy as np

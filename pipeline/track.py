@@ -11,6 +11,7 @@ lifecycle table of config/rules.yaml. Both are pure: the store persists their ou
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
@@ -433,8 +434,13 @@ def get_case(store: Any, case_no: str) -> gpd.GeoDataFrame:
 
 def change_status(store: Any, case_no: str, to_status: str, actor: str, note: str,
                   lifecycle: Lifecycle, now: datetime | None = None, **kw) -> dict:
-    """Validate and apply one officer's status change, writing the case and its
-    case_event in one store transaction. Returns the event."""
+    """Validate (CLI, web and API alike: a note, a demolished area of 0–10 000 000 m²) and apply one
+    officer's status change: the case and its case_event in one store transaction; the event."""
+    if not str(note or "").strip():
+        raise InputError(f"case {case_no}: give a note with the status change (it goes in the history)")
+    area = kw.get("demolished_area_m2")
+    if area is not None and not (math.isfinite(float(area)) and 0 <= float(area) <= 1e7):
+        raise InputError(f"case {case_no}: demolished area {area} is not 0–10000000 m²; give the area measured")
     with store.transaction():
         one = get_case(store, case_no).copy()
         ev = set_status(one, case_no, to_status, actor, note, lifecycle, now, **kw)

@@ -1,8 +1,5 @@
-"""The YOLO model on the CPU: weights (``.pt`` or exported ``.onnx``) in, oriented boxes out.
-
-Nothing is downloaded (``offline_ultralytics``); the task (obb or detect) and the ONNX input
-size are read from the weights themselves.
-"""
+"""The YOLO model on the CPU: weights (``.pt`` or ``.onnx``) in, oriented boxes out; nothing is
+downloaded (``offline_ultralytics``); task and ONNX input size are read from the weights."""
 from __future__ import annotations
 
 import os

@@ -243,6 +243,17 @@ def test_store_round_trip_and_cases_cli(tmp_path, capsys):
     assert err.count("\n") == 1 and "cannot go from ordered to closed" in err and "demolished" in err
     assert main(base + ["cases", "show", "LW2026-000404"]) == 2
     assert "LW2026-000404 is not in" in capsys.readouterr().err
+    # refused in one line, nothing written: an empty note, an area that is not a real number of m²
+    with open_store(url, CRS) as store:
+        before = (store.cases().drop(columns="geometry"), store.events())
+    for bad in (["--note", "  "], ["--note", "x", "--demolished-area", "inf"],
+                ["--note", "x", "--demolished-area", "-5"], ["--note", "x", "--demolished-area", "nan"]):
+        assert main(base + ["cases", "set-status", "LW2026-000001", "demolished", *bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err and ("note" in err or "demolished area" in err)
+    with open_store(url, CRS) as store:
+        pd.testing.assert_frame_equal(store.cases().drop(columns="geometry"), before[0])
+        pd.testing.assert_frame_equal(store.events(), before[1])
 
     with open_store(url, CRS) as store:
         c = one(store.cases(), "LW2026-000001")

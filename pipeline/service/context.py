@@ -26,7 +26,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
-from pipeline.errors import InputError, PatrolError
+from pipeline.errors import PatrolError
 from pipeline.report.common import CATEGORIES, label, rule_texts, status_label, text
 from pipeline.service import auth as A
 from pipeline.service.jobs import Processor
@@ -248,11 +248,10 @@ class Service:
     def apply_status(self, user: A.User, case_no: str, ch: StatusChange) -> dict:
         from pipeline.track import change_status
         self.one_case(user, case_no)
-        if not (ch.note or "").strip():
-            raise InputError(f"case {case_no}: give a note with the status change (it goes in the history)")
         kw = {k: v for k, v in (("order_no", ch.order_no), ("deadline", ch.deadline),
                                 ("demolished_area_m2", ch.demolished_area_m2)) if v is not None}
-        ev = change_status(self.store, case_no, ch.to_status, user.username, ch.note.strip(), self.lifecycle, **kw)
+        ev = change_status(self.store, case_no, ch.to_status, user.username, (ch.note or "").strip(), self.lifecycle,
+                           **kw)
         return {k: text(v) if k == "at" else v for k, v in ev.items()}
 
     def export(self, user: A.User, fmt: str, status: str | None) -> FileResponse:
