@@ -86,14 +86,15 @@ def demo(ctx, out_dir, seed, size_m, epochs):
 
 
 # ---------------------------------------------------------------- store, registry import, flights
-def open_ctx_store(ctx: Context, migrate: bool = True):
-    """The store named by the settings (``--store`` / PATROL_STORE / store.url); with
-    ``migrate=False`` an embedded store must exist already."""
+def open_ctx_store(ctx: Context, migrate: bool = True, create: bool = False):
+    """The store named by the settings (``--store`` / PATROL_STORE / store.url). An embedded store
+    must exist already unless ``create`` (db init, import, ingest, run, users add): a mistyped
+    path must not answer from a new empty store."""
     from pipeline.store import open_store
     s = ctx.settings
-    if not migrate and "://" not in s.store.url and not Path(s.store.url).expanduser().exists():
-        raise StoreError(f"store {s.store.url} does not exist; create it with `patrol db init` "
-                         f"or point --store at an existing one")
+    if not create and "://" not in s.store.url and not Path(s.store.url).expanduser().exists():
+        raise StoreError(f"store {s.store.url} does not exist; check --store (or create it with "
+                         f"`patrol db init`)")
     return open_store(s.store.url, s.store.crs, case_prefix=s.district.case_prefix, migrate=migrate)
 
 
@@ -110,8 +111,9 @@ def _import_command(kind: str, key: str, what: str):
     @pass_ctx
     def command(ctx, file, layer, replace):
         from pipeline import registry
-        gdf = getattr(registry, f"read_{kind}s")(Path(file), layer, store_crs=ctx.settings.store.crs)
-        with open_ctx_store(ctx) as store:
+        kinds = {"kinds": tuple(_ctx_rules(ctx).rules.illegal_land_use.zone_kinds)} if kind == "zone" else {}
+        gdf = getattr(registry, f"read_{kind}s")(Path(file), layer, store_crs=ctx.settings.store.crs, **kinds)
+        with open_ctx_store(ctx, create=True) as store:
             n = getattr(store, f"import_{kind}s")(gdf, replace=replace)
             total = store.status()["counts"][kind]
         click.echo(f"imported {n} {kind}s from {file} into {store.display_url} ({total} stored)")
@@ -133,7 +135,7 @@ def db_group():
 @pass_ctx
 def db_init(ctx):
     """Create the store (a GeoPackage file by default) with the newest schema."""
-    with open_ctx_store(ctx) as store:
+    with open_ctx_store(ctx, create=True) as store:
         st = store.status()
     click.echo(f"store {st['url']} ready: schema version {st['version']}, CRS {st['crs']}")
 
@@ -626,7 +628,7 @@ def _ask_password(password: str | None) -> str:
 def users_add(ctx, username, role, towns, display_name, password):
     """Create an account."""
     from pipeline.service.auth import add_user
-    with open_ctx_store(ctx) as store:
+    with open_ctx_store(ctx, create=True) as store:
         u = add_user(store, username, _ask_password(password), role, list(towns), display_name)
     click.echo(f"user {u.username} ({u.role}{': ' + ', '.join(u.towns) if u.towns else ''}) added")
 
@@ -724,7 +726,7 @@ def ingest_cmd(ctx, paths, team, each):
     groups = [[p] for p in paths] if each else [list(paths)]
     refused: list[tuple[str, str]] = []
     registered = 0
-    with open_ctx_store(ctx) as store:
+    with open_ctx_store(ctx, create=True) as store:
         for group in groups:
             mine: list[tuple[str, str]] = []
             notes: list[str] = []
@@ -761,7 +763,7 @@ def run_cmd(ctx, flight, team, force):
     FLIGHT is a flight id (see `patrol flights list`) or a path to register first."""
     from pipeline.run import process_flight, register_flight
 
-    store = open_ctx_store(ctx)
+    store = open_ctx_store(ctx, create=True)
     try:
         record = store.get_flight(flight)
         if record is None:

@@ -90,6 +90,15 @@ class ServiceSettings(Section):
     session_hours: float = Field(12.0, gt=0, description="a login session lasts this long")
     token_hours: float = Field(720.0, gt=0, description="an API bearer token lasts this long")
     process_now: bool = Field(True, description="admins may process a flight at once (else nightly only)")
+    upload_quota_mb: int = Field(0, ge=0, description="most the upload folder may hold (MiB; 0: the disk)")
+    upload_keep_hours: float = Field(48.0, gt=0, description="an unfinished upload untouched this long is removed")
+    login_backoff_after: int = Field(3, ge=1, description="failed sign-ins (per account or address) before "
+                                                          "each next try must wait, doubling up to a minute")
+    login_lockout_after: int = Field(10, ge=1, description="failed sign-ins that lock an account until an "
+                                                           "admin unlocks it (patrol users unlock)")
+    password_checks: int = Field(2, ge=1, description="password checks run at once (the rest wait briefly, "
+                                                      "then are told to retry), so a flood cannot starve users")
+    secure_cookies: bool = Field(False, description="mark cookies Secure (set true when served behind HTTPS)")
 
 
 class Sensor(Section):
@@ -122,6 +131,7 @@ class IngestSettings(Section):
     max_zip_mb: int = Field(51_200, ge=1, description="largest total a zip may unpack to (MiB)")
     max_zip_ratio: float = Field(200.0, gt=1, description="largest compression ratio of a zip member (zip bomb)")
     max_zip_files: int = Field(20_000, ge=1, description="most files a zip may hold")
+    work_quota_mb: int = Field(0, ge=0, description="most work_dir may hold (MiB; 0: the disk)")
     district_margin_m: float = Field(2000.0, ge=0,
                                      description="a flight must come this close to the district: a stored "
                                                  "parcel or zone, or district_boundary when set")

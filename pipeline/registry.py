@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 PARCEL_REQUIRED = ("parcel_id", "owner", "town", "village", "land_use", "approved_area_m2")
 PARCEL_OPTIONAL = ("village_code", "approved_floors", "permit_no")
 ZONE_REQUIRED = ("zone_id", "kind", "code")
+ZONE_KINDS = ("basic_farmland", "farmland", "ecological_redline")
 ZONE_OPTIONAL = ("name",)
 #: other names the registry columns go by (Shapefile truncates names to 10 characters;
 #: 宅基地 registries use ZDDM 宗地代码, QLR 权利人, DLBM 地类编码, PZMJ 批准面积)
@@ -59,14 +60,21 @@ def read_parcels(path: str | Path, layer: str | None = None, *, store_crs: str) 
     return _finish(gdf, where, "parcel_id", store_crs)
 
 
-def read_zones(path: str | Path, layer: str | None = None, *, store_crs: str) -> gpd.GeoDataFrame:
-    """The zone layer of ``path`` (zone_id, kind, code, name), validated and reprojected."""
+def read_zones(path: str | Path, layer: str | None = None, *, store_crs: str,
+               kinds: tuple[str, ...] = ()) -> gpd.GeoDataFrame:
+    """The zone layer of ``path`` (zone_id, kind, code, name), validated and reprojected; a kind
+    must be one of docs/DATA.md (``ZONE_KINDS``) or of ``kinds`` (the rules' zone kinds)."""
     gdf, where = _read(Path(path), layer, "zones", store_crs)
     gdf = _columns(gdf, where, ZONE_REQUIRED, ZONE_OPTIONAL)
     gdf["zone_id"] = _ids(gdf["zone_id"], where, "zone_id")
     for c in ("kind", "code", "name"):
         if c in gdf.columns:
             gdf[c] = _texts(gdf[c])
+    known = (*ZONE_KINDS, *kinds)
+    bad = gdf[~gdf["kind"].isin(known)]
+    if len(bad):
+        raise InputError(f"{where}: zone {bad['zone_id'].iloc[0]} has kind '{bad['kind'].iloc[0]}', not one of "
+                         f"{', '.join(dict.fromkeys(known))} (docs/DATA.md); fix the kind or list it in the rules")
     return _finish(gdf, where, "zone_id", store_crs)
 
 

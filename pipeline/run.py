@@ -43,10 +43,12 @@ def register_flight(store, path: str | Path | list, settings, team: str | None =
     flight = result.flight
     check_district(flight, store, settings)
     known = store.get_flight(flight["flight_id"])
-    if known is not None:
+    if known is not None:                # the same content again: the flight stays whose it was
         flight.pop("status")
-        if team is None:
+        if known.get("team") or team is None:
             flight.pop("team")
+        if Path(str(known.get("path") or "")).exists():
+            flight.pop("path")
     with store.transaction():
         store.upsert_flight(flight)
     return store.get_flight(flight["flight_id"])

@@ -3,7 +3,9 @@
 Refused, naming the zip and the member: path traversal (``../``), absolute paths or drive
 letters, symbolic links, encrypted members, more than ``ingest.max_zip_files`` members, a total
 over ``ingest.max_zip_mb``, a member compressed more than ``ingest.max_zip_ratio`` times (zip
-bomb). Sizes are enforced while writing too, so a lying header cannot get past them. Names not
+bomb; small members are judged together: the whole archive may not expand more either), more
+than the free disk space or the ``ingest.work_quota_mb`` left. Sizes are enforced while writing
+too, so a lying header cannot get past them; a disk that fills up is one line, nothing left. Names not
 flagged UTF-8 are decoded as GBK when they read so (Chinese Windows zips), else kept as CP437.
 Only image members are written, under generated safe names, into the destination folder.
 """
@@ -20,7 +22,7 @@ from pipeline.errors import InputError, one_line
 from pipeline.ingest.raster import shown
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg")
-RATIO_MIN_BYTES = 1 << 20  # members smaller than this are not judged by their ratio
+RATIO_MIN_BYTES = 64 << 10  # members smaller than this are judged only with the whole archive
 
 
 @dataclass
@@ -54,9 +56,12 @@ def _unsafe(name: str) -> str | None:
     return None
 
 
-def safe_extract(zip_path: Path, dest: Path, limits) -> list[Member]:
-    """Check and unpack the image members of ``zip_path`` into ``dest``; ``limits`` is
-    ``settings.ingest``. Raises InputError (nothing left in ``dest``) for a hostile zip."""
+def safe_extract(zip_path: Path, dest: Path, limits, suffixes: tuple[str, ...] = IMAGE_SUFFIXES,
+                 flatten_names: bool = False) -> list[Member]:
+    """Check and unpack the members of ``zip_path`` named ``*suffixes`` into ``dest``; ``limits``
+    is ``settings.ingest``. Raises InputError (nothing left in ``dest``) for a hostile zip.
+    ``flatten_names``: a member whose path leaves the folder is taken by its last name instead of
+    refused (members are written under generated names either way)."""
     name = shown(zip_path)
     max_bytes = limits.max_zip_mb << 20
     try:
@@ -71,7 +76,7 @@ def safe_extract(zip_path: Path, dest: Path, limits) -> list[Member]:
         total = 0
         for info in infos:
             mname = shown(member_name(info))
-            why = _unsafe(info.filename)
+            why = None if flatten_names else _unsafe(info.filename)
             if why:
                 raise InputError(f"{name}: member '{mname}' has {why}; refused as unsafe, zip the "
                                  f"photos/orthos again from their folder")
@@ -89,12 +94,18 @@ def safe_extract(zip_path: Path, dest: Path, limits) -> list[Member]:
                 raise InputError(f"{name}: member '{mname}' expands {info.file_size / max(info.compress_size, 1):,.0f} "
                                  f"times (over ingest.max_zip_ratio {limits.max_zip_ratio:g}); refused as a "
                                  f"zip bomb")
+        packed = sum(i.compress_size for i in infos)
+        if total > RATIO_MIN_BYTES and total > limits.max_zip_ratio * max(packed, 1):
+            raise InputError(f"{name} expands {total / max(packed, 1):,.0f} times as a whole (over "
+                             f"ingest.max_zip_ratio {limits.max_zip_ratio:g}); refused as a zip bomb")
+        from pipeline.storage import check_room
+        check_room(dest.parent, total, f"unpacking {name}", quota_mb=limits.work_quota_mb)
         dest.mkdir(parents=True, exist_ok=True)
         out: list[Member] = []
         written = 0
         try:
             for k, info in enumerate(infos):
-                if info.is_dir() or not info.filename.lower().endswith(IMAGE_SUFFIXES):
+                if info.is_dir() or not info.filename.lower().endswith(suffixes):
                     continue
                 decoded = member_name(info)
                 stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in PurePosixPath(decoded).name)
@@ -113,6 +124,10 @@ def safe_extract(zip_path: Path, dest: Path, limits) -> list[Member]:
             shutil.rmtree(dest, ignore_errors=True)
             raise InputError(f"{name} is damaged ({one_line(e, 80)}); "
                              f"zip the files again") from None
+        except OSError as e:
+            shutil.rmtree(dest, ignore_errors=True)
+            from pipeline.storage import os_error_line
+            raise InputError(os_error_line(e, f"unpacking {name}")) from None
         except BaseException:
             shutil.rmtree(dest, ignore_errors=True)
             raise

@@ -104,8 +104,11 @@ def _collect(paths: list[Path], settings, refused: list) -> list[_Item]:
             members = sorted(q for q in dest.iterdir() if q.is_file())
             if not members:
                 refused.append((name, f"{name} holds no GeoTIFF or JPEG; zip the orthophoto or the photos"))
+            before = len(items)
             for q in members:
                 add_file(q, f"{name}:{q.name.split('_', 1)[-1]}", False)
+            if len(items) == before:                    # nothing of it usable: nothing of it kept
+                shutil.rmtree(dest, ignore_errors=True)
         elif kind == "empty":
             refused.append((name, f"{name} is empty (0 bytes); copy the file again"))
         elif direct or p.suffix.lower() not in SIDECARS:

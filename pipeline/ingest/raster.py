@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import stat
 from datetime import datetime
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -49,8 +50,12 @@ def check_name(path: str | Path) -> None:
 
 
 def sniff(path: str | Path) -> str:
-    """'tiff', 'jp2', 'hfa', 'jpeg', 'zip', 'vrt', 'empty' or 'other', from the first bytes."""
+    """'tiff', 'jp2', 'hfa', 'jpeg', 'zip', 'vrt', 'empty' or 'other', from the first bytes
+    (a FIFO, a device or a socket is refused before it is opened: reading one could block)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise InputError(f"{shown(Path(path).name)} is not a regular file (a pipe or a device?); "
+                             f"give the orthophoto or photo files themselves")
         with open(path, "rb") as f:
             head = f.read(16)
     except OSError as e:
@@ -171,6 +176,13 @@ def check_ortho(src, path: Path, max_mpix: float = DEFAULT_MAX_MPIX) -> None:
     if src.count > 4:
         raise InputError(f"{name} has {src.count} bands (multispectral?); give the RGB or RGBA "
                          f"orthophoto")
+    from rasterio.enums import ColorInterp
+
+    from pipeline.tiling import implicit_alpha
+    masks = sum(c == ColorInterp.alpha for c in src.colorinterp) or (1 if implicit_alpha(src) else 0)
+    if src.count - masks < 3:
+        raise InputError(f"{name} has {src.count - masks} colour band(s) (grey or panchromatic?), the "
+                         f"detector needs RGB; export the orthophoto in colour")
     if src.crs.is_geographic:
         b = src.bounds
         if not (-180 <= min(b.left, b.right) and max(b.left, b.right) <= 360

@@ -391,7 +391,8 @@ def build_map(store, settings, out_html: Path, *, flight_id: str | None = None, 
               sheets: dict[str, Path] | None = None, sees=None) -> Path:
     """Write the map of one flight (``flight_id``) or of the district to ``out_html``.
 
-    ``sees(town, village) -> bool`` limits the parcel layer (owners are personal data) to an
+    ``sees(town, village) -> bool`` limits the flights (their orthophotos) to those over the
+    officer's land or cases, and the parcel layer (owners are personal data) to an
     officer's area; ``cases`` are expected scoped already.
     """
     import folium
@@ -415,6 +416,11 @@ def build_map(store, settings, out_html: Path, *, flight_id: str | None = None, 
         if not len(flights):
             raise PatrolError(f"flight {flight_id} is not in {store.url}; see `patrol flights list`")
     flights = flights.sort_values("captured_at")
+    if sees is not None:             # an officer: only the flights over their own towns' land or cases
+        mine = store.parcels()
+        mine = mine[[bool(sees(t, v)) for t, v in zip(mine["town"], mine["village"])]]
+        area = shapely.union_all([*mine.geometry.values, *(cases.geometry.values if cases is not None else [])])
+        flights = flights[[g is not None and bool(g.intersects(area)) for g in flights.geometry]]
     fp = flights.geometry.dropna()
     extent = shapely.union_all(fp.values) if len(fp) else None
     if cases is None:

@@ -108,7 +108,8 @@ class Service:
         templates.env.globals["district"] = settings.district.name
         return cls(settings, store, rules,
                    A.Signer(A.load_secret(svc.secret_file), svc.session_hours * 3600, svc.token_hours * 3600),
-                   Uploads(svc.upload_dir, svc.max_upload_mb * 2**20, svc.chunk_mb * 2**20),
+                   Uploads(svc.upload_dir, svc.max_upload_mb * 2**20, svc.chunk_mb * 2**20, settings.ingest,
+                           svc.upload_quota_mb),
                    Processor(settings, detector), work, templates)
 
     @property

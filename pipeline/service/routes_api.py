@@ -70,12 +70,8 @@ def api_upload_finish(upload_id: str, a: Auth = Depends(patrol), svc: Service = 
         raise
     if path.suffix.lower() == ".zip":                        # unpacked into ingest.work_dir
         path.unlink(missing_ok=True)
-    elif Path(flight["path"]).resolve() != path.resolve():   # the same flight was uploaded before
-        if Path(flight["path"]).is_file():
-            path.unlink(missing_ok=True)
-        else:
-            with svc.store.transaction():
-                svc.store.upsert_flight({"flight_id": flight["flight_id"], "path": str(path)})
+    elif Path(flight["path"]).resolve() != path.resolve():   # uploaded before: that file stays the flight's
+        path.unlink(missing_ok=True)
     return svc.one_flight(a.user, flight["flight_id"]) if (a.user.is_admin or flight.get("team") == a.user.username) \
         else {"flight_id": flight["flight_id"], "status": flight["status"]}
 

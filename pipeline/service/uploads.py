@@ -11,17 +11,18 @@ the folder.
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import shutil
 import unicodedata
 import zipfile
-import zlib
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 
 from pipeline.errors import InputError
+from pipeline.storage import check_room
 
 UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".img", ".vrt")
@@ -60,11 +61,13 @@ def _inside(path: Path, folder: Path) -> Path:
 
 
 class Uploads:
-    def __init__(self, upload_dir: Path, max_bytes: int, chunk_bytes: int):
+    def __init__(self, upload_dir: Path, max_bytes: int, chunk_bytes: int, limits=None, quota_mb: int = 0):
+        """``limits``: ``settings.ingest`` (zip guards); ``quota_mb``: most the folder may hold."""
         self.root = Path(upload_dir).expanduser().resolve()
         self.parts = self.root / "parts"
         self.flights = self.root / "flights"
         self.max_bytes, self.chunk_bytes = int(max_bytes), int(chunk_bytes)
+        self.limits, self.quota_mb = limits, int(quota_mb)
         for d in (self.parts, self.flights):
             d.mkdir(parents=True, exist_ok=True)
 
@@ -95,6 +98,7 @@ class Uploads:
         if size > self.max_bytes:
             raise UploadTooLarge(f"'{filename}' is {size / 2**20:.0f} MiB, over the limit of "
                                  f"{self.max_bytes / 2**20:.0f} MiB (service.max_upload_mb)")
+        check_room(self.root, int(size), f"the upload of {name}", quota_mb=self.quota_mb)
         upload_id = secrets.token_hex(16)
         part, meta = self._paths(upload_id)
         part.touch()
@@ -164,42 +168,29 @@ class Uploads:
         return dest
 
     def _unzip(self, part: Path, upload_id: str) -> Path | None:
-        try:
-            return self._unzip_one(part, upload_id)
-        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
-            raise InputError(f"the uploaded zip cannot be read ({e}); zip the orthophoto again "
-                             f"without a password") from None
-
-    def _unzip_one(self, part: Path, upload_id: str) -> Path | None:
+        """A zip of one orthophoto: that file, unpacked with every guard of the ingest
+        (``ingest.archive.safe_extract``); a split export or a photo set: None (kept whole)."""
+        from pipeline.ingest.archive import safe_extract
         try:
             zf = zipfile.ZipFile(part)
-        except zipfile.BadZipFile:
+        except (zipfile.BadZipFile, OSError):
             raise InputError("the uploaded zip is not a readable zip archive; zip the orthophoto again") from None
         with zf:
             members = [m for m in zf.infolist() if not m.is_dir()]
-            rasters = [m for m in members if m.filename.lower().endswith(RASTER_SUFFIXES)]
-            if len(rasters) != 1:
-                photos = [m for m in members if m.filename.lower().endswith((".jpg", ".jpeg"))]
-                if not rasters and not photos:
-                    raise InputError("the uploaded zip holds no orthophoto GeoTIFF and no drone photo; "
-                                     "zip the flight's files again")
-                return None          # a split export or a photo set: the ingest unpacks it, safely
-            m = rasters[0]
-            if m.file_size > self.max_bytes:
-                raise UploadTooLarge(f"{m.filename} in the zip is over the limit of "
-                                     f"{self.max_bytes / 2**20:.0f} MiB (service.max_upload_mb)")
-            name = safe_name(m.filename) or "ortho.tif"
-            dest = _inside(self.flights / f"{upload_id}_{name}", self.flights)
-            copied = 0
-            try:
-                with zf.open(m) as src, open(dest, "wb") as out:
-                    while chunk := src.read(COPY_CHUNK):
-                        copied += len(chunk)
-                        if copied > self.max_bytes:
-                            raise UploadTooLarge("the zip expands beyond service.max_upload_mb; "
-                                                 "upload the orthophoto itself")
-                        out.write(chunk)
-            except BaseException:
-                dest.unlink(missing_ok=True)
-                raise
+        rasters = [m for m in members if m.filename.lower().endswith(RASTER_SUFFIXES)]
+        if len(rasters) != 1:
+            if not rasters and not any(m.filename.lower().endswith((".jpg", ".jpeg")) for m in members):
+                raise InputError("the uploaded zip holds no orthophoto GeoTIFF and no drone photo; "
+                                 "zip the flight's files again")
+            return None              # a split export or a photo set: the ingest unpacks it, safely
+        if rasters[0].file_size > self.max_bytes:
+            raise UploadTooLarge(f"{safe_name(rasters[0].filename)} in the zip is over the limit of "
+                                 f"{self.max_bytes / 2**20:.0f} MiB (service.max_upload_mb)")
+        unpacked = self.flights / f".{upload_id}.part-unzip"
+        try:
+            (one,) = safe_extract(part, unpacked, self.limits, RASTER_SUFFIXES, flatten_names=True)
+            dest = _inside(self.flights / f"{upload_id}_{safe_name(rasters[0].filename) or 'ortho.tif'}", self.flights)
+            os.replace(one.path, dest)
+        finally:
+            shutil.rmtree(unpacked, ignore_errors=True)
         return dest
