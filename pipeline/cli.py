@@ -591,6 +591,17 @@ def cases_export(ctx, fmt, out_file, status, category, town, village, since, unt
     click.echo(f"{len(cases)} cases written to {path}")
 
 
+# ---------------------------------------------------------------- housekeeping
+@cli.command("gc")
+@pass_ctx
+def gc_cmd(ctx):
+    """Remove what no flight needs: unpackings a killed or refused ingest left, abandoned uploads."""
+    from pipeline.storage import collect_garbage
+    done = collect_garbage(ctx.settings)
+    click.echo(f"removed {done['partial_unpackings']} unfinished unpackings and {done['abandoned_uploads']} "
+               f"abandoned uploads ({done['bytes'] / 2**20:,.1f} MiB)")
+
+
 # ---------------------------------------------------------------- web service (issue 8)
 @cli.command()
 @click.option("--host", default=None, help="Address to listen on (default: service.host).")
@@ -603,7 +614,9 @@ def serve(ctx, host, port, truth_layer):
     """Run the web service: upload for patrol teams, map review and case work for officers."""
     from pipeline.detectors import TruthTileDetector
     from pipeline.service import serve as run_service
+    from pipeline.storage import collect_garbage
     s = ctx.settings
+    collect_garbage(s)
     detector = TruthTileDetector(truth_layer, s.detector.classes) if truth_layer else None
     click.echo(f"serving {s.store.url} on http://{host or s.service.host}:{port or s.service.port}/ (Ctrl-C stops)")
     run_service(s, host, port, detector=detector)
@@ -668,6 +681,17 @@ def users_disable(ctx, username, enable):
     click.echo(f"user {username} {'enabled' if enable else 'disabled'}")
 
 
+@users_group.command("unlock")
+@click.argument("username")
+@pass_ctx
+def users_unlock(ctx, username):
+    """Lift the lockout of an account locked after too many failed sign-ins."""
+    from pipeline.service.auth import unlock
+    with open_ctx_store(ctx) as store:
+        unlock(store, username)
+    click.echo(f"user {username} unlocked")
+
+
 # ---------------------------------------------------------------- nightly batch (issue 9)
 @cli.command("nightly")
 @click.option("--flights", "flight_ids", multiple=True, metavar="ID[,ID…]",
@@ -693,8 +717,10 @@ def nightly_cmd(ctx, flight_ids, workers, scheduler, summary_dir, checkpoints, c
     import re
 
     from pipeline.batch import run_nightly
+    from pipeline.storage import collect_garbage
     ids = [i for v in flight_ids for i in re.split(r"[,\s]+", v) if i]
     settings = ctx.settings
+    collect_garbage(settings)
     with open_ctx_store(ctx) as store:
         summary = run_nightly(store, settings, ids or None, workers=workers, scheduler=scheduler,
                               checkpoints=checkpoints, chunk_tiles=chunk_tiles, truth=truth_layer,

@@ -96,7 +96,7 @@ class ServiceSettings(Section):
                                                           "each next try must wait, doubling up to a minute")
     login_lockout_after: int = Field(10, ge=1, description="failed sign-ins that lock an account until an "
                                                            "admin unlocks it (patrol users unlock)")
-    password_checks: int = Field(2, ge=1, description="password checks run at once (the rest wait briefly, "
+    password_checks: int = Field(1, ge=1, description="password checks run at once (the rest wait briefly, "
                                                       "then are told to retry), so a flood cannot starve users")
     secure_cookies: bool = Field(False, description="mark cookies Secure (set true when served behind HTTPS)")
 

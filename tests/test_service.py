@@ -9,6 +9,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 warnings.filterwarnings("ignore", message=".*httpx.*", category=DeprecationWarning)
@@ -347,7 +348,7 @@ def test_upload_over_limit_or_not_an_image_is_refused(svc):
     assert _flight_files(svc) == files
 
 
-def test_upload_names_cannot_escape_and_a_good_upload_resumes(svc):
+def test_upload_names_cannot_escape_and_a_good_upload_resumes(svc, make_raster):
     from pipeline.service.uploads import safe_name
     for bad in ("../../evil.tif", "..\\..\\evil.tif", "/etc/cron.d/evil.tif", "....//evil.tif", ".evil.tif",
                 "a/../../b.tif", "evil.tif\x00.png", "C:\\Windows\\evil.tif"):
@@ -357,7 +358,10 @@ def test_upload_names_cannot_escape_and_a_good_upload_resumes(svc):
     c, t = svc.client, svc.tokens["pat"]
     assert c.get("/api/uploads/..%2F..%2Fsecret", headers=t).status_code == 404
     assert c.put("/api/uploads/../../x?offset=0", content=b"x", headers=t).status_code in (404, 405)
-    data = (svc.district / "epoch_2.tif").read_bytes()
+    minx, _, _, maxy = svc.store.parcels().total_bounds          # a new flight inside the district
+    data = make_raster("new.tif", 600, 600, crs=svc.store.crs, origin=(minx, maxy),
+                       data=np.random.default_rng(1).integers(0, 255, (3, 600, 600)),
+                       tags={"TIFFTAG_DATETIME": "2025:07:01 10:00:00"}).read_bytes()
     r = c.post("/api/uploads", json={"filename": "../../../../tmp/evil.tif", "size": len(data)}, headers=t)
     up = r.json()["upload_id"]
     assert r.json()["filename"] == "evil.tif"
@@ -384,10 +388,26 @@ def test_upload_names_cannot_escape_and_a_good_upload_resumes(svc):
     assert any(x["flight_id"] == f["flight_id"] and x["queue"] in ("nightly", "") for x in mine)
 
 
-def test_admin_processes_now_and_a_failure_shows_its_reason(svc):
+def test_a_copy_of_another_teams_flight_does_not_take_it_over(svc):
+    """Uploading the bytes of a flight another team registered: the flight keeps its team and its
+    file, the copy is not kept, and the uploader learns only its id and status."""
+    known = svc.store.list_flights()
+    before = known[known["path"].str.endswith("epoch_2.tif")].iloc[0]
+    r = _upload(svc.client, svc.tokens["pat"], (svc.district / "epoch_2.tif").read_bytes(), "copy.tif")
+    assert r.status_code == 200, r.text
+    assert set(r.json()) == {"flight_id", "status"} and r.json()["flight_id"] == before["flight_id"]
+    after = svc.store.get_flight(before["flight_id"])
+    assert after["team"] == before["team"] != "pat" and after["path"] == before["path"]
+    assert not any("copy.tif" in p.name for p in (svc.root / "uploads" / "flights").iterdir())
+
+
+def test_admin_processes_now_and_a_failure_shows_its_reason(svc, make_raster):
     c = svc.client
-    data = (svc.district / "epoch_1.tif").read_bytes()
-    r = _upload(c, svc.tokens["pat"], data, "epoch_1.tif", chunk=2**20)
+    minx, _, _, maxy = svc.store.parcels().total_bounds          # the patrol team's own new flight
+    data = make_raster("own.tif", 700, 700, crs=svc.store.crs, origin=(minx, maxy),
+                       data=np.random.default_rng(2).integers(0, 255, (3, 700, 700)),
+                       tags={"TIFFTAG_DATETIME": "2025:08:01 10:00:00"}).read_bytes()
+    r = _upload(c, svc.tokens["pat"], data, "own.tif", chunk=2**20)
     fid = r.json()["flight_id"]
     assert c.post(f"/api/flights/{fid}/process", headers=svc.tokens["pat"]).status_code == 403
     r = c.post(f"/api/flights/{fid}/process", headers=svc.tokens["adm"])

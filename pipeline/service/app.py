@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from pipeline.errors import PatrolError, TransitionError
 from pipeline.service import routes_admin, routes_api, routes_auth, routes_flights, routes_review
 from pipeline.service.context import HTTPProblem, Service, is_api
+from pipeline.service.auth import LoginRefused
 from pipeline.service.uploads import UploadNotFound, UploadTooLarge
 
 log = logging.getLogger("pipeline.service")
@@ -29,7 +30,8 @@ def create_app(settings, *, detector: Any = None, store=None) -> FastAPI:
     app.state.svc = svc
     app.state.settings, app.state.store, app.state.processor, app.state.uploads = \
         settings, svc.store, svc.processor, svc.uploads
-    statuses = {HTTPProblem: None, UploadTooLarge: 413, UploadNotFound: 404, TransitionError: 409, PatrolError: 422}
+    statuses = {HTTPProblem: None, UploadTooLarge: 413, UploadNotFound: 404, TransitionError: 409,
+                LoginRefused: 429, PatrolError: 422}
     for kind, status in statuses.items():
         app.add_exception_handler(kind, _handler(svc, status))
 

@@ -7,6 +7,11 @@
   a fingerprint of the password hash (a password change or reset ends every session and
   token) and the session's CSRF token. API clients use ``Authorization: Bearer <token>``
   from ``POST /api/token``; a bearer request needs no CSRF token (no ambient credential).
+- Sign-in guard (``LoginGuard``): after ``service.login_backoff_after`` failures per account or
+  per address each next try must wait (2, 4 … 60 s) and is refused unchecked until then; after
+  ``service.login_lockout_after`` failures the account is locked (``locked_at``) until an admin
+  unlocks it; at most ``service.password_checks`` password checks run at once. Logging out stamps
+  ``sessions_after``: every session of the account signed before it ends (server-side).
 - The signing key: ``service.secret_file``, created (random, mode 600) on first use.
 """
 from __future__ import annotations
@@ -16,11 +21,15 @@ import hmac
 import os
 import re
 import secrets
+import threading
+import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError, InputError
+from pipeline.values import is_missing
 
 ROLES = ("patrol", "officer", "admin")
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{2,40}$")
@@ -61,6 +70,8 @@ class User:
     display_name: str = ""
     disabled: bool = False
     password_hash: str = ""
+    locked: bool = False
+    sessions_after: Any = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "User":
@@ -71,7 +82,8 @@ class User:
                    towns=[str(t) for t in towns] if isinstance(towns, list) else [],
                    display_name=s(row.get("display_name")),
                    disabled=bool(row.get("disabled") == 1 or row.get("disabled") is True),
-                   password_hash=s(row.get("password_hash")))
+                   password_hash=s(row.get("password_hash")), locked=not is_missing(row.get("locked_at")),
+                   sessions_after=None if is_missing(row.get("sessions_after")) else row["sessions_after"])
 
     @property
     def is_admin(self) -> bool:
@@ -88,7 +100,7 @@ class User:
 
     def public(self) -> dict[str, Any]:
         return {"username": self.username, "role": self.role, "towns": self.towns,
-                "display_name": self.display_name, "disabled": self.disabled}
+                "display_name": self.display_name, "disabled": self.disabled, "locked": self.locked}
 
 
 # ---------------------------------------------------------------- account management (CLI, admin page)
@@ -132,8 +144,83 @@ def set_disabled(store, username: str, disabled: bool = True) -> None:
     store.save_user({"username": username, "disabled": 1 if disabled else 0})
 
 
+def unlock(store, username: str) -> None:
+    """Lift a sign-in lockout (admin)."""
+    if get_user(store, username) is None:
+        raise InputError(f"user {username} does not exist; see `patrol users list`")
+    store.save_user({"username": username, "locked_at": None, "failed_logins": 0})
+
+
+def end_sessions(store, username: str) -> None:
+    """Server-side logout: every session of the account signed until now ends."""
+    store.save_user({"username": username, "sessions_after": datetime.now().replace(microsecond=0)})
+
+
 def list_users(store) -> list[User]:
     return [User.from_row(r) for r in store.users().to_dict("records")]
+
+
+class LoginRefused(InputError):
+    """A sign-in refused before its password was checked (throttled, locked, busy): HTTP 429."""
+
+
+class LoginGuard:
+    """Throttling and lockout of sign-ins (see the module docstring); one per service process."""
+
+    def __init__(self, backoff_after: int = 3, lockout_after: int = 10, checks: int = 2, max_wait_s: float = 60):
+        self.backoff_after, self.lockout_after, self.max_wait_s = backoff_after, lockout_after, max_wait_s
+        self._checks = threading.BoundedSemaphore(checks)
+        self._fails: dict[str, tuple[int, float]] = {}          # key -> (failures, next try allowed at)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, svc) -> "LoginGuard":
+        return cls(svc.login_backoff_after, svc.login_lockout_after, svc.password_checks)
+
+    def _wait(self, key: str) -> float:
+        n, at = self._fails.get(key, (0, 0.0))
+        return max(0.0, at - time.monotonic()) if n >= self.backoff_after else 0.0
+
+    def _failed(self, key: str) -> None:
+        n = self._fails.get(key, (0, 0.0))[0] + 1
+        delay = min(2.0 ** (n - self.backoff_after + 1), self.max_wait_s) if n >= self.backoff_after else 0.0
+        self._fails[key] = (n, time.monotonic() + delay)
+        if len(self._fails) > 100_000:                           # bounded memory under a flood
+            self._fails.pop(next(iter(self._fails)))
+
+    def authenticate(self, store, username: str, password: str, address: str = "") -> User | None:
+        """The account, None for a wrong name or password; LoginRefused when throttled, locked or busy."""
+        keys = [f"user:{username}", f"addr:{address}"]
+        with self._lock:
+            wait = max(self._wait(k) for k in keys)
+        if wait:
+            raise LoginRefused(f"too many failed sign-ins; wait {wait:.0f} s and try again")
+        if not self._checks.acquire(timeout=2.0):
+            raise LoginRefused("the service is busy checking sign-ins; try again in a moment")
+        try:
+            user = authenticate(store, username, password)
+        finally:
+            self._checks.release()
+        known = get_user(store, username or "")
+        if user is not None and known is not None and known.locked:
+            raise LoginRefused(f"account {username} is locked after {self.lockout_after} failed sign-ins; "
+                               f"ask an admin to unlock it (patrol users unlock {username})")
+        with self._lock:
+            for k in keys:
+                if user is None:
+                    self._failed(k)
+                else:
+                    self._fails.pop(k, None)
+        if known is not None and not known.disabled:
+            row = store.get_user(username)
+            prev = 0 if is_missing(row.get("failed_logins")) else int(row["failed_logins"])
+            fails = 0 if user is not None else prev + 1
+            change = {"username": username, "failed_logins": fails}
+            if fails >= self.lockout_after and not known.locked:
+                change["locked_at"] = datetime.now()
+            if user is None or prev:
+                store.save_user(change)
+        return user
 
 
 def authenticate(store, username: str, password: str) -> User | None:
@@ -197,7 +284,15 @@ class Signer:
         return self._session.dumps({"u": user.username, "f": fingerprint(user.password_hash), "c": csrf}), csrf
 
     def read_session(self, value: str) -> dict | None:
-        return self._load(self._session, value, self.session_s)
+        """The session's claims with its signing time (``t``, naive local time), or None."""
+        from itsdangerous import BadSignature
+        if not value or len(value) > 4096:
+            return None
+        try:
+            claims, signed = self._session.loads(value, max_age=self.session_s, return_timestamp=True)
+        except (BadSignature, ValueError, TypeError):
+            return None
+        return {**claims, "t": signed.astimezone().replace(tzinfo=None)} if isinstance(claims, dict) else None
 
     def token(self, user: User) -> str:
         return self._token.dumps({"u": user.username, "f": fingerprint(user.password_hash)})
@@ -232,4 +327,6 @@ def user_for(store, claims: dict | None) -> User | None:
         return None
     if not hmac.compare_digest(fingerprint(user.password_hash), str(claims.get("f", ""))):
         return None
+    if "t" in claims and user.sessions_after is not None and claims["t"] < user.sessions_after:
+        return None                      # signed out (server-side) after this session began
     return user

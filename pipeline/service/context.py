@@ -89,6 +89,7 @@ class Service:
     processor: Processor
     work: Path
     templates: Jinja2Templates
+    guard: A.LoginGuard
     map_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -110,7 +111,7 @@ class Service:
                    A.Signer(A.load_secret(svc.secret_file), svc.session_hours * 3600, svc.token_hours * 3600),
                    Uploads(svc.upload_dir, svc.max_upload_mb * 2**20, svc.chunk_mb * 2**20, settings.ingest,
                            svc.upload_quota_mb),
-                   Processor(settings, detector), work, templates)
+                   Processor(settings, detector), work, templates, A.LoginGuard.from_settings(svc))
 
     @property
     def lifecycle(self):

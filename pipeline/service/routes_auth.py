@@ -19,6 +19,10 @@ class TokenRequest(BaseModel):
     password: str = Field(..., max_length=500)
 
 
+def _address(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
 def safe_next(nxt: str) -> str:
     """Only a local path (no scheme, no //host) may follow the login."""
     if not isinstance(nxt, str) or not re.fullmatch(r"/(?![/\\])[\x21-\x7e]*", nxt) or "\\" in nxt:
@@ -30,7 +34,8 @@ def safe_next(nxt: str) -> str:
 def login_page(request: Request, next: str = "/", error: str = "", svc: Service = Depends(service)):
     token = svc.signer.login_csrf()
     resp = svc.render(request, "login.html", {"next": safe_next(next), "login_csrf": token, "error": error[:200]})
-    resp.set_cookie(A.LOGIN_CSRF_COOKIE, token, httponly=True, samesite="lax", max_age=3600)
+    resp.set_cookie(A.LOGIN_CSRF_COOKIE, token, httponly=True, samesite="lax", max_age=3600,
+                    secure=svc.settings.service.secure_cookies)
     return resp
 
 
@@ -40,19 +45,20 @@ def login(request: Request, username: str = Form("", max_length=100), password: 
           svc: Service = Depends(service)):
     if not svc.signer.check_login_csrf(request.cookies.get(A.LOGIN_CSRF_COOKIE), csrf_token):
         raise HTTPProblem(403, "the login form expired (CSRF token missing); reload the page and sign in")
-    user = A.authenticate(svc.store, username, password)
+    user = svc.guard.authenticate(svc.store, username, password, _address(request))
     if user is None:
         return RedirectResponse(f"/login?error=1&next={quote(safe_next(next), safe='')}", status_code=303)
     cookie, _ = svc.signer.session(user)
     resp = RedirectResponse(safe_next(next), status_code=303)
-    resp.set_cookie(A.SESSION_COOKIE, cookie, httponly=True, samesite="lax",
-                    max_age=int(svc.settings.service.session_hours * 3600), path="/")
+    resp.set_cookie(A.SESSION_COOKIE, cookie, httponly=True, samesite="lax", path="/",
+                    max_age=int(svc.settings.service.session_hours * 3600), secure=svc.settings.service.secure_cookies)
     resp.delete_cookie(A.LOGIN_CSRF_COOKIE)
     return resp
 
 
 @router.post("/logout", include_in_schema=False)
-def logout(a: Auth = Depends(anyone)):
+def logout(a: Auth = Depends(anyone), svc: Service = Depends(service)):
+    A.end_sessions(svc.store, a.user.username)          # the cookie is void on the server too
     resp = RedirectResponse("/login", status_code=303)
     resp.delete_cookie(A.SESSION_COOKIE, path="/")
     return resp
@@ -77,8 +83,8 @@ def openapi_spec(request: Request, a: Auth = Depends(anyone)):
 
 
 @router.post("/api/token", tags=["auth"], summary="Exchange a user name and password for a bearer token")
-def api_token(body: TokenRequest, svc: Service = Depends(service)) -> dict:
-    user = A.authenticate(svc.store, body.username, body.password)
+def api_token(request: Request, body: TokenRequest, svc: Service = Depends(service)) -> dict:
+    user = svc.guard.authenticate(svc.store, body.username, body.password, _address(request))
     if user is None:
         raise HTTPProblem(401, "wrong user name or password, or the account is disabled",
                           {"WWW-Authenticate": "Bearer"})

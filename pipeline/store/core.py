@@ -151,3 +151,10 @@ def table_columns(table: Table, sql_type, identity: str) -> list[str]:
     key = ", ".join(map(q, table.key))
     cols.append(f"PRIMARY KEY ({key})" if table.name == "case_counter" else f"UNIQUE ({key})")
     return cols
+
+
+def add_user_guard_columns(store, sql_type) -> None:
+    """Migration 3 of both backends: the account columns of sign-in lockout and logout."""
+    from pipeline.store.schema import USER_GUARD_COLUMNS, USERS
+    for name in USER_GUARD_COLUMNS:
+        store._x(f"ALTER TABLE {q(USERS.name)} ADD COLUMN {q(name)} {sql_type(USERS.column(name))}")

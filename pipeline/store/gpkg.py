@@ -27,7 +27,7 @@ from pyproj import CRS
 
 from pipeline.errors import StoreError
 from pipeline.store.base import Claim, Store
-from pipeline.store.core import from_wkb, multipolygons, projected_crs, q, table_columns
+from pipeline.store.core import add_user_guard_columns, from_wkb, multipolygons, projected_crs, q, table_columns
 from pipeline.store.schema import TABLES, Table
 
 APPLICATION_ID = 0x47504B47          # "GPKG"
@@ -368,8 +368,9 @@ def _migration_1(store: GpkgStore) -> None:
 
 def _migration_2(store: GpkgStore) -> None:
     """The web service's accounts (schema.USERS), a GeoPackage attribute table."""
-    from pipeline.store.schema import USERS
-    store._x(f"CREATE TABLE {q(USERS.name)} ({', '.join(table_columns(USERS, _sql_type, _identity(USERS)))})")
+    from pipeline.store.schema import USER_GUARD_COLUMNS, USERS
+    v2 = Table(USERS.name, tuple(c for c in USERS.columns if c.name not in USER_GUARD_COLUMNS), USERS.key)
+    store._x(f"CREATE TABLE {q(USERS.name)} ({', '.join(table_columns(v2, _sql_type, _identity(USERS)))})")
     store._x("INSERT INTO gpkg_contents (table_name, data_type, identifier, description) "
              "VALUES (?, 'attributes', ?, ?)", (USERS.name, USERS.name, USERS.description))
 
@@ -377,5 +378,6 @@ def _migration_2(store: GpkgStore) -> None:
 MIGRATIONS: list[tuple[int, str, Any]] = [
     (1, "GeoPackage core, flight, detection, parcel, zone, cases, case_event, evidence", _migration_1),
     (2, "users: web service accounts", _migration_2),
+    (3, "users: failed sign-ins, lockout, server-side logout", lambda s: add_user_guard_columns(s, _sql_type)),
 ]
 GpkgStore.MIGRATIONS = MIGRATIONS

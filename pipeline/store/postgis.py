@@ -40,7 +40,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from pipeline.errors import StoreError, one_line
 from pipeline.store.base import Claim, Store
-from pipeline.store.core import from_wkb, multipolygons, projected_crs, q, table_columns
+from pipeline.store.core import add_user_guard_columns, from_wkb, multipolygons, projected_crs, q, table_columns
 from pipeline.store.schema import TABLES, Table
 
 WRITE_LOCK = 0x4C57_5752          # advisory lock keys ("LWWR", "LWMG")
@@ -402,13 +402,16 @@ def _migration_1(store: PostgisStore) -> None:
 
 def _migration_2(store: PostgisStore) -> None:
     """The web service's accounts (schema.USERS)."""
-    from pipeline.store.schema import USERS
-    _create_table(store, USERS)
+    from pipeline.store.schema import USER_GUARD_COLUMNS, USERS
+    _create_table(store, Table(USERS.name, tuple(c for c in USERS.columns if c.name not in USER_GUARD_COLUMNS),
+                               USERS.key, USERS.description))
 
 
 MIGRATIONS: list[tuple[int, str, Any]] = [
     (1, "flight, detection, parcel, zone, cases, case_event, evidence, case_counter; GiST indexes",
      _migration_1),
     (2, "users: web service accounts", _migration_2),
+    (3, "users: failed sign-ins, lockout, server-side logout",
+     lambda s: add_user_guard_columns(s, lambda c: _PG_TYPE[c.kind])),
 ]
 PostgisStore.MIGRATIONS = MIGRATIONS

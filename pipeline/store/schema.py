@@ -105,7 +105,10 @@ USERS = Table("users", (
     C("username", required=True), C("password_hash", required=True), C("role", required=True),
     C("towns", "json", default=[]), C("display_name"), C("disabled", "int", default=0),
     C("created_at", "datetime"), C("updated_at", "datetime"),
+    C("failed_logins", "int", default=0), C("locked_at", "datetime"), C("sessions_after", "datetime"),
 ), key=("username",), description="web service accounts: role patrol/officer/admin, officer towns")
+#: the account columns migration 3 added (sign-in lockout, server-side logout)
+USER_GUARD_COLUMNS = ("failed_logins", "locked_at", "sessions_after")
 
 #: tables reported by Store.status()["counts"]
 COUNTED = ("flight", "detection", "parcel", "zone", "cases", "case_event", "evidence")
