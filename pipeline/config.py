@@ -199,6 +199,10 @@ def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | No
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"config file {path}{where} is not valid YAML; fix its syntax") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text; save it as UTF-8 and try again") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read ({e.strerror}); check its permissions") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections")
     for key, value in sorted(env.items()):

@@ -160,6 +160,8 @@ def load_rules(path: str | Path) -> Rules:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError:
         raise ConfigError(f"rules file {path} is not valid YAML; fix its syntax") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"rules file {path} is not UTF-8 text; save it as UTF-8 and try again") from None
     try:
         rules = Rules(**data)
     except ValidationError as e:

@@ -4,6 +4,7 @@ user: ``routes_auth`` (sign in/out, token), ``routes_flights`` (patrol teams), `
 they share ``context.Service``. Every route but the login and the token needs an account."""
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Any
 
@@ -40,6 +41,19 @@ def create_app(settings, *, detector: Any = None, store=None) -> FastAPI:
         if is_api(request):
             return JSONResponse({"detail": jsonable_errors(e)}, status_code=422)
         return svc.problem(request, 422, "the form or the address is not valid; go back and check it")
+
+    @app.exception_handler(OSError)
+    async def _os(request: Request, e: OSError):
+        from pipeline.storage import os_error_line
+        log.error("%s %s: %s", request.method, request.url.path, e)
+        return svc.problem(request, 507 if e.errno in (errno.ENOSPC, errno.EDQUOT) else 500,
+                           os_error_line(e, "the request"))
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, e: Exception):
+        log.exception("%s %s failed", request.method, request.url.path)
+        return svc.problem(request, 500, "the service failed on this request (the administrator's log has "
+                                         "the details); try again later")
 
     @app.exception_handler(404)
     async def _not_found(request: Request, e):

@@ -57,6 +57,14 @@ class NotAuthenticated(HTTPProblem):
         super().__init__(401, "sign in first", {"WWW-Authenticate": "Bearer"})
 
 
+SERVER_PATH = re.compile(r"(?<![\w:/.~])/(?:[^\s/'\"]+/)+(?=[^\s/'\"])")
+
+
+def without_server_paths(message: str) -> str:
+    """A message for a browser: every absolute path cut to its last name (no server layout)."""
+    return SERVER_PATH.sub("", str(message))
+
+
 def is_api(request: Request) -> bool:
     return request.url.path.startswith("/api/") or request.url.path == "/api"
 
@@ -131,6 +139,7 @@ class Service:
         return self.templates.TemplateResponse(request, name, {**base, **ctx}, status_code=status)
 
     def problem(self, request: Request, status: int, message: str, headers: dict | None = None) -> Response:
+        message = without_server_paths(message)
         if is_api(request):
             return JSONResponse({"detail": message}, status_code=status, headers=headers)
         if status == 401:

@@ -25,7 +25,7 @@ import numpy as np
 import shapely
 from pyproj import CRS
 
-from pipeline.errors import StoreError
+from pipeline.errors import StoreError, one_line
 from pipeline.store.base import Claim, Store
 from pipeline.store.core import add_user_guard_columns, from_wkb, multipolygons, projected_crs, q, table_columns
 from pipeline.store.schema import TABLES, Table
@@ -125,8 +125,8 @@ class GpkgStore(Store):
             mode = self._con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             self._con.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.DatabaseError as e:
-            raise StoreError(f"store {self.path} is not a usable GeoPackage/SQLite file ({e}); "
-                             f"point store.url at a new .gpkg file") from None
+            raise (self._os_problem(e) or StoreError(
+                f"store {self.path.name} is not a usable GeoPackage/SQLite file ({e}); check store.url")) from None
         if mode.lower() != "wal":
             raise StoreError(f"store {self.path}: cannot switch to WAL journal (got {mode}); "
                              f"put the store on a local disk")
@@ -155,13 +155,28 @@ class GpkgStore(Store):
             if "locked" in str(e) or "busy" in str(e):
                 raise StoreError(f"store {self.path} is busy (another writer held it for "
                                  f"{BUSY_TIMEOUT_S:.0f} s); try again later") from None
-            raise
+            raise self._os_problem(e) or StoreError(f"store {self.path.name}: {one_line(e)}") from None
+
+    def _os_problem(self, e: BaseException) -> StoreError | None:
+        """A store that cannot be written (read-only, full disk) as one line that keeps the ledger
+        where it is (no advice to start a new file)."""
+        text = str(e).lower()
+        if "readonly" in text or "read-only" in text or "unable to open" in text and not os.access(
+                self.path.parent, os.W_OK):
+            return StoreError(f"store {self.path.name} cannot be written (read-only file or folder); give "
+                              f"this account write access to it and its folder; nothing was changed")
+        if "disk is full" in text or "disk i/o error" in text:
+            return StoreError(f"store {self.path.name}: the disk is full; free some space (patrol gc) and "
+                              f"run it again; nothing of this write was kept")
+        return None
 
     def _many(self, sql: str, rows: list[tuple]) -> None:
         try:
             self._con.executemany(sql, rows)
         except sqlite3.IntegrityError as e:
             raise StoreError(f"store {self.path}: {e}; nothing of this write was kept") from None
+        except sqlite3.OperationalError as e:
+            raise self._os_problem(e) or StoreError(f"store {self.path.name}: {one_line(e)}") from None
 
     def _rows(self, sql: str, params: Sequence = ()) -> list[tuple]:
         with self._lock:
