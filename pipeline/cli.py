@@ -771,10 +771,13 @@ def ingest_cmd(ctx, paths, team, each):
             click.echo(f"registered {f['flight_id']}: {f.get('source')}, captured {f.get('captured_at')}, "
                        f"GSD {gsd}, status {f['status']}, {shown(f['path'])}", err=True)
             click.echo(f["flight_id"])
-    if refused:
-        click.echo(f"refused {len(refused)}:", err=True)
-        for name, why in refused:
-            click.echo(f"  {why}" if name in why else f"  {name}: {why}", err=True)
+    lines = [why if name in why else f"{name}: {why}" for name, why in dict.fromkeys(refused)]
+    if len(lines) == 1 and not registered:                 # the one file given: one line
+        raise InputError(lines[0])
+    if lines:
+        click.echo(f"refused {len(lines)}:", err=True)
+        for line in lines:
+            click.echo(f"  {line}", err=True)
         raise click.exceptions.Exit(1 if registered else 2)
 
 
@@ -819,8 +822,12 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
+    except click.UsageError as e:          # a mistyped option or value: one line too
+        cmd = e.ctx.command_path if e.ctx is not None else "patrol"
+        click.echo(f"error: {one_line(e.format_message())} (see `{cmd} --help`)", err=True)
+        return e.exit_code
     except click.ClickException as e:
-        e.show()
+        click.echo(f"error: {one_line(e.format_message())}", err=True)
         return e.exit_code
     except click.exceptions.Exit as e:
         return e.exit_code
