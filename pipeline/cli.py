@@ -773,7 +773,8 @@ def ingest_cmd(ctx, paths, team, each):
             click.echo(f["flight_id"])
     lines = [why if name in why else f"{name}: {why}" for name, why in dict.fromkeys(refused)]
     if len(lines) == 1 and not registered:                 # the one file given: one line
-        raise InputError(lines[0])
+        click.echo(f"error: {lines[0]}", err=True)
+        raise click.exceptions.Exit(2)
     if lines:
         click.echo(f"refused {len(lines)}:", err=True)
         for line in lines:

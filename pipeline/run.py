@@ -75,6 +75,9 @@ def commit_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, m
 
     rules = rules if rules is not None else load_rules(settings.rules_path)
     flight_id = flight["flight_id"]
+    if store.backend == "gpkg":           # a full disk is refused before the transaction, not inside it
+        from pipeline.storage import check_room
+        check_room(Path(store.url).parent, 8 << 20, f"writing flight {flight_id} into the store")
     detections = detections.to_crs(settings.store.crs)
     footprint = flight["footprint"]
     bbox = footprint.bounds if footprint is not None else tuple(detections.total_bounds)

@@ -3,7 +3,9 @@ refused, interrupted and abandoned work (``patrol gc``; also at the start of ``p
 and ``patrol nightly``)."""
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import shutil
 import time
@@ -52,9 +54,37 @@ def os_error_line(e: OSError, what: str) -> str:
     return f"{what} failed ({e.strerror or type(e).__name__}); try again or ask the administrator"
 
 
+@contextlib.contextmanager
+def unpacking(folder: Path):
+    """Hold ``folder`` (a ``*.part-*`` unpacking) as in progress: an flock on ``folder/.busy`` that
+    dies with its process, so ``collect_garbage`` knows a killed unpacking from a running one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".busy", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield folder
+    finally:
+        os.close(fd)
+
+
+def _abandoned(part: Path, now: float) -> bool:
+    """A killed unpacking (its lock is free), or one older than the grace period without a lock."""
+    busy = part / ".busy"
+    if not busy.exists():
+        return now - part.stat().st_mtime > PART_GRACE_S
+    fd = os.open(busy, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def collect_garbage(settings, now: float | None = None) -> dict[str, int]:
     """Remove what no flight needs: unpackings left by a killed or refused ingest
-    (``<ingest.work_dir>/*.part-*`` older than an hour), resumable uploads untouched for
+    (``*.part-*`` folders whose unpacking process is gone), resumable uploads untouched for
     ``service.upload_keep_hours``, and temporary checkpoint files. Returns counts and bytes."""
     now = time.time() if now is None else now
     out = {"partial_unpackings": 0, "abandoned_uploads": 0, "bytes": 0}
@@ -65,10 +95,9 @@ def collect_garbage(settings, now: float | None = None) -> dict[str, int]:
         out[key] += 1
         out["bytes"] += size
 
-    work = Path(settings.ingest.work_dir).expanduser()
-    if work.is_dir():
-        for p in work.glob("*.part-*"):
-            if now - p.stat().st_mtime > PART_GRACE_S:
+    for folder in (Path(settings.ingest.work_dir).expanduser(), Path(settings.service.upload_dir).expanduser() / "flights"):
+        for p in (folder.glob("*.part-*") if folder.is_dir() else []):
+            if p.is_dir() and _abandoned(p, now):
                 drop(p, "partial_unpackings")
     parts = Path(settings.service.upload_dir).expanduser() / "parts"
     if parts.is_dir():

@@ -75,6 +75,7 @@ def _atomic_write(path: Path, text: str) -> None:
 def _collect(paths: list[Path], settings, refused: list) -> list[_Item]:
     """Files to consider, with zips unpacked safely; unusable ones go to ``refused``."""
     from pipeline.ingest.archive import safe_extract
+    from pipeline.storage import unpacking
 
     items: list[_Item] = []
 
@@ -93,8 +94,11 @@ def _collect(paths: list[Path], settings, refused: list) -> list[_Item]:
             if not dest.is_dir():
                 part = dest.with_name(f"{dest.name}.part-{uuid.uuid4().hex[:8]}")
                 try:
-                    safe_extract(p, part, settings.ingest)
+                    with unpacking(part):
+                        safe_extract(p, part, settings.ingest)
+                    (part / ".busy").unlink(missing_ok=True)
                 except InputError as e:
+                    shutil.rmtree(part, ignore_errors=True)
                     refused.append((name, one_line(e)))
                     return
                 try:

@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 from pipeline.errors import InputError
-from pipeline.storage import check_room
+from pipeline.storage import check_room, unpacking
 
 UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".img", ".vrt")
@@ -186,9 +186,10 @@ class Uploads:
         if rasters[0].file_size > self.max_bytes:
             raise UploadTooLarge(f"{safe_name(rasters[0].filename)} in the zip is over the limit of "
                                  f"{self.max_bytes / 2**20:.0f} MiB (service.max_upload_mb)")
-        unpacked = self.flights / f".{upload_id}.part-unzip"
+        unpacked = self.flights / f"{upload_id}.part-unzip"
         try:
-            (one,) = safe_extract(part, unpacked, self.limits, RASTER_SUFFIXES, flatten_names=True)
+            with unpacking(unpacked):
+                (one,) = safe_extract(part, unpacked, self.limits, RASTER_SUFFIXES, flatten_names=True)
             dest = _inside(self.flights / f"{upload_id}_{safe_name(rasters[0].filename) or 'ortho.tif'}", self.flights)
             os.replace(one.path, dest)
         finally:

@@ -191,7 +191,8 @@ class GpkgStore(Store):
                 try:
                     yield
                 except BaseException:
-                    self._con.execute("ROLLBACK")
+                    if self._con.in_transaction:    # SQLite itself rolled back on a full disk
+                        self._con.execute("ROLLBACK")
                     raise
                 else:
                     try:
@@ -209,8 +210,9 @@ class GpkgStore(Store):
                 try:
                     yield
                 except BaseException:
-                    self._con.execute(f"ROLLBACK TO {name}")
-                    self._con.execute(f"RELEASE {name}")
+                    if self._con.in_transaction:
+                        self._con.execute(f"ROLLBACK TO {name}")
+                        self._con.execute(f"RELEASE {name}")
                     raise
                 else:
                     self._x(f"RELEASE {name}")
