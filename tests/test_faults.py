@@ -161,3 +161,51 @@ def test_kill_inside_a_commit_rolls_everything_back(small_district_store, tmp_pa
     con = sqlite3.connect(store)
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     con.close()
+
+
+def test_quotas_refuse_at_the_start_and_gc_removes_abandoned_uploads(tmp_path):
+    from pipeline.config import load_settings
+    from pipeline.errors import InputError
+    from pipeline.service.uploads import Uploads
+    from pipeline.storage import collect_garbage
+
+    work, uploads = tmp_path / "work", tmp_path / "uploads"
+    z = tmp_path / "photos.zip"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_STORED) as f:
+        f.writestr("DJI_0001.JPG", os.urandom(3 << 20))
+    sets = ["--set", f"ingest.work_dir={work}", "--set", "ingest.work_quota_mb=2"]
+    line = one_line(patrol("--store", tmp_path / "p.gpkg", *sets, "ingest", z))
+    assert "quota" in line and not any(work.rglob("*.JPG"))
+    up = Uploads(uploads, 100 << 20, 1 << 20, quota_mb=1)
+    with pytest.raises(InputError, match="quota"):
+        up.create("big.tif", 2 << 20, "pat")
+    # an upload nobody finished: removed after service.upload_keep_hours, a recent one kept
+    settings = load_settings(overrides={"ingest.work_dir": str(work), "service.upload_dir": str(uploads),
+                                        "service.upload_keep_hours": "1"})
+    old, new = (Uploads(uploads, 100 << 20, 1 << 20).create(n, 10, "pat")["upload_id"] for n in ("a.tif", "b.tif"))
+    hours_ago = time.time() - 3 * 3600
+    for p in (uploads / "parts").glob(f"{old}.*"):
+        os.utime(p, (hours_ago, hours_ago))
+    done = collect_garbage(settings)
+    assert done["abandoned_uploads"] == 1
+    assert sorted(p.stem for p in (uploads / "parts").iterdir()) == [new, new]
+
+
+def test_a_web_download_on_a_full_disk_is_one_line_not_a_bare_500(small_district_store, small_disk, tmp_path):
+    from test_login_guard import GOOD, make_app, token
+
+    app, c = make_app(small_district_store, tmp_path, work_dir=str(small_disk / "service"))
+    auth = {"Authorization": "Bearer " + token(c).json()["access_token"]}
+    with open(small_disk / "filler", "wb") as f:          # every last block taken
+        try:
+            while True:
+                f.write(b"\0" * (64 << 10))
+                f.flush()
+        except OSError:
+            pass
+    r = c.get("/api/cases.xlsx", headers=auth)
+    assert r.status_code == 507, r.text
+    detail = r.json()["detail"]
+    assert "disk is full" in detail and "\n" not in detail and str(small_disk) not in detail
+    assert GOOD
+    app.state.store.close()
