@@ -75,6 +75,11 @@ class PgServer:
         server.sql(TEMPLATE, "CREATE EXTENSION postgis")
         return server
 
+    def restart(self) -> None:
+        """Kill the server (as a crash or a reboot would) and start it again on the same port."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.base / "server.log"), "-w", "-t", "60", "start")
+
     def stop(self) -> None:
         try:
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")

@@ -302,3 +302,51 @@ def test_a_photo_flight_is_planned_frame_by_frame_and_matches_patrol_run(base, t
     want_g = sorted(want.geometry, key=key)
     assert [key(g) for g in got_g] == [key(g) for g in want_g]
     assert all(a.equals_exact(b, 1e-3) for a, b in zip(got_g, want_g))
+
+
+def test_a_postgresql_restart_in_the_middle_of_a_nightly_flight_loses_nothing(base, reference, tmp_path):
+    """The server is killed and restarted while the nightly run detects the second flight: the run
+    ends with one-line failures at most, and the next run completes the same cases as one that was
+    never interrupted."""
+    from pg import PgServer
+
+    from pipeline.config import load_settings
+    from pipeline.registry import import_registry
+    from pipeline.run import register_flight
+    from pipeline.store import open_store
+
+    _, why = PgServer.find_bin()
+    if why:
+        pytest.skip(why)
+    server = PgServer.start()
+    try:
+        url = server.new_database()
+        settings = load_settings(overrides={"store.url": url, **TRUTH_SET})
+        with open_store(url, settings.store.crs) as store:
+            import_registry(store, base["vectors"], replace=True)
+            for p in base["orthos"]:
+                register_flight(store, p, settings)
+        ck = tmp_path / "ck"
+        sets = [a for k, v in TRUTH_SET.items() for a in ("--set", f"{k}={v}")]
+        cmd = [*PATROL, "--store", url, *sets, "nightly", "--truth-layer", str(base["vectors"]),
+               "--checkpoints", str(ck), "--chunk-tiles", "1", "--summary", str(tmp_path / "s")]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 90
+        while time.time() < deadline and not list(ck.glob(f"{base['ids'][1]}.*/part-*.npz")):
+            time.sleep(0.01)
+        server.restart()
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode in (0, 1, 2) and "Traceback" not in out + err, err
+        assert proc.returncode != 2 or len(err.strip().splitlines()) == 1, err      # aborted: in one line
+        for line in (x for x in out.splitlines() if "FAILED" in x):
+            assert "connection" in line.lower() or "store" in line.lower(), line
+        s = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+        assert s.returncode == 0 and "Traceback" not in s.stdout + s.stderr, s.stdout[-2000:] + s.stderr[-2000:]
+        with open_store(url, settings.store.crs) as store:
+            assert set(store.list_flights()["status"]) == {"done"}
+            cases = store.cases()
+        assert list(cases["case_no"]) == list(reference[0]["case_no"])
+        assert np.allclose(cases["area_m2"], reference[0]["area_m2"])
+    finally:
+        server.stop()
+

@@ -29,6 +29,7 @@ import itertools
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -48,7 +49,8 @@ MIGRATE_LOCK = 0x4C57_4D47
 CLAIM_LOCK = 0x4C57_464C          # ("LWFL") first key of the two-key flight claim locks
 LOCK_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 10
-ATTEMPTS = 3                      # tries of a transaction start / read on a dead connection
+ATTEMPTS = 5                      # tries of a transaction start / read on a dead connection
+RETRY_S = 0.25                    # first wait between them, doubling (a server restart takes ~2 s)
 APPLICATION = "lianwei-patrol"
 _PG_TYPE = {"text": "text", "int": "bigint", "real": "double precision", "date": "date",
             "datetime": "timestamp", "json": "jsonb"}
@@ -199,6 +201,7 @@ class PostgisStore(Store):
             except ConnectionLost:
                 if attempt == ATTEMPTS - 1:
                     raise
+                time.sleep(RETRY_S * 2 ** attempt)
             finally:
                 self._pool.putconn(conn)
         raise AssertionError("unreachable")
@@ -213,7 +216,9 @@ class PostgisStore(Store):
         """A pooled connection in a fresh transaction holding the write lock; a dead
         connection here is safe to replace (nothing was written yet)."""
         last: BaseException | None = None
-        for _ in range(ATTEMPTS):
+        for attempt in range(ATTEMPTS):
+            if attempt:
+                time.sleep(RETRY_S * 2 ** (attempt - 1))
             conn = self._getconn()
             try:
                 conn.execute("BEGIN")
