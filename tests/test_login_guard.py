@@ -65,7 +65,11 @@ def test_lockout_after_n_failures_until_an_admin_unlocks(small_district_store, t
     r = token(c, "wang", "officer-pass-1")
     assert r.status_code == 429 and "locked" in r.json()["detail"] and "unlock" in r.json()["detail"]
     assert A.get_user(app.state.store, "wang").locked
-    A.unlock(app.state.store, "wang")
+    assert form_login(c).status_code == 303                 # an admin unlocks it on the users page
+    page = c.get("/admin/users").text
+    assert "已锁定" in page and "/admin/users/wang/unlock" in page
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    assert c.post("/admin/users/wang/unlock", data={"csrf_token": csrf}).status_code == 303
     assert token(c, "wang", "officer-pass-1").status_code == 200
     assert not A.get_user(app.state.store, "wang").locked
     app.state.store.close()

@@ -27,6 +27,12 @@ def users_add(a: Auth = Depends(admin), username: str = Form(..., max_length=100
     return RedirectResponse("/admin/users", status_code=303)
 
 
+@router.post("/admin/users/{username}/unlock")
+def users_unlock(username: str, a: Auth = Depends(admin), svc: Service = Depends(service)):
+    A.unlock(svc.store, username)
+    return RedirectResponse("/admin/users", status_code=303)
+
+
 @router.post("/admin/users/{username}/disable")
 def users_disable(username: str, a: Auth = Depends(admin), disabled: int = Form(1), svc: Service = Depends(service)):
     if username == a.user.username:
