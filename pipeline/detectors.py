@@ -22,6 +22,14 @@ from pipeline.errors import InputError, ModelError
 
 _MODELS: dict[tuple, Any] = {}
 _MODEL_LOCK = threading.RLock()
+_THREAD_BUDGET = [0]                   # inference threads this process may use (0: the default)
+
+
+def set_thread_budget(threads: int) -> int:
+    """The inference threads of this process when ``detector.threads`` is 0 (a Dask executor
+    shares a machine's cores out among its workers)."""
+    _THREAD_BUDGET[0] = int(threads)
+    return _THREAD_BUDGET[0]
 
 
 class TileDetector(abc.ABC):
@@ -62,6 +70,7 @@ class ModelTileDetector(TileDetector):
         self.classes = tuple(getattr(predictor, "classes", None) or d.classes)
         self.confidence, self.nms_iou = d.confidence, d.nms_iou
         self.tile_px, self.batch_size = p.tile_px, int(getattr(predictor, "batch_size", p.batch_size))
+        self.threads = d.threads                   # 0: the default; an executor may share the cores out
         path = Path(getattr(predictor, "path", None) or model_path or settings.model_path)
         if predictor is None and not path.is_file():
             raise ModelError(f"model {path.name} not found; set detector.model (or --model) to the "
@@ -83,15 +92,16 @@ class ModelTileDetector(TileDetector):
         """The model: given, or loaded once per process and reused."""
         if self._predictor is not None:
             return self._predictor
+        threads = self.threads or _THREAD_BUDGET[0]
         key = (self.model_path, _file_stamp(self.model_path), self.classes, self.confidence, self.nms_iou,
-               self.tile_px, self.batch_size)
+               self.tile_px, self.batch_size, threads)
         with _MODEL_LOCK:
             if key not in _MODELS:
                 from pipeline.yolo import Detector
                 _MODELS.clear()
                 t0 = time.perf_counter()
                 model = Detector(self.model_path, list(self.classes), self.confidence, self.nms_iou,
-                                 imgsz=self.tile_px, batch_size=self.batch_size)
+                                 imgsz=self.tile_px, batch_size=self.batch_size, threads=threads)
                 model.load_s = time.perf_counter() - t0
                 _MODELS[key] = model
             return _MODELS[key]

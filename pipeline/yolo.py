@@ -30,7 +30,7 @@ class Detector:
     """A YOLO detector from ``.pt`` or exported ``.onnx`` weights, run on the CPU."""
 
     def __init__(self, model_path: str | Path, classes: Sequence[str], confidence: float = 0.25,
-                 nms_iou: float = 0.5, imgsz: int = 640, batch_size: int = 8):
+                 nms_iou: float = 0.5, imgsz: int = 640, batch_size: int = 8, threads: int = 0):
         path = Path(model_path)
         if path.suffix.lower() not in (".pt", ".onnx"):
             raise ModelError(f"model {path} is neither .pt nor .onnx; set detector.model to YOLO weights")
@@ -59,20 +59,24 @@ class Detector:
             self._check_onnx_size()
         # set the predictor up now (weights, ONNX session, warm-up), not on the first tiles
         self.predict([np.zeros((imgsz, imgsz, 3), np.uint8)])
+        from ultralytics.utils import NUM_THREADS
+        self.threads = threads or NUM_THREADS
         if path.suffix.lower() == ".onnx":
             self._limit_onnx_threads()
+        elif threads:
+            import torch
+            torch.set_num_threads(threads)
 
     def _limit_onnx_threads(self) -> None:
-        """Give onnxruntime the threads ultralytics gives torch (cpu_count - 1, at most 8): one core
-        stays free for reading and decoding the next tiles, and the inference does not fight it."""
+        """Give onnxruntime ``threads`` (by default what ultralytics gives torch, cpu_count - 1, at
+        most 8): one core stays free for reading and decoding the next tiles."""
         import onnxruntime as ort
-        from ultralytics.utils import NUM_THREADS
 
         backend = getattr(getattr(getattr(self.model, "predictor", None), "model", None), "backend", None)
         if getattr(backend, "session", None) is None:
             return
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = NUM_THREADS
+        opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
         backend.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
 

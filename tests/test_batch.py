@@ -350,3 +350,39 @@ def test_a_postgresql_restart_in_the_middle_of_a_nightly_flight_loses_nothing(ba
     finally:
         server.stop()
 
+
+def test_a_cluster_of_separate_processes_over_tcp_matches_the_in_process_run(base, reference, tmp_path):
+    """`dask scheduler` and two `dask worker` processes on 127.0.0.1: the flights are split by tile
+    chunks across them, the result equals the in-process run, and the machine's cores are shared
+    out among the two workers (inference threads per worker = cores // 2, at least 1)."""
+    import socket
+
+    dask = Path(sys.executable).with_name("dask")
+    if not dask.is_file():
+        pytest.skip("the dask command line is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    procs = [subprocess.Popen([str(dask), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        time.sleep(1.0)
+        procs += [subprocess.Popen([str(dask), "worker", address, "--nthreads", "1", "--no-dashboard",
+                                    "--memory-limit", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                  for _ in range(2)]
+        from distributed import Client
+        with Client(address, timeout="30s") as c:
+            c.wait_for_workers(2, timeout=60)
+        path, settings = fresh(base, tmp_path)
+        s = nightly(path, settings, truth=base["vectors"], scheduler=address, chunk_tiles=4)
+        assert s.failed == 0 and [f.status for f in s.flights] == ["done"] * 3
+        assert sorted(s.inference_threads.values()) == [max(1, os.cpu_count() // 2)] * 2
+        pd.testing.assert_frame_equal(table(path, "detections"), reference[1])
+        pd.testing.assert_frame_equal(table(path), reference[0])
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
+

@@ -1,6 +1,7 @@
 """Where the chunks of the nightly run are detected: in this process, or on a Dask cluster."""
 from __future__ import annotations
 
+import os
 from collections import deque
 
 from pipeline.errors import ConfigError, ModelError, PatrolError
@@ -94,8 +95,23 @@ class DaskExecutor:
     def cancel(self, fut) -> None:
         fut.cancel()
 
+    def share_cores(self) -> dict[str, int]:
+        """Inference threads of each worker: its machine's cores shared out among the worker
+        processes there, so N workers on one machine do not oversubscribe it."""
+        from collections import Counter
+
+        from pipeline.detectors import set_thread_budget
+        workers = self.client.scheduler_info()["workers"]
+        cores = self.client.run(os.cpu_count)
+        per_host = Counter(w["host"] for w in workers.values())
+        budget = {a: max(1, int(cores.get(a) or 1) // per_host[w["host"]]) for a, w in workers.items()}
+        for addr, n in budget.items():
+            self.client.run(set_thread_budget, n, workers=[addr])
+        return budget
+
     def warm(self, detector) -> list[float]:
         try:
+            self.threads = self.share_cores()
             return [float(v) for v in self.client.run(_warm, detector).values()]
         except PatrolError:
             raise

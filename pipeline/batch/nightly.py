@@ -119,6 +119,7 @@ def run_nightly(store, settings, flight_ids: list[str] | None = None, *, workers
 
     try:
         summary.model_load_s = executor.warm(detector)
+        summary.inference_threads = getattr(executor, "threads", {})
         while queue or jobs:
             while queue and (not jobs or sum(len(j.pending) for j in jobs.values()) < window):
                 row = queue.pop(0)

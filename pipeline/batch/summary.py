@@ -41,6 +41,7 @@ class NightlySummary:
     seconds: float = 0.0
     workers: int = 1
     model_load_s: list[float] = field(default_factory=list)
+    inference_threads: dict[str, int] = field(default_factory=dict)   # Dask worker -> its threads
     flights: list[FlightOutcome] = field(default_factory=list)
     message: str = ""
 
@@ -71,7 +72,9 @@ class NightlySummary:
     def markdown(self) -> str:
         t = self.totals()
         lines = [f"# Nightly run {self.started_at}", "",
-                 f"- store: {self.store}", f"- executor: {self.executor}; model: {self.model}",
+                 f"- store: {self.store}", f"- executor: {self.executor}; model: {self.model}"
+                 + (f"; inference threads per worker: {', '.join(map(str, sorted(self.inference_threads.values())))}"
+                    if self.inference_threads else ""),
                  f"- time: {self.seconds:.1f} s; flights done {t['flights_done']}, failed {t['flights_failed']}, "
                  f"skipped {t['flights_skipped']}",
                  f"- tiles {t['tiles']} ({t['tiles_reused']} reused from checkpoints), detections "
