@@ -58,6 +58,8 @@ class DetectorSettings(Section):
     nms_iou: float = Field(0.5, gt=0, le=1, description="IoU of the model's own non-max suppression")
     merge_iou: float = Field(0.3, gt=0, le=1, description="overlap (IoU or containment) that merges seam duplicates")
     nested_share: float = Field(0.8, gt=0, le=1, description="drop a box lying at least this share inside a bigger one")
+    runtime: Literal["fp32", "int8"] = Field("fp32", description="fp32: the model as trained; int8: its "
+                                                                   "statically quantised copy (scripts/quantize_int8.py)")
     threads: int = Field(0, ge=0, le=256, description="inference threads per process; 0: the cores less one, "
                                                      "shared out among the Dask workers of a machine")
     classes: list[str] = Field(
@@ -169,7 +171,9 @@ class Settings(Section):
 
     @property
     def model_path(self) -> Path:
-        return self.resolve(self.detector.model)
+        """The weights of ``detector.model`` in ``detector.runtime`` (int8: the ``.int8.onnx`` beside)."""
+        path = self.resolve(self.detector.model)
+        return path.with_suffix(".int8.onnx") if self.detector.runtime == "int8" else path
 
     @property
     def rules_path(self) -> Path:

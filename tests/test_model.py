@@ -69,3 +69,21 @@ def test_false_detections_at_most_ten_percent(measured):
     _, _, fp, n_pred = measured
     false_share = fp / max(n_pred, 1)
     assert false_share <= 0.10, f"false detections {false_share:.3f} ({fp} of {n_pred})"
+
+
+def test_the_int8_runtime_finds_what_fp32_finds_on_held_out_scenes(scenes):
+    """`detector.runtime: int8` (the quantised copy beside the model) on the same held-out scenes:
+    the same recall and false-detection bars as FP32."""
+    from pipeline.config import load_settings
+    from pipeline.detect import detect_ortho
+    from pipeline.evaluate import score
+    settings = load_settings(overrides={"detector.model": str(MODEL), "detector.runtime": "int8"})
+    if not settings.model_path.is_file():
+        pytest.skip(f"{settings.model_path.name} not made (scripts/quantize_int8.py)")
+    tp = fn = fp = n_pred = 0
+    for path, truth in scenes:
+        pred = detect_ortho(path, settings, store_crs=truth.crs.to_string(), progress=False)
+        found = score(pred, truth[truth["class_name"].isin(["building", "steel_shed"])][["geometry"]], iou=0.5)
+        fp, n_pred = fp + score(pred, truth[["geometry"]], iou=0.5)["fp"], n_pred + len(pred)
+        tp, fn = tp + found["tp"], fn + found["fn"]
+    assert tp / (tp + fn) >= 0.90 and fp / max(n_pred, 1) <= 0.10, (tp, fn, fp, n_pred)
