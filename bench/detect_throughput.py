@@ -9,11 +9,14 @@ subprocess, so each peak RSS is that variant's alone:
 
   pt    `detect_ortho` with the .pt weights: streamed tiles resampled to processing.gsd_m, batches
   onnx  the same with the exported .onnx (the CPU fast path)
+  int8  the same with its statically quantised copy (``detector.runtime: int8``)
   sahi  SAHI `get_sliced_prediction` with the same .pt weights on the whole image at its native
         resolution (640 px slices, the same overlap ratio and batch size)
 
 Reported per run: tiles (slices) per second, km² per hour (ortho extent / detection wall time,
-model loading excluded, reading the raster included), peak RSS, and precision / recall / F1 at
+model loading excluded, reading the raster included), flown km² per hour (the valid pixels'
+footprint, on the detection time and on the whole process as a user waits for it: start-up,
+imports and model load included), peak RSS, and precision / recall / F1 at
 IoU 0.5 against the district's truth layer (classes of --classes), scored like `patrol
 evaluate` (truth clipped to the valid footprint; compared as polygons for an oriented-box model,
 as axis-aligned envelopes for a plain box model; SAHI's OBB predictions keep their rotation). Ratios against SAHI are
@@ -35,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = ("pt", "onnx", "sahi")
+VARIANTS = ("pt", "onnx", "int8", "sahi")
 
 
 # ---------------------------------------------------------------- one variant (child process)
@@ -131,16 +134,16 @@ def child(args) -> None:
 
 # ---------------------------------------------------------------- orchestration (parent)
 def district(work: Path, size_m: float, seed: int, gsd_m: float) -> tuple[Path, Path]:
-    """Ortho (epoch 1) and vectors of a generated district, cached by size/seed/GSD."""
-    from pipeline.synth import generate_district
-
+    """Ortho (epoch 1) and vectors of a generated district, cached by size/seed/GSD. Generated in a
+    process of its own: Linux carries a parent's peak RSS into the children it starts, so a district
+    rendered here would show up as every variant's peak."""
     out = work / f"district_{int(size_m)}m_seed{seed}_{gsd_m:g}"
     ortho, vectors = out / "epoch_1.tif", out / "district.gpkg"
     if not (ortho.is_file() and vectors.is_file()):
         print(f"generating {size_m:g} m district (seed {seed}, {gsd_m:g} m GSD) in {out} ...", flush=True)
         t0 = time.perf_counter()
-        r = generate_district(out, seed=seed, size_m=size_m, epochs=1, gsd_m=gsd_m)
-        ortho, vectors = Path(r.orthos[0]), Path(r.vectors)
+        subprocess.run([sys.executable, "-m", "pipeline.cli", "synth", "--out", str(out), "--seed", str(seed),
+                        "--size-m", str(size_m), "--epochs", "1", "--gsd", str(gsd_m)], cwd=ROOT, check=True)
         print(f"  generated in {time.perf_counter() - t0:.0f} s", flush=True)
     return ortho, vectors
 
@@ -150,6 +153,14 @@ def extent_km2(ortho: Path) -> float:
     with open_raster(ortho) as src:
         gx, gy = ground_pixel_size(src)
         return src.width * gx * src.height * gy / 1e6
+
+
+def flown_km2(ortho: Path) -> float:
+    """The area of the ortho's valid pixels (what was flown), km²."""
+    from pipeline.ingest import valid_footprint
+    from pipeline.tiling import open_raster
+    with open_raster(ortho) as src:
+        return float(valid_footprint(src, "EPSG:4547").area) / 1e6
 
 
 def score_run(result: str, ortho: Path, vectors: Path, classes: list[str], envelope: bool) -> dict:
@@ -206,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if bad := set(variants) - set(VARIANTS):
         ap.error(f"unknown variants {sorted(bad)}; choose from {', '.join(VARIANTS)}")
-    weights = {"pt": args.model, "sahi": args.model, "onnx": args.onnx or args.model.with_suffix(".onnx")}
+    onnx = args.onnx or args.model.with_suffix(".onnx")
+    weights = {"pt": args.model, "sahi": args.model, "onnx": onnx, "int8": onnx.with_suffix(".int8.onnx")}
     for v in variants:
         if not weights[v].is_file():
             ap.error(f"weights for {v} not found: {weights[v]} (train and export the model first)")
@@ -226,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     for size in sorted(sizes):
         ortho, vectors = district(args.work, size, args.seed, args.gsd)
         km2 = extent_km2(ortho)
+        flown = flown_km2(ortho)
         for v in variants:
             result = str(args.work / f"result_{int(size)}m_{v}.json")
             cmd = [sys.executable, __file__, "--child", "--variant", v, "--ortho", str(ortho),
@@ -233,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{v:>5} on {size:g} m ({km2:.2f} km²) ...", flush=True)
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, cwd=ROOT)
+            process_s = time.perf_counter() - t0
             if proc.returncode != 0:
                 print(f"  {v} failed (exit {proc.returncode})", flush=True)
                 continue
@@ -242,8 +256,10 @@ def main(argv: list[str] | None = None) -> int:
                    "seconds": round(r["seconds"], 1), "tiles_per_s": round(r["tiles"] / r["seconds"], 2),
                    "km2_per_h": round(km2 / r["seconds"] * 3600, 2), "peak_rss_mb": round(r["peak_rss_mb"]),
                    "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
-                   "n_pred": m["n_pred"], "n_truth": m["n_truth"],
-                   "process_s": round(time.perf_counter() - t0, 1)}
+                   "n_pred": m["n_pred"], "n_truth": m["n_truth"], "flown_km2": round(flown, 3),
+                   "flown_km2_per_h": round(flown / r["seconds"] * 3600, 2),
+                   "flown_km2_per_h_with_startup": round(flown / process_s * 3600, 2),
+                   "process_s": round(process_s, 1)}
             rows.append(row)
             print(f"  {row['seconds']} s, {row['km2_per_h']} km²/h, {row['peak_rss_mb']} MB, "
                   f"recall {row['recall']}", flush=True)
@@ -251,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"model {args.model.name} ({'oriented boxes vs truth polygons' if oriented else 'boxes vs truth envelopes'}); "
           f"native GSD {args.gsd:g} m; classes scored: {', '.join(classes)}; IoU 0.5; {os.cpu_count()} CPUs")
-    head = ["size_m", "km2", "variant", "tiles", "seconds", "tiles_per_s", "km2_per_h", "peak_rss_mb",
-            "precision", "recall", "f1"]
+    head = ["size_m", "km2", "variant", "tiles", "seconds", "tiles_per_s", "km2_per_h", "flown_km2",
+            "flown_km2_per_h", "process_s", "flown_km2_per_h_with_startup", "peak_rss_mb", "precision", "recall", "f1"]
     print(" | ".join(head))
     print(" | ".join("---" for _ in head))
     for r in rows:
