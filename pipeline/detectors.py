@@ -7,6 +7,7 @@ gets the same object; the model loads once per process and the worker's threads 
 from __future__ import annotations
 
 import abc
+import functools
 import hashlib
 import json
 import os
@@ -181,10 +182,9 @@ class TruthTileDetector(TileDetector):
 
     def epoch(self, captured_at) -> int:
         """The district epoch captured at ``captured_at``."""
-        import geopandas as gpd
         import pandas as pd
 
-        fps = gpd.read_file(self.truth_path, layer="footprints")
+        fps = _layer(self.truth_path, _file_stamp(self.truth_path), "footprints", None)
         when = pd.Timestamp(captured_at) if captured_at is not None else None
         hit = fps[pd.to_datetime(fps["captured_at"]) == when] if when is not None else fps.iloc[:0]
         if not len(hit):
@@ -195,7 +195,6 @@ class TruthTileDetector(TileDetector):
     def detect_chunk(self, chunk, progress=None) -> dict[str, np.ndarray]:
         """The truth rows owned by the chunk's tiles; the tiles are read as the model would read
         them (and not used), so a damaged file fails as it would with the model."""
-        import geopandas as gpd
         import shapely
 
         from pipeline.flightplan import chunk_tiles
@@ -206,8 +205,8 @@ class TruthTileDetector(TileDetector):
                 progress(len(batch))
         with open_raster(chunk.path) as src:
             crs = src.crs
-        truth = gpd.read_file(self.truth_path, layer=self.layer, where=f"epoch = {self.epoch(chunk.captured_at)}")
-        truth = truth.to_crs(crs)
+        truth = _layer(self.truth_path, _file_stamp(self.truth_path), self.layer,
+                       self.epoch(chunk.captured_at)).to_crs(crs)
         ext = np.asarray(chunk.extents, dtype=float)
         c = shapely.get_coordinates(truth.geometry.centroid.values)
         inside = ((c[:, None, 0] >= ext[None, :, 0]) & (c[:, None, 0] < ext[None, :, 2])
@@ -237,6 +236,13 @@ class TruthTileDetector(TileDetector):
                                geometry=geoms, crs=raster_crs).to_crs(store_crs)
         gdf["area_m2"] = gdf.geometry.area
         return gdf[["class_name", "confidence", "area_m2", "geometry"]].reset_index(drop=True)
+
+
+@functools.lru_cache(maxsize=8)
+def _layer(path: str, stamp: str, layer: str, epoch: int | None):
+    """A layer of the truth file (one epoch's rows), read once per process and file version."""
+    import geopandas as gpd
+    return gpd.read_file(path, layer=layer, where=None if epoch is None else f"epoch = {int(epoch)}")
 
 
 def tile_detector(settings, detector: Any = None, truth: str | Path | None = None) -> TileDetector:

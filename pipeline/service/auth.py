@@ -201,7 +201,8 @@ class LoginGuard:
             user = authenticate(store, username, password)
         finally:
             self._checks.release()
-        known = get_user(store, username or "")
+        row = store.get_user(username) if username else None       # the account, read once
+        known = User.from_row(row) if row else None
         if user is not None and known is not None and known.locked:
             raise LoginRefused(f"account {username} is locked after {self.lockout_after} failed sign-ins; "
                                f"ask an admin to unlock it (patrol users unlock {username})")
@@ -212,7 +213,6 @@ class LoginGuard:
                 else:
                     self._fails.pop(k, None)
         if known is not None and not known.disabled:
-            row = store.get_user(username)
             prev = 0 if is_missing(row.get("failed_logins")) else int(row["failed_logins"])
             fails = 0 if user is not None else prev + 1
             change = {"username": username, "failed_logins": fails}

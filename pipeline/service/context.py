@@ -99,6 +99,7 @@ class Service:
     templates: Jinja2Templates
     guard: A.LoginGuard
     map_lock: threading.Lock = field(default_factory=threading.Lock)
+    map_orthos: dict = field(default_factory=dict)      # review map page -> the overlays it draws
 
     @classmethod
     def start(cls, settings, detector: Any = None, store=None) -> "Service":
@@ -278,6 +279,14 @@ class Service:
         return FileResponse(path, media_type=MEDIA[fmt], filename=f"cases_{date.today():%Y%m%d}.{fmt}",
                             background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True))
 
+    def orthos_of(self, user: A.User) -> frozenset[str]:
+        """The orthophoto overlays the officer's review map draws (read once per built map)."""
+        page = self.review_map(user)
+        if page not in self.map_orthos:
+            self.map_orthos[page] = frozenset(re.findall(r"ortho/([A-Za-z0-9_\-]+\.(?:png|jpg))",
+                                                         page.read_text(encoding="utf-8")))
+        return self.map_orthos[page]
+
     def review_map(self, user: A.User) -> Path:
         """The offline report map of the officer's cases (cached per scope and store state)."""
         from pipeline.report.map import build_map
@@ -305,6 +314,7 @@ class Service:
             out.write_text(page.replace("</html>", f"<script>{hook}</script>\n</html>", 1), encoding="utf-8")
             for old in sorted(maps.glob("*.html"), key=lambda p: p.stat().st_mtime)[:-MAPS_KEPT]:
                 old.unlink(missing_ok=True)
+                self.map_orthos.pop(old, None)
         return out
 
 

@@ -41,8 +41,7 @@ def review_map(a: Auth = Depends(officer), svc: Service = Depends(service)):
 @router.get("/review/ortho/{name}")
 def review_ortho(name: str, a: Auth = Depends(officer), svc: Service = Depends(service)):
     p = svc.work / "maps" / "ortho" / name
-    if not NAME_RE.match(name) or not p.is_file() or f"ortho/{name}" not in \
-            svc.review_map(a.user).read_text(encoding="utf-8"):       # only the flights of this officer's map
+    if not NAME_RE.match(name) or not p.is_file() or name not in svc.orthos_of(a.user):   # this officer's map only
         raise HTTPProblem(404, "not found")
     return FileResponse(p)
 
