@@ -554,13 +554,14 @@ def report_cmd(ctx, flight_id, out_dir, status, category, town, village, since, 
 
 
 @cli.command("stats")
-@click.option("--from", "since", help="Cases first seen on or after this date (YYYY-MM-DD).")
-@click.option("--to", "until", help="Cases first seen before this date (YYYY-MM-DD).")
+@click.option("--from", "since", help="Count what happened on or after this date (YYYY-MM-DD).")
+@click.option("--to", "until", help="Count what happened before this date (YYYY-MM-DD).")
 @click.option("--out", "out_dir", default="reports", show_default=True, type=click.Path(file_okay=False),
               help="Folder for stats.md, stats.xlsx and stats.png.")
 @pass_ctx
 def stats_cmd(ctx, since, until, out_dir):
-    """Campaign figures reported upward (整改率, 销号率, by town/village and month)."""
+    """Campaign figures reported upward, by the date each action happened: 本期 and 累计,
+    整改率, 销号率, by month, town, village and category."""
     from pipeline.rules import load_rules
     from pipeline.report.stats import write_stats
     _check_dates(since, until)

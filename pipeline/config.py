@@ -9,6 +9,7 @@ location resolves against the working directory.
 from __future__ import annotations
 
 import os
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -80,6 +81,8 @@ class ReportSettings(Section):
     ortho_gsd_m: float = Field(0.25, gt=0, description="GSD of the orthophoto layer drawn on the map")
     cluster_min_cases: int = Field(50, ge=1, description="cluster case markers on the map from this many cases")
     chip_margin_m: float = Field(8.0, ge=0, description="margin around a case in its evidence chips (m)")
+    campaign_start: date | None = Field(None, description="first day of the campaign: statistics count 累计 "
+                                                           "from it (empty: from the first record)")
 
 
 class ServiceSettings(Section):

@@ -286,30 +286,32 @@ def test_stats_agree_with_the_store(small_district_store, tmp_path):
         area_a = float(cases.loc[cases["case_no"] == a, "area_m2"].iloc[0])
 
         st = campaign_stats(store, rules)
-        t = st["totals"]
+        t = st["period"]                             # no dates: the period is everything so far
+        assert t == {k: v for k, v in st["cumulative"].items()}
         assert t["found"] == len(cases)
         assert t["flights"] == len(store.list_flights())
         assert t["new_build"] + t["existing"] == len(cases)
-        assert t["verified_illegal"] == 2 and t["stopped"] == 1 and t["filed"] == 2 and t["ordered"] == 2
+        # b's skipped filing is not counted as done
+        assert t["verified"] == 2 and t["stopped"] == 1 and t["filed"] == 1 and t["ordered"] == 2
         assert t["demolished"] == 1 and t["demolished_m2"] == pytest.approx(area_a, abs=0.1)
         assert t["rechecked"] == 1 and t["closed"] == 1 and t["lawful"] == 1
         assert t["overdue"] == 1
         assert t["open"] == int(cases["status"].isin(lc.open).sum())
         assert st["rates"]["rectification_rate"] == pytest.approx(1 / 2)   # 整改率
-        assert st["rates"]["closure_rate"] == pytest.approx(1 / 2)         # 销号率
+        assert st["rates"]["closure_rate"] == pytest.approx(1 / 1)         # 销号率: a closed, a filed
         assert int(st["by_village"]["found"].sum()) == len(cases)
         assert int(st["by_month"]["found"].sum()) == len(cases)
         assert int(st["by_category"]["found"].sum()) == len(cases)
-        # the period filter: nothing first seen in the far future
-        assert campaign_stats(store, rules, since="2099-01-01")["totals"]["found"] == 0
+        # the period filter: nothing happens in the far future
+        assert campaign_stats(store, rules, since="2099-01-01")["period"]["found"] == 0
 
         paths = write_stats(store, s, rules, tmp_path / "stats")
     md = paths["stats_md"].read_text(encoding="utf-8")
-    assert "| 整改率 | 50.0% |" in md and "| 销号率 | 50.0% |" in md
+    assert "| 整改率 | — | 50.0% |" in md and "| 销号率 | — | 100.0% |" in md
     assert paths["stats_png"].stat().st_size > 10_000
     from openpyxl import load_workbook
     ws = load_workbook(paths["stats_xlsx"]).active
-    values = {r[0].value: r[1].value for r in ws.iter_rows(min_row=2)}
+    values = {r[0].value: r[2].value for r in ws.iter_rows(min_row=4)}
     assert values["整改率"] == pytest.approx(0.5) and values["已销号"] == 1
 
 
