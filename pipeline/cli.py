@@ -5,6 +5,7 @@ A PatrolError is printed as one line on stderr (exit 2); `--debug` shows the tra
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -621,6 +622,53 @@ def serve(ctx, host, port, truth_layer):
     detector = TruthTileDetector(truth_layer, s.detector.classes) if truth_layer else None
     click.echo(f"serving {s.store.url} on http://{host or s.service.host}:{port or s.service.port}/ (Ctrl-C stops)")
     run_service(s, host, port, detector=detector)
+
+
+@cli.command("docs")
+@click.argument("kind", type=click.Choice(["sheet", "inspection", "stop_notice", "demolition_notice", "recheck",
+                                           "list"]))
+@click.argument("case_no", required=False)
+@click.option("--out", "out_path", type=click.Path(), help="PDF file (one case) or folder (--town/--village/--status).")
+@click.option("--town", help="Every case of this town.")
+@click.option("--village", help="Every case of this village.")
+@click.option("--status", multiple=True, help="Every case in this status (repeatable).")
+@click.option("--new", "new", is_flag=True, help="Issue a new number even if the case has this document already.")
+@click.option("--actor", default=lambda: os.environ.get("USER", "cli"), show_default="$USER",
+              help="Who issues it (recorded on the case).")
+@pass_ctx
+def docs_cmd(ctx, kind, case_no, out_path, town, village, status, new, actor):
+    """Numbered enforcement documents as PDF: sheet (证据单), inspection (现场检查笔录),
+    stop_notice (责令停止违法行为通知书), demolition_notice (限期拆除（改正）通知书), recheck
+    (复查记录). A case's document prints again with its number unless --new; `docs list`
+    shows what was issued."""
+    from pipeline.report.documents import check_templates, kind_label, print_document, write_pdf
+    if kind == "list":
+        with open_ctx_store(ctx) as store:
+            docs = store.documents(case_no=case_no)
+        for d in docs.to_dict("records"):
+            click.echo(f"{d['doc_no']}\t{kind_label(d['kind'])}\t{d['case_no']}\t{d['issued_at']}\t{d['actor']}\t"
+                       f"sha256 {d['file_hash'][:16]}")
+        return
+    batch = bool(town or village or status)
+    if not out_path:
+        raise click.UsageError("give --out FILE.pdf (one case) or --out FOLDER (--town/--village/--status)")
+    if batch == bool(case_no):
+        raise click.UsageError("give either CASE_NO or --town/--village/--status, not both or neither")
+    check_templates(ctx.settings)
+    rules = _ctx_rules(ctx)
+    with open_ctx_store(ctx) as store:
+        nos = [case_no] if case_no else list(store.cases(status=list(status) or None, town=town,
+                                                         village=village)["case_no"])
+        if batch and not nos:
+            raise click.UsageError("no case matches --town/--village/--status")
+        for no in nos:
+            row, pdf, identical = print_document(store, ctx.settings, rules, kind, no, actor, new=new)
+            target = Path(out_path) / f"{no}_{kind}.pdf" if batch else Path(out_path)
+            write_pdf(target, pdf)
+            click.echo(f"{row['doc_no']}\t{no}\t{target}")
+            if not identical:
+                click.echo(f"note: the template of {kind} changed since {row['doc_no']} was issued; this print "
+                           f"differs from the issued PDF (sha256 {row['file_hash'][:16]})", err=True)
 
 
 @cli.group("users")

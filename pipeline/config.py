@@ -85,6 +85,39 @@ class ReportSettings(Section):
                                                            "from it (empty: from the first record)")
 
 
+DOCUMENT_WORDS = {"sheet": "巡证", "inspection": "勘验", "stop_notice": "责停", "demolition_notice": "限拆",
+                  "recheck": "复查"}
+
+
+class DocumentSettings(Section):
+    template_dir: Path = Field(Path("documents"), description="folder of the document templates (base.html and one "
+                                                              "per kind; relative: to the config file)")
+    authority: str = Field("示范区住房和城乡建设局", description="the issuing authority printed on every document")
+    number_format: str = Field("{word}〔{year}〕第{seq:03d}号", description="document number: {word} the kind's "
+                                                                          "word, {year}, {seq} its number that year")
+    words: dict[str, str] = Field(default_factory=lambda: dict(DOCUMENT_WORDS),
+                                  description="the word of each document kind in its number")
+
+    @field_validator("number_format")
+    @classmethod
+    def _number_format(cls, v: str) -> str:
+        try:
+            v.format(word="责停", year=2026, seq=18)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"cannot be filled with {{word}}, {{year}}, {{seq}} ({e})") from None
+        if "{seq" not in v:
+            raise ValueError("must contain {seq}")
+        return v
+
+    @field_validator("words")
+    @classmethod
+    def _words(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(v) - set(DOCUMENT_WORDS))
+        if unknown:
+            raise ValueError(f"'{unknown[0]}' is not a document kind; kinds: {', '.join(DOCUMENT_WORDS)}")
+        return {**DOCUMENT_WORDS, **v}
+
+
 class ServiceSettings(Section):
     host: str = Field("127.0.0.1", description="address `patrol serve` listens on")
     port: int = Field(8080, ge=1, le=65535, description="port `patrol serve` listens on")
@@ -160,6 +193,7 @@ class Settings(Section):
     tracking: TrackingSettings = TrackingSettings()
     report: ReportSettings = ReportSettings()
     service: ServiceSettings = ServiceSettings()
+    documents: DocumentSettings = DocumentSettings()
     ingest: IngestSettings = IngestSettings()
     rules_file: Path = Field(Path("rules.yaml"), description="violation rules and lifecycle table")
 

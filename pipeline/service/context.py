@@ -103,11 +103,13 @@ class Service:
 
     @classmethod
     def start(cls, settings, detector: Any = None, store=None) -> "Service":
+        from pipeline.report.documents import check_templates
         from pipeline.rules import load_rules
         from pipeline.store import open_store
 
         svc = settings.service
         rules = load_rules(settings.rules_path)
+        check_templates(settings)
         if store is None:
             store = open_store(settings.store.url, settings.store.crs, case_prefix=settings.district.case_prefix)
         work = Path(svc.work_dir).expanduser().resolve()

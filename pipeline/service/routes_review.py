@@ -7,9 +7,10 @@ from urllib.parse import quote
 
 import pandas as pd
 from fastapi import APIRouter, Depends, Form, Request
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from pipeline.errors import InputError
+from pipeline.report.documents import KINDS, kind_label
 from pipeline.service.context import (CHIP_RE, EXPORT_FORMATS, NAME_RE, Auth, HTTPProblem, Service, StatusChange,
                                       officer, service)
 
@@ -51,8 +52,41 @@ def case_page(request: Request, case_no: str, a: Auth = Depends(officer), svc: S
     d = svc.case_detail(a.user, case_no)
     chips = svc.chips_for(svc.one_case(a.user, case_no))
     actions = [(s, ACTIONS.get(s, s), svc.slabel(s)) for s in d["allowed"]]
-    return svc.render(request, "case.html", {"c": d, "chips": chips, "actions": actions,
-                                             "can_act": a.user.role in ("officer", "admin")})
+    docs = [{"doc_no": r["doc_no"], "kind": kind_label(r["kind"]), "at": str(r["issued_at"])[:16],
+             "actor": r["actor"], "url": f"/documents/{quote(r['doc_no'])}.pdf"}
+            for r in svc.store.documents(case_no=case_no).to_dict("records")]
+    return svc.render(request, "case.html", {"c": d, "chips": chips, "actions": actions, "kinds": KINDS,
+                                             "docs": docs, "can_act": a.user.role in ("officer", "admin")})
+
+
+def _pdf(row: dict, pdf: bytes) -> Response:
+    name = quote(f"{row['case_no']}_{row['doc_no']}.pdf")
+    return Response(pdf, media_type="application/pdf",
+                    headers={"Content-Disposition": f"inline; filename*=UTF-8''{name}", "X-Document-No": quote(row["doc_no"])})
+
+
+@router.post("/cases/{case_no}/documents/{kind}")
+def print_case_document(case_no: str, kind: str, a: Auth = Depends(officer), new: str = Form(""),
+                        svc: Service = Depends(service)):
+    """打印: the case's document of this kind (its first print numbers it; ``new`` numbers another)."""
+    from pipeline.report.documents import print_document
+    if kind not in KINDS:
+        raise HTTPProblem(404, f"no document '{kind}'; one of {', '.join(KINDS)}")
+    svc.one_case(a.user, case_no)
+    row, pdf, _ = print_document(svc.store, svc.settings, svc.rules, kind, case_no, a.user.username, new=bool(new))
+    return _pdf(row, pdf)
+
+
+@router.get("/documents/{doc_no}.pdf")
+def reprint_case_document(doc_no: str, a: Auth = Depends(officer), svc: Service = Depends(service)):
+    from pipeline.report.documents import reprint_document
+    docs = svc.store.documents()
+    hit = docs[docs["doc_no"] == doc_no]
+    if not len(hit):
+        raise HTTPProblem(404, f"document {doc_no} not found")
+    svc.one_case(a.user, hit["case_no"].iloc[0])
+    row, pdf, _ = reprint_document(svc.store, svc.settings, doc_no)
+    return _pdf(row, pdf)
 
 
 @router.post("/cases/{case_no}/status")

@@ -40,7 +40,7 @@ from pyproj import CRS
 
 from pipeline.errors import StoreError
 from pipeline.store.core import check_bbox, from_sql, in_clause, q, to_sql
-from pipeline.store.schema import COUNTED, TABLES, USERS, Table
+from pipeline.store.schema import COUNTED, DOCUMENT, TABLES, USERS, Table
 from pipeline.values import is_missing, iso_datetime, plain
 
 BBox = tuple[float, float, float, float]      # minx, miny, maxx, maxy in the store CRS
@@ -333,6 +333,35 @@ class Store(abc.ABC):
         """Evidence rows of one case (or all), by captured_at."""
         where, params = ("case_no = ?", [case_no]) if case_no is not None else ("", [])
         return self._frame(TABLES["evidence"], where, params, order="captured_at NULLS FIRST, fid")
+
+    def next_sequence(self, prefix: str, year: int) -> int:
+        """The next number of the counter ``(prefix, year)`` (document numbers), never handed
+        out twice, even by concurrent writers. Call it inside the transaction that stores
+        what the number names, so a failure gives the number back."""
+        key = (prefix, int(year))
+        with self.transaction():
+            self._x("INSERT INTO case_counter (prefix, year, last_seq) VALUES (?, ?, 0) "
+                    "ON CONFLICT (prefix, year) DO NOTHING", key)
+            seq = int(self._rows("SELECT last_seq FROM case_counter WHERE prefix = ? AND year = ?", key)[0][0]) + 1
+            self._x("UPDATE case_counter SET last_seq = ? WHERE prefix = ? AND year = ?", (seq, *key))
+        return seq
+
+    def add_document(self, row: Mapping[str, Any]) -> None:
+        """Record one numbered document (doc_no, kind, year, seq, case_no, issued_at, actor,
+        fields, file_hash); a number is recorded once."""
+        with self.transaction():
+            if self._rows("SELECT 1 FROM document WHERE doc_no = ?", (row["doc_no"],)):
+                raise StoreError(f"document {row['doc_no']} is already recorded; numbers are handed out once")
+            self._upsert(DOCUMENT, pd.DataFrame([dict(row)]))
+
+    def documents(self, case_no: str | None = None, kind: str | None = None) -> pd.DataFrame:
+        """Documents (of one case, of one kind), in the order they were issued."""
+        clauses, params = [], []
+        for name, value in (("case_no", case_no), ("kind", kind)):
+            if value is not None:
+                clauses.append(f"{q(name)} = ?")
+                params.append(value)
+        return self._frame(DOCUMENT, " AND ".join(clauses), params, order="issued_at, fid")
 
     def users(self) -> pd.DataFrame:
         """Web service accounts (table ``users``: username, password_hash, role, towns

@@ -158,3 +158,15 @@ def add_user_guard_columns(store, sql_type) -> None:
     from pipeline.store.schema import USER_GUARD_COLUMNS, USERS
     for name in USER_GUARD_COLUMNS:
         store._x(f"ALTER TABLE {q(USERS.name)} ADD COLUMN {q(name)} {sql_type(USERS.column(name))}")
+
+
+def add_documents(store, sql_type, create_table) -> None:
+    """Migration 4 of both backends: the ledger columns of cases and the document table
+    (``create_table(table)`` is the backend's CREATE TABLE with its bookkeeping)."""
+    from pipeline.store.schema import CASE_LEDGER_COLUMNS, DOCUMENT, TABLES
+    cases = TABLES["cases"]
+    for name in CASE_LEDGER_COLUMNS:
+        store._x(f"ALTER TABLE {q(cases.name)} ADD COLUMN {q(name)} {sql_type(cases.column(name))}")
+    create_table(DOCUMENT)
+    for i, idx in enumerate(DOCUMENT.indexes):
+        store._x(f"CREATE INDEX {q(f'{DOCUMENT.name}_ix{i}')} ON {q(DOCUMENT.name)} ({', '.join(map(q, idx))})")

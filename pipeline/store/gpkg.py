@@ -27,8 +27,8 @@ from pyproj import CRS
 
 from pipeline.errors import StoreError, one_line
 from pipeline.store.base import Claim, Store
-from pipeline.store.core import add_user_guard_columns, from_wkb, multipolygons, projected_crs, q, table_columns
-from pipeline.store.schema import TABLES, Table
+from pipeline.store.core import add_documents, add_user_guard_columns, from_wkb, multipolygons, projected_crs, q, table_columns
+from pipeline.store.schema import TABLES, Table, as_created
 
 APPLICATION_ID = 0x47504B47          # "GPKG"
 USER_VERSION = 10200                 # GeoPackage 1.2
@@ -361,7 +361,7 @@ def _migration_1(store: GpkgStore) -> None:
                 [("crs", store.crs), ("srs_id", str(store.srs_id)), ("created_by", "lianwei-patrol")])
     x("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TEXT, "
       "description TEXT)")
-    for table in TABLES.values():
+    for table in map(as_created, TABLES.values()):
         x(f"CREATE TABLE {q(table.name)} ({', '.join(table_columns(table, _sql_type, _identity(table)))})")
         for i, idx in enumerate(table.indexes):
             x(f"CREATE INDEX {table.name}_ix{i} ON {q(table.name)} ({', '.join(map(q, idx))})")
@@ -392,9 +392,17 @@ def _migration_2(store: GpkgStore) -> None:
              "VALUES (?, 'attributes', ?, ?)", (USERS.name, USERS.name, USERS.description))
 
 
+def _attribute_table(store: GpkgStore, table: Table) -> None:
+    store._x(f"CREATE TABLE {q(table.name)} ({', '.join(table_columns(table, _sql_type, _identity(table)))})")
+    store._x("INSERT INTO gpkg_contents (table_name, data_type, identifier, description) "
+             "VALUES (?, 'attributes', ?, ?)", (table.name, table.name, table.description))
+
+
 MIGRATIONS: list[tuple[int, str, Any]] = [
     (1, "GeoPackage core, flight, detection, parcel, zone, cases, case_event, evidence", _migration_1),
     (2, "users: web service accounts", _migration_2),
     (3, "users: failed sign-ins, lockout, server-side logout", lambda s: add_user_guard_columns(s, _sql_type)),
+    (4, "cases: floors, floor area, unit, remark; document: numbered enforcement documents",
+     lambda s: add_documents(s, _sql_type, lambda t: _attribute_table(s, t))),
 ]
 GpkgStore.MIGRATIONS = MIGRATIONS

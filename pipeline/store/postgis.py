@@ -41,8 +41,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from pipeline.errors import StoreError, one_line
 from pipeline.store.base import Claim, Store
-from pipeline.store.core import add_user_guard_columns, from_wkb, multipolygons, projected_crs, q, table_columns
-from pipeline.store.schema import TABLES, Table
+from pipeline.store.core import add_documents, add_user_guard_columns, from_wkb, multipolygons, projected_crs, q, table_columns
+from pipeline.store.schema import TABLES, Table, as_created
 
 WRITE_LOCK = 0x4C57_5752          # advisory lock keys ("LWWR", "LWMG")
 MIGRATE_LOCK = 0x4C57_4D47
@@ -392,7 +392,7 @@ def _migration_1(store: PostgisStore) -> None:
     x("CREATE TABLE store_meta (key text PRIMARY KEY, value text)")
     x("INSERT INTO store_meta VALUES ('crs', ?), ('srid', ?), ('created_by', 'lianwei-patrol')",
       (store.crs, str(store.srid)))
-    for table in TABLES.values():
+    for table in map(as_created, TABLES.values()):
         _create_table(store, table)
         for i, idx in enumerate(table.indexes):
             x(f"CREATE INDEX {q(f'{table.name}_ix{i}')} ON {q(table.name)} ({', '.join(map(q, idx))})")
@@ -418,5 +418,7 @@ MIGRATIONS: list[tuple[int, str, Any]] = [
     (2, "users: web service accounts", _migration_2),
     (3, "users: failed sign-ins, lockout, server-side logout",
      lambda s: add_user_guard_columns(s, lambda c: _PG_TYPE[c.kind])),
+    (4, "cases: floors, floor area, unit, remark; document: numbered enforcement documents",
+     lambda s: add_documents(s, lambda c: _PG_TYPE[c.kind], lambda t: _create_table(s, t))),
 ]
 PostgisStore.MIGRATIONS = MIGRATIONS

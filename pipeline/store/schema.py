@@ -77,6 +77,7 @@ CASES = Table("cases", (
     C("first_seen_at", "datetime"), C("last_seen_flight"), C("last_seen_at", "datetime"),
     C("recheck_date", "date"), C("closed_date", "date"), C("demolished_area_m2", "real"),
     C("created_at", "datetime"), C("updated_at", "datetime"), C("geometry", "geometry"),
+    C("floors", "int"), C("floor_area_m2", "real"), C("unit"), C("remark"),
 ), key=("case_no",), description="enforcement cases (台账)",
     indexes=(("status",), ("category",), ("town", "village"), ("first_seen_at",)))
 
@@ -110,7 +111,28 @@ USERS = Table("users", (
 #: the account columns migration 3 added (sign-in lockout, server-side logout)
 USER_GUARD_COLUMNS = ("failed_logins", "locked_at", "sessions_after")
 
+#: the ledger columns migration 4 added to cases: 层数, 建筑面积, 责任单位/执法中队, 备注
+CASE_LEDGER_COLUMNS = ("floors", "floor_area_m2", "unit", "remark")
+#: columns each table got after migration 1 (which creates the tables without them)
+ADDED_LATER = {"cases": CASE_LEDGER_COLUMNS}
+
+
+def as_created(table: Table) -> Table:
+    """The table as migration 1 created it."""
+    later = ADDED_LATER.get(table.name, ())
+    return Table(table.name, tuple(c for c in table.columns if c.name not in later), table.key,
+                 table.description, table.append_only, table.indexes)
+
+
+#: numbered enforcement documents (文书), added by migration 4: one row per number handed out;
+#: ``fields`` is everything the document was filled with, so a re-print is identical
+DOCUMENT = Table("document", (
+    C("doc_no", required=True), C("kind", required=True), C("year", "int", required=True),
+    C("seq", "int", required=True), C("case_no", required=True), C("issued_at", "datetime"),
+    C("actor"), C("fields", "json", default={}), C("file_hash"),
+), key=("doc_no",), description="numbered enforcement documents (文书) per case", indexes=(("case_no",),))
+
 #: tables reported by Store.status()["counts"]
-COUNTED = ("flight", "detection", "parcel", "zone", "cases", "case_event", "evidence")
+COUNTED = ("flight", "detection", "parcel", "zone", "cases", "case_event", "evidence", "document")
 
 CASE_COLUMNS = CASES.names

@@ -1,0 +1,417 @@
+"""Enforcement documents (文书) as PDF: the evidence sheet, 现场检查笔录, 责令停止违法行为通知书,
+限期拆除（改正）通知书 and 复查记录.
+
+Templates are Jinja2 HTML in ``documents.template_dir`` (config/documents), rendered by
+WeasyPrint with the Chinese fonts embedded. ``issue_document`` fills one from the case,
+numbers it from a per-kind, per-year counter (``documents.number_format``), renders it and
+records the document (its fields and the PDF's sha256) and a case event in one store
+transaction, so two concurrent requests never get the same number and a failure leaves no
+gap. ``reprint_document`` renders a recorded document again from its stored fields: the
+same bytes while the template is unchanged.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+
+from pipeline.errors import ConfigError, InputError, PatrolError
+from pipeline.report.common import FIELDS as FIELD_LABELS
+from pipeline.report.common import (CATEGORIES, CLASSES, STOCK, label, missing, rule_texts, status_label, text,
+                                    to_wgs84_points)
+
+KINDS: dict[str, tuple[str, str]] = {
+    "sheet": ("案件证据单", "Evidence sheet"),
+    "inspection": ("现场检查（勘验）笔录", "Site inspection record"),
+    "stop_notice": ("责令停止违法行为通知书", "Stop-work order"),
+    "demolition_notice": ("限期拆除（改正）通知书", "Order to demolish or rectify"),
+    "recheck": ("复查记录", "Re-inspection record"),
+}
+#: every field a template may show; a template naming any other is refused
+FIELDS = (
+    "authority", "district", "title", "kind", "doc_no", "issued_at", "issued_date", "case_no", "status_label",
+    "category", "category_label", "class_label", "stock_label", "town", "village", "village_code", "lon", "lat",
+    "area_m2", "area_mu", "floors", "floor_area_m2", "party", "phone", "parcel", "parcel_text", "land_class",
+    "basic_farmland_m2", "redline_m2", "reasons", "first_seen_at", "last_seen_at", "before", "after", "location",
+    "image_hashes", "order_no", "order_date", "deadline", "deadline_text", "assignee", "unit", "progress", "history",
+)
+#: fields every document must show
+REQUIRED = ("doc_no", "case_no")
+M2_PER_MU = 666.67
+NOT_FOR = {"lawful", "unfounded", "false_positive"}
+LOCATION_PX = 420
+
+
+class TemplateError(ConfigError):
+    """A document template that cannot be used (syntax, unknown or missing field)."""
+
+
+def kind_label(kind: str) -> str:
+    return KINDS[kind][0]
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise InputError(f"'{kind}' is not a document kind; one of {', '.join(KINDS)}")
+
+
+def template_dir(settings) -> Path:
+    return settings.resolve(settings.documents.template_dir)
+
+
+@lru_cache(maxsize=8)
+def _environment(folder: str, stamp: tuple):
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+    return Environment(loader=FileSystemLoader(folder), undefined=StrictUndefined,
+                       autoescape=select_autoescape(["html"], default=True))
+
+
+def _stamp(folder: Path) -> tuple:
+    return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in folder.glob("*.html")))
+
+
+def check_templates(settings) -> Path:
+    """Refuse, with one line naming the template and the field, a template folder whose
+    templates do not parse, name a field the product does not fill, or leave out one every
+    document must carry. Returns the folder."""
+    from jinja2 import TemplateSyntaxError, meta
+    folder = template_dir(settings)
+    if not folder.is_dir():
+        raise TemplateError(f"document templates: folder {folder} does not exist; "
+                            f"set documents.template_dir to the folder holding {', '.join(KINDS)}.html")
+    env = _environment(str(folder), _stamp(folder))
+    known = set(FIELDS) | {"range", "loop"}
+    for name in ["base.html"] + [f"{k}.html" for k in KINDS]:
+        path = folder / name
+        if not path.is_file():
+            raise TemplateError(f"document template {path} is missing; copy it from the product's config/documents")
+        source = path.read_text(encoding="utf-8")
+        try:
+            ast = env.parse(source, name=name, filename=str(path))
+        except TemplateSyntaxError as e:
+            raise TemplateError(f"document template {path} line {e.lineno}: {e.message}; fix the template") from None
+        unknown = sorted(meta.find_undeclared_variables(ast) - known - _loop_names(ast))
+        if unknown:
+            raise TemplateError(f"document template {path} uses field '{unknown[0]}', which no document fills; "
+                                f"fields: {', '.join(FIELDS)}")
+    for kind in KINDS:
+        used = _fields_used(env, folder, f"{kind}.html")
+        for field in REQUIRED:
+            if field not in used:
+                raise TemplateError(f"document template {folder / (kind + '.html')} does not show the field "
+                                    f"'{field}', which every document must carry")
+    return folder
+
+
+def _loop_names(ast) -> set[str]:
+    from jinja2 import nodes
+    return {n.name for f in ast.find_all(nodes.For) for n in f.target.find_all(nodes.Name)}
+
+
+def _fields_used(env, folder: Path, name: str) -> set[str]:
+    """The fields a template and the templates it extends show."""
+    from jinja2 import meta
+    used: set[str] = set()
+    while name:
+        ast = env.parse((folder / name).read_text(encoding="utf-8"))
+        used |= meta.find_undeclared_variables(ast)
+        parents = list(meta.find_referenced_templates(ast))
+        name = parents[0] if parents else None
+    return used
+
+
+# ---------------------------------------------------------------- filling
+def _data_uri(png: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(png).decode('ascii')}"
+
+
+def _num(v: Any, nd: int = 1) -> str:
+    return "" if missing(v) else f"{float(v):.{nd}f}"
+
+
+def _day(v: Any) -> str:
+    return "" if missing(v) else pd.Timestamp(v).strftime("%Y-%m-%d")
+
+
+def _chinese_date(t: pd.Timestamp) -> str:
+    return f"{t.year}年{t.month}月{t.day}日"
+
+
+def _scale_and_north(png: bytes, gsd_m: float) -> tuple[bytes, int]:
+    """Draw a scale bar (a round number of metres, about a quarter of the width) and a
+    north arrow on a north-up map image; returns the image and the bar's metres."""
+    from PIL import Image, ImageDraw
+    im = Image.open(io.BytesIO(png)).convert("RGB")
+    w, h = im.size
+    metres = next(m for m in (200, 100, 50, 20, 10, 5, 2, 1) if m / gsd_m <= w / 3.5) if gsd_m > 0 else 0
+    d = ImageDraw.Draw(im)
+    if metres:
+        bar = int(round(metres / gsd_m))
+        x0, y0 = 12, h - 18
+        d.rectangle([x0 - 4, y0 - 16, x0 + bar + 40, y0 + 10], fill=(255, 255, 255))
+        d.rectangle([x0, y0, x0 + bar // 2, y0 + 5], fill=(0, 0, 0))
+        d.rectangle([x0 + bar // 2, y0, x0 + bar, y0 + 5], outline=(0, 0, 0), fill=(255, 255, 255))
+        d.text((x0, y0 - 14), "0", fill=(0, 0, 0))
+        d.text((x0 + bar + 4, y0 - 6), f"{metres} m", fill=(0, 0, 0))
+    cx, top = w - 24, 10
+    d.rectangle([cx - 14, top - 4, cx + 14, top + 44], fill=(255, 255, 255))
+    d.polygon([(cx, top), (cx - 9, top + 26), (cx, top + 20), (cx + 9, top + 26)], fill=(0, 0, 0))
+    d.text((cx - 3, top + 28), "N", fill=(0, 0, 0))
+    out = io.BytesIO()
+    im.save(out, format="PNG", optimize=True)
+    return out.getvalue(), metres
+
+
+def _cut(src, geom, crs: str, margin: float, px: int, context=()) -> tuple[bytes, float] | None:
+    import tempfile
+
+    from pipeline.report.evidence import cut_chip
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "chip.png"
+        gsd = cut_chip(src, geom, crs, out, margin, px, context=context)
+        return (out.read_bytes(), gsd) if gsd else None
+
+
+def _pictures(store, case: dict, flights) -> dict[str, Any]:
+    """前时相 / 后时相 chips and the location map (scale bar, north arrow) from the flights
+    whose orthophoto covers the case: 前时相 the last flight before the case was first seen
+    (else the first covering flight), 后时相 the latest."""
+    import rasterio
+
+    from pipeline.report.evidence import ortho_path
+    g = case["geometry"]
+    cover = []
+    for _, fl in flights.sort_values("captured_at").iterrows():
+        fp = fl[flights.geometry.name]
+        path = ortho_path(fl.to_dict(), getattr(store, "url", None))
+        if path is not None and fp is not None and not fp.is_empty and fp.intersects(g.centroid):
+            cover.append((fl.to_dict(), path))
+    out: dict[str, Any] = {"before": None, "after": None, "location": None, "image_hashes": ""}
+    if not cover:
+        return out
+    first = pd.Timestamp(case["first_seen_at"]) if not missing(case.get("first_seen_at")) else None
+    earlier = [c for c in cover if first is not None and not missing(c[0].get("captured_at"))
+               and pd.Timestamp(c[0]["captured_at"]) < first]
+    picks = {"after": cover[-1], "before": earlier[-1] if earlier else (cover[0] if len(cover) > 1 else None)}
+    side = max(np.ptp(np.asarray(g.bounds).reshape(2, 2), axis=0))
+    hashes = []
+    for role, pick in picks.items():
+        if pick is None:
+            continue
+        with rasterio.open(pick[1]) as src:
+            cut = _cut(src, g, store.crs, max(8.0, 0.5 * side), 360)
+            if role == "after":
+                near = store.parcels(tuple(shapely.buffer(g, 60).bounds))
+                loc = _cut(src, g, store.crs, 40.0, LOCATION_PX, context=[p for p in near.geometry if p is not None])
+                if loc:
+                    png, metres = _scale_and_north(*loc)
+                    out["location"] = {"src": _data_uri(png), "scale_m": metres,
+                                       "date": _day(pick[0].get("captured_at"))}
+        if cut:
+            hashes.append(hashlib.sha256(cut[0]).hexdigest()[:12])
+            out[role] = {"src": _data_uri(cut[0]), "label": "前时相" if role == "before" else "后时相",
+                         "date": _day(pick[0].get("captured_at")), "flight": pick[0]["flight_id"],
+                         "gsd": f"{cut[1]:.2f}"}
+    out["image_hashes"] = " ".join(hashes)
+    return out
+
+
+def land_class(case: dict, zones) -> str:
+    """三调 地类 of the case: the parcel's DLBM/DLMC, else the restricted zones it lies on."""
+    snap = case.get("parcel_snapshot") if isinstance(case.get("parcel_snapshot"), dict) else {}
+    attrs = snap.get("attrs") if isinstance(snap.get("attrs"), dict) else {}
+    code = snap.get("land_use") or attrs.get("DLBM")
+    name = attrs.get("DLMC")
+    if code or name:
+        return " ".join(x for x in (text(code), text(name)) if x)
+    if zones is not None and len(zones):
+        hit = zones[zones.intersects(case["geometry"])]
+        names = [" ".join(x for x in (text(c), text(n)) if x) for c, n in zip(hit["code"], hit["name"])]
+        return "、".join(dict.fromkeys(n for n in names if n))
+    return ""
+
+
+#: 三调 / 宅基地 attribute names in parcel snapshots, in Chinese
+PARCEL_ATTRS = {"BSM": "标识码", "TBBH": "图斑编号", "ZLDWDM": "坐落单位代码", "ZLDWMC": "坐落单位名称",
+                "QSDWDM": "权属单位代码", "QSDWMC": "权属单位名称", "TBMJ": "图斑面积(m²)", "ZDDM": "宗地代码",
+                "QLR": "权利人"}
+SHOWN_ELSEWHERE = {"attrs", "town", "village", "village_code", "land_use", "DLBM", "DLMC"}
+
+
+def parcel_facts(snap: dict) -> list[tuple[str, str]]:
+    """(label, value) of a parcel snapshot in Chinese, without what the document shows elsewhere."""
+    attrs = snap.get("attrs") if isinstance(snap.get("attrs"), dict) else {}
+    rows = []
+    for k, v in [*snap.items(), *attrs.items()]:
+        if k in SHOWN_ELSEWHERE or not text(v):
+            continue
+        name = PARCEL_ATTRS.get(k) or (label(FIELD_LABELS, k, "zh") if k in FIELD_LABELS else k)
+        if name not in {r[0] for r in rows}:
+            rows.append((name, text(v)))
+    return rows
+
+
+def progress_text(events: pd.DataFrame, rules) -> str:
+    """处置进度: the latest step, its date and note."""
+    ev = events[events["to_status"].notna()] if len(events) else events
+    if not len(ev):
+        return ""
+    e = ev.iloc[-1]
+    note = text(e.get("note"))
+    return f"{status_label(e['to_status'], 'zh', rules)} {_day(e['at'])}" + (f"（{note}）" if note else "")
+
+
+def case_fields(store, settings, rules, case: dict, kind: str, *, flights=None, zones=None,
+                events=None) -> dict[str, Any]:
+    """Everything a document of ``kind`` shows about ``case`` (the number comes later)."""
+    flights = store.list_flights() if flights is None else flights
+    zones = store.zones(tuple(case["geometry"].bounds)) if zones is None else zones
+    events = store.events(case["case_no"]) if events is None else events
+    ll = to_wgs84_points(gpd.GeoDataFrame(geometry=[case["geometry"]], crs=store.crs), store.crs)[0]
+    snap = case.get("parcel_snapshot") if isinstance(case.get("parcel_snapshot"), dict) else {}
+    parcel_rows = parcel_facts(snap)
+    area = float(case["area_m2"]) if not missing(case.get("area_m2")) else 0.0
+    deadline = _day(case.get("deadline"))
+    hist = [{"at": _day(e["at"]), "step": status_label(e["to_status"], "zh", rules) if not missing(e["to_status"])
+             else "文书", "note": text(e["note"])} for _, e in events.iterrows()]
+    parcel_id = text(case.get("parcel_id"))
+    inside = bool(snap)
+    fields = {
+        "authority": settings.documents.authority, "district": settings.district.name,
+        "title": kind_label(kind), "kind": kind, "case_no": case["case_no"],
+        "status_label": status_label(case.get("status"), "zh", rules),
+        "category": text(case.get("category")), "category_label": label(CATEGORIES, case.get("category"), "zh"),
+        "class_label": label(CLASSES, case.get("detector_class"), "zh"),
+        "stock_label": label(STOCK, case.get("stock"), "zh"),
+        "town": text(case.get("town")), "village": text(case.get("village")),
+        "village_code": text(case.get("village_code")), "lon": f"{ll[0]:.6f}", "lat": f"{ll[1]:.6f}",
+        "area_m2": f"{area:.1f}", "area_mu": f"{area / M2_PER_MU:.2f}",
+        "floors": "" if missing(case.get("floors")) else str(int(case["floors"])),
+        "floor_area_m2": _num(case.get("floor_area_m2")),
+        "party": text(case.get("party")), "phone": text(case.get("phone")),
+        "parcel": parcel_rows,
+        "parcel_text": (f"宅基地 {parcel_id}（{text(case.get('owner'))}）" if inside and parcel_id else
+                        f"不在登记宅基地内（最近地块 {parcel_id}）" if parcel_id else "不在登记宅基地内"),
+        "land_class": land_class(case, zones),
+        "basic_farmland_m2": _num(case.get("basic_farmland_m2")), "redline_m2": _num(case.get("redline_m2")),
+        "reasons": rule_texts(case, "zh", rules),
+        "first_seen_at": _day(case.get("first_seen_at")), "last_seen_at": _day(case.get("last_seen_at")),
+        "order_no": text(case.get("order_no")), "order_date": _day(case.get("order_date")),
+        "deadline": deadline,
+        "deadline_text": _chinese_date(pd.Timestamp(deadline)) if deadline else "____年__月__日",
+        "assignee": text(case.get("assignee")), "unit": text(case.get("unit")),
+        "progress": progress_text(events, rules), "history": hist,
+    }
+    fields.update(_pictures(store, case, flights))
+    return fields
+
+
+# ---------------------------------------------------------------- rendering
+def render_pdf(settings, kind: str, fields: dict[str, Any]) -> tuple[bytes, int]:
+    """The PDF of a filled document and its page count. Same fields, same template: same bytes."""
+    import weasyprint
+    from jinja2 import UndefinedError
+    folder = check_templates(settings)
+    env = _environment(str(folder), _stamp(folder))
+    try:
+        html = env.get_template(f"{kind}.html").render(**fields)
+    except UndefinedError as e:
+        raise TemplateError(f"document template {folder / (kind + '.html')}: {e.message}; "
+                            f"fields: {', '.join(FIELDS)}") from None
+    doc = weasyprint.HTML(string=html, base_url=str(folder)).render()
+    doc.metadata.created = doc.metadata.modified = fields["issued_at"]
+    doc.metadata.title = f"{fields['title']} {fields['doc_no']}"
+    doc.metadata.authors = [fields["authority"]]
+    doc.metadata.generator = "Lianwei Patrol"
+    pdf = doc.write_pdf(pdf_identifier=hashlib.sha256(fields["doc_no"].encode()).digest()[:16])
+    return pdf, len(doc.pages)
+
+
+def document_number(settings, kind: str, year: int, seq: int) -> str:
+    return settings.documents.number_format.format(word=settings.documents.words.get(kind, ""), year=year, seq=seq)
+
+
+def _one_case(store, case_no: str) -> dict:
+    cases = store.cases()
+    hit = cases[cases["case_no"] == case_no]
+    if not len(hit):
+        raise InputError(f"case {case_no} is not in the store; see `patrol cases list`")
+    return hit.iloc[0].to_dict()
+
+
+def issue_document(store, settings, rules, kind: str, case_no: str, actor: str, now: datetime | None = None,
+                   fields: dict[str, Any] | None = None) -> tuple[dict, bytes]:
+    """Number, render and record a new document of ``kind`` for the case; returns the
+    document row and the PDF."""
+    _check_kind(kind)
+    check_templates(settings)
+    case = _one_case(store, case_no)
+    if case.get("status") in NOT_FOR and kind != "sheet":
+        raise InputError(f"case {case_no} is {status_label(case['status'], 'zh', rules)}; "
+                         f"no {kind_label(kind)} is issued for a dismissed case")
+    fields = dict(fields) if fields is not None else case_fields(store, settings, rules, case, kind)
+    at = pd.Timestamp(now or datetime.now()).floor("s")
+    with store.transaction():
+        seq = store.next_sequence(f"doc:{kind}", at.year)
+        doc_no = document_number(settings, kind, at.year, seq)
+        fields.update(doc_no=doc_no, issued_at=at.isoformat(), issued_date=_chinese_date(at))
+        pdf, pages = render_pdf(settings, kind, fields)
+        digest = hashlib.sha256(pdf).hexdigest()
+        row = {"doc_no": doc_no, "kind": kind, "year": at.year, "seq": seq, "case_no": case_no,
+               "issued_at": at, "actor": actor, "fields": fields, "file_hash": digest}
+        store.add_document(row)
+        store.append_events([{"case_no": case_no, "at": at, "actor": actor, "from_status": None, "to_status": None,
+                              "note": f"出具{kind_label(kind)} {doc_no}（{pages} 页，sha256 {digest[:16]}）"}])
+    return row, pdf
+
+
+def reprint_document(store, settings, doc_no: str) -> tuple[dict, bytes, bool]:
+    """A recorded document rendered again from its stored fields: (row, PDF, identical to
+    the PDF issued)."""
+    docs = store.documents()
+    hit = docs[docs["doc_no"] == doc_no]
+    if not len(hit):
+        raise InputError(f"document {doc_no} is not in the store; see `patrol docs list CASE_NO`")
+    row = hit.iloc[-1].to_dict()
+    pdf, _ = render_pdf(settings, row["kind"], row["fields"])
+    return row, pdf, hashlib.sha256(pdf).hexdigest() == row["file_hash"]
+
+
+def latest_document(store, case_no: str, kind: str) -> str | None:
+    docs = store.documents(case_no=case_no, kind=kind)
+    return None if not len(docs) else str(docs["doc_no"].iloc[-1])
+
+
+def write_pdf(path: Path, pdf: bytes) -> Path:
+    from pipeline.storage import os_error_line
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_bytes(pdf)
+        tmp.replace(path)
+    except OSError as e:
+        raise PatrolError(os_error_line(e, f"writing {path}")) from None
+    return path
+
+
+def print_document(store, settings, rules, kind: str, case_no: str, actor: str, new: bool = False,
+                   now: datetime | None = None) -> tuple[dict, bytes, bool]:
+    """The case's latest document of ``kind`` printed again (same number, same bytes while
+    the template is unchanged), or a new one when there is none or ``new``. Returns
+    (row, PDF, identical: False only for a re-print that differs from the issued PDF)."""
+    _check_kind(kind)
+    known = None if new else latest_document(store, case_no, kind)
+    if known is None:
+        row, pdf = issue_document(store, settings, rules, kind, case_no, actor, now)
+        return row, pdf, True
+    return reprint_document(store, settings, known)

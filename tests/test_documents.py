@@ -1,0 +1,166 @@
+"""Enforcement documents as PDF: rendered by WeasyPrint, read back with poppler (pdftotext,
+pdfinfo, pdftoppm), numbered without gaps under concurrency, recorded on the case."""
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_settings
+from pipeline.rules import load_rules
+from pipeline.store import open_store
+
+pytestmark = pytest.mark.skipif(shutil.which("pdftotext") is None, reason="poppler-utils missing (make system-deps)")
+ROOT = Path(__file__).resolve().parent.parent
+KINDS = ("sheet", "inspection", "stop_notice", "demolition_notice", "recheck")
+
+
+def _pdf_text(path: Path) -> str:
+    return subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def _pages(path: Path) -> int:
+    out = subprocess.run(["pdfinfo", str(path)], capture_output=True, text=True, check=True).stdout
+    return int(re.search(r"^Pages:\s+(\d+)", out, re.M).group(1))
+
+
+@pytest.fixture()
+def doc_store(small_district_store, tmp_path):
+    src, _, _ = small_district_store
+    shutil.copy(src, tmp_path / "patrol.gpkg")
+    s = load_settings(overrides={"store.url": str(tmp_path / "patrol.gpkg")})
+    store = open_store(s.store.url, s.store.crs)
+    cases = store.cases()
+    no = cases["case_no"].iloc[0]
+    store.save_cases(cases.loc[cases["case_no"] == no, ["case_no"]].assign(
+        party="王建国", phone="13800001111", floors=2, unit="第一执法中队"))
+    yield store, s, no
+    store.close()
+
+
+def test_every_document_renders_and_is_recorded(doc_store, tmp_path):
+    from pipeline.report.documents import issue_document, kind_label, reprint_document
+    store, s, no = doc_store
+    rules = load_rules(s.rules_path)
+    case = store.cases().set_index("case_no").loc[no]
+    for kind in KINDS:
+        row, pdf = issue_document(store, s, rules, kind, no, "officer1")
+        path = tmp_path / f"{kind}.pdf"
+        path.write_bytes(pdf)
+        txt = _pdf_text(path)
+        flat = re.sub(r"\s+", "", txt)
+        assert re.fullmatch(r".+〔20\d\d〕第001号", row["doc_no"]), row["doc_no"]
+        for want in (kind_label(kind), row["doc_no"], no, s.documents.authority if kind != "sheet" else "巡查人"):
+            assert re.sub(r"\s+", "", want) in flat, (kind, want)
+        if kind != "sheet":
+            assert "王建国" in flat
+        assert f"{float(case['area_m2']):.1f}" in flat
+        if kind == "sheet":
+            assert _pages(path) == 1                       # one A4 page
+            assert "前时相" in flat and "后时相" in flat and "核查人" in flat and "当事人" in flat
+            assert "比例尺" in flat and "上北" in flat and "第一执法中队" in flat
+        # recorded: the document row with the PDF's hash, and a case event naming it
+        docs = store.documents(case_no=no, kind=kind)
+        assert list(docs["doc_no"]) == [row["doc_no"]]
+        assert docs["file_hash"].iloc[0] == hashlib.sha256(pdf).hexdigest()
+        notes = store.events(no)["note"].tolist()
+        assert any(row["doc_no"] in n and docs["file_hash"].iloc[0][:16] in n for n in notes)
+        # re-printable identically
+        _, again, same = reprint_document(store, s, row["doc_no"])
+        assert same and again == pdf
+    # page 1 renders to an image (what a printer gets)
+    png = tmp_path / "p1"
+    subprocess.run(["pdftoppm", "-r", "50", "-png", "-f", "1", "-l", "1", str(tmp_path / "sheet.pdf"), str(png)],
+                   check=True)
+    assert next(tmp_path.glob("p1*.png")).stat().st_size > 20_000
+    # document events never count as lifecycle steps in the statistics
+    from pipeline.report.stats import campaign_stats
+    assert campaign_stats(store, rules)["period"]["verified"] == 0
+
+
+def test_a_dismissed_case_gets_no_notice(doc_store):
+    from pipeline.errors import InputError
+    from pipeline.report.documents import issue_document
+    from pipeline.track import change_status
+    store, s, no = doc_store
+    rules = load_rules(s.rules_path)
+    change_status(store, no, "false_positive", "t", "a shadow", rules.lifecycle)
+    with pytest.raises(InputError, match="dismissed case"):
+        issue_document(store, s, rules, "stop_notice", no, "t")
+    assert len(store.documents()) == 0
+
+
+def test_numbers_have_no_gap_under_concurrent_requests(doc_store, tmp_path):
+    store, s, no = doc_store
+    cases = list(store.cases()["case_no"])[:2]
+    store.close()
+    cmd = [sys.executable, "-m", "pipeline.cli", "--store", s.store.url, "docs", "stop_notice"]
+    procs = [subprocess.Popen(["bash", "-c", " && ".join(
+        " ".join(cmd + [c, "--new", "--out", str(tmp_path / f"{c}_{i}.pdf")]) for i in range(3))],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT) for c in cases]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    again = open_store(s.store.url, s.store.crs)
+    docs = again.documents(kind="stop_notice")
+    again.close()
+    assert sorted(docs["seq"]) == list(range(1, 7))      # six numbers, no gap, none twice
+    assert docs["doc_no"].is_unique
+
+
+def _broken_config(tmp_path, store_url, edit) -> Path:
+    tpl = tmp_path / "templates"
+    shutil.copytree(ROOT / "config" / "documents", tpl)
+    edit(tpl)
+    shutil.copy(ROOT / "config" / "rules.yaml", tmp_path / "rules.yaml")
+    cfg = tmp_path / "bureau.yaml"
+    cfg.write_text(f"store: {{url: '{store_url}'}}\ndocuments: {{template_dir: templates}}\n", encoding="utf-8")
+    return cfg
+
+
+@pytest.mark.parametrize("edit, want", [
+    (lambda t: (t / "stop_notice.html").write_text(
+        (t / "stop_notice.html").read_text(encoding="utf-8").replace("{{ party", "{{ partty"), encoding="utf-8"),
+     "stop_notice.html uses field 'partty'"),
+    (lambda t: (t / "recheck.html").write_text("{% extends 'base.html' %}{% block body %}{% if x %}{% endblock %}",
+                                               encoding="utf-8"), "recheck.html line 1:"),
+    (lambda t: (t / "base.html").write_text(
+        (t / "base.html").read_text(encoding="utf-8").replace("{{ doc_no }}", ""), encoding="utf-8"),
+     "does not show the field 'doc_no'"),
+    (lambda t: (t / "inspection.html").unlink(), "inspection.html is missing"),
+])
+def test_a_bad_template_is_refused_at_start(doc_store, tmp_path, edit, want):
+    store, s, no = doc_store
+    cfg = _broken_config(tmp_path, s.store.url, edit)
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "--config", str(cfg), "docs", "sheet", no,
+                        "--out", str(tmp_path / "x.pdf")], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and want in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not (tmp_path / "x.pdf").exists() and len(store.documents()) == 0
+    # the web service refuses to start with it too
+    from pipeline.errors import ConfigError
+    from pipeline.service.context import Service
+    with pytest.raises(ConfigError, match=re.escape(want)):
+        Service.start(load_settings(cfg), store=store)
+
+
+def test_cli_docs_batch_and_reprint(doc_store, tmp_path):
+    from pipeline.cli import main
+    store, s, no = doc_store
+    village = store.cases().set_index("case_no").loc[no, "village"]
+    n = int((store.cases()["village"] == village).sum())
+    url = s.store.url
+    assert main(["--store", url, "docs", "sheet", "--village", village, "--out", str(tmp_path / "b")]) == 0
+    assert len(list((tmp_path / "b").glob("*_sheet.pdf"))) == n
+    first = (tmp_path / "b" / f"{no}_sheet.pdf").read_bytes()
+    # printing the case's sheet again gives the same number and the same bytes
+    assert main(["--store", url, "docs", "sheet", no, "--out", str(tmp_path / "again.pdf")]) == 0
+    assert (tmp_path / "again.pdf").read_bytes() == first
+    assert len(store.documents(kind="sheet")) == n
+    assert main(["--store", url, "docs", "sheet", no, "--village", village, "--out", str(tmp_path / "c")]) == 2
+    assert main(["--store", url, "docs", "sheet", "NO-SUCH", "--out", str(tmp_path / "d.pdf")]) == 2
