@@ -589,7 +589,7 @@ def cases_export(ctx, fmt, out_file, status, category, town, village, since, unt
                             village=village, since=since, until=until)
         evidence = store.evidence()
         path = export_cases(cases, Path(out_file), fmt, lang=ctx.settings.report.language, rules=rules,
-                            evidence=evidence, crs=store.crs)
+                            evidence=evidence, crs=store.crs, columns=ctx.settings.ledger.columns, store=store)
     click.echo(f"{len(cases)} cases written to {path}")
 
 

@@ -85,6 +85,40 @@ class ReportSettings(Section):
                                                            "from it (empty: from the first record)")
 
 
+#: every column the 台账 can carry (pipeline/report/ledger.py fills them)
+LEDGER_FIELDS = (
+    "seq", "case_no", "town", "village", "village_code", "coords", "lon", "lat", "x", "y", "land_class",
+    "area_m2", "area_mu", "floor_area_m2", "floors", "category", "detector_class", "stock", "party", "phone",
+    "source", "first_seen_at", "last_seen_at", "status", "progress", "doc_nos", "order_no", "order_date",
+    "deadline", "overdue_days", "unit", "assignee", "demolished_area_m2", "recheck_date", "closed_date",
+    "parcel_id", "owner", "basic_farmland_m2", "redline_m2", "farmland_m2", "rules", "reasons", "flags",
+    "confidence", "image_before", "image_after", "remark")
+#: the columns of DOMAIN.md's 两违台账, in its order
+DEFAULT_LEDGER_COLUMNS = [
+    "seq", "case_no", "town", "village", "coords", "land_class", "area_m2", "area_mu", "floor_area_m2", "floors",
+    "category", "party", "phone", "source", "first_seen_at", "status", "progress", "doc_nos", "deadline",
+    "overdue_days", "unit", "assignee", "demolished_area_m2", "image_before", "image_after", "remark"]
+
+
+class LedgerSettings(Section):
+    columns: list[str | dict[str, str]] = Field(
+        default_factory=lambda: list(DEFAULT_LEDGER_COLUMNS),
+        description="columns of the case list (台账, xlsx/csv) in order: a field id, or {field: header}")
+
+    @field_validator("columns")
+    @classmethod
+    def _known(cls, v: list) -> list:
+        if not v:
+            raise ValueError("needs at least one column")
+        for item in v:
+            if isinstance(item, dict) and len(item) != 1:
+                raise ValueError(f"{item}: give one field and its header, e.g. {{party: 当事人}}")
+            field = next(iter(item)) if isinstance(item, dict) else item
+            if field not in LEDGER_FIELDS:
+                raise ValueError(f"'{field}' is not a ledger field; fields: {', '.join(LEDGER_FIELDS)}")
+        return v
+
+
 DOCUMENT_WORDS = {"sheet": "巡证", "inspection": "勘验", "stop_notice": "责停", "demolition_notice": "限拆",
                   "recheck": "复查"}
 
@@ -194,6 +228,7 @@ class Settings(Section):
     report: ReportSettings = ReportSettings()
     service: ServiceSettings = ServiceSettings()
     documents: DocumentSettings = DocumentSettings()
+    ledger: LedgerSettings = LedgerSettings()
     ingest: IngestSettings = IngestSettings()
     rules_file: Path = Field(Path("rules.yaml"), description="violation rules and lifecycle table")
 

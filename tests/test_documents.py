@@ -164,3 +164,38 @@ def test_cli_docs_batch_and_reprint(doc_store, tmp_path):
     assert len(store.documents(kind="sheet")) == n
     assert main(["--store", url, "docs", "sheet", no, "--village", village, "--out", str(tmp_path / "c")]) == 2
     assert main(["--store", url, "docs", "sheet", "NO-SUCH", "--out", str(tmp_path / "d.pdf")]) == 2
+
+
+def test_the_ledger_has_the_configured_columns_progress_and_documents(doc_store, tmp_path):
+    from openpyxl import load_workbook
+
+    from pipeline.cli import main
+    from pipeline.report.documents import issue_document
+    from pipeline.track import change_status
+    store, s, no = doc_store
+    rules = load_rules(s.rules_path)
+    change_status(store, no, "verified", "t", "现场确认", rules.lifecycle)
+    change_status(store, no, "ordered", "t", "限期拆除", rules.lifecycle, deadline="2020-01-01")
+    row, _ = issue_document(store, s, rules, "demolition_notice", no, "t")
+    cfg = tmp_path / "bureau.yaml"
+    shutil.copy(ROOT / "config" / "rules.yaml", tmp_path / "rules.yaml")
+    shutil.copytree(ROOT / "config" / "documents", tmp_path / "documents")
+    cfg.write_text("ledger:\n  columns: [case_no, {party: 当事人姓名}, progress, doc_nos, overdue_days, land_class, "
+                   "area_mu]\n", encoding="utf-8")
+    out = tmp_path / "ledger.xlsx"
+    assert main(["--config", str(cfg), "--store", s.store.url, "cases", "export", "--out", str(out)]) == 0
+    ws = load_workbook(out).active
+    head = [c.value for c in ws[1]]
+    assert head == ["图斑编号/案件编号", "当事人姓名", "处置进度", "文书编号", "逾期天数", "地类", "占地面积(亩)"]
+    rows = {r[0].value: [c.value for c in r] for r in ws.iter_rows(min_row=2)}
+    mine = rows[no]
+    assert mine[1] == "王建国" and mine[2].startswith("限期整改/拆除 ") and "限期拆除" in mine[2]
+    assert row["doc_no"] in mine[3]
+    assert mine[4] > 300                                   # days past a 2020 deadline
+    assert ws.page_setup.orientation == "landscape" and ws.print_title_rows == "$1:$1"
+    # an unknown column is refused with one line naming it
+    cfg.write_text("ledger:\n  columns: [case_no, 违法面积]\n", encoding="utf-8")
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "--config", str(cfg), "--store", s.store.url, "cases",
+                        "export", "--out", str(tmp_path / "bad.xlsx")], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "'违法面积' is not a ledger field" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

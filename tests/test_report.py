@@ -219,21 +219,31 @@ def test_case_lists_round_trip(reports):
     wb = load_workbook(paths["cases_xlsx"])
     ws = wb.active
     head = [c.value for c in ws[1]]
-    assert head[0] == "案件编号" and "状态" in head and "权利人" in head
-    assert ws.freeze_panes == "B2"
+    # the 台账 columns of DOMAIN.md, in config order (ledger.columns)
+    assert head[:4] == ["序号", "图斑编号/案件编号", "乡镇", "村"]
+    for h in ("地类", "占地面积(亩)", "建筑面积(m²)", "层数", "违法主体/当事人", "电话", "发现方式", "处置进度",
+              "文书编号", "逾期天数", "责任单位/执法中队", "拆除面积(m²)", "现场照片(后时相)", "备注"):
+        assert h in head, h
+    assert ws.freeze_panes == "C2" and ws.auto_filter.ref.startswith("A1:")
+    # printed A4 landscape, fit to the page width, header row on every page
+    assert ws.page_setup.orientation == "landscape" and int(ws.page_setup.paperSize) == 9
+    assert ws.sheet_properties.pageSetUpPr.fitToPage and ws.page_setup.fitToWidth == 1
+    assert ws.page_setup.fitToHeight == 0 and ws.print_title_rows == "$1:$1"
     rows = [dict(zip(head, [c.value for c in r])) for r in ws.iter_rows(min_row=2)]
-    assert {r["案件编号"] for r in rows} == want
+    assert {r["图斑编号/案件编号"] for r in rows} == want
+    assert [r["序号"] for r in rows] == list(range(1, len(rows) + 1))
+    areas = dict(zip(cases["case_no"], cases["area_m2"]))
     for r in rows:
-        assert (r["权利人"] or "") == owners[r["案件编号"]]
-        assert (r["村"] or "") == villages[r["案件编号"]]
+        assert (r["村"] or "") == villages[r["图斑编号/案件编号"]]
+        assert r["占地面积(亩)"] == pytest.approx(areas[r["图斑编号/案件编号"]] / 666.67, abs=0.006)
+        assert r["发现方式"] == "无人机航拍"
     assert len(ws._images) >= 1                           # chip thumbnails
 
     raw = paths["cases_csv"].read_bytes()
     assert raw.startswith(b"\xef\xbb\xbf")
     csv = pd.read_csv(paths["cases_csv"], encoding="utf-8-sig", dtype=str, keep_default_na=False)
-    assert set(csv["案件编号"]) == want
-    assert dict(zip(csv["案件编号"], csv["权利人"])) == owners
-    assert dict(zip(csv["案件编号"], csv["村"])) == villages
+    assert list(csv.columns) == head
+    assert dict(zip(csv["图斑编号/案件编号"], csv["村"])) == villages
 
     gj = json.loads(paths["cases_geojson"].read_text(encoding="utf-8"))
     props = {f["properties"]["case_no"]: f["properties"] for f in gj["features"]}

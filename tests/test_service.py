@@ -287,6 +287,34 @@ def test_case_page_has_facts_chips_reasons_and_downloads(svc):
         assert c.get(f"/review/{png}", headers=t).status_code == 200
 
 
+def test_print_button_issues_a_numbered_pdf_and_reprints_it(svc):
+    from urllib.parse import unquote
+    c, csrf = _session(svc.app, "off")
+    page = c.get(f"/cases/{svc.case}").text
+    assert 'id="print-form"' in page and "打印 责令停止违法行为通知书" in page and "尚未出具文书" in page
+    r = c.post(f"/cases/{svc.case}/documents/stop_notice", data={"csrf_token": csrf})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/pdf" and r.content[:5] == b"%PDF-"
+    no = unquote(r.headers["x-document-no"])
+    assert re.fullmatch(r"责停〔20\d\d〕第\d{3}号", no)
+    # pressed again: the same document, not a new number; "new" numbers another
+    again = c.post(f"/cases/{svc.case}/documents/stop_notice", data={"csrf_token": csrf})
+    assert unquote(again.headers["x-document-no"]) == no and again.content == r.content
+    other = c.post(f"/cases/{svc.case}/documents/stop_notice", data={"csrf_token": csrf, "new": "1"})
+    assert unquote(other.headers["x-document-no"]) != no
+    page = c.get(f"/cases/{svc.case}").text
+    link = re.search(r'href="(/documents/[^"]+\.pdf)"', page).group(1)
+    assert c.get(link).content == r.content
+    assert "出具责令停止违法行为通知书 " + no in page                 # the case history records it
+    # without the CSRF token, for another town's officer, for a patrol account: refused
+    assert c.post(f"/cases/{svc.case}/documents/sheet").status_code == 403
+    far, far_csrf = _session(svc.app, "far")
+    assert far.post(f"/cases/{svc.case}/documents/sheet", data={"csrf_token": far_csrf}).status_code == 404
+    assert far.get(link).status_code == 404
+    assert c.post(f"/cases/{svc.case}/documents/memo", data={"csrf_token": csrf}).status_code == 404
+    pat = svc.client.post(f"/cases/{svc.case}/documents/sheet", headers=svc.tokens["pat"])
+    assert pat.status_code == 403
+
+
 # ---------------------------------------------------------------- uploads
 def _upload(c, t, data: bytes, name: str, chunk: int = 300_000):
     r = c.post("/api/uploads", json={"filename": name, "size": len(data)}, headers=t)

@@ -61,8 +61,10 @@ def write_reports(store, settings, out_dir: str | Path, flight_id: str | None = 
             paths[f"map_flight_{fid}"] = build_map(store, settings, out / f"map_flight_{fid}.html", flight_id=fid,
                                                    cases=fl_cases, evidence=evidence, rules=rules, sheets=sheets)
     crs = store.crs
-    paths["cases_xlsx"] = write_xlsx(cases, out / f"cases_{stem}.xlsx", lang, rules, evidence, crs)
-    paths["cases_csv"] = write_csv(cases, out / f"cases_{stem}.csv", lang, rules, crs)
+    columns = settings.ledger.columns
+    paths["cases_xlsx"] = write_xlsx(cases, out / f"cases_{stem}.xlsx", lang, rules, evidence, crs,
+                                     columns=columns, store=store)
+    paths["cases_csv"] = write_csv(cases, out / f"cases_{stem}.csv", lang, rules, crs, columns, store)
     paths["cases_geojson"] = write_geojson(cases, out / f"cases_{stem}.geojson", lang, rules, crs)
     paths["cases_kml"] = write_kml(cases, out / f"cases_{stem}.kml", lang, rules, crs)
     paths["cases_kmz"] = write_kmz(cases, out / f"cases_{stem}.kmz", lang, rules, crs, evidence)

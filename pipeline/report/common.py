@@ -114,6 +114,14 @@ ZONE_KINDS: dict[str, tuple[str, str]] = {
     "ecological_redline": ("生态保护红线", "Ecological red line"),
 }
 
+SOURCES: dict[str, tuple[str, str]] = {
+    "uav": ("无人机航拍", "Drone flight"), "ortho": ("无人机航拍", "Drone flight"),
+    "orthos": ("无人机航拍", "Drone flight"), "photos": ("无人机航拍", "Drone flight"),
+    "patrol": ("地面巡查", "Ground patrol"), "report": ("群众举报", "Public report"),
+    "hotline": ("12345热线", "12345 hotline"), "referral": ("部门转办", "Referral"),
+    "satellite": ("卫片", "Satellite change spot"),
+}
+
 FLAGS: dict[str, tuple[str, str]] = {
     "new": ("新发现", "new"), "rebuilt": ("复建", "rebuilt"),
     "demolition_seen": ("疑似已拆除", "demolition seen"), "grown": ("扩建", "grown"),

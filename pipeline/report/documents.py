@@ -25,9 +25,9 @@ import pandas as pd
 import shapely
 
 from pipeline.errors import ConfigError, InputError, PatrolError
-from pipeline.report.common import FIELDS as FIELD_LABELS
 from pipeline.report.common import (CATEGORIES, CLASSES, STOCK, label, missing, rule_texts, status_label, text,
                                     to_wgs84_points)
+from pipeline.report.ledger import M2_PER_MU, land_class, parcel_facts, progress_text
 
 KINDS: dict[str, tuple[str, str]] = {
     "sheet": ("案件证据单", "Evidence sheet"),
@@ -46,7 +46,6 @@ FIELDS = (
 )
 #: fields every document must show
 REQUIRED = ("doc_no", "case_no")
-M2_PER_MU = 666.67
 NOT_FOR = {"lawful", "unfounded", "false_positive"}
 LOCATION_PX = 420
 
@@ -223,51 +222,6 @@ def _pictures(store, case: dict, flights) -> dict[str, Any]:
                          "gsd": f"{cut[1]:.2f}"}
     out["image_hashes"] = " ".join(hashes)
     return out
-
-
-def land_class(case: dict, zones) -> str:
-    """三调 地类 of the case: the parcel's DLBM/DLMC, else the restricted zones it lies on."""
-    snap = case.get("parcel_snapshot") if isinstance(case.get("parcel_snapshot"), dict) else {}
-    attrs = snap.get("attrs") if isinstance(snap.get("attrs"), dict) else {}
-    code = snap.get("land_use") or attrs.get("DLBM")
-    name = attrs.get("DLMC")
-    if code or name:
-        return " ".join(x for x in (text(code), text(name)) if x)
-    if zones is not None and len(zones):
-        hit = zones[zones.intersects(case["geometry"])]
-        names = [" ".join(x for x in (text(c), text(n)) if x) for c, n in zip(hit["code"], hit["name"])]
-        return "、".join(dict.fromkeys(n for n in names if n))
-    return ""
-
-
-#: 三调 / 宅基地 attribute names in parcel snapshots, in Chinese
-PARCEL_ATTRS = {"BSM": "标识码", "TBBH": "图斑编号", "ZLDWDM": "坐落单位代码", "ZLDWMC": "坐落单位名称",
-                "QSDWDM": "权属单位代码", "QSDWMC": "权属单位名称", "TBMJ": "图斑面积(m²)", "ZDDM": "宗地代码",
-                "QLR": "权利人"}
-SHOWN_ELSEWHERE = {"attrs", "town", "village", "village_code", "land_use", "DLBM", "DLMC"}
-
-
-def parcel_facts(snap: dict) -> list[tuple[str, str]]:
-    """(label, value) of a parcel snapshot in Chinese, without what the document shows elsewhere."""
-    attrs = snap.get("attrs") if isinstance(snap.get("attrs"), dict) else {}
-    rows = []
-    for k, v in [*snap.items(), *attrs.items()]:
-        if k in SHOWN_ELSEWHERE or not text(v):
-            continue
-        name = PARCEL_ATTRS.get(k) or (label(FIELD_LABELS, k, "zh") if k in FIELD_LABELS else k)
-        if name not in {r[0] for r in rows}:
-            rows.append((name, text(v)))
-    return rows
-
-
-def progress_text(events: pd.DataFrame, rules) -> str:
-    """处置进度: the latest step, its date and note."""
-    ev = events[events["to_status"].notna()] if len(events) else events
-    if not len(ev):
-        return ""
-    e = ev.iloc[-1]
-    note = text(e.get("note"))
-    return f"{status_label(e['to_status'], 'zh', rules)} {_day(e['at'])}" + (f"（{note}）" if note else "")
 
 
 def case_fields(store, settings, rules, case: dict, kind: str, *, flights=None, zones=None,

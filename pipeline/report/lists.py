@@ -31,9 +31,9 @@ LIST_FIELDS = [
     "village_code", "parcel_id", "owner", "party", "phone", "rules", "confidence", "flags",
     "basic_farmland_m2", "redline_m2", "farmland_m2", "first_seen_at", "last_seen_at", "order_no",
     "order_date", "deadline", "assignee", "recheck_date", "closed_date", "demolished_area_m2",
-    "lon", "lat", "x", "y"]
+    "floors", "floor_area_m2", "unit", "remark", "lon", "lat", "x", "y"]
 NUMERIC = {"area_m2", "confidence", "basic_farmland_m2", "redline_m2", "farmland_m2",
-           "demolished_area_m2", "lon", "lat", "x", "y"}
+           "demolished_area_m2", "floors", "floor_area_m2", "lon", "lat", "x", "y"}
 GIS_FIELDS = [f for f in LIST_FIELDS if f not in ("lon", "lat", "x", "y")] + [
     "status_label", "category_label", "reasons_text", "first_seen_flight", "last_seen_flight",
     "lon", "lat"]
@@ -48,36 +48,11 @@ def _coords(cases: gpd.GeoDataFrame, crs: str) -> pd.DataFrame:
                         index=cases.index)
 
 
-def _display(c: dict, field: str, lang: str, rules) -> Any:
-    v = c.get(field)
-    if field == "status":
-        return status_label(v, lang, rules)
-    if field == "category":
-        return label(CATEGORIES, v, lang)
-    if field == "stock":
-        return label(STOCK, v, lang)
-    if field == "detector_class":
-        return label(CLASSES, v, lang)
-    if field == "flags":
-        return "、".join(label(FLAGS, f, lang) for f in as_list(v))
-    if field == "rules":
-        return "；".join(rule_texts(c, lang, rules))
-    if field in NUMERIC:
-        return None if missing(v) else round(float(v), 7 if field in ("lon", "lat") else 2)
-    return text(v)
-
-
-def spreadsheet_safe(v: Any) -> Any:
-    """Text a spreadsheet would run as a formula (``=HYPERLINK(…)``, ``+1``, ``@SUM``) kept as text."""
-    return "'" + v if isinstance(v, str) and v.startswith(("=", "+", "-", "@", "\t", "\r")) else v
-
-
-def case_table(cases: gpd.GeoDataFrame, lang: str = "zh", rules=None, crs: str | None = None) -> pd.DataFrame:
-    """One row per case, display values (never a live formula), headers in the report language."""
-    crs = crs or str(cases.crs)
-    cases = cases.join(_coords(cases, crs)) if len(cases) else cases.assign(lon=[], lat=[], x=[], y=[])
-    rows = [[spreadsheet_safe(_display(c, f, lang, rules)) for f in LIST_FIELDS] for c in cases.to_dict("records")]
-    return pd.DataFrame(rows, columns=[label(FIELDS, f, lang) for f in LIST_FIELDS])
+def case_table(cases: gpd.GeoDataFrame, lang: str = "zh", rules=None, crs: str | None = None,
+               columns: list | None = None, store=None) -> pd.DataFrame:
+    """The 台账 as a table (``ledger.ledger_table``): display values, never a live formula."""
+    from pipeline.report.ledger import ledger_table
+    return ledger_table(cases, lang, rules, crs, columns, store)
 
 
 def gis_frame(cases: gpd.GeoDataFrame, lang: str = "zh", rules=None, crs: str | None = None) -> gpd.GeoDataFrame:
@@ -113,51 +88,69 @@ def _width(s: str) -> int:
 
 
 def write_xlsx(cases: gpd.GeoDataFrame, path: Path, lang: str, rules=None, evidence: pd.DataFrame | None = None,
-               crs: str | None = None, title: str | None = None) -> Path:
-    """Chinese headers, frozen header row, widths from content, before/after chip thumbnails."""
+               crs: str | None = None, title: str | None = None, columns: list | None = None,
+               store=None) -> Path:
+    """The 台账: configured columns with Chinese headers, frozen header row, filters, widths
+    from content, chip thumbnails in the image columns; printed A4 landscape, fit to the
+    page width, the header row repeated on every page."""
     from openpyxl import Workbook
     from openpyxl.drawing.image import Image as XImage
     from openpyxl.styles import Alignment, Font, PatternFill
     from openpyxl.utils import get_column_letter
+    from openpyxl.worksheet.properties import PageSetupProperties
 
     from pipeline.report.evidence import case_chips
+    from pipeline.report.ledger import IMAGES, columns_of
 
-    table = case_table(cases, lang, rules, crs)
+    cols = columns_of(columns)
+    table = case_table(cases, lang, rules, crs, columns, store)
     wb = Workbook()
     ws = wb.active
-    ws.title = "案件台账" if lang == "zh" else "Cases"
-    thumbs = evidence is not None and len(evidence) > 0
-    img_cols = [label(FIELDS, "before", lang), label(FIELDS, "after", lang)] if thumbs else []
-    headers = list(table.columns) + img_cols
-    ws.append(headers)
+    ws.title = "两违台账" if lang == "zh" else "Cases"
+    ws.append(list(table.columns))
     for cell in ws[1]:
         cell.font = Font(bold=True)
         cell.fill = PatternFill("solid", fgColor="DDEBF7")
-        cell.alignment = Alignment(vertical="center", wrap_text=True)
+        cell.alignment = Alignment(vertical="center", horizontal="center", wrap_text=True)
     for row in table.itertuples(index=False):
-        ws.append([None if (isinstance(v, float) and np.isnan(v)) else v for v in row])
-    ws.freeze_panes = "B2"
-    ws.auto_filter.ref = f"A1:{get_column_letter(len(headers))}{len(table) + 1}"
+        ws.append([None if (isinstance(v, float) and np.isnan(v)) or v == "" else v for v in row])
+    ws.freeze_panes = "C2" if len(cols) > 2 else "A2"
+    last = get_column_letter(len(cols))
+    ws.auto_filter.ref = f"A1:{last}{len(table) + 1}"
     for j, h in enumerate(table.columns, start=1):
         vals = [str(h)] + [text(v) for v in table.iloc[:, j - 1].tolist()[:500]]
-        ws.column_dimensions[get_column_letter(j)].width = min(60, max(8, max(_width(v) for v in vals) + 2))
-    if thumbs:
+        ws.column_dimensions[get_column_letter(j)].width = min(40, max(6, max(_width(v) for v in vals) + 2))
+    # print setup: A4 landscape, every column on the page width, header row on every page
+    ws.page_setup.orientation = "landscape"
+    ws.page_setup.paperSize = ws.PAPERSIZE_A4
+    ws.page_setup.fitToWidth = 1
+    ws.page_setup.fitToHeight = 0
+    ws.sheet_properties.pageSetUpPr = PageSetupProperties(fitToPage=True)
+    ws.print_title_rows = "1:1"
+    ws.print_options.gridLines = True
+    ws.page_margins.left = ws.page_margins.right = 0.4
+    ws.oddHeader.center.text = title or ("两违台账" if lang == "zh" else "Case ledger")
+    ws.oddFooter.center.text = "第 &P 页 共 &N 页" if lang == "zh" else "Page &P of &N"
+    image_cols = {f: k for k, (f, _) in enumerate(cols, start=1) if f in IMAGES}
+    if image_cols and evidence is not None and len(evidence):
         size = 80
-        for k, col in enumerate(img_cols):
-            ws.column_dimensions[get_column_letter(len(table.columns) + 1 + k)].width = 13
+        for k in image_cols.values():
+            ws.column_dimensions[get_column_letter(k)].width = 13
         for i, case_no in enumerate(cases["case_no"], start=2):
             chips = case_chips(evidence, case_no)
             before = [c for c in chips if c["role"] == "before"]
-            after = [c for c in chips if c["role"] == "after"]
-            picks = [before[-1] if before else None, after[-1] if after else None]
-            if any(picks):
+            picks = {"image_before": before[-1] if before else (chips[0] if len(chips) > 1 else None),
+                     "image_after": chips[-1] if chips else None}
+            if any(picks[f] for f in image_cols):
                 ws.row_dimensions[i].height = size * 0.78
-            for k, ch in enumerate(picks):
+            for f, k in image_cols.items():
+                ch = picks[f]
                 if ch is None:
                     continue
+                ws.cell(i, k).value = None
                 img = XImage(_thumbnail(ch["chip_path"], size * 2))
                 img.width = img.height = size
-                ws.add_image(img, f"{get_column_letter(len(table.columns) + 1 + k)}{i}")
+                ws.add_image(img, f"{get_column_letter(k)}{i}")
     path.parent.mkdir(parents=True, exist_ok=True)
     wb.save(path)
     return path
@@ -177,9 +170,10 @@ def _thumbnail(path: str, px: int):
     return buf
 
 
-def write_csv(cases: gpd.GeoDataFrame, path: Path, lang: str, rules=None, crs: str | None = None) -> Path:
+def write_csv(cases: gpd.GeoDataFrame, path: Path, lang: str, rules=None, crs: str | None = None,
+              columns: list | None = None, store=None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    case_table(cases, lang, rules, crs).to_csv(path, index=False, encoding="utf-8-sig")
+    case_table(cases, lang, rules, crs, columns, store).to_csv(path, index=False, encoding="utf-8-sig")
     return path
 
 
@@ -301,8 +295,11 @@ def read_kml(path: Path) -> pd.DataFrame:
 
 
 def export_cases(cases: gpd.GeoDataFrame, path: str | Path, fmt: str | None = None, *, lang: str = "zh",
-                 rules=None, evidence: pd.DataFrame | None = None, crs: str | None = None) -> Path:
-    """Write ``cases`` as ``fmt`` (default: from the file suffix) to ``path``."""
+                 rules=None, evidence: pd.DataFrame | None = None, crs: str | None = None,
+                 columns: list | None = None, store=None) -> Path:
+    """Write ``cases`` as ``fmt`` (default: from the file suffix) to ``path``; xlsx and csv
+    carry the 台账 ``columns`` (ledger.columns), with progress and document numbers from
+    ``store``."""
     path = Path(path)
     fmt = (fmt or path.suffix.lstrip(".")).lower()
     if fmt == "json":
@@ -310,9 +307,9 @@ def export_cases(cases: gpd.GeoDataFrame, path: str | Path, fmt: str | None = No
     if fmt not in FORMATS:
         raise InputError(f"cannot export cases as '{fmt}' ({path}); use one of {', '.join(FORMATS)}")
     if fmt == "xlsx":
-        return write_xlsx(cases, path, lang, rules, evidence, crs)
+        return write_xlsx(cases, path, lang, rules, evidence, crs, columns=columns, store=store)
     if fmt == "csv":
-        return write_csv(cases, path, lang, rules, crs)
+        return write_csv(cases, path, lang, rules, crs, columns, store)
     if fmt == "geojson":
         return write_geojson(cases, path, lang, rules, crs)
     if fmt == "kml":

@@ -277,7 +277,8 @@ class Service:
         cases = self.scoped_cases(user, status=status)
         tmp = Path(tempfile.mkdtemp(prefix="export-", dir=self.work))
         path = export_cases(cases, tmp / f"cases.{fmt}", fmt, lang=self.lang, rules=self.rules,
-                            evidence=self.store.evidence() if fmt in ("xlsx", "kmz") else None, crs=self.store.crs)
+                            evidence=self.store.evidence() if fmt in ("xlsx", "kmz") else None, crs=self.store.crs,
+                            columns=self.settings.ledger.columns, store=self.store)
         return FileResponse(path, media_type=MEDIA[fmt], filename=f"cases_{date.today():%Y%m%d}.{fmt}",
                             background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True))
 
