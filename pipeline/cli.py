@@ -671,6 +671,28 @@ def docs_cmd(ctx, kind, case_no, out_path, town, village, status, new, actor):
                            f"differs from the issued PDF (sha256 {row['file_hash'][:16]})", err=True)
 
 
+@cli.command("digest")
+@click.option("--date", "day", help="The day of the digest (YYYY-MM-DD; default: today).")
+@click.option("--send", is_flag=True, help="Post it to dispatch.webhook_url (the chat robot).")
+@pass_ctx
+def digest_cmd(ctx, day, send):
+    """The daily digest: overdue cases, cases due soon, new suspected cases, by officer;
+    printed, and with --send posted to the chat robot (run it from cron each morning)."""
+    from datetime import date as _date
+
+    from pipeline.dispatch import digest, digest_markdown, send_digest
+    if day is not None:
+        try:
+            _date.fromisoformat(day)
+        except ValueError:
+            raise InputError(f"--date '{day}' is not a date; use YYYY-MM-DD") from None
+    with open_ctx_store(ctx) as store:
+        dg = digest(store, _ctx_rules(ctx), ctx.settings, today=_date.fromisoformat(day) if day else None)
+    click.echo(digest_markdown(dg))
+    if send:
+        click.echo(send_digest(dg, ctx.settings))
+
+
 @cli.group("users")
 def users_group():
     """Accounts of the web service: patrol (upload), officer (cases of their towns), admin."""

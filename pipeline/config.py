@@ -152,6 +152,14 @@ class DocumentSettings(Section):
         return {**DOCUMENT_WORDS, **v}
 
 
+class DispatchSettings(Section):
+    webhook_url: str = Field("", description="chat robot URL the daily digest is posted to (empty: not sent)")
+    webhook_format: Literal["wecom", "dingtalk", "json"] = Field("wecom", description="message format of the robot")
+    due_soon_days: int = Field(3, ge=0, le=60, description="the digest lists cases due within this many days")
+    new_within_hours: float = Field(24.0, gt=0, description="the digest lists suspected cases found this recently")
+    timeout_s: float = Field(10.0, gt=0, le=120, description="how long one post to the webhook may take")
+
+
 class ServiceSettings(Section):
     host: str = Field("127.0.0.1", description="address `patrol serve` listens on")
     port: int = Field(8080, ge=1, le=65535, description="port `patrol serve` listens on")
@@ -229,6 +237,7 @@ class Settings(Section):
     service: ServiceSettings = ServiceSettings()
     documents: DocumentSettings = DocumentSettings()
     ledger: LedgerSettings = LedgerSettings()
+    dispatch: DispatchSettings = DispatchSettings()
     ingest: IngestSettings = IngestSettings()
     rules_file: Path = Field(Path("rules.yaml"), description="violation rules and lifecycle table")
 

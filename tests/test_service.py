@@ -315,6 +315,66 @@ def test_print_button_issues_a_numbered_pdf_and_reprints_it(svc):
     assert pat.status_code == 403
 
 
+def test_admin_dispatches_and_the_officer_sees_deadlines(svc):
+    from pipeline.track import change_status
+    cases = svc.store.cases()
+    mine = [c for c in cases[cases["town"] == svc.town]["case_no"] if c not in (svc.case, svc.xss_case)]
+    assert mine, "the district needs a third case in the officer's town"
+    no = mine[0]
+    adm, adm_csrf = _session(svc.app, "adm")
+    page = adm.get(f"/cases/{no}").text
+    assert 'id="assign-form"' in page and 'value="off"' in page and 'value="far"' not in page
+    r = adm.post(f"/cases/{no}/assign", data={"officer": "off", "csrf_token": adm_csrf})
+    assert r.status_code == 303
+    assert svc.store.cases().set_index("case_no").loc[no, "assignee"] == "off"
+    assert "assigned to off" in svc.store.events(no)["note"].iloc[-1]
+    # an officer of another town cannot be given the case; an officer cannot dispatch
+    r = adm.post(f"/cases/{no}/assign", data={"officer": "far", "csrf_token": adm_csrf})
+    assert r.status_code == 422 and "not an officer of" in r.text
+    off, off_csrf = _session(svc.app, "off")
+    assert off.post(f"/cases/{no}/assign", data={"officer": "off", "csrf_token": off_csrf}).status_code == 403
+    # ordered with a past deadline: on the officer's task list as overdue, and in the digest
+    svc.store.save_cases(svc.store.cases().query("case_no == @no")[["case_no"]].assign(status="verified"))
+    change_status(svc.store, no, "ordered", "adm", "限期拆除", svc.app.state.svc.lifecycle, deadline="2020-01-01")
+    tasks = off.get("/tasks").text
+    row = re.search(rf'<tr class="overdue" data-state="overdue"><td><a href="/cases/{no}">', tasks)
+    assert row and "逾期" in tasks and 'id="assign-form"' not in tasks
+    assert no in tasks.split('id="digest"')[1].split('id="mine"')[0]
+    far, _ = _session(svc.app, "far")
+    assert no not in far.get("/tasks").text                      # another town's digest stays hidden
+    # the admin's page lists officers and the open cases nobody has yet; bulk dispatch
+    page = adm.get("/tasks").text
+    assert 'id="officers"' in page and 'id="unassigned"' in page
+    left = re.findall(r'name="case_no" value="([^"]+)"', page)
+    if left:
+        r = adm.post("/admin/assign", data={"officer": "adm", "case_no": left[:2], "csrf_token": adm_csrf})
+        assert r.status_code == 303
+        got = svc.store.cases().set_index("case_no")["assignee"]
+        assert all(got[c] == "adm" for c in left[:2])
+    assert adm.post("/admin/assign", data={"officer": "adm", "csrf_token": adm_csrf}).status_code == 422
+
+
+def test_stats_page_counts_by_event_date_and_downloads(svc):
+    from openpyxl import load_workbook
+    import io
+    off, _ = _session(svc.app, "off")
+    page = off.get("/stats")
+    assert page.status_code == 200 and 'id="figures"' in page.text and "统计期：全部" in page.text
+    assert "本期" in page.text and "累计" in page.text and 'id="funnel"' in page.text
+    empty = off.get("/stats", params={"since": "2001-01-01", "until": "2001-02-01"}).text
+    assert 'id="empty"' in empty and "2001-01-01 至 2001-01-31" in empty
+    x = off.get("/stats.xlsx", params={"since": "2001-01-01", "until": "2001-02-01"})
+    assert x.status_code == 200 and x.content[:2] == b"PK"
+    ws = load_workbook(io.BytesIO(x.content)).active
+    assert "2001-01-01 至 2001-01-31" in ws["A2"].value
+    bad = off.get("/stats", params={"since": "2001-13-01"})
+    assert bad.status_code == 422 and "not a date" in bad.text
+    # an officer's figures are their towns' only
+    far, _ = _session(svc.app, "far")
+    figures = far.get("/stats").text.split('id="figures"')[1]
+    assert re.search(r"<th>发现疑似图斑</th><td>0</td><td>0</td>", figures)
+
+
 # ---------------------------------------------------------------- uploads
 def _upload(c, t, data: bytes, name: str, chunk: int = 300_000):
     r = c.post("/api/uploads", json={"filename": name, "size": len(data)}, headers=t)

@@ -27,9 +27,11 @@ HISTORY = {
                                              ("2025-07-05", "stopped", "filed"),
                                              ("2025-07-10", "filed", "ordered"),
                                              ("2026-11-12", "ordered", "demolished")]),
-    # 制止 and 立案 skipped: ordered straight after verification; never counted as stopped or filed
+    # 制止 and 立案 skipped: ordered straight after verification; never counted as stopped or filed;
+    # then assigned while ordered (a same-state event): no second 下达 step
     "LW2026-000002": ("2026-10-05", 80.0, [("2026-10-08", "suspected", "verified"),
-                                            ("2026-11-03", "verified", "ordered")]),
+                                            ("2026-11-03", "verified", "ordered"),
+                                            ("2026-11-05", "ordered", "ordered")]),
     # demolished in October, rebuilt 复建 in November: leaves the demolished count
     "LW2026-000003": ("2026-09-01", 60.0, [("2026-09-03", "suspected", "verified"),
                                             ("2026-09-10", "verified", "ordered"),

@@ -76,7 +76,8 @@ def land_class(case: dict, zones) -> str:
 
 def progress_text(events: pd.DataFrame, rules, lang: str = "zh") -> str:
     """处置进度: the latest lifecycle step, its date and note."""
-    ev = events[events["to_status"].notna()] if len(events) else events
+    ev = events[events["to_status"].notna() & (events["from_status"] != events["to_status"])] if len(events) \
+        else events
     if not len(ev):
         return ""
     e = ev.iloc[-1]

@@ -8,7 +8,8 @@ without being filed is not 已立案).
 
 - found 发现: the case's first_seen_at (created_at when missing); verified, stopped, filed,
   ordered, demolished, rectified, rechecked, closed, lawful, unfounded, false_positive: the
-  ``case_event`` rows that moved the case into that state;
+  ``case_event`` rows that moved the case into that state (an assignment, a document or a
+  note that leaves the status as it was is no step);
 - rebuilt 复建: events from ``lifecycle.rebuilt_from`` back to ``lifecycle.rebuilt_to``;
   a rebuild undoes the case's earlier demolished / rectified / rechecked / closed events
   (the case leaves those counts until it is demolished again), and is its own line;
@@ -92,6 +93,7 @@ def stage_events(cases: pd.DataFrame, events: pd.DataFrame, lifecycle, until: pd
     rows = [pd.DataFrame({"case_no": cases["case_no"].to_numpy(), "stage": "found", "at": found_at.to_numpy()})]
     if len(events):
         ev = events[["case_no", "at", "from_status", "to_status", "event_id"]].copy()
+        ev = ev[ev["to_status"].notna() & (ev["from_status"] != ev["to_status"])]   # moves only, not notes
         ev["at"] = pd.to_datetime(ev["at"], errors="coerce")
         rebuild = ev["from_status"].isin(lifecycle.rebuilt_from) & (ev["to_status"] == lifecycle.rebuilt_to)
         ev["stage"] = np.where(rebuild, "rebuilt", ev["to_status"].astype(object))
@@ -113,10 +115,11 @@ def _window(ev: pd.DataFrame, since: pd.Timestamp | None) -> pd.DataFrame:
 
 
 def campaign_stats(store, rules, since: Any = None, until: Any = None, as_of: Any = None,
-                   campaign_start: Any = None) -> dict:
+                   campaign_start: Any = None, places: Any = None) -> dict:
     """The figures as a dict: ``period`` and ``cumulative`` (figure → number), ``rates``
     (cumulative), ``empty`` (nothing happened in the period), breakdowns of the period
-    ``by_month`` (of the event), ``by_town``, ``by_village``, ``by_category`` (DataFrames)."""
+    ``by_month`` (of the event), ``by_town``, ``by_village``, ``by_category`` (DataFrames).
+    ``places`` (towns or villages) keeps only their cases (an officer's figures)."""
     lc = rules.lifecycle
     since_t, until_t, start_t = _ts(since), _ts(until), _ts(campaign_start)
     if as_of is not None:
@@ -127,6 +130,9 @@ def campaign_stats(store, rules, since: Any = None, until: Any = None, as_of: An
         as_of_t = pd.Timestamp(datetime.now()).normalize()
     cases = store.cases()
     events = store.events()
+    if places is not None:
+        cases = cases[cases["town"].isin(places) | cases["village"].isin(places)]
+        events = events[events["case_no"].isin(set(cases["case_no"]))] if len(events) else events
     ev = stage_events(cases, events, lc, until_t)
     info = cases.set_index("case_no")
     area = pd.to_numeric(info["area_m2"], errors="coerce").fillna(0.0)

@@ -1,7 +1,7 @@
 """The web service: FastAPI app with server-rendered pages (Jinja2) and a JSON API. Routers by
 user: ``routes_auth`` (sign in/out, token), ``routes_flights`` (patrol teams), ``routes_review``
-(officers), ``routes_admin`` (accounts), ``routes_api`` (``/api``, spec at ``/api/openapi.json``);
-they share ``context.Service``. Every route but the login and the token needs an account."""
+(officers), ``routes_work`` (tasks, dispatch, statistics), ``routes_admin`` (accounts),
+``routes_api`` (``/api``, spec at ``/api/openapi.json``); they share ``context.Service``. Every route but the login and the token needs an account."""
 from __future__ import annotations
 
 import errno
@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from pipeline.errors import PatrolError, TransitionError
-from pipeline.service import routes_admin, routes_api, routes_auth, routes_flights, routes_review
+from pipeline.service import routes_admin, routes_api, routes_auth, routes_flights, routes_review, routes_work
 from pipeline.service.context import HTTPProblem, Service, is_api
 from pipeline.service.auth import LoginRefused
 from pipeline.service.uploads import UploadNotFound, UploadTooLarge
@@ -72,7 +72,7 @@ def create_app(settings, *, detector: Any = None, store=None) -> FastAPI:
         resp.headers.setdefault("Cache-Control", "no-store")
         return resp
 
-    for module in (routes_auth, routes_flights, routes_review, routes_admin, routes_api):
+    for module in (routes_auth, routes_flights, routes_review, routes_work, routes_admin, routes_api):
         app.router.routes.extend(module.router.routes)     # flat: app.routes lists every route
     return app
 

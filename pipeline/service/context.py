@@ -213,6 +213,11 @@ class Service:
             raise HTTPProblem(404, f"case {case_no} not found among your cases")
         return hit
 
+    def officers_for(self, town: Any, village: Any) -> list[A.User]:
+        """Enabled officer and admin accounts that may work a case of this town / village."""
+        return [u for u in A.list_users(self.store)
+                if u.role in ("officer", "admin") and not u.disabled and u.sees(town, village)]
+
     def case_summary(self, c: dict) -> dict:
         pr = c.get("reasons", {}).get("priority") if isinstance(c.get("reasons"), dict) else None
         return {"case_no": c["case_no"], "status": text(c.get("status")), "status_label": self.slabel(c.get("status")),

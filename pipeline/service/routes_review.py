@@ -55,8 +55,11 @@ def case_page(request: Request, case_no: str, a: Auth = Depends(officer), svc: S
     docs = [{"doc_no": r["doc_no"], "kind": kind_label(r["kind"]), "at": str(r["issued_at"])[:16],
              "actor": r["actor"], "url": f"/documents/{quote(r['doc_no'])}.pdf"}
             for r in svc.store.documents(case_no=case_no).to_dict("records")]
+    assignees = [(u.username, u.display_name or u.username) for u in svc.officers_for(d["town"], d["village"])] \
+        if a.user.is_admin else []
     return svc.render(request, "case.html", {"c": d, "chips": chips, "actions": actions, "kinds": KINDS,
-                                             "docs": docs, "can_act": a.user.role in ("officer", "admin")})
+                                             "docs": docs, "assignees": assignees,
+                                             "can_act": a.user.role in ("officer", "admin")})
 
 
 def _pdf(row: dict, pdf: bytes) -> Response:

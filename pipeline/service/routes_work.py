@@ -1,0 +1,126 @@
+"""Officers' work and the bureau's figures: the 任务 page (my cases by deadline, the daily
+digest, dispatch of cases to officers by an admin) and the 统计 page (figures by the date
+each action happened, charts, xlsx download)."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from datetime import date
+from pathlib import Path
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+from starlette.background import BackgroundTask
+
+from pipeline.errors import InputError
+from pipeline.service import auth as A
+from pipeline.service.context import Auth, Service, admin, officer, service
+
+router = APIRouter(include_in_schema=False)
+
+
+def _officers(svc: Service) -> list[A.User]:
+    return [u for u in A.list_users(svc.store) if u.role in ("officer", "admin") and not u.disabled]
+
+
+@router.get("/tasks", response_class=HTMLResponse)
+def tasks_page(request: Request, a: Auth = Depends(officer), svc: Service = Depends(service)):
+    from pipeline.dispatch import digest, officer_tasks
+    dg = digest(svc.store, svc.rules, svc.settings)
+    if not a.user.is_admin:
+        keep = {c for c in svc.scoped_cases(a.user)["case_no"]}
+        dg = {**dg, **{k: [i for i in dg[k] if i["case_no"] in keep] for k in ("overdue", "due_soon", "new")}}
+    ctx = {"mine": officer_tasks(svc.store, svc.rules, svc.settings, a.user.username), "digest": dg,
+           "unassigned": [], "officers": []}
+    if a.user.is_admin:
+        cases = svc.store.cases()
+        open_ = cases[cases["status"].isin(svc.lifecycle.open) & cases["assignee"].isna()]
+        ctx["unassigned"] = [svc.case_summary(c) for c in open_.to_dict("records")]
+        ctx["officers"] = [{"username": u.username, "name": u.display_name or u.username, "towns": "、".join(u.towns),
+                            **dg["by_officer"].get(u.username, {"overdue": 0, "due_soon": 0, "new": 0}),
+                            "open": int(((cases["assignee"] == u.username)
+                                         & cases["status"].isin(svc.lifecycle.open)).sum())}
+                           for u in _officers(svc)]
+    return svc.render(request, "tasks.html", ctx)
+
+
+def _assign(svc: Service, a: Auth, case_no: str, username: str) -> None:
+    from pipeline.track import assign_case
+    g = svc.one_case(a.user, case_no)
+    who = [u for u in svc.officers_for(g["town"].iloc[0], g["village"].iloc[0]) if u.username == username]
+    if not who:
+        raise InputError(f"'{username}' is not an officer of {g['town'].iloc[0] or g['village'].iloc[0] or 'this place'}; "
+                         f"give the case to an officer whose towns include it (admin → users)")
+    assign_case(svc.store, case_no, username, a.user.username)
+
+
+@router.post("/cases/{case_no}/assign")
+def assign_one(case_no: str, a: Auth = Depends(admin), officer_name: str = Form(..., alias="officer", max_length=100),
+               svc: Service = Depends(service)):
+    _assign(svc, a, case_no, officer_name)
+    return RedirectResponse(f"/cases/{quote(case_no)}#history", status_code=303)
+
+
+@router.post("/admin/assign")
+async def assign_many(request: Request, a: Auth = Depends(admin), svc: Service = Depends(service)):
+    form = await request.form()
+    username = str(form.get("officer") or "")
+    nos = [str(v) for v in form.getlist("case_no")][:1000]
+    if not nos:
+        raise InputError("tick the cases to give to the officer, then press 分派")
+    for no in nos:
+        _assign(svc, a, no, username)
+    return RedirectResponse("/tasks#unassigned", status_code=303)
+
+
+def _period(since: str, until: str) -> tuple[str | None, str | None]:
+    for name, v in (("from", since), ("to", until)):
+        if v:
+            try:
+                date.fromisoformat(v)
+            except ValueError:
+                raise InputError(f"{name} '{v}' is not a date; use YYYY-MM-DD") from None
+    if since and until and since >= until:
+        raise InputError(f"from {since} is not before to {until}; give a period that starts before it ends")
+    return since or None, until or None
+
+
+def _stats(svc: Service, a: Auth, since: str, until: str) -> dict:
+    from pipeline.report.stats import campaign_stats
+    s, u = _period(since, until)
+    places = None if a.user.is_admin else [t for t in a.user.towns if t]
+    return campaign_stats(svc.store, svc.rules, s, u, campaign_start=svc.settings.report.campaign_start,
+                          places=places)
+
+
+@router.get("/stats", response_class=HTMLResponse)
+def stats_page(request: Request, a: Auth = Depends(officer), since: str = "", until: str = "",
+               svc: Service = Depends(service)):
+    from pipeline.report.stats import BREAKDOWNS, figure_rows, labelled, period_text
+    st = _stats(svc, a, since, until)
+    tables = [(title[0], labelled(st[key], "zh")) for key, _, title in BREAKDOWNS]
+    funnel = [(k, st["period"][k]) for k in ("found", "verified", "stopped", "filed", "ordered", "demolished",
+                                             "rectified", "closed", "rebuilt")]
+    from pipeline.report.stats import ROW_LABELS
+    top = max([v for _, v in funnel] + [1])
+    months = st["by_month"].to_dict("records")
+    mtop = max([m["found"] for m in months] + [m["demolished"] + m["rectified"] for m in months] + [1])
+    return svc.render(request, "stats.html", {
+        "st": st, "period": period_text(st, "zh"), "rows": figure_rows(st, "zh"), "since": since, "until": until,
+        "tables": [(t, list(df.columns), df.to_dict("split")["data"]) for t, df in tables],
+        "funnel": [(ROW_LABELS[k][0], v, round(100 * v / top)) for k, v in funnel],
+        "months": [(m["month"], m["found"], round(100 * m["found"] / mtop), m["demolished"] + m["rectified"],
+                    round(100 * (m["demolished"] + m["rectified"]) / mtop)) for m in months],
+        "query": f"since={quote(since)}&until={quote(until)}"})
+
+
+@router.get("/stats.xlsx")
+def stats_xlsx(a: Auth = Depends(officer), since: str = "", until: str = "", svc: Service = Depends(service)):
+    from pipeline.report.stats import write_stats_xlsx
+    st = _stats(svc, a, since, until)
+    tmp = Path(tempfile.mkdtemp(prefix="stats-", dir=svc.work))
+    path = write_stats_xlsx(st, tmp / "stats.xlsx", "zh", svc.settings.district.name)
+    return FileResponse(path, filename=f"stats_{since or 'all'}_{until or date.today().isoformat()}.xlsx",
+                        media_type="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+                        background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True))
