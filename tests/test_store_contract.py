@@ -116,7 +116,8 @@ def test_migrate_is_idempotent_and_status_counts_every_table(store):
     assert v == store.migrate() == store.status()["version"] >= 1
     st = store.status()
     assert st["version"] == st["latest_version"]
-    assert set(st["counts"]) == {"flight", "detection", "parcel", "zone", "cases", "case_event", "evidence"}
+    assert set(st["counts"]) == {"flight", "detection", "parcel", "zone", "cases", "case_event", "evidence",
+                                 "document"}
     assert all(n == 0 for n in st["counts"].values())
     store.import_parcels(_parcels())
     assert store.status()["counts"]["parcel"] == 3
@@ -400,6 +401,76 @@ def test_case_numbers_unique_under_two_concurrent_writer_processes(store, tmp_pa
     for o in outs:                                                       # each pair contiguous
         seq = [int(n[-6:]) for n in o[0].split()]
         assert all(b == a + 1 for a, b in zip(seq[::2], seq[1::2]))
+
+
+# ------------------------------------------------------------------ document numbers
+def test_document_numbers_per_kind_and_year_and_recorded_once(store):
+    assert [store.next_sequence("doc:stop_notice", 2026) for _ in range(3)] == [1, 2, 3]
+    assert store.next_sequence("doc:recheck", 2026) == 1 and store.next_sequence("doc:stop_notice", 2027) == 1
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            assert store.next_sequence("doc:stop_notice", 2026) == 4
+            raise RuntimeError("the PDF failed")                # the number is given back
+    assert store.next_sequence("doc:stop_notice", 2026) == 4
+    row = {"doc_no": "责停〔2026〕第004号", "kind": "stop_notice", "year": 2026, "seq": 4, "case_no": "LW2026-000001",
+           "issued_at": datetime(2026, 3, 1, 9, 30), "actor": "off", "fields": {"party": "王五", "reasons": ["a"]},
+           "file_hash": "ab" * 32}
+    store.add_document(row)
+    with pytest.raises(StoreError, match="already recorded"):
+        store.add_document(row)
+    store.add_document({**row, "doc_no": "复查〔2026〕第001号", "kind": "recheck", "seq": 1})
+    docs = store.documents(case_no="LW2026-000001")
+    assert list(docs["doc_no"]) == ["责停〔2026〕第004号", "复查〔2026〕第001号"]
+    assert docs["fields"].iloc[0] == {"party": "王五", "reasons": ["a"]}
+    assert list(store.documents(kind="recheck")["seq"]) == [1] and not len(store.documents(case_no="nope"))
+    assert store.status()["counts"]["document"] == 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_version_3_store_upgrades_to_documents_keeping_its_cases(backend, request, tmp_path, monkeypatch):
+    from pipeline.store.gpkg import GpkgStore
+    from pipeline.store.postgis import PostgisStore
+    cls = GpkgStore if backend == "gpkg" else PostgisStore
+    url = _url(backend, tmp_path, request)
+    full = cls.MIGRATIONS
+    monkeypatch.setattr(cls, "MIGRATIONS", full[:3])             # the store as the last release left it
+    old = open_store(url, CRS, case_prefix="LW")
+    assert old.status()["version"] == 3 and "document" not in old.status()["counts"]
+    with old.transaction():                                      # a case as version 3 wrote it
+        old._x("INSERT INTO cases (case_no, case_uuid, status, party) VALUES ('LW2025-000007', 'u-7', "
+               "'ordered', '李四')")
+    old.close()
+    monkeypatch.setattr(cls, "MIGRATIONS", full)
+    new = open_store(url, CRS, case_prefix="LW")
+    try:
+        assert new.status()["version"] == 4 and new.status()["counts"]["document"] == 0
+        c = new.cases().set_index("case_no").loc["LW2025-000007"]
+        assert c["status"] == "ordered" and c["party"] == "李四" and c["case_uuid"] == "u-7"
+        assert pd.isna(c["floors"]) and pd.isna(c["unit"])
+        new.save_cases(pd.DataFrame([{"case_no": "LW2025-000007", "floors": 3, "unit": "二中队"}]))
+        c = new.cases().set_index("case_no").loc["LW2025-000007"]
+        assert c["floors"] == 3 and c["unit"] == "二中队" and c["party"] == "李四"
+    finally:
+        new.close()
+
+
+SEQ_WORKER = WORKER.replace("out += store.allocate_case_numbers(2026, 2)",
+                            "out.append(str(store.next_sequence('doc:stop_notice', 2026)))")
+
+
+def test_document_numbers_unique_under_two_concurrent_writer_processes(store, tmp_path):
+    rounds, mark = 30, str(tmp_path / "mark")
+    procs = [subprocess.Popen([sys.executable, "-c", SEQ_WORKER, store.url, CRS, tag, str(rounds), mark],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for tag in ("a", "b")]
+    deadline = time.time() + 60
+    while not all(Path(f"{mark}.{t}.ready").exists() for t in "ab"):
+        assert time.time() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.05)
+    Path(mark + ".go").write_text("1")
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+    seqs = sorted(int(n) for o in outs for n in o[0].split())
+    assert seqs == list(range(1, 2 * rounds + 1))                 # no gap, none twice
 
 
 # ------------------------------------------------------------------ history and evidence

@@ -40,7 +40,7 @@ from pyproj import CRS
 
 from pipeline.errors import StoreError
 from pipeline.store.core import check_bbox, from_sql, in_clause, q, to_sql
-from pipeline.store.schema import COUNTED, DOCUMENT, TABLES, USERS, Table
+from pipeline.store.schema import COUNTED, DOCUMENT, DOCUMENT_VERSION, TABLES, USERS, Table
 from pipeline.values import is_missing, iso_datetime, plain
 
 BBox = tuple[float, float, float, float]      # minx, miny, maxx, maxy in the store CRS
@@ -111,7 +111,8 @@ class Store(abc.ABC):
     def status(self) -> dict[str, Any]:
         """``{"backend", "url", "crs", "version", "latest_version", "counts": {table: rows}}``."""
         version = self._version()
-        counts = {t: int(self._rows(f"SELECT COUNT(*) FROM {q(t)}")[0][0]) for t in COUNTED} if version else {}
+        tables = [t for t in COUNTED if t != "document" or version >= DOCUMENT_VERSION]   # not yet migrated
+        counts = {t: int(self._rows(f"SELECT COUNT(*) FROM {q(t)}")[0][0]) for t in tables} if version else {}
         return {"backend": self.backend, "url": self.display_url, "crs": self.crs, "version": version,
                 "latest_version": self.MIGRATIONS[-1][0], "counts": counts}
 

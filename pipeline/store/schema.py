@@ -124,6 +124,8 @@ def as_created(table: Table) -> Table:
                  table.description, table.append_only, table.indexes)
 
 
+#: the migration that adds the document table and the ledger columns
+DOCUMENT_VERSION = 4
 #: numbered enforcement documents (文书), added by migration 4: one row per number handed out;
 #: ``fields`` is everything the document was filled with, so a re-print is identical
 DOCUMENT = Table("document", (
