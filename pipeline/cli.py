@@ -367,6 +367,28 @@ def cases_assign(ctx, case_no, officer, actor):
     click.echo(f"{case_no}: assigned to {officer}")
 
 
+@cases_group.command("set")
+@click.argument("case_no")
+@click.option("--party", help="当事人 (the responsible party).")
+@click.option("--phone", help="当事人电话.")
+@click.option("--floors", help="层数 (storeys).")
+@click.option("--floor-area", "floor_area_m2", help="建筑面积 in m².")
+@click.option("--unit", help="责任单位/执法中队.")
+@click.option("--remark", help="备注.")
+@click.option("--actor", default=None, help="Who records it (default: $USER).")
+@pass_ctx
+def cases_set(ctx, case_no, actor, **facts):
+    """Record what was found on site for the 台账 and the documents (an empty value clears it)."""
+    import getpass
+    from pipeline.track import set_facts
+    given = {k: v for k, v in facts.items() if v is not None}
+    if not given:
+        raise click.UsageError("give at least one of --party --phone --floors --floor-area --unit --remark")
+    with open_ctx_store(ctx) as store:
+        ev = set_facts(store, case_no, given, actor or getpass.getuser())
+    click.echo(f"{case_no}: {ev['note']}")
+
+
 # ---------------------------------------------------------------- detection
 @cli.command()
 @click.argument("ortho", type=click.Path(dir_okay=False))

@@ -466,3 +466,62 @@ def assign_case(store: Any, case_no: str, officer: str, actor: str | None = None
         ev = _event(case_no, at, actor or SYSTEM_ACTOR, st, st, f"assigned to {officer}{was}")
         store.append_events([ev])
     return ev
+
+
+#: what an officer records about a case on site: 当事人, 电话, 层数, 建筑面积, 责任单位, 备注
+CASE_FACTS = {"party": ("当事人", 100), "phone": ("电话", 40), "floors": ("层数", None),
+              "floor_area_m2": ("建筑面积", None), "unit": ("责任单位/执法中队", 100), "remark": ("备注", 2000)}
+
+
+def check_facts(case_no: str, facts: Mapping[str, Any]) -> dict[str, Any]:
+    """The facts cleaned, or one InputError line naming the bad one (empty text clears a fact)."""
+    out: dict[str, Any] = {}
+    for key, value in facts.items():
+        if key not in CASE_FACTS:
+            raise InputError(f"case {case_no}: '{key}' is not a fact of a case; one of {', '.join(CASE_FACTS)}")
+        name, limit = CASE_FACTS[key]
+        v = value.strip() if isinstance(value, str) else value
+        if v is None or v == "":
+            out[key] = None
+        elif key == "floors":
+            if not re.fullmatch(r"[0-9]{1,3}", str(v)) or not 1 <= int(v) <= 200:
+                raise InputError(f"case {case_no}: {name} '{v}' is not a number of storeys 1–200")
+            out[key] = int(v)
+        elif key == "floor_area_m2":
+            try:
+                area = float(v)
+            except ValueError:
+                area = math.nan
+            if not (math.isfinite(area) and 0 < area <= 1e6):
+                raise InputError(f"case {case_no}: {name} '{v}' is not an area of 0–1000000 m²")
+            out[key] = round(area, 2)
+        elif key == "phone" and not re.fullmatch(r"[0-9+\-() ]{3,40}", str(v)):
+            raise InputError(f"case {case_no}: {name} '{v}' is not a phone number (digits, + - ( ) and spaces)")
+        elif len(str(v)) > limit:
+            raise InputError(f"case {case_no}: {name} is longer than {limit} characters; shorten it")
+        else:
+            out[key] = str(v)
+    return out
+
+
+def set_facts(store: Any, case_no: str, facts: Mapping[str, Any], actor: str, now: datetime | None = None) -> dict:
+    """Record 当事人 / 电话 / 层数 / 建筑面积 / 责任单位 / 备注 on the case and log the change
+    as a case_event (status unchanged); returns the event."""
+    clean = check_facts(case_no, facts)
+    at = _now(now)
+    with store.transaction():
+        one = get_case(store, case_no).copy()
+        st = one["status"].iloc[0]
+        now_v = {k: one[k].iloc[0] for k in clean}
+        changed = [k for k, v in clean.items()
+                   if not ((pd.isna(now_v[k]) and v is None) or (not pd.isna(now_v[k]) and now_v[k] == v))]
+        if not changed:
+            raise InputError(f"case {case_no}: nothing changed; give the facts that differ")
+        for k in changed:
+            one[k] = clean[k]
+        one["updated_at"] = at
+        store.save_cases(one[["case_no", *changed, "updated_at"]])
+        note = "；".join(f"{CASE_FACTS[k][0]}: {clean[k] if clean[k] is not None else '（清除）'}" for k in changed)
+        ev = _event(case_no, at, actor or SYSTEM_ACTOR, st, st, note)
+        store.append_events([ev])
+    return ev

@@ -354,6 +354,25 @@ def test_admin_dispatches_and_the_officer_sees_deadlines(svc):
     assert adm.post("/admin/assign", data={"officer": "adm", "csrf_token": adm_csrf}).status_code == 422
 
 
+def test_officer_records_party_and_building_on_the_case(svc):
+    off, csrf = _session(svc.app, "off")
+    no = svc.case
+    r = off.post(f"/cases/{no}/facts", data={"party": "赵六", "phone": "139 0000 1111", "floors": "3",
+                                           "floor_area_m2": "210.5", "unit": "第二执法中队", "csrf_token": csrf})
+    assert r.status_code == 303
+    c = svc.store.cases().set_index("case_no").loc[no]
+    assert (c["party"], c["phone"], int(c["floors"]), c["floor_area_m2"], c["unit"]) == \
+        ("赵六", "139 0000 1111", 3, 210.5, "第二执法中队")
+    assert "当事人: 赵六" in svc.store.events(no)["note"].iloc[-1]
+    page = off.get(f"/cases/{no}").text
+    assert 'value="赵六"' in page and 'value="3"' in page
+    bad = off.post(f"/cases/{no}/facts", data={"floors": "abc", "party": "赵六", "csrf_token": csrf})
+    assert bad.status_code == 422 and "not a number of storeys" in bad.text
+    assert int(svc.store.cases().set_index("case_no").loc[no, "floors"]) == 3      # nothing stored was lost
+    far, far_csrf = _session(svc.app, "far")
+    assert far.post(f"/cases/{no}/facts", data={"party": "x", "csrf_token": far_csrf}).status_code == 404
+
+
 def test_stats_page_counts_by_event_date_and_downloads(svc):
     from openpyxl import load_workbook
     import io

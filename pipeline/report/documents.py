@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -27,6 +26,7 @@ import shapely
 from pipeline.errors import ConfigError, InputError, PatrolError
 from pipeline.report.common import (CATEGORIES, CLASSES, STOCK, label, missing, rule_texts, status_label, text,
                                     to_wgs84_points)
+from pipeline.report.evidence import scale_and_north
 from pipeline.report.ledger import M2_PER_MU, land_class, parcel_facts, progress_text
 
 KINDS: dict[str, tuple[str, str]] = {
@@ -145,31 +145,6 @@ def _chinese_date(t: pd.Timestamp) -> str:
     return f"{t.year}年{t.month}月{t.day}日"
 
 
-def _scale_and_north(png: bytes, gsd_m: float) -> tuple[bytes, int]:
-    """Draw a scale bar (a round number of metres, about a quarter of the width) and a
-    north arrow on a north-up map image; returns the image and the bar's metres."""
-    from PIL import Image, ImageDraw
-    im = Image.open(io.BytesIO(png)).convert("RGB")
-    w, h = im.size
-    metres = next(m for m in (200, 100, 50, 20, 10, 5, 2, 1) if m / gsd_m <= w / 3.5) if gsd_m > 0 else 0
-    d = ImageDraw.Draw(im)
-    if metres:
-        bar = int(round(metres / gsd_m))
-        x0, y0 = 12, h - 18
-        d.rectangle([x0 - 4, y0 - 16, x0 + bar + 40, y0 + 10], fill=(255, 255, 255))
-        d.rectangle([x0, y0, x0 + bar // 2, y0 + 5], fill=(0, 0, 0))
-        d.rectangle([x0 + bar // 2, y0, x0 + bar, y0 + 5], outline=(0, 0, 0), fill=(255, 255, 255))
-        d.text((x0, y0 - 14), "0", fill=(0, 0, 0))
-        d.text((x0 + bar + 4, y0 - 6), f"{metres} m", fill=(0, 0, 0))
-    cx, top = w - 24, 10
-    d.rectangle([cx - 14, top - 4, cx + 14, top + 44], fill=(255, 255, 255))
-    d.polygon([(cx, top), (cx - 9, top + 26), (cx, top + 20), (cx + 9, top + 26)], fill=(0, 0, 0))
-    d.text((cx - 3, top + 28), "N", fill=(0, 0, 0))
-    out = io.BytesIO()
-    im.save(out, format="PNG", optimize=True)
-    return out.getvalue(), metres
-
-
 def _cut(src, geom, crs: str, margin: float, px: int, context=()) -> tuple[bytes, float] | None:
     import tempfile
 
@@ -212,7 +187,7 @@ def _pictures(store, case: dict, flights) -> dict[str, Any]:
                 near = store.parcels(tuple(shapely.buffer(g, 60).bounds))
                 loc = _cut(src, g, store.crs, 40.0, LOCATION_PX, context=[p for p in near.geometry if p is not None])
                 if loc:
-                    png, metres = _scale_and_north(*loc)
+                    png, metres = scale_and_north(*loc)
                     out["location"] = {"src": _data_uri(png), "scale_m": metres,
                                        "date": _day(pick[0].get("captured_at"))}
         if cut:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from pipeline.report.common import (CATEGORIES, CLASSES, FIELDS, FLAGS, STOCK, STATUS_COLOURS,
                                     label, missing, rule_texts, safe_name, status_label, text, to_uint8,
                                    to_wgs84_points)
+from pipeline.report.ledger import parcel_facts
 
 CHIP_MAX_PX = 256
 LOCATION_MAX_PX = 480
@@ -115,6 +116,33 @@ def cut_chip(src, geom, geom_crs: str, out_png: Path, margin_m: float, max_px: i
     return float(side / n)
 
 
+def scale_and_north(png: bytes, gsd_m: float, fmt: str = "PNG") -> tuple[bytes, int]:
+    """Draw a scale bar (a round number of metres, about a quarter of the width) and a
+    north arrow on a north-up map image; returns the image and the bar's metres."""
+    import io
+
+    from PIL import Image, ImageDraw
+    im = Image.open(io.BytesIO(png)).convert("RGB")
+    w, h = im.size
+    metres = next(m for m in (200, 100, 50, 20, 10, 5, 2, 1) if m / gsd_m <= w / 3.5) if gsd_m > 0 else 0
+    d = ImageDraw.Draw(im)
+    if metres:
+        bar = int(round(metres / gsd_m))
+        x0, y0 = 12, h - 18
+        d.rectangle([x0 - 4, y0 - 16, x0 + bar + 40, y0 + 10], fill=(255, 255, 255))
+        d.rectangle([x0, y0, x0 + bar // 2, y0 + 5], fill=(0, 0, 0))
+        d.rectangle([x0 + bar // 2, y0, x0 + bar, y0 + 5], outline=(0, 0, 0), fill=(255, 255, 255))
+        d.text((x0, y0 - 14), "0", fill=(0, 0, 0))
+        d.text((x0 + bar + 4, y0 - 6), f"{metres} m", fill=(0, 0, 0))
+    cx, top = w - 24, 10
+    d.rectangle([cx - 14, top - 4, cx + 14, top + 44], fill=(255, 255, 255))
+    d.polygon([(cx, top), (cx - 9, top + 26), (cx, top + 20), (cx + 9, top + 26)], fill=(0, 0, 0))
+    d.text((cx - 3, top + 28), "N", fill=(0, 0, 0))
+    out = io.BytesIO()
+    im.save(out, format=fmt, optimize=True)
+    return out.getvalue(), metres
+
+
 def _resampling(name: str):
     from rasterio.enums import Resampling
     return getattr(Resampling, name)
@@ -186,6 +214,14 @@ def rel_url(target: str | Path, from_dir: Path) -> str:
 
 
 # ---------------------------------------------------------------- evidence sheets
+def phase_label(k: int, n: int, lang: str) -> str:
+    """前时相 for the earliest of several images, 后时相 for the latest, 第k时相 between."""
+    if n > 1 and k == 0:
+        return label(FIELDS, "before", lang)
+    if k == n - 1:
+        return label(FIELDS, "after", lang)
+    return f"第{k + 1}时相" if lang == "zh" else f"Image {k + 1}"
+
 def _env():
     from jinja2 import Environment, FileSystemLoader, select_autoescape
     return Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
@@ -255,14 +291,18 @@ def write_evidence_sheets(store, cases, evidence: pd.DataFrame, out_dir: Path, s
                 if parcels is not None and len(parcels):
                     box = shapely.box(*shapely.buffer(c["geometry"], 60).bounds)
                     near = [g for g in parcels.geometry.values if g is not None and g.intersects(box)]
-                if cut_chip(src, c["geometry"], store.crs, loc_png, 40.0, LOCATION_MAX_PX, context=near):
+                gsd = cut_chip(src, c["geometry"], store.crs, loc_png, 40.0, LOCATION_MAX_PX, context=near)
+                if gsd:
+                    loc_png.write_bytes(scale_and_north(loc_png.read_bytes(), gsd, "JPEG")[0])
                     loc = rel_url(loc_png, ev_dir)
-            chips = [{"role": label(FIELDS, r["role"], lang), "url": rel_url(r["chip_path"], ev_dir),
+            rows = case_chips(evidence, c["case_no"])
+            chips = [{"role": phase_label(k, len(rows), lang), "url": rel_url(r["chip_path"], ev_dir),
                       "date": text(r.get("captured_at")), "flight": r["flight_id"],
                       "gsd": text(r.get("gsd_m")), "hash": (r.get("file_hash") or "")[:16]}
-                     for r in case_chips(evidence, c["case_no"])]
+                     for k, r in enumerate(rows)]
             snap = c.get("parcel_snapshot") if isinstance(c.get("parcel_snapshot"), dict) else {}
-            parcel_rows = [(k, text(v)) for k, v in snap.items() if k not in ("attrs",) and text(v)]
+            parcel_rows = parcel_facts(snap) or [(label(FIELDS, "parcel_id", lang),
+                                                  "不在登记宅基地内" if lang == "zh" else "outside every registered parcel")]
             evs = events[events["case_no"] == c["case_no"]] if len(events) else events
             hist = [{"at": text(e["at"]), "actor": text(e["actor"]),
                      "from": status_label(e["from_status"], lang, rules) if not missing(e["from_status"]) else "",

@@ -237,7 +237,9 @@ class Service:
                     "from_label": self.slabel(e["from_status"]) if text(e["from_status"]) else "",
                     "to_label": self.slabel(e["to_status"]), "note": text(e["note"])} for e in ev.to_dict("records")]
         centre = g.to_crs("EPSG:4326").geometry.iloc[0].centroid
-        return {**self.case_summary(c), "facts": case_facts(c, self.lang, self.rules),
+        from pipeline.track import CASE_FACTS
+        site = {k: "" if pd.isna(c.get(k)) else (str(int(c[k])) if k == "floors" else text(c[k])) for k in CASE_FACTS}
+        return {**self.case_summary(c), "facts": case_facts(c, self.lang, self.rules), "site": site,
                 "reasons": rule_texts(c, self.lang, self.rules), "flags": list(c.get("flags") or []),
                 "history": history, "allowed": self.lifecycle.allowed(text(c.get("status")) or self.lifecycle.initial),
                 "lon": round(centre.x, 7), "lat": round(centre.y, 7)}

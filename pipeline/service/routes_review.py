@@ -107,6 +107,19 @@ def case_action(case_no: str, a: Auth = Depends(officer), to_status: str = Form(
     return RedirectResponse(f"/cases/{quote(case_no)}#history", status_code=303)
 
 
+@router.post("/cases/{case_no}/facts")
+def case_facts_form(case_no: str, a: Auth = Depends(officer), party: str = Form("", max_length=100),
+                    phone: str = Form("", max_length=40), floors: str = Form("", max_length=10),
+                    floor_area_m2: str = Form("", max_length=20), unit: str = Form("", max_length=100),
+                    remark: str = Form("", max_length=2000), svc: Service = Depends(service)):
+    """当事人与建筑: what the officer found on site, for the 台账 and the documents."""
+    from pipeline.track import set_facts
+    svc.one_case(a.user, case_no)
+    set_facts(svc.store, case_no, {"party": party, "phone": phone, "floors": floors, "floor_area_m2": floor_area_m2,
+                                   "unit": unit, "remark": remark}, a.user.username)
+    return RedirectResponse(f"/cases/{quote(case_no)}#site", status_code=303)
+
+
 @router.get("/chips/{name}")
 def chip(name: str, a: Auth = Depends(officer), svc: Service = Depends(service)):
     m = CHIP_RE.match(name)
