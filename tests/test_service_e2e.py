@@ -219,3 +219,94 @@ def _run(sync_api, server, base, ortho, problems):
         ev = store.events(case_no)
         assert ev["to_status"].iloc[-1] == "verified" and ev["note"].iloc[-1] == note and ev["actor"].iloc[-1] == "off"
     assert problems == [], problems
+
+
+def _seed_work(server) -> list[str]:
+    """Two cases of the officer's town written as another process would: one ordered and
+    overdue, assigned to the officer; one suspected and unassigned."""
+    import geopandas as gpd
+    import shapely
+    with open_store(server["store"], server["settings"].store.crs) as store:
+        parcels = store.parcels()
+        p = parcels[parcels["town"] == server["town"]].geometry.iloc[0]
+        c = p.centroid
+        rows = [{"case_no": "LW2026-900001", "status": "ordered", "deadline": "2026-01-10", "assignee": "off",
+                 "town": server["town"], "village": parcels["village"].iloc[0], "category": "illegal_construction",
+                 "area_m2": 64.0, "first_seen_at": "2025-12-01", "geometry": shapely.box(c.x, c.y, c.x + 8, c.y + 8)},
+                {"case_no": "LW2026-900002", "status": "suspected", "town": server["town"],
+                 "village": parcels["village"].iloc[0], "category": "illegal_land_use", "area_m2": 30.0,
+                 "first_seen_at": "2026-11-30", "geometry": shapely.box(c.x + 20, c.y, c.x + 26, c.y + 6)}]
+        store.save_cases(gpd.GeoDataFrame(rows, geometry="geometry", crs=store.crs))
+    return [r["case_no"] for r in rows]
+
+
+def _fits(page) -> bool:
+    wide = page.evaluate("""() => Array.from(document.querySelectorAll('body *')).filter(
+        e => e.getBoundingClientRect().right > window.innerWidth + 1).slice(0, 5).map(
+        e => e.tagName + '#' + e.id + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))""")
+    if wide:
+        print("wider than the screen:", wide)
+    return page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+
+
+def test_tasks_documents_and_stats_in_chromium_at_desktop_and_phone_size(server):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    ARTIFACTS.mkdir(exist_ok=True)
+    base, problems = server["base"], []
+    overdue, fresh = _seed_work(server)
+    with sync_api.sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            # -------- admin at a desk: dispatch the new case, print a document
+            ctx, page = _login(browser, base, "adm", problems)
+            page.set_viewport_size({"width": 1280, "height": 800})
+            page.goto("/tasks")
+            assert overdue in page.inner_text("#digest") and fresh in page.inner_text("#unassigned")
+            page.check(f"#assign-form input[value='{fresh}']")
+            page.select_option("#assign-form select[name=officer]", "off")
+            page.click("#assign-form button[type=submit]")
+            page.wait_for_url("**/tasks#unassigned")
+            assert fresh not in page.inner_text("#unassigned")
+            page.screenshot(path=str(ARTIFACTS / "service_tasks_admin.png"), full_page=True)
+            page.goto(f"/cases/{overdue}")
+            with ctx.expect_event("response", lambda r: "/documents/demolition_notice" in r.url) as info:
+                page.click("button[data-kind='demolition_notice']")     # opens in a new tab
+            r = info.value
+            assert r.status == 200 and r.headers["content-type"] == "application/pdf"
+            page.reload()
+            assert "限拆〔" in page.inner_text("#documents-table")
+            pdf = ctx.request.get(page.get_attribute("#documents-table a", "href"))   # the re-print link
+            assert pdf.ok and pdf.body()[:5] == b"%PDF-"
+            page.screenshot(path=str(ARTIFACTS / "service_case_documents.png"), full_page=True)
+            ctx.close()
+
+            # -------- officer on a phone: tasks, the case, the figures
+            ctx, page = _login(browser, base, "off", problems)
+            page.set_viewport_size({"width": 390, "height": 844})
+            page.goto("/tasks")
+            row = page.locator(f"#my-cases tr[data-state='overdue']:has(a:text('{overdue}'))")
+            assert row.count() == 1 and "逾期" in row.inner_text()
+            assert page.locator(f"#my-cases a:text('{fresh}')").count() == 1
+            assert _fits(page), "the task page scrolls sideways on a phone"
+            page.screenshot(path=str(ARTIFACTS / "service_tasks_phone.png"), full_page=True)
+            page.goto(f"/cases/{overdue}")
+            assert page.locator("button[data-kind='sheet']").is_visible()
+            page.fill("#facts-form input[name=party]", "王建国")
+            page.fill("#facts-form input[name=floors]", "2")
+            page.click("#facts-form button[type=submit]")
+            page.wait_for_url(f"**/cases/{overdue}#site")
+            assert page.input_value("#facts-form input[name=party]") == "王建国"
+            assert _fits(page), "the case page scrolls sideways on a phone"
+            page.screenshot(path=str(ARTIFACTS / "service_case_phone.png"), full_page=True)
+            page.goto("/stats")
+            assert page.locator("#figures").is_visible() and page.locator("#funnel .bar").count() == 9
+            assert "统计期" in page.inner_text("#period")
+            assert _fits(page), "the statistics page scrolls sideways on a phone"
+            page.screenshot(path=str(ARTIFACTS / "service_stats_phone.png"), full_page=True)
+            page.set_viewport_size({"width": 1280, "height": 800})
+            page.goto("/stats")
+            page.screenshot(path=str(ARTIFACTS / "service_stats.png"), full_page=True)
+            ctx.close()
+        finally:
+            browser.close()
+    assert problems == [], problems

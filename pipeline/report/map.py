@@ -420,7 +420,7 @@ def build_map(store, settings, out_html: Path, *, flight_id: str | None = None, 
         mine = store.parcels()
         mine = mine[[bool(sees(t, v)) for t, v in zip(mine["town"], mine["village"])]]
         area = shapely.union_all([*mine.geometry.values, *(cases.geometry.values if cases is not None else [])])
-        flights = flights[[g is not None and bool(g.intersects(area)) for g in flights.geometry]]
+        flights = flights[np.array([g is not None and bool(g.intersects(area)) for g in flights.geometry], dtype=bool)]
     fp = flights.geometry.dropna()
     extent = shapely.union_all(fp.values) if len(fp) else None
     if cases is None:

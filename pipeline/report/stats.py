@@ -160,7 +160,7 @@ def campaign_stats(store, rules, since: Any = None, until: Any = None, as_of: An
         stock = info["stock"].reindex(list(per["found"]))
         out["new_build"] = int((stock == "new_build").sum())
         out["existing"] = int((stock == "existing").sum())
-        return out
+        return {k: out[k] for k in ROW_LABELS if k in out}          # display order
 
     period_ev = _window(ev, since_t)
     cum_ev = _window(ev, start_t)
