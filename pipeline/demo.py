@@ -47,14 +47,14 @@ def officer_actions_from_truth(store, truth: gpd.GeoDataFrame, rules, actor: str
         steps: list[tuple[str, str]] = []
         if row["status"] == lc.initial:
             if i in best.index and violation[best[i]]:
-                steps = [("verified", "field check: illegal, confirmed"),
-                         ("ordered", "order to demolish within the deadline")]
+                steps = [("verified", "现场核查：确认违法"),
+                         ("ordered", "下达限期拆除通知书")]
             elif i in best.index:
-                steps = [("lawful", "field check: lawful structure")]
+                steps = [("lawful", "现场核查：合法建筑")]
             else:
-                steps = [("false_positive", "field check: nothing built here")]
+                steps = [("false_positive", "现场核查：无建筑，误报")]
         elif row["status"] in lc.demolition_watch and "demolition_seen" in (row["flags"] or []):
-            steps = [("demolished", "recheck: demolished as the flight shows")]
+            steps = [("demolished", "复查：航拍显示已拆除")]
         for to, note in steps:
             events.append(transition(row, to, actor, note, lc, now))
             counts[to] = counts.get(to, 0) + 1
@@ -65,6 +65,27 @@ def officer_actions_from_truth(store, truth: gpd.GeoDataFrame, rules, actor: str
             store.save_cases(gpd.GeoDataFrame(changed, geometry="geometry", crs=cases.crs))
             store.append_events(events)
     return counts
+
+
+#: the documents the demo prints: for the first case in each status, these kinds
+DEMO_DOCUMENTS = {"suspected": ("inspection",), "ordered": ("sheet", "inspection", "stop_notice", "demolition_notice"),
+                  "demolished": ("recheck",)}
+
+
+def demo_documents(store, settings, rules, out_dir: Path) -> list[Path]:
+    """Print the first case of each status in DEMO_DOCUMENTS its documents, as an officer would."""
+    from pipeline.report.documents import print_document, write_pdf
+    cases = store.cases()
+    out = []
+    for status, kinds in DEMO_DOCUMENTS.items():
+        hit = cases[cases["status"] == status]
+        if not len(hit):
+            continue
+        no = hit["case_no"].iloc[0]
+        for kind in kinds:
+            row, pdf, _ = print_document(store, settings, rules, kind, no, DEMO_ACTOR)
+            out.append(write_pdf(out_dir / f"{no}_{kind}.pdf", pdf))
+    return out
 
 
 def run_demo(ctx, out_dir: Path, seed: int = 1, size_m: float = 400.0, epochs: int = 3, echo=print) -> dict:
@@ -117,6 +138,7 @@ def run_demo(ctx, out_dir: Path, seed: int = 1, size_m: float = 400.0, epochs: i
     echo(f"cases: {len(cases)} ({', '.join(f'{k} {v}' for k, v in cases['status'].value_counts().items())})")
     echo("writing reports ...")
     paths = write_reports(store, settings, out_dir / "reports")
+    documents = demo_documents(store, settings, rules, out_dir / "reports" / "documents")
     store.close()
     echo(f"map:        {paths['map']}")
     echo(f"case list:  {paths['cases_xlsx']}  (also .csv .geojson .kml .kmz .gpkg beside it)")
@@ -124,6 +146,8 @@ def run_demo(ctx, out_dir: Path, seed: int = 1, size_m: float = 400.0, epochs: i
     for key in ("stats_md", "stats_xlsx", "stats_png"):
         if key in paths:
             echo(f"statistics: {paths[key]}")
+    if documents:
+        echo(f"documents:  {len(documents)} PDFs in {documents[0].parent} (patrol docs KIND CASE_NO)")
     echo(f"store:      {settings.store.url}")
     summary["reports"] = {k: str(v) for k, v in paths.items()}
     return summary

@@ -236,6 +236,13 @@ def _finding_fields(f: Mapping[str, Any]) -> dict:
     return out
 
 
+def _rule_label(rules: Rules, rule_id: str) -> str:
+    try:
+        return rules.label(rule_id) or rule_id
+    except AttributeError:
+        return rule_id
+
+
 def track_flight(cases: gpd.GeoDataFrame | None, findings: gpd.GeoDataFrame,
                  detections: gpd.GeoDataFrame | None, flight: Mapping[str, Any], tracking: Any,
                  rules: Rules, now: datetime | None = None, *, prior_coverage: Any = None,
@@ -334,20 +341,21 @@ def track_flight(cases: gpd.GeoDataFrame | None, findings: gpd.GeoDataFrame,
                 row["last_seen_flight"], row["last_seen_at"] = fid, seen_at
                 continue
             ev = transition(row, lc.regrown_to, SYSTEM_ACTOR,
-                            f"flight {fid}: dismissed as {st} but grew {old_area:.1f} → {new_area:.1f} m²; re-raised",
+                            f"航次 {fid}：已定为{lc.label(st)}的图斑面积由 {old_area:.1f} 增至 {new_area:.1f} m²，"
+                            f"重新核查 (dismissed as {st} but grew; re-raised)",
                             lc, at)
             flags.append("grown")
             events.append(ev)
         elif st in lc.rebuilt_from and demolished_before:
             ev = transition(row, lc.rebuilt_to, SYSTEM_ACTOR,
-                            f"flight {fid}: rebuilt 复建 — a structure of {new_area:.1f} m² stands again at this "
-                            f"{lc.label(st)} case", lc, at)
+                            f"航次 {fid}：复建——{lc.label(st)}案件原址又见 {new_area:.1f} m² 建筑 (rebuilt)", lc, at)
             flags.append("rebuilt")
             events.append(ev)
         elif old_area > 0 and growth >= max(ch.grown_min_m2, ch.grown_min_ratio * old_area) - 1e-9:
             flags.append("grown")
             events.append(_event(row["case_no"], at, SYSTEM_ACTOR, st, st,
-                                 f"flight {fid}: seen again, grown {old_area:.1f} → {new_area:.1f} m² (+{growth:.1f})"))
+                                 f"航次 {fid}：再次发现，面积由 {old_area:.1f} 增至 {new_area:.1f} m²"
+                                 f"（+{growth:.1f}，扩建）"))
         row.update(_finding_fields(f))
         row["flags"] = sorted(set(flags))
         row["area_m2"] = round(new_area, 3)
@@ -365,8 +373,7 @@ def track_flight(cases: gpd.GeoDataFrame | None, findings: gpd.GeoDataFrame,
         recs[ci]["flags"] = sorted(set(flags) | {"demolition_seen"})
         recs[ci]["updated_at"] = at
         events.append(_event(recs[ci]["case_no"], at, SYSTEM_ACTOR, status[ci], status[ci],
-                             f"flight {fid}: covers the case and sees no structure — demolition seen, "
-                             f"proposed for recheck 复查"))
+                             f"航次 {fid}：覆盖该案件但未见建筑——疑似已拆除，建议复查 (demolition seen)"))
     # a watched case seen standing again loses a stale demolition_seen flag
     back = still_there & np.isin(status, lc.demolition_watch) & ~rerun
     for ci in np.flatnonzero(back):
@@ -403,8 +410,8 @@ def track_flight(cases: gpd.GeoDataFrame | None, findings: gpd.GeoDataFrame,
             geoms.append(fg[fi])
             label = "新建" if stock == "new_build" else "存量"
             events.append(_event(numbers[k], at, SYSTEM_ACTOR, None, lc.initial,
-                                 f"flight {fid}: found {row['detector_class']} {area:.1f} m², "
-                                 f"{', '.join(row['rules'])} ({label})"))
+                                 f"航次 {fid} 发现疑似图斑 {area:.1f} m²（{row['detector_class']}）："
+                                 f"{'、'.join(_rule_label(rules, r) for r in row['rules'])}（{label}）"))
     cols = [c for c in CASE_COLUMNS if c != "geometry"] + extra
     out = gpd.GeoDataFrame(pd.DataFrame.from_records(recs, columns=cols),
                            geometry=gpd.GeoSeries(geoms, crs=crs), crs=crs)
@@ -462,8 +469,8 @@ def assign_case(store: Any, case_no: str, officer: str, actor: str | None = None
         one["assignee"] = officer
         one["updated_at"] = at
         store.save_cases(one[["case_no", "assignee", "updated_at"]])
-        was = f" (was {before})" if isinstance(before, str) and before else ""
-        ev = _event(case_no, at, actor or SYSTEM_ACTOR, st, st, f"assigned to {officer}{was}")
+        was = f"（原 {before}）" if isinstance(before, str) and before else ""
+        ev = _event(case_no, at, actor or SYSTEM_ACTOR, st, st, f"分派给 {officer}{was}")
         store.append_events([ev])
     return ev
 

@@ -327,7 +327,7 @@ def test_admin_dispatches_and_the_officer_sees_deadlines(svc):
     r = adm.post(f"/cases/{no}/assign", data={"officer": "off", "csrf_token": adm_csrf})
     assert r.status_code == 303
     assert svc.store.cases().set_index("case_no").loc[no, "assignee"] == "off"
-    assert "assigned to off" in svc.store.events(no)["note"].iloc[-1]
+    assert "分派给 off" in svc.store.events(no)["note"].iloc[-1]
     # an officer of another town cannot be given the case; an officer cannot dispatch
     r = adm.post(f"/cases/{no}/assign", data={"officer": "far", "csrf_token": adm_csrf})
     assert r.status_code == 422 and "not an officer of" in r.text

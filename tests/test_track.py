@@ -80,7 +80,7 @@ def test_seen_again_with_growth():
     assert r2.new_case_count == 0 and len(r2.cases) == 1
     assert c["flags"] == ["grown"] and c["growth_m2"] == pytest.approx(40) and c["area_m2"] == pytest.approx(140)
     assert c["geometry"].equals(box(0, 0, 14, 10))
-    assert "grown 100.0 → 140.0" in r2.events[0]["note"]
+    assert "面积由 100.0 增至 140.0 m²" in r2.events[0]["note"] and "扩建" in r2.events[0]["note"]
     # a wobble of the footprint is not growth
     r3 = fly(r2.cases, 3, ("building", box(0.3, 0, 14.3, 10.2)))
     assert one(r3.cases, "LW2026-000001")["flags"] == [] and r3.events == []
@@ -161,7 +161,7 @@ def test_dismissed_case_not_raised_again_unless_grown(dismissal):
     r3 = fly(r2.cases, 3, ("building", box(0, 0, 13.1, 10)))
     c = one(r3.cases, "LW2026-000001")
     assert r3.new_case_count == 0 and c["status"] == "suspected" and c["flags"] == ["grown"]
-    assert r3.events[0]["from_status"] == dismissal and "grew 100.0 → 131.0" in r3.events[0]["note"]
+    assert r3.events[0]["from_status"] == dismissal and "面积由 100.0 增至 131.0 m²" in r3.events[0]["note"]
 
 
 def test_rerunning_a_flight_changes_nothing():
