@@ -199,3 +199,43 @@ def test_the_ledger_has_the_configured_columns_progress_and_documents(doc_store,
                         "export", "--out", str(tmp_path / "bad.xlsx")], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "'违法面积' is not a ledger field" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_template_cannot_make_the_renderer_fetch_anything(doc_store, tmp_path):
+    """Nothing downloads at run time: a template naming a web address or a file outside its
+    folder renders without them."""
+    import http.server
+    import threading
+
+    from pipeline.report.documents import issue_document
+    hits = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    store, s, no = doc_store
+    tpl = tmp_path / "documents"
+    shutil.copytree(ROOT / "config" / "documents", tpl)
+    secret = tmp_path / "secret.png"
+    shutil.copy(ROOT / "docs" / "img" / "document_sheet.png", secret)
+    base = tpl / "base.html"
+    base.write_text(base.read_text(encoding="utf-8").replace(
+        "<body>", f'<body><img src="http://127.0.0.1:{srv.server_port}/leak.png"><img src="{secret.as_uri()}">'
+                  f'<link rel="stylesheet" href="http://127.0.0.1:{srv.server_port}/x.css">'), encoding="utf-8")
+    try:
+        settings = load_settings(overrides={"store.url": s.store.url, "documents.template_dir": str(tpl)})
+        _, pdf = issue_document(store, settings, load_rules(settings.rules_path), "stop_notice", no, "t")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert pdf[:5] == b"%PDF-" and hits == []
+    plain = issue_document(store, s, load_rules(s.rules_path), "stop_notice", no, "t", fields=None)[1]
+    assert abs(len(pdf) - len(plain)) < 20_000               # the outside picture was not embedded

@@ -313,6 +313,17 @@ def test_print_button_issues_a_numbered_pdf_and_reprints_it(svc):
     assert c.post(f"/cases/{svc.case}/documents/memo", data={"csrf_token": csrf}).status_code == 404
     pat = svc.client.post(f"/cases/{svc.case}/documents/sheet", headers=svc.tokens["pat"])
     assert pat.status_code == 403
+    # two officers press 打印 (new number) at the same moment: consecutive numbers, none twice
+    from concurrent.futures import ThreadPoolExecutor
+    c2, csrf2 = _session(svc.app, "off")
+    before = set(svc.store.documents(kind="inspection")["seq"])
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda cc: cc[0].post(f"/cases/{svc.case}/documents/inspection",
+                                                  data={"csrf_token": cc[1], "new": "1"}),
+                            [(c, csrf), (c2, csrf2), (c, csrf), (c2, csrf2)]))
+    assert all(g.status_code == 200 for g in got)
+    seqs = sorted(set(svc.store.documents(kind="inspection")["seq"]) - before)
+    assert len(seqs) == 4 and seqs == list(range(seqs[0], seqs[0] + 4))
 
 
 def test_admin_dispatches_and_the_officer_sees_deadlines(svc):

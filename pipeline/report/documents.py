@@ -256,13 +256,34 @@ def render_pdf(settings, kind: str, fields: dict[str, Any]) -> tuple[bytes, int]
     except UndefinedError as e:
         raise TemplateError(f"document template {folder / (kind + '.html')}: {e.message}; "
                             f"fields: {', '.join(FIELDS)}") from None
-    doc = weasyprint.HTML(string=html, base_url=str(folder)).render()
+    doc = weasyprint.HTML(string=html, base_url=str(folder), url_fetcher=_local_fetcher(folder)).render()
     doc.metadata.created = doc.metadata.modified = fields["issued_at"]
     doc.metadata.title = f"{fields['title']} {fields['doc_no']}"
     doc.metadata.authors = [fields["authority"]]
     doc.metadata.generator = "Lianwei Patrol"
     pdf = doc.write_pdf(pdf_identifier=hashlib.sha256(fields["doc_no"].encode()).digest()[:16])
     return pdf, len(doc.pages)
+
+
+def _local_fetcher(folder: Path):
+    """A WeasyPrint URL fetcher for data: URIs and files of the template folder only:
+    nothing is downloaded while a document renders, whatever a template names."""
+    from weasyprint.urls import URLFetcher
+
+    root = folder.resolve()
+
+    class LocalOnly(URLFetcher):
+        def fetch(self, url, headers=None):
+            if url.startswith("file:"):
+                from urllib.parse import unquote, urlparse
+                path = Path(unquote(urlparse(url).path)).resolve()
+                if not path.is_relative_to(root):
+                    raise ValueError(f"document templates may only use files of {root.name}/")
+            elif not url.startswith("data:"):
+                raise ValueError("document templates may not fetch from the network")
+            return super().fetch(url, headers)
+
+    return LocalOnly(allowed_protocols={"data", "file"}, timeout=2)
 
 
 def document_number(settings, kind: str, year: int, seq: int) -> str:
