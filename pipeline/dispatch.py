@@ -61,16 +61,37 @@ def digest(store, rules, settings, today: date | None = None, now: datetime | No
             "due_soon": due_soon, "new": new, "by_officer": dict(sorted(by.items()))}
 
 
-def officer_tasks(store, rules, settings, username: str, today: date | None = None) -> list[dict[str, Any]]:
-    """The open cases assigned to ``username``: overdue first (most days), then by deadline."""
+QUEUE_STATES = {"overdue": "逾期", "due_soon": "即将到期", "ordered": "限期中", "to_check": "待核查", "open": "在办"}
+
+
+def work_queue(cases, rules, settings, today: date | None = None) -> dict[str, Any]:
+    """An officer's 待办: the open ``cases`` ordered by what needs doing (overdue, most days
+    first; then by deadline; then by priority; then suspected cases, newest first), each with
+    its WGS84 point and 导航 links; ``counts`` per queue state."""
+    from pipeline.report.common import navigation_links, to_wgs84_points
+    lc = rules.lifecycle
     day = pd.Timestamp(today or date.today()).normalize()
-    cases = store.cases()
-    mine = cases[(cases["assignee"] == username) & cases["status"].isin(rules.lifecycle.open)]
-    items = [_item(c, rules, day) for c in mine.to_dict("records")]
-    for i in items:
-        i["state"] = ("overdue" if i["days"] is not None and i["days"] > 0 else
-                      "due_soon" if i["days"] is not None and i["days"] >= -settings.dispatch.due_soon_days else "open")
-    return sorted(items, key=lambda i: (-(i["days"] if i["days"] is not None else -10**6), i["case_no"]))
+    open_ = cases[cases["status"].isin(lc.open)]
+    ll = to_wgs84_points(open_, str(open_.crs)) if len(open_) else []
+    items = []
+    for (lon, lat), c in zip(ll, open_.to_dict("records")):
+        i = _item(c, rules, day)
+        pr = c.get("reasons", {}).get("priority") if isinstance(c.get("reasons"), dict) else None
+        i["priority"] = float(pr) if isinstance(pr, (int, float)) else 0.0
+        i["first_seen_at"] = text(c.get("first_seen_at"))[:10]
+        days = i["days"]
+        i["state"] = ("overdue" if days is not None and days > 0 else
+                      "due_soon" if days is not None and days >= -settings.dispatch.due_soon_days else
+                      "ordered" if days is not None else "to_check" if c.get("status") == lc.initial else "open")
+        i.update(lon=round(float(lon), 7), lat=round(float(lat), 7), nav=navigation_links(lon, lat, c["case_no"]))
+        items.append(i)
+    rank = {"overdue": 0, "due_soon": 1, "ordered": 2, "open": 3, "to_check": 4}
+    def seen(i: dict) -> float:
+        return pd.Timestamp(i["first_seen_at"]).timestamp() if i["first_seen_at"] else 0.0
+    items.sort(key=lambda i: (rank[i["state"]], -(i["days"] or 0) if i["state"] == "overdue" else 0,
+                              i["deadline"] or "9999", -i["priority"], -seen(i), i["case_no"]))
+    counts = {k: sum(1 for i in items if i["state"] == k) for k in QUEUE_STATES}
+    return {"items": items, "counts": counts, "labels": QUEUE_STATES}
 
 
 def _line(i: dict, kind: str) -> str:

@@ -74,12 +74,21 @@ def dispatch_store(tmp_path):
     store.close()
 
 
+def test_navigation_coordinates_follow_each_map():
+    """高德 takes GCJ-02, 百度 BD-09 (published formulas; a point in Wuhan, offsets of ~500 m)."""
+    from pipeline.report.common import gcj02_to_bd09, wgs84_to_gcj02
+    glon, glat = wgs84_to_gcj02(114.305, 30.593)
+    assert 0.004 < glon - 114.305 < 0.007 and -0.004 < glat - 30.593 < 0.0
+    blon, blat = gcj02_to_bd09(glon, glat)
+    assert 0.006 < blon - glon < 0.0075 and 0.005 < blat - glat < 0.0075
+
+
 def _settings(url=None, **kw):
     return load_settings(overrides={**({"dispatch.webhook_url": url} if url else {}), **kw})
 
 
 def test_digest_lists_overdue_due_soon_and_new(dispatch_store):
-    from pipeline.dispatch import digest, digest_markdown, officer_tasks
+    from pipeline.dispatch import digest, digest_markdown, work_queue
     store, _ = dispatch_store
     s = _settings()
     rules = load_rules(s.rules_path)
@@ -91,8 +100,14 @@ def test_digest_lists_overdue_due_soon_and_new(dispatch_store):
     md = digest_markdown(dg)
     assert "逾期未办 1 件" in md and "LW2026-000001 东镇甲村 限期整改/拆除 逾期 10 天（off）" in md
     assert "LW2026-000002" in md and "2 天后到期" in md and "LW2026-000004" in md and "未分派" in md
-    mine = officer_tasks(store, rules, s, "off", today=TODAY)
-    assert [(i["case_no"], i["state"]) for i in mine] == [("LW2026-000001", "overdue"), ("LW2026-000002", "due_soon")]
+    q = work_queue(store.cases(), rules, s, today=TODAY)
+    assert [(i["case_no"], i["state"]) for i in q["items"]] == [
+        ("LW2026-000001", "overdue"), ("LW2026-000002", "due_soon"), ("LW2026-000003", "ordered"),
+        ("LW2026-000004", "to_check")]                            # the demolished case is not work
+    assert q["counts"] == {"overdue": 1, "due_soon": 1, "ordered": 1, "to_check": 1, "open": 0}
+    nav = q["items"][0]["nav"]
+    assert nav["amap"].startswith("https://uri.amap.com/marker?position=") and "coordinate=gaode" in nav["amap"]
+    assert "coord_type=bd09ll" in nav["baidu"] and nav["geo"].startswith(f"geo:{q['items'][0]['lat']:.6f},")
 
 
 @pytest.mark.parametrize("fmt, key", [("wecom", "content"), ("dingtalk", "text")])

@@ -92,8 +92,8 @@ def server(small_district_store, tmp_path_factory):
     log.close()
 
 
-def _login(browser, base, user, problems):
-    ctx = browser.new_context(viewport={"width": 1400, "height": 900}, base_url=base)
+def _login(browser, base, user, problems, **context):
+    ctx = browser.new_context(**{"viewport": {"width": 1400, "height": 900}, "base_url": base, **context})
     page = ctx.new_page()
     page.on("pageerror", lambda e: problems.append(f"{user}: {e}"))
     page.on("console", lambda m: problems.append(f"{user}: {m.text}") if m.type == "error" else None)
@@ -281,12 +281,24 @@ def test_tasks_documents_and_stats_in_chromium_at_desktop_and_phone_size(server)
             ctx.close()
 
             # -------- officer on a phone: tasks, the case, the figures
-            ctx, page = _login(browser, base, "off", problems)
+            with open_store(server["store"], server["settings"].store.crs) as store:
+                at = store.cases().set_index("case_no").loc[[fresh]].to_crs("EPSG:4326").geometry.iloc[0].centroid
+            ctx, page = _login(browser, base, "off", problems, geolocation={"latitude": at.y, "longitude": at.x},
+                               permissions=["geolocation"])
             page.set_viewport_size({"width": 390, "height": 844})
             page.goto("/tasks")
             row = page.locator(f"#my-cases tr[data-state='overdue']:has(a:text('{overdue}'))")
             assert row.count() == 1 and "逾期" in row.inner_text()
             assert page.locator(f"#my-cases a:text('{fresh}')").count() == 1
+            assert page.locator("#my-cases tbody tr").first.get_attribute("data-state") == "overdue"
+            # 附近优先: standing at the new case puts it first, with its distance
+            page.click("#near-me")
+            page.wait_for_selector("#near-msg:text('已按距离排序')", timeout=10000)
+            first = page.locator("#my-cases tbody tr").first
+            assert fresh in first.inner_text() and first.locator(".dist").inner_text().endswith(" m")
+            nav = first.locator("td.nav a")
+            assert nav.count() == 3 and all(nav.nth(k).is_visible() for k in range(3))
+            assert "coordinate=gaode" in nav.nth(0).get_attribute("href")
             assert _fits(page), "the task page scrolls sideways on a phone"
             page.screenshot(path=str(ARTIFACTS / "service_tasks_phone.png"), full_page=True)
             page.goto(f"/cases/{overdue}")

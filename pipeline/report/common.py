@@ -263,6 +263,28 @@ def wgs84_to_gcj02(lon, lat):
     return np.where(outside, lon, lon + dlon), np.where(outside, lat, lat + dlat)
 
 
+def gcj02_to_bd09(lon, lat):
+    """GCJ-02 lon/lat → BD-09 (百度), the published formula. Vectorised."""
+    x, y = np.asarray(lon, dtype=float), np.asarray(lat, dtype=float)
+    k = math.pi * 3000.0 / 180.0
+    z = np.sqrt(x * x + y * y) + 0.00002 * np.sin(y * k)
+    theta = np.arctan2(y, x) + 0.000003 * np.cos(x * k)
+    return z * np.cos(theta) + 0.0065, z * np.sin(theta) + 0.006
+
+
+def navigation_links(lon: float, lat: float, name: str) -> dict[str, str]:
+    """导航 links to a WGS84 point: 高德 (GCJ-02), 百度 (BD-09), the phone's own map (geo:, WGS84)."""
+    from urllib.parse import quote
+    glon, glat = (float(v) for v in wgs84_to_gcj02(lon, lat))
+    blon, blat = (float(v) for v in gcj02_to_bd09(glon, glat))
+    q = quote(name)
+    return {"amap": f"https://uri.amap.com/marker?position={glon:.6f},{glat:.6f}&name={q}&coordinate=gaode"
+                    f"&callnative=1",
+            "baidu": f"https://api.map.baidu.com/marker?location={blat:.6f},{blon:.6f}&title={q}&content={q}"
+                     f"&coord_type=bd09ll&output=html&src=lianwei.patrol",
+            "geo": f"geo:{lat:.6f},{lon:.6f}?q={lat:.6f},{lon:.6f}({q})"}
+
+
 def shift_gcj02(geoms):
     """Shapely geometries (EPSG:4326) shifted to GCJ-02."""
     import shapely

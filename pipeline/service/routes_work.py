@@ -26,13 +26,16 @@ def _officers(svc: Service) -> list[A.User]:
 
 @router.get("/tasks", response_class=HTMLResponse)
 def tasks_page(request: Request, a: Auth = Depends(officer), svc: Service = Depends(service)):
-    from pipeline.dispatch import digest, officer_tasks
+    from pipeline.dispatch import digest, work_queue
     dg = digest(svc.store, svc.rules, svc.settings)
-    if not a.user.is_admin:
-        keep = {c for c in svc.scoped_cases(a.user)["case_no"]}
+    if a.user.is_admin:
+        cases = svc.store.cases()
+        mine = cases[cases["assignee"] == a.user.username]
+    else:
+        mine = svc.scoped_cases(a.user)
+        keep = set(mine["case_no"])
         dg = {**dg, **{k: [i for i in dg[k] if i["case_no"] in keep] for k in ("overdue", "due_soon", "new")}}
-    ctx = {"mine": officer_tasks(svc.store, svc.rules, svc.settings, a.user.username), "digest": dg,
-           "unassigned": [], "officers": []}
+    ctx = {"queue": work_queue(mine, svc.rules, svc.settings), "digest": dg, "unassigned": [], "officers": []}
     if a.user.is_admin:
         cases = svc.store.cases()
         open_ = cases[cases["status"].isin(svc.lifecycle.open) & cases["assignee"].isna()]
