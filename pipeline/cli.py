@@ -389,6 +389,29 @@ def cases_set(ctx, case_no, actor, **facts):
     click.echo(f"{case_no}: {ev['note']}")
 
 
+@cases_group.command("photo")
+@click.argument("case_no")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--note", default="", help="What the photo shows.")
+@click.option("--actor", default=None, help="Who took it (default: $USER).")
+@pass_ctx
+def cases_photo(ctx, case_no, files, note, actor):
+    """Attach on-site photos (JPEG with EXIF) or videos (MP4/MOV) to a case."""
+    import getpass
+
+    from pipeline.media import add_media
+    with open_ctx_store(ctx) as store:
+        for f in files:
+            try:
+                data = Path(f).read_bytes()
+            except OSError as e:
+                raise InputError(f"{Path(f).name}: cannot be read ({e.strerror}); check the path") from None
+            row = add_media(store, ctx.settings, case_no, data, Path(f).name, actor or getpass.getuser(), note)
+            where = f"{row['distance_m']:.0f} m from the case" if row["distance_m"] is not None else "no position"
+            click.echo(f"{case_no}: {row['kind']} {row['filename']} ({where}{', FAR' if row['far'] else ''}) "
+                       f"sha256 {row['sha256'][:16]}")
+
+
 # ---------------------------------------------------------------- detection
 @cli.command()
 @click.argument("ortho", type=click.Path(dir_okay=False))

@@ -152,6 +152,13 @@ class DocumentSettings(Section):
         return {**DOCUMENT_WORDS, **v}
 
 
+class MediaSettings(Section):
+    dir: Path = Field(Path("data/media"), description="on-site photos and videos (relative: to the working folder)")
+    max_mb: int = Field(50, ge=1, le=2048, description="largest photo or video accepted (MiB)")
+    max_distance_m: float = Field(100.0, gt=0, description="a photo taken farther than this from its case is "
+                                                            "flagged")
+
+
 class DispatchSettings(Section):
     webhook_url: str = Field("", description="chat robot URL the daily digest is posted to (empty: not sent)")
     webhook_format: Literal["wecom", "dingtalk", "json"] = Field("wecom", description="message format of the robot")
@@ -238,6 +245,7 @@ class Settings(Section):
     documents: DocumentSettings = DocumentSettings()
     ledger: LedgerSettings = LedgerSettings()
     dispatch: DispatchSettings = DispatchSettings()
+    media: MediaSettings = MediaSettings()
     ingest: IngestSettings = IngestSettings()
     rules_file: Path = Field(Path("rules.yaml"), description="violation rules and lifecycle table")
 

@@ -475,6 +475,16 @@ def assign_case(store: Any, case_no: str, officer: str, actor: str | None = None
     return ev
 
 
+def add_note(store: Any, case_no: str, note: str, actor: str, now: datetime | None = None) -> dict:
+    """Log ``note`` on the case's history (status unchanged); returns the event."""
+    at = _now(now)
+    with store.transaction():
+        st = get_case(store, case_no)["status"].iloc[0]
+        ev = _event(case_no, at, actor or SYSTEM_ACTOR, st, st, note)
+        store.append_events([ev])
+    return ev
+
+
 #: what an officer records about a case on site: 当事人, 电话, 层数, 建筑面积, 责任单位, 备注
 CASE_FACTS = {"party": ("当事人", 100), "phone": ("电话", 40), "floors": ("层数", None),
               "floor_area_m2": ("建筑面积", None), "unit": ("责任单位/执法中队", 100), "remark": ("备注", 2000)}

@@ -26,7 +26,8 @@ PASSWORDS = {"pat": "patrol-pass-1", "adm": "admin-pass-1", "off": "officer-pass
 def _settings(root: Path, store_path: Path, **extra):
     over = {"store.url": str(store_path), "service.upload_dir": str(root / "uploads"),
             "service.work_dir": str(root / "work"), "service.secret_file": str(root / "secret"),
-            "service.max_upload_mb": "4", "service.chunk_mb": "1", "ingest.work_dir": str(root / "ingest")}
+            "service.max_upload_mb": "4", "service.chunk_mb": "1", "ingest.work_dir": str(root / "ingest"),
+            "media.dir": str(root / "media")}
     over.update(extra)
     return load_settings(overrides=over)
 
@@ -382,6 +383,43 @@ def test_officer_records_party_and_building_on_the_case(svc):
     assert int(svc.store.cases().set_index("case_no").loc[no, "floors"]) == 3      # nothing stored was lost
     far, far_csrf = _session(svc.app, "far")
     assert far.post(f"/cases/{no}/facts", data={"party": "x", "csrf_token": far_csrf}).status_code == 404
+
+
+def test_on_site_photo_from_the_page_and_the_api(svc):
+    from test_media import jpeg
+    no = svc.case
+    c = svc.store.cases().set_index("case_no").loc[[no]].to_crs("EPSG:4326").geometry.iloc[0].centroid
+    off, csrf = _session(svc.app, "off")
+    r = off.post(f"/cases/{no}/media", data={"csrf_token": csrf, "note": "现场", "lat": "", "lon": ""},
+                 files={"file": ("IMG_1.jpg", jpeg(c.x, c.y), "image/jpeg")})
+    assert r.status_code == 303
+    page = off.get(f"/cases/{no}").text
+    src = re.search(r'<img src="(/media/[0-9a-f]{32})"', page).group(1)
+    img = off.get(src)
+    assert img.status_code == 200 and img.headers["content-type"] == "image/jpeg" and "距案件" in page
+    assert off.get(src + "/original").content == jpeg(c.x, c.y)
+    # a screenshot without EXIF: one line, nothing kept
+    n = len(svc.store.media())
+    bad = off.post(f"/cases/{no}/media", data={"csrf_token": csrf},
+                   files={"file": ("shot.jpg", jpeg(exif=False), "image/jpeg")})
+    assert bad.status_code == 422 and "has no EXIF" in bad.text and len(svc.store.media()) == n
+    # the API: multipart upload with the phone's position, listed on the case
+    t = svc.tokens["off"]
+    r = svc.client.post(f"/api/cases/{no}/media", headers=t, data={"lat": str(c.y), "lon": str(c.x)},
+                        files={"file": ("VID.mp4", b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + b"\0" * 64,
+                                        "video/mp4")})
+    assert r.status_code == 201 and r.json()["kind"] == "video" and "original_path" not in r.json()
+    media = svc.client.get(f"/api/cases/{no}", headers=t).json()["media"]
+    assert [m["kind"] for m in media][-2:] == ["photo", "video"] and media[-1]["position_source"] == "device"
+    spec = svc.client.get("/api/openapi.json", headers=t).json()
+    assert "post" in spec["paths"]["/api/cases/{case_no}/media"]
+    # another town's officer can neither see nor add
+    far, far_csrf = _session(svc.app, "far")
+    assert far.get(src).status_code == 404
+    assert far.post(f"/cases/{no}/media", data={"csrf_token": far_csrf},
+                    files={"file": ("x.jpg", jpeg(c.x, c.y), "image/jpeg")}).status_code == 404
+    assert svc.client.post(f"/api/cases/{no}/media", headers=svc.tokens["far"],
+                           files={"file": ("x.jpg", jpeg(c.x, c.y), "image/jpeg")}).status_code == 404
 
 
 def test_stats_page_counts_by_event_date_and_downloads(svc):

@@ -45,7 +45,7 @@ def server(small_district_store, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     store_path = root / "patrol.gpkg"
     sets = {"service.upload_dir": root / "uploads", "service.work_dir": root / "work",
-            "service.secret_file": root / "secret"}
+            "service.secret_file": root / "secret", "media.dir": root / "media"}
     use_model = MODEL.is_file()
     settings = load_settings(overrides={"store.url": str(store_path), **{k: str(v) for k, v in sets.items()}})
     store = open_store(store_path, settings.store.crs)

@@ -26,7 +26,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
-from pipeline.errors import PatrolError
+from pipeline.errors import InputError, PatrolError
 from pipeline.report.common import CATEGORIES, label, rule_texts, status_label, text
 from pipeline.service import auth as A
 from pipeline.service.jobs import Processor
@@ -213,6 +213,36 @@ class Service:
             raise HTTPProblem(404, f"case {case_no} not found among your cases")
         return hit
 
+    def add_media(self, user: A.User, case_no: str, data: bytes, filename: str, note: str = "",
+                  lon: Any = None, lat: Any = None) -> dict:
+        """Attach a photo or video to a case the account sees; the phone's position (lon/lat
+        as text, may be empty) stands in when the photo has no GPS."""
+        from pipeline.media import add_media
+        self.one_case(user, case_no)
+        try:
+            dlon = float(lon) if lon not in (None, "") else None
+            dlat = float(lat) if lat not in (None, "") else None
+        except ValueError:
+            raise InputError(f"position '{lat}, {lon}' is not latitude and longitude in degrees") from None
+        row = add_media(self.store, self.settings, case_no, data, filename, user.username, note, dlon, dlat)
+        return {k: (text(v) if k in ("taken_at", "uploaded_at") else v) for k, v in row.items()
+                if k not in ("original_path", "stamped_path")}
+
+    def media_file(self, user: A.User, media_id: str, original: bool = False) -> FileResponse:
+        """A case's photo (stamped copy) or video, or its original, for an account that sees the case."""
+        m = self.store.media()
+        hit = m[m["media_id"] == media_id] if re.fullmatch(r"[0-9a-f]{32}", media_id) else m.iloc[0:0]
+        if not len(hit):
+            raise HTTPProblem(404, "not found")
+        row = hit.iloc[0]
+        self.one_case(user, row["case_no"])
+        path = Path(row["original_path"] if original or pd.isna(row["stamped_path"]) else row["stamped_path"])
+        if not path.is_file():
+            raise HTTPProblem(404, "the file of this photo is gone from the media folder; ask the administrator")
+        kind = {"jpg": "image/jpeg", "png": "image/png", "mp4": "video/mp4", "mov": "video/quicktime"}
+        return FileResponse(path, media_type=kind.get(path.suffix.lstrip("."), "application/octet-stream"),
+                            headers={"Cache-Control": "private, max-age=3600"})
+
     def officers_for(self, town: Any, village: Any) -> list[A.User]:
         """Enabled officer and admin accounts that may work a case of this town / village."""
         return [u for u in A.list_users(self.store)
@@ -239,7 +269,14 @@ class Service:
         centre = g.to_crs("EPSG:4326").geometry.iloc[0].centroid
         from pipeline.track import CASE_FACTS
         site = {k: "" if pd.isna(c.get(k)) else (str(int(c[k])) if k == "floors" else text(c[k])) for k in CASE_FACTS}
-        return {**self.case_summary(c), "facts": case_facts(c, self.lang, self.rules), "site": site,
+        media = [{"media_id": m["media_id"], "kind": m["kind"], "filename": text(m["filename"]),
+                  "taken_at": text(m["taken_at"])[:16], "lon": None if pd.isna(m["lon"]) else float(m["lon"]),
+                  "lat": None if pd.isna(m["lat"]) else float(m["lat"]), "position_source": text(m["position_source"]),
+                  "distance_m": None if pd.isna(m["distance_m"]) else float(m["distance_m"]), "far": bool(m["far"]),
+                  "sha256": m["sha256"], "actor": text(m["actor"]), "note": text(m["note"]),
+                  "url": f"/media/{m['media_id']}", "original_url": f"/media/{m['media_id']}/original"}
+                 for m in self.store.media(case_no).to_dict("records")]
+        return {**self.case_summary(c), "facts": case_facts(c, self.lang, self.rules), "site": site, "media": media,
                 "reasons": rule_texts(c, self.lang, self.rules), "flags": list(c.get("flags") or []),
                 "history": history, "allowed": self.lifecycle.allowed(text(c.get("status")) or self.lifecycle.initial),
                 "lon": round(centre.x, 7), "lat": round(centre.y, 7)}

@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
@@ -90,6 +90,16 @@ def api_cases(a: Auth = Depends(officer), status: str | None = Query(None, max_l
 @router.get("/cases/{case_no}", tags=["cases"], summary="One case: facts, rule reasons, history, allowed next states")
 def api_case(case_no: str, a: Auth = Depends(officer), svc: Service = Depends(service)) -> dict:
     return svc.case_detail(a.user, case_no)
+
+
+@router.post("/cases/{case_no}/media", tags=["cases"], status_code=201,
+             summary="Attach an on-site photo (JPEG with EXIF, PNG) or video (MP4/MOV) to the case (multipart `file`; "
+                     "optional `note`, and the device's `lat`/`lon` for a photo without GPS)")
+def api_case_media(case_no: str, a: Auth = Depends(officer), file: UploadFile = File(...),
+                   note: str = Form("", max_length=2000), lat: str = Form("", max_length=30),
+                   lon: str = Form("", max_length=30), svc: Service = Depends(service)) -> dict:
+    return svc.add_media(a.user, case_no, file.file.read(svc.settings.media.max_mb * 2**20 + 1),
+                         file.filename or "photo", note, lon, lat)
 
 
 @router.post("/cases/{case_no}/status", tags=["cases"], summary="Move the case to its next lifecycle state with a note")

@@ -6,7 +6,7 @@ from datetime import date
 from urllib.parse import quote
 
 import pandas as pd
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from pipeline.errors import InputError
@@ -118,6 +118,30 @@ def case_facts_form(case_no: str, a: Auth = Depends(officer), party: str = Form(
     set_facts(svc.store, case_no, {"party": party, "phone": phone, "floors": floors, "floor_area_m2": floor_area_m2,
                                    "unit": unit, "remark": remark}, a.user.username)
     return RedirectResponse(f"/cases/{quote(case_no)}#site", status_code=303)
+
+
+def read_upload(file: UploadFile, svc: Service) -> bytes:
+    """The uploaded file, read up to one byte past the media limit (the check names it)."""
+    return file.file.read(svc.settings.media.max_mb * 2**20 + 1)
+
+
+@router.post("/cases/{case_no}/media")
+def case_media_form(case_no: str, a: Auth = Depends(officer), file: UploadFile = File(...),
+                    note: str = Form("", max_length=2000), lat: str = Form("", max_length=30),
+                    lon: str = Form("", max_length=30), svc: Service = Depends(service)):
+    """现场照片: a photo or video from the phone's camera."""
+    svc.add_media(a.user, case_no, read_upload(file, svc), file.filename or "photo", note, lon, lat)
+    return RedirectResponse(f"/cases/{quote(case_no)}#media", status_code=303)
+
+
+@router.get("/media/{media_id}")
+def media_file(media_id: str, a: Auth = Depends(officer), svc: Service = Depends(service)):
+    return svc.media_file(a.user, media_id)
+
+
+@router.get("/media/{media_id}/original")
+def media_original(media_id: str, a: Auth = Depends(officer), svc: Service = Depends(service)):
+    return svc.media_file(a.user, media_id, original=True)
 
 
 @router.get("/chips/{name}")

@@ -40,7 +40,7 @@ from pyproj import CRS
 
 from pipeline.errors import StoreError
 from pipeline.store.core import check_bbox, from_sql, in_clause, q, to_sql
-from pipeline.store.schema import COUNTED, DOCUMENT, DOCUMENT_VERSION, TABLES, USERS, Table
+from pipeline.store.schema import COUNTED, DOCUMENT, DOCUMENT_VERSION, MEDIA, MEDIA_VERSION, TABLES, USERS, Table
 from pipeline.values import is_missing, iso_datetime, plain
 
 BBox = tuple[float, float, float, float]      # minx, miny, maxx, maxy in the store CRS
@@ -111,7 +111,8 @@ class Store(abc.ABC):
     def status(self) -> dict[str, Any]:
         """``{"backend", "url", "crs", "version", "latest_version", "counts": {table: rows}}``."""
         version = self._version()
-        tables = [t for t in COUNTED if t != "document" or version >= DOCUMENT_VERSION]   # not yet migrated
+        since = {"document": DOCUMENT_VERSION, "media": MEDIA_VERSION}
+        tables = [t for t in COUNTED if version >= since.get(t, 1)]          # what this version has
         counts = {t: int(self._rows(f"SELECT COUNT(*) FROM {q(t)}")[0][0]) for t in tables} if version else {}
         return {"backend": self.backend, "url": self.display_url, "crs": self.crs, "version": version,
                 "latest_version": self.MIGRATIONS[-1][0], "counts": counts}
@@ -363,6 +364,16 @@ class Store(abc.ABC):
                 clauses.append(f"{q(name)} = ?")
                 params.append(value)
         return self._frame(DOCUMENT, " AND ".join(clauses), params, order="issued_at, fid")
+
+    def add_media(self, row: Mapping[str, Any]) -> None:
+        """Record one photo or video of a case (schema.MEDIA)."""
+        with self.transaction():
+            self._upsert(MEDIA, pd.DataFrame([dict(row)]))
+
+    def media(self, case_no: str | None = None) -> pd.DataFrame:
+        """Media rows (of one case), in the order they were uploaded."""
+        where, params = ("case_no = ?", [case_no]) if case_no is not None else ("", [])
+        return self._frame(MEDIA, where, params, order="uploaded_at, fid")
 
     def users(self) -> pd.DataFrame:
         """Web service accounts (table ``users``: username, password_hash, role, towns

@@ -170,3 +170,11 @@ def add_documents(store, sql_type, create_table) -> None:
     create_table(DOCUMENT)
     for i, idx in enumerate(DOCUMENT.indexes):
         store._x(f"CREATE INDEX {q(f'{DOCUMENT.name}_ix{i}')} ON {q(DOCUMENT.name)} ({', '.join(map(q, idx))})")
+
+
+def add_media(store, create_table) -> None:
+    """Migration 5 of both backends: the media table."""
+    from pipeline.store.schema import MEDIA
+    create_table(MEDIA)
+    for i, idx in enumerate(MEDIA.indexes):
+        store._x(f"CREATE INDEX {q(f'{MEDIA.name}_ix{i}')} ON {q(MEDIA.name)} ({', '.join(map(q, idx))})")

@@ -27,7 +27,7 @@ from pyproj import CRS
 
 from pipeline.errors import StoreError, one_line
 from pipeline.store.base import Claim, Store
-from pipeline.store.core import add_documents, add_user_guard_columns, from_wkb, multipolygons, projected_crs, q, table_columns
+from pipeline.store.core import add_documents, add_media, add_user_guard_columns, from_wkb, multipolygons, projected_crs, q, table_columns
 from pipeline.store.schema import TABLES, Table, as_created
 
 APPLICATION_ID = 0x47504B47          # "GPKG"
@@ -404,5 +404,6 @@ MIGRATIONS: list[tuple[int, str, Any]] = [
     (3, "users: failed sign-ins, lockout, server-side logout", lambda s: add_user_guard_columns(s, _sql_type)),
     (4, "cases: floors, floor area, unit, remark; document: numbered enforcement documents",
      lambda s: add_documents(s, _sql_type, lambda t: _attribute_table(s, t))),
+    (5, "media: on-site photos and videos of a case", lambda s: add_media(s, lambda t: _attribute_table(s, t))),
 ]
 GpkgStore.MIGRATIONS = MIGRATIONS

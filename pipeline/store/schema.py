@@ -134,7 +134,18 @@ DOCUMENT = Table("document", (
     C("actor"), C("fields", "json", default={}), C("file_hash"),
 ), key=("doc_no",), description="numbered enforcement documents (文书) per case", indexes=(("case_no",),))
 
+#: the migration that adds the media table
+MEDIA_VERSION = 5
+#: on-site photos and videos of a case (pipeline/media.py), added by migration 5: the original
+#: file is kept as it came (named by its sha256), photos get a stamped copy
+MEDIA = Table("media", (
+    C("media_id", required=True), C("case_no", required=True), C("kind", required=True), C("filename"),
+    C("sha256", required=True), C("bytes", "int"), C("original_path"), C("stamped_path"),
+    C("taken_at", "datetime"), C("lon", "real"), C("lat", "real"), C("position_source"),
+    C("distance_m", "real"), C("far", "int", default=0), C("uploaded_at", "datetime"), C("actor"), C("note"),
+), key=("media_id",), description="on-site photos and videos per case", indexes=(("case_no",),))
+
 #: tables reported by Store.status()["counts"]
-COUNTED = ("flight", "detection", "parcel", "zone", "cases", "case_event", "evidence", "document")
+COUNTED = ("flight", "detection", "parcel", "zone", "cases", "case_event", "evidence", "document", "media")
 
 CASE_COLUMNS = CASES.names
