@@ -310,6 +310,29 @@ def test_tasks_documents_and_stats_in_chromium_at_desktop_and_phone_size(server)
             assert page.input_value("#facts-form input[name=party]") == "王建国"
             assert _fits(page), "the case page scrolls sideways on a phone"
             page.screenshot(path=str(ARTIFACTS / "service_case_phone.png"), full_page=True)
+            # the new case from 疑似 to 已拆除 on the phone: photo, party, measured area
+            from test_media import jpeg
+            photo = ARTIFACTS / "site_photo.jpg"
+            photo.write_bytes(jpeg(at.x, at.y))
+            page.goto(f"/cases/{fresh}")
+            page.set_input_files("#media-form input[type=file]", str(photo))
+            page.fill("#media-form input[name=note]", "现场在建")
+            page.click("#media-form button[type=submit]")
+            page.wait_for_url(f"**/cases/{fresh}#media")
+            page.wait_for_function("Array.from(document.querySelectorAll('#media-list img'))"
+                                   ".every(i => i.complete && i.naturalWidth > 0)", timeout=10000)
+            assert page.locator("#media-list img").count() == 1 and "距案件" in page.inner_text("#media-list")
+            page.fill("#facts-form input[name=party]", "李四")
+            page.click("#facts-form button[type=submit]")
+            page.wait_for_url(f"**/cases/{fresh}#site")
+            for to, note in (("verified", "现场核查确认"), ("ordered", "下达限期拆除通知书"), ("demolished", "当事人自拆")):
+                page.fill("#note", note)
+                if to == "demolished":
+                    page.fill("input[name=demolished_area_m2]", "28.5")
+                page.click(f"button[data-to='{to}']")
+                page.wait_for_selector(f"#case-status[data-status='{to}']", timeout=10000)
+                assert _fits(page), f"the case page scrolls sideways on a phone ({to})"
+            page.screenshot(path=str(ARTIFACTS / "service_case_demolished_phone.png"), full_page=True)
             page.goto("/stats")
             assert page.locator("#figures").is_visible() and page.locator("#funnel .bar").count() == 9
             assert "统计期" in page.inner_text("#period")
@@ -321,4 +344,8 @@ def test_tasks_documents_and_stats_in_chromium_at_desktop_and_phone_size(server)
             ctx.close()
         finally:
             browser.close()
+    with open_store(server["store"], server["settings"].store.crs) as store:
+        c = store.cases().set_index("case_no").loc[fresh]
+        assert c["status"] == "demolished" and c["demolished_area_m2"] == 28.5 and c["party"] == "李四"
+        assert len(store.media(fresh)) == 1
     assert problems == [], problems

@@ -95,7 +95,8 @@ def reprint_case_document(doc_no: str, a: Auth = Depends(officer), svc: Service 
 @router.post("/cases/{case_no}/status")
 def case_action(case_no: str, a: Auth = Depends(officer), to_status: str = Form(..., max_length=40),
                 note: str = Form("", max_length=4000), order_no: str = Form("", max_length=100),
-                deadline: str = Form("", max_length=20), svc: Service = Depends(service)):
+                deadline: str = Form("", max_length=20), demolished_area_m2: str = Form("", max_length=20),
+                svc: Service = Depends(service)):
     dl = None
     if deadline:
         try:
@@ -103,8 +104,18 @@ def case_action(case_no: str, a: Auth = Depends(officer), to_status: str = Form(
         except ValueError:
             raise InputError(f"deadline '{deadline}' is not a date; use YYYY-MM-DD") from None
     svc.apply_status(a.user, case_no, StatusChange.model_construct(
-        to_status=to_status, note=note, order_no=order_no or None, deadline=dl, demolished_area_m2=None))
+        to_status=to_status, note=note, order_no=order_no or None, deadline=dl,
+        demolished_area_m2=_area(demolished_area_m2) if to_status == "demolished" else None))
     return RedirectResponse(f"/cases/{quote(case_no)}#history", status_code=303)
+
+
+def _area(text: str) -> float | None:
+    if not text.strip():
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(f"demolished area '{text}' is not a number of m²; give the area measured") from None
 
 
 @router.post("/cases/{case_no}/facts")
