@@ -116,10 +116,14 @@ def add_media(store, settings, case_no: str, data: bytes, filename: str, actor: 
     case = get_case(store, case_no).iloc[0]
     facts: dict[str, Any] = {"taken_at": None, "lon": None, "lat": None}
     if kind == "photo":
-        from PIL import Image
+        from PIL import Image, ImageFile
         try:
             Image.open(io.BytesIO(data)).verify()
-            Image.open(io.BytesIO(data)).load()          # verify() does not see a cut-short JPEG
+            lax, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False   # WeasyPrint sets it
+            try:
+                Image.open(io.BytesIO(data)).load()      # verify() does not see a cut-short picture
+            finally:
+                ImageFile.LOAD_TRUNCATED_IMAGES = lax
         except Exception:            # noqa: BLE001 — Pillow raises many kinds on a broken file
             raise InputError(f"{name}: the picture is damaged or cut short; take it again") from None
         got = exif_facts(data) if ext == "jpg" else None

@@ -145,3 +145,72 @@ def process_flight(store, flight_id: str, settings, *, detector=None, detections
     except PatrolError as e:
         fail_flight(store, flight_id, e)
         raise
+
+
+GROUND_SOURCE = "ground_patrol"
+
+
+def report_from_ground(store, settings, lon: float, lat: float, actor: str, note: str, *,
+                       detector_class: str = "building", area_m2: float = 50.0,
+                       now: datetime | None = None) -> dict:
+    """地面巡查上报: a structure a patrol found on the ground becomes a case like a flight's:
+    a square of ``area_m2`` at the WGS84 point runs through the same parcel and zone rules and
+    the same tracking (a report within ``tracking.centroid_m`` of a case is that case, seen
+    again); source ``ground_patrol``. Returns the case row and its events."""
+    import math
+    import uuid
+
+    import geopandas as gpd
+    import pandas as pd
+
+    from pipeline.errors import InputError
+    from pipeline.match import find_violations
+    from pipeline.rules import load_rules
+    from pipeline.track import add_note, track_flight
+
+    rules = load_rules(settings.rules_path)
+    if not (math.isfinite(lon) and math.isfinite(lat) and -180 <= lon <= 180 and -90 <= lat <= 90):
+        raise InputError(f"position {lat}, {lon} is not latitude and longitude in degrees; let the phone locate you")
+    if detector_class not in rules.classes:
+        raise InputError(f"'{detector_class}' is not a kind of structure; one of {', '.join(rules.classes)}")
+    if not (math.isfinite(area_m2) and 4 <= area_m2 <= 100_000):
+        raise InputError(f"area {area_m2} m² is not 4–100000 m²; give the size you see (a guess is fine)")
+    if not note.strip():
+        raise InputError("say what you found (the note goes in the case history)")
+    at = pd.Timestamp(now or datetime.now()).floor("s")
+    centre = gpd.GeoSeries([shapely.Point(lon, lat)], crs="EPSG:4326").to_crs(settings.store.crs).iloc[0]
+    if not (math.isfinite(centre.x) and math.isfinite(centre.y)):
+        raise InputError(f"position {lat}, {lon} lies outside the district's coordinate system; check the position")
+    margin = settings.ingest.district_margin_m
+    near = shapely.box(centre.x - margin, centre.y - margin, centre.x + margin, centre.y + margin).bounds
+    counts = store.status()["counts"]
+    if (counts.get("parcel") or counts.get("zone")) and not (len(store.parcels(near)) or len(store.zones(near))):
+        raise InputError(f"position {lat:.6f}, {lon:.6f} is more than {margin:g} m from every parcel and zone of "
+                         f"the district; check the position")
+    half = math.sqrt(area_m2) / 2
+    square = shapely.box(centre.x - half, centre.y - half, centre.x + half, centre.y + half)
+    det = gpd.GeoDataFrame({"class_name": [detector_class], "confidence": [None], "area_m2": [area_m2]},
+                           geometry=[square], crs=settings.store.crs)
+    report = {"flight_id": f"ground-{uuid.uuid4().hex[:12]}", "source": GROUND_SOURCE, "captured_at": at,
+              "footprint": None}
+    bbox = tuple(shapely.buffer(square, 300).bounds)
+    with store.transaction():
+        findings = find_violations(det, store.parcels(bbox), store.zones(bbox), rules, keep_all=True)
+        result = track_flight(store.cases(bbox), findings, det, report, settings.tracking, rules, at,
+                              prior_coverage=prior_coverage(store, report), allocate=store.allocate_case_numbers,
+                              prefix=store.case_prefix)
+        if len(result.cases):
+            store.save_cases(result.cases)
+        store.append_events(result.events)
+        hit = result.cases[result.cases["last_seen_flight"] == report["flight_id"]] if len(result.cases) \
+            else result.cases
+        if not len(hit):
+            raise InputError("the report matched no case and made none; report a structure of at least "
+                             f"{rules.min_structure_area_m2:g} m² of a kind the rules look at")
+        case_no = hit["case_no"].iloc[0]
+        add_note(store, case_no, f"地面巡查上报（{actor}）：{note.strip()}", actor, at)
+    from pipeline.values import jsonable
+    case = store.cases().set_index("case_no").loc[case_no]
+    return jsonable({"case_no": case_no, "new": bool(result.new_case_count), "status": case["status"],
+                     "category": case["category"], "rules": list(case["rules"] or []), "source": case["source"],
+                     "reasons": case["reasons"] if isinstance(case["reasons"], dict) else {}})

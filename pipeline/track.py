@@ -410,7 +410,7 @@ def track_flight(cases: gpd.GeoDataFrame | None, findings: gpd.GeoDataFrame,
             geoms.append(fg[fi])
             label = "新建" if stock == "new_build" else "存量"
             events.append(_event(numbers[k], at, SYSTEM_ACTOR, None, lc.initial,
-                                 f"航次 {fid} 发现疑似图斑 {area:.1f} m²（{row['detector_class']}）："
+                                 f"{'地面巡查' if flight.get('source') == 'ground_patrol' else f'航次 {fid}'} 发现疑似图斑 {area:.1f} m²（{row['detector_class']}）："
                                  f"{'、'.join(_rule_label(rules, r) for r in row['rules'])}（{label}）"))
     cols = [c for c in CASE_COLUMNS if c != "geometry"] + extra
     out = gpd.GeoDataFrame(pd.DataFrame.from_records(recs, columns=cols),

@@ -422,6 +422,35 @@ def test_on_site_photo_from_the_page_and_the_api(svc):
                            files={"file": ("x.jpg", jpeg(c.x, c.y), "image/jpeg")}).status_code == 404
 
 
+def test_ground_report_from_the_page_and_the_api(svc):
+    from test_media import jpeg
+    zones = svc.store.zones().to_crs("EPSG:4326")
+    p = zones.geometry.iloc[0].representative_point()
+    pat, csrf = _session(svc.app, "pat")
+    page = pat.get("/report").text
+    assert 'id="report-form"' in page and "地面巡查上报" in page
+    r = pat.post("/report", data={"csrf_token": csrf, "lat": f"{p.y:.7f}", "lon": f"{p.x:.7f}",
+                                  "detector_class": "building", "area_m2": "60", "note": "耕地上建房"},
+                 files={"file": ("IMG_7.jpg", jpeg(p.x, p.y), "image/jpeg")})
+    assert r.status_code == 303 and "/report?done=" in r.headers["location"]
+    no = re.search(r"done=([^&]+)", r.headers["location"]).group(1)
+    done = pat.get(r.headers["location"]).text
+    assert f"已上报：案件 {no}" in done and f'href="/cases/{no}"' not in done      # patrol cannot open cases
+    c = svc.store.cases().set_index("case_no").loc[no]
+    assert c["source"] == "ground_patrol" and "illegal_land_use" in c["rules"]
+    assert len(svc.store.media(no)) == 1
+    adm, _ = _session(svc.app, "adm")
+    case_page = adm.get(f"/cases/{no}").text
+    assert "占用受保护土地" in case_page and "地面巡查上报（pat）：耕地上建房" in case_page
+    # the API: JSON body; a bad position is one line
+    q = p.y + 0.002
+    r = svc.client.post("/api/reports", headers=svc.tokens["pat"],
+                        json={"lat": q, "lon": p.x, "detector_class": "steel_shed", "area_m2": 30, "note": "新建棚"})
+    assert r.status_code == 201 and r.json()["source"] == "ground_patrol" and r.json()["new"] is True
+    bad = pat.post("/report", data={"csrf_token": csrf, "lat": "abc", "lon": "1", "area_m2": "50", "note": "x"})
+    assert bad.status_code == 422 and "not a number" in bad.text
+
+
 def test_stats_page_counts_by_event_date_and_downloads(svc):
     from openpyxl import load_workbook
     import io

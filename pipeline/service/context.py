@@ -228,6 +228,25 @@ class Service:
         return {k: (text(v) if k in ("taken_at", "uploaded_at") else v) for k, v in row.items()
                 if k not in ("original_path", "stamped_path")}
 
+    def ground_report(self, user: A.User, lat: Any, lon: Any, detector_class: str, area_m2: Any, note: str,
+                      photo: bytes | None = None, filename: str = "") -> dict:
+        """地面巡查上报 (any signed-in account): a case from a position on the ground, with its photo."""
+        from pipeline.media import add_media
+        from pipeline.run import report_from_ground
+        if user.role not in ("patrol", "officer", "admin"):
+            raise HTTPProblem(403, f"your role ({user.role}) may not report")
+        try:
+            la, lo, area = float(lat), float(lon), float(area_m2)
+        except (TypeError, ValueError):
+            raise InputError(f"position '{lat}, {lon}' or size '{area_m2}' is not a number; "
+                             f"let the phone locate you and give the size in m²") from None
+        r = report_from_ground(self.store, self.settings, lo, la, user.username, note or "",
+                               detector_class=detector_class, area_m2=area)
+        if photo:
+            add_media(self.store, self.settings, r["case_no"], photo, filename or "photo", user.username,
+                      "地面巡查上报", lo, la)
+        return r
+
     def media_file(self, user: A.User, media_id: str, original: bool = False) -> FileResponse:
         """A case's photo (stamped copy) or video, or its original, for an account that sees the case."""
         m = self.store.media()

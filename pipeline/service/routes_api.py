@@ -9,8 +9,8 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from pipeline.service.context import (FLIGHT_ID_RE, Auth, HTTPProblem, Service, StatusChange, admin, officer,
-                                      patrol, service)
+from pipeline.service.context import (FLIGHT_ID_RE, Auth, HTTPProblem, Service, StatusChange, admin, anyone,
+                                      officer, patrol, service)
 
 router = APIRouter(prefix="/api")
 
@@ -100,6 +100,21 @@ def api_case_media(case_no: str, a: Auth = Depends(officer), file: UploadFile = 
                    lon: str = Form("", max_length=30), svc: Service = Depends(service)) -> dict:
     return svc.add_media(a.user, case_no, file.file.read(svc.settings.media.max_mb * 2**20 + 1),
                          file.filename or "photo", note, lon, lat)
+
+
+class GroundReport(BaseModel):
+    lat: float = Field(..., ge=-90, le=90, description="WGS84 latitude of the structure")
+    lon: float = Field(..., ge=-180, le=180, description="WGS84 longitude")
+    detector_class: str = Field("building", max_length=40, description="kind of structure (rules.yaml classes)")
+    area_m2: float = Field(50.0, ge=4, le=100_000, description="its size as seen (m²)")
+    note: str = Field(..., min_length=1, max_length=4000, description="what was found")
+
+
+@router.post("/reports", tags=["cases"], status_code=201,
+             summary="地面巡查上报: a structure found on the ground becomes a case (same rules, same tracking); "
+                     "attach photos with POST /api/cases/{case_no}/media")
+def api_ground_report(body: GroundReport, a: Auth = Depends(anyone), svc: Service = Depends(service)) -> dict:
+    return svc.ground_report(a.user, body.lat, body.lon, body.detector_class, body.area_m2, body.note)
 
 
 @router.post("/cases/{case_no}/status", tags=["cases"], summary="Move the case to its next lifecycle state with a note")

@@ -9,13 +9,13 @@ from datetime import date
 from pathlib import Path
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from starlette.background import BackgroundTask
 
 from pipeline.errors import InputError
 from pipeline.service import auth as A
-from pipeline.service.context import Auth, Service, admin, officer, service
+from pipeline.service.context import Auth, Service, admin, anyone, officer, service
 
 router = APIRouter(include_in_schema=False)
 
@@ -75,6 +75,30 @@ async def assign_many(request: Request, a: Auth = Depends(admin), svc: Service =
     for no in nos:
         _assign(svc, a, no, username)
     return RedirectResponse("/tasks#unassigned", status_code=303)
+
+
+def _report_classes(svc: Service) -> list[tuple[str, str]]:
+    from pipeline.report.common import CLASSES, label
+    return [(k, label(CLASSES, k, "zh")) for k in svc.rules.classes]
+
+
+@router.get("/report", response_class=HTMLResponse)
+def report_page(request: Request, a: Auth = Depends(anyone), done: str = "", matched: int = 0,
+                svc: Service = Depends(service)):
+    return svc.render(request, "report.html", {"classes": _report_classes(svc), "done": done[:40],
+                                               "matched": bool(matched), "can_open": a.user.role != "patrol"})
+
+
+@router.post("/report")
+def report_post(a: Auth = Depends(anyone), lat: str = Form(..., max_length=30), lon: str = Form(..., max_length=30),
+                detector_class: str = Form("building", max_length=40), area_m2: str = Form("50", max_length=20),
+                note: str = Form(..., max_length=4000), file: UploadFile | None = File(None),
+                svc: Service = Depends(service)):
+    """地面巡查上报 from the page: the case, then its photo."""
+    r = svc.ground_report(a.user, lat, lon, detector_class, area_m2, note,
+                          file.file.read(svc.settings.media.max_mb * 2**20 + 1) if file and file.filename else None,
+                          file.filename if file else "")
+    return RedirectResponse(f"/report?done={quote(r['case_no'])}&matched={0 if r['new'] else 1}", status_code=303)
 
 
 def _period(since: str, until: str) -> tuple[str | None, str | None]:
