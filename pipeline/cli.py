@@ -371,6 +371,8 @@ def cases_assign(ctx, case_no, officer, actor):
 @click.argument("case_no")
 @click.option("--party", help="当事人 (the responsible party).")
 @click.option("--phone", help="当事人电话.")
+@click.option("--id-number", "id_number", help="当事人身份证号 (18 characters; masked in lists and exports).")
+@click.option("--address", help="当事人住址 or the site's address.")
 @click.option("--floors", help="层数 (storeys).")
 @click.option("--floor-area", "floor_area_m2", help="建筑面积 in m².")
 @click.option("--unit", help="责任单位/执法中队.")
@@ -383,7 +385,8 @@ def cases_set(ctx, case_no, actor, **facts):
     from pipeline.track import set_facts
     given = {k: v for k, v in facts.items() if v is not None}
     if not given:
-        raise click.UsageError("give at least one of --party --phone --floors --floor-area --unit --remark")
+        raise click.UsageError("give at least one of --party --phone --id-number --address --floors --floor-area "
+                               "--unit --remark")
     with open_ctx_store(ctx) as store:
         ev = set_facts(store, case_no, given, actor or getpass.getuser())
     click.echo(f"{case_no}: {ev['note']}")

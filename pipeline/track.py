@@ -486,8 +486,24 @@ def add_note(store: Any, case_no: str, note: str, actor: str, now: datetime | No
 
 
 #: what an officer records about a case on site: 当事人, 电话, 层数, 建筑面积, 责任单位, 备注
-CASE_FACTS = {"party": ("当事人", 100), "phone": ("电话", 40), "floors": ("层数", None),
-              "floor_area_m2": ("建筑面积", None), "unit": ("责任单位/执法中队", 100), "remark": ("备注", 2000)}
+CASE_FACTS = {"party": ("当事人", 100), "phone": ("电话", 40), "id_number": ("身份证号", 18), "address": ("地址", 200),
+              "floors": ("层数", None), "floor_area_m2": ("建筑面积", None), "unit": ("责任单位/执法中队", 100),
+              "remark": ("备注", 2000)}
+ID_NUMBER = re.compile(r"[1-9][0-9]{16}[0-9X]")
+ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+
+
+def id_number_ok(v: str) -> bool:
+    """A mainland resident ID number (18 characters) whose check digit adds up (GB 11643)."""
+    if not ID_NUMBER.fullmatch(v):
+        return False
+    return "10X98765432"[sum(int(c) * w for c, w in zip(v[:17], ID_WEIGHTS)) % 11] == v[17]
+
+
+def mask_id(v: str) -> str:
+    """An ID number as lists, exports, documents and the history show it: 4201**********123X."""
+    v = str(v or "")
+    return v if len(v) < 8 else v[:4] + "*" * (len(v) - 8) + v[-4:]
 
 
 def check_facts(case_no: str, facts: Mapping[str, Any]) -> dict[str, Any]:
@@ -512,6 +528,11 @@ def check_facts(case_no: str, facts: Mapping[str, Any]) -> dict[str, Any]:
             if not (math.isfinite(area) and 0 < area <= 1e6):
                 raise InputError(f"case {case_no}: {name} '{v}' is not an area of 0–1000000 m²")
             out[key] = round(area, 2)
+        elif key == "id_number" and not id_number_ok(str(v).upper()):
+            raise InputError(f"case {case_no}: {name} '{mask_id(str(v))}' is not an 18-character ID number whose "
+                             f"check digit adds up; check it against the ID card")
+        elif key == "id_number":
+            out[key] = str(v).upper()
         elif key == "phone" and not re.fullmatch(r"[0-9+\-() ]{3,40}", str(v)):
             raise InputError(f"case {case_no}: {name} '{v}' is not a phone number (digits, + - ( ) and spaces)")
         elif len(str(v)) > limit:
@@ -538,7 +559,10 @@ def set_facts(store: Any, case_no: str, facts: Mapping[str, Any], actor: str, no
             one[k] = clean[k]
         one["updated_at"] = at
         store.save_cases(one[["case_no", *changed, "updated_at"]])
-        note = "；".join(f"{CASE_FACTS[k][0]}: {clean[k] if clean[k] is not None else '（清除）'}" for k in changed)
+        def shown(k):
+            v = clean[k]
+            return "（清除）" if v is None else mask_id(v) if k == "id_number" else v
+        note = "；".join(f"{CASE_FACTS[k][0]}: {shown(k)}" for k in changed)
         ev = _event(case_no, at, actor or SYSTEM_ACTOR, st, st, note)
         store.append_events([ev])
     return ev

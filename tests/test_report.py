@@ -222,7 +222,7 @@ def test_case_lists_round_trip(reports):
     # the 台账 columns of DOMAIN.md, in config order (ledger.columns)
     assert head[:4] == ["序号", "图斑编号/案件编号", "乡镇", "村"]
     for h in ("地类", "占地面积(亩)", "建筑面积(m²)", "层数", "违法主体/当事人", "电话", "发现方式", "处置进度",
-              "文书编号", "逾期天数", "责任单位/执法中队", "拆除面积(m²)", "现场照片(后时相)", "备注"):
+              "文书编号", "逾期天数", "责任单位/执法中队", "拆除面积(m²)", "后时相影像", "现场照片", "备注"):
         assert h in head, h
     assert ws.freeze_panes == "C2" and ws.auto_filter.ref.startswith("A1:")
     # printed A4 landscape, fit to the page width, header row on every page

@@ -378,6 +378,19 @@ def test_officer_records_party_and_building_on_the_case(svc):
     assert "当事人: 赵六" in svc.store.events(no)["note"].iloc[-1]
     page = off.get(f"/cases/{no}").text
     assert 'value="赵六"' in page and 'value="3"' in page
+    # the ID number: whole on the case page, masked in the history and the 台账
+    r = off.post(f"/cases/{no}/facts", data={"party": "赵六", "phone": "139 0000 1111", "floors": "3",
+                                           "floor_area_m2": "210.5", "unit": "第二执法中队", "csrf_token": csrf,
+                                           "id_number": "11010519491231002X", "address": "马湖村3组"})
+    assert r.status_code == 303
+    assert 'value="11010519491231002X"' in off.get(f"/cases/{no}").text
+    assert "1101**********002X" in svc.store.events(no)["note"].iloc[-1]
+    assert "11010519491231002X" not in " ".join(svc.store.events(no)["note"])
+    xl = off.get("/export/cases.csv").content.decode("utf-8-sig")
+    assert "11010519491231002X" not in xl
+    wrong = off.post(f"/cases/{no}/facts", data={"party": "赵六", "id_number": "110105194912310021",
+                                               "csrf_token": csrf})
+    assert wrong.status_code == 422 and "check digit" in wrong.text and "110105194912310021" not in wrong.text
     bad = off.post(f"/cases/{no}/facts", data={"floors": "abc", "party": "赵六", "csrf_token": csrf})
     assert bad.status_code == 422 and "not a number of storeys" in bad.text
     assert int(svc.store.cases().set_index("case_no").loc[no, "floors"]) == 3      # nothing stored was lost

@@ -28,6 +28,7 @@ from pipeline.report.common import (CATEGORIES, CLASSES, STOCK, label, missing, 
                                     to_wgs84_points)
 from pipeline.report.evidence import scale_and_north
 from pipeline.report.ledger import M2_PER_MU, land_class, parcel_facts, progress_text
+from pipeline.track import mask_id
 
 KINDS: dict[str, tuple[str, str]] = {
     "sheet": ("案件证据单", "Evidence sheet"),
@@ -40,7 +41,7 @@ KINDS: dict[str, tuple[str, str]] = {
 FIELDS = (
     "authority", "district", "title", "kind", "doc_no", "issued_at", "issued_date", "case_no", "status_label",
     "category", "category_label", "class_label", "stock_label", "town", "village", "village_code", "lon", "lat",
-    "area_m2", "area_mu", "floors", "floor_area_m2", "party", "phone", "parcel", "parcel_text", "land_class",
+    "area_m2", "area_mu", "floors", "floor_area_m2", "party", "phone", "id_number", "address", "parcel", "parcel_text", "land_class",
     "basic_farmland_m2", "redline_m2", "reasons", "first_seen_at", "last_seen_at", "before", "after", "location",
     "image_hashes", "order_no", "order_date", "deadline", "deadline_text", "assignee", "unit", "progress", "history",
 )
@@ -227,6 +228,8 @@ def case_fields(store, settings, rules, case: dict, kind: str, *, flights=None, 
         "floors": "" if missing(case.get("floors")) else str(int(case["floors"])),
         "floor_area_m2": _num(case.get("floor_area_m2")),
         "party": text(case.get("party")), "phone": text(case.get("phone")),
+        "id_number": mask_id(text(case.get("id_number"))) if text(case.get("id_number")) else "",
+        "address": text(case.get("address")),
         "parcel": parcel_rows,
         "parcel_text": (f"宅基地 {parcel_id}（{text(case.get('owner'))}）" if inside and parcel_id else
                         f"不在登记宅基地内（最近地块 {parcel_id}）" if parcel_id else "不在登记宅基地内"),

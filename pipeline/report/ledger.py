@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from pipeline.config import LEDGER_FIELDS, DEFAULT_LEDGER_COLUMNS
+from pipeline.config import DEFAULT_LEDGER_COLUMNS
+from pipeline.track import mask_id
 from pipeline.report.common import (CATEGORIES, CLASSES, FIELDS, FLAGS, SOURCES, STOCK, as_list, label, missing,
                                     rule_texts, status_label, text, to_wgs84_points)
 
@@ -25,9 +26,10 @@ HEADERS: dict[str, str] = {
     "seq": "序号", "case_no": "图斑编号/案件编号", "coords": "坐标(经度,纬度)", "land_class": "地类",
     "area_mu": "占地面积(亩)", "source": "发现方式", "first_seen_at": "发现时间", "category": "违法类型",
     "party": "违法主体/当事人", "progress": "处置进度", "doc_nos": "文书编号", "overdue_days": "逾期天数",
-    "image_before": "前时相影像", "image_after": "现场照片(后时相)", "reasons": "判定依据",
+    "image_before": "前时相影像", "image_after": "后时相影像", "site_photo": "现场照片", "reasons": "判定依据",
+    "id_number": "身份证号", "address": "地址",
 }
-IMAGES = ("image_before", "image_after")
+IMAGES = ("image_before", "image_after", "site_photo")
 NUMBERS = {"seq", "area_m2", "area_mu", "floor_area_m2", "floors", "overdue_days", "demolished_area_m2",
            "basic_farmland_m2", "redline_m2", "farmland_m2", "confidence", "lon", "lat", "x", "y"}
 
@@ -134,7 +136,8 @@ def ledger_table(cases: gpd.GeoDataFrame, lang: str = "zh", rules=None, crs: str
             "flags": "、".join(label(FLAGS, f, lang) for f in as_list(c.get("flags"))),
             "rules": "；".join(rule_texts(c, lang, rules)), "reasons": "；".join(rule_texts(c, lang, rules)),
             "first_seen_at": text(c.get("first_seen_at"))[:10], "last_seen_at": text(c.get("last_seen_at"))[:10],
-            "image_before": "", "image_after": "",
+            "image_before": "", "image_after": "", "site_photo": "",
+            "id_number": mask_id(text(c.get("id_number"))) if text(c.get("id_number")) else "",
         }
         row = []
         for f, _ in cols:

@@ -132,7 +132,12 @@ def write_xlsx(cases: gpd.GeoDataFrame, path: Path, lang: str, rules=None, evide
     ws.oddHeader.center.text = title or ("两违台账" if lang == "zh" else "Case ledger")
     ws.oddFooter.center.text = "第 &P 页 共 &N 页" if lang == "zh" else "Page &P of &N"
     image_cols = {f: k for k, (f, _) in enumerate(cols, start=1) if f in IMAGES}
-    if image_cols and evidence is not None and len(evidence):
+    photos: dict[str, str] = {}
+    if "site_photo" in image_cols and store is not None:
+        media = store.media()
+        media = media[(media["kind"] == "photo") & media["stamped_path"].notna()] if len(media) else media
+        photos = {no: p for no, p in zip(media["case_no"], media["stamped_path"]) if Path(p).is_file()}  # latest wins
+    if image_cols and ((evidence is not None and len(evidence)) or photos):
         size = 80
         for k in image_cols.values():
             ws.column_dimensions[get_column_letter(k)].width = 13
@@ -140,7 +145,8 @@ def write_xlsx(cases: gpd.GeoDataFrame, path: Path, lang: str, rules=None, evide
             chips = case_chips(evidence, case_no)
             before = [c for c in chips if c["role"] == "before"]
             picks = {"image_before": before[-1] if before else (chips[0] if len(chips) > 1 else None),
-                     "image_after": chips[-1] if chips else None}
+                     "image_after": chips[-1] if chips else None,
+                     "site_photo": {"chip_path": photos[case_no]} if case_no in photos else None}
             if any(picks[f] for f in image_cols):
                 ws.row_dimensions[i].height = size * 0.78
             for f, k in image_cols.items():

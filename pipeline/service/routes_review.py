@@ -120,14 +120,16 @@ def _area(text: str) -> float | None:
 
 @router.post("/cases/{case_no}/facts")
 def case_facts_form(case_no: str, a: Auth = Depends(officer), party: str = Form("", max_length=100),
-                    phone: str = Form("", max_length=40), floors: str = Form("", max_length=10),
+                    phone: str = Form("", max_length=40), id_number: str = Form("", max_length=18),
+                    address: str = Form("", max_length=200), floors: str = Form("", max_length=10),
                     floor_area_m2: str = Form("", max_length=20), unit: str = Form("", max_length=100),
                     remark: str = Form("", max_length=2000), svc: Service = Depends(service)):
     """当事人与建筑: what the officer found on site, for the 台账 and the documents."""
     from pipeline.track import set_facts
     svc.one_case(a.user, case_no)
-    set_facts(svc.store, case_no, {"party": party, "phone": phone, "floors": floors, "floor_area_m2": floor_area_m2,
-                                   "unit": unit, "remark": remark}, a.user.username)
+    set_facts(svc.store, case_no, {"party": party, "phone": phone, "id_number": id_number, "address": address,
+                                   "floors": floors, "floor_area_m2": floor_area_m2, "unit": unit, "remark": remark},
+              a.user.username)
     return RedirectResponse(f"/cases/{quote(case_no)}#site", status_code=303)
 
 

@@ -172,9 +172,12 @@ def add_documents(store, sql_type, create_table) -> None:
         store._x(f"CREATE INDEX {q(f'{DOCUMENT.name}_ix{i}')} ON {q(DOCUMENT.name)} ({', '.join(map(q, idx))})")
 
 
-def add_media(store, create_table) -> None:
-    """Migration 5 of both backends: the media table."""
-    from pipeline.store.schema import MEDIA
+def add_media(store, sql_type, create_table) -> None:
+    """Migration 5 of both backends: the media table and the 当事人 columns of cases."""
+    from pipeline.store.schema import CASE_PARTY_COLUMNS, MEDIA, TABLES
+    cases = TABLES["cases"]
+    for name in CASE_PARTY_COLUMNS:
+        store._x(f"ALTER TABLE {q(cases.name)} ADD COLUMN {q(name)} {sql_type(cases.column(name))}")
     create_table(MEDIA)
     for i, idx in enumerate(MEDIA.indexes):
         store._x(f"CREATE INDEX {q(f'{MEDIA.name}_ix{i}')} ON {q(MEDIA.name)} ({', '.join(map(q, idx))})")

@@ -404,6 +404,7 @@ MIGRATIONS: list[tuple[int, str, Any]] = [
     (3, "users: failed sign-ins, lockout, server-side logout", lambda s: add_user_guard_columns(s, _sql_type)),
     (4, "cases: floors, floor area, unit, remark; document: numbered enforcement documents",
      lambda s: add_documents(s, _sql_type, lambda t: _attribute_table(s, t))),
-    (5, "media: on-site photos and videos of a case", lambda s: add_media(s, lambda t: _attribute_table(s, t))),
+    (5, "media: on-site photos and videos of a case; cases: id number, address",
+     lambda s: add_media(s, _sql_type, lambda t: _attribute_table(s, t))),
 ]
 GpkgStore.MIGRATIONS = MIGRATIONS

@@ -420,6 +420,7 @@ MIGRATIONS: list[tuple[int, str, Any]] = [
      lambda s: add_user_guard_columns(s, lambda c: _PG_TYPE[c.kind])),
     (4, "cases: floors, floor area, unit, remark; document: numbered enforcement documents",
      lambda s: add_documents(s, lambda c: _PG_TYPE[c.kind], lambda t: _create_table(s, t))),
-    (5, "media: on-site photos and videos of a case", lambda s: add_media(s, lambda t: _create_table(s, t))),
+    (5, "media: on-site photos and videos of a case; cases: id number, address",
+     lambda s: add_media(s, lambda c: _PG_TYPE[c.kind], lambda t: _create_table(s, t))),
 ]
 PostgisStore.MIGRATIONS = MIGRATIONS

@@ -77,7 +77,7 @@ CASES = Table("cases", (
     C("first_seen_at", "datetime"), C("last_seen_flight"), C("last_seen_at", "datetime"),
     C("recheck_date", "date"), C("closed_date", "date"), C("demolished_area_m2", "real"),
     C("created_at", "datetime"), C("updated_at", "datetime"), C("geometry", "geometry"),
-    C("floors", "int"), C("floor_area_m2", "real"), C("unit"), C("remark"),
+    C("floors", "int"), C("floor_area_m2", "real"), C("unit"), C("remark"), C("id_number"), C("address"),
 ), key=("case_no",), description="enforcement cases (台账)",
     indexes=(("status",), ("category",), ("town", "village"), ("first_seen_at",)))
 
@@ -113,8 +113,10 @@ USER_GUARD_COLUMNS = ("failed_logins", "locked_at", "sessions_after")
 
 #: the ledger columns migration 4 added to cases: 层数, 建筑面积, 责任单位/执法中队, 备注
 CASE_LEDGER_COLUMNS = ("floors", "floor_area_m2", "unit", "remark")
+#: the 当事人 columns migration 5 added to cases: 身份证号 (masked outside the case page), 地址
+CASE_PARTY_COLUMNS = ("id_number", "address")
 #: columns each table got after migration 1 (which creates the tables without them)
-ADDED_LATER = {"cases": CASE_LEDGER_COLUMNS}
+ADDED_LATER = {"cases": CASE_LEDGER_COLUMNS + CASE_PARTY_COLUMNS}
 
 
 def as_created(table: Table) -> Table:
