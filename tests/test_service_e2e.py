@@ -286,6 +286,24 @@ def test_tasks_documents_and_stats_in_chromium_at_desktop_and_phone_size(server)
             ctx, page = _login(browser, base, "off", problems, geolocation={"latitude": at.y, "longitude": at.x},
                                permissions=["geolocation"])
             page.set_viewport_size({"width": 390, "height": 844})
+            # the review page on a phone: map and list take turns, no control covers the popup's link
+            page.goto("/review")
+            page.wait_for_function("document.getElementById('map').contentWindow.patrolReport"
+                                   " && document.getElementById('map').contentWindow.patrolReport.ready",
+                                   timeout=30000)
+            assert _fits(page), "the review page scrolls sideways on a phone"
+            assert not page.locator("#cases").is_visible()
+            frame = page.frame_locator("#map")
+            assert not frame.locator(".leaflet-control-layers-list").is_visible()     # folded
+            page.click(".view-switch button[data-view='list']")
+            assert page.locator("#cases").is_visible() and not page.locator("#map").is_visible()
+            page.click(f"#cases tr[data-case='{overdue}'] button.show")
+            assert page.locator("#map").is_visible()
+            link = frame.locator("a.open-case")
+            link.wait_for(state="visible", timeout=10000)
+            page.screenshot(path=str(ARTIFACTS / "service_review_phone.png"))
+            link.click()                                  # Playwright refuses a click on a covered link
+            page.wait_for_url(f"**/cases/{overdue}", timeout=10000)
             page.goto("/tasks")
             row = page.locator(f"#my-cases tr[data-state='overdue']:has(a:text('{overdue}'))")
             assert row.count() == 1 and "逾期" in row.inner_text()

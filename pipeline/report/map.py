@@ -266,11 +266,20 @@ def _elements():
           .patrol-popup .chips figure { margin: 0; font-size: 11px; text-align: center; }
           .patrol-popup .chips img { width: 140px; height: 140px; object-fit: contain; border: 1px solid #999; }
           .patrol-popup ul { margin: 2px 0; padding-left: 16px; }
+          .patrol-legend .legend-toggle { display: none; font: inherit; padding: 4px 10px; }
+          @media (max-width: 600px) {
+            .leaflet-control-minimap, .leaflet-control-minimap-toggle-display { display: none !important; }
+            .patrol-title { font-size: 12px; max-width: 46vw; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+            .patrol-legend { bottom: 30px; max-height: 45vh; }
+            .patrol-legend .legend-toggle { display: block; }
+            .patrol-legend.folded > :not(.legend-toggle) { display: none; }
+            .patrol-popup .chips img { width: 110px; height: 110px; }
+          }
         </style>
         {% endmacro %}
         {% macro html(this, kwargs) %}
         <div class="patrol-title">{{ this.title }}</div>
-        <div class="patrol-legend" id="patrol-legend">{{ this.legend }}</div>
+        <div class="patrol-legend" id="patrol-legend"><button type="button" class="legend-toggle">{{ this.t_legend }}</button>{{ this.legend }}</div>
         {% endmacro %}
         {% macro script(this, kwargs) %}
         (function () {
@@ -310,6 +319,25 @@ def _elements():
           };
           var m = /[#&]case=([^&]+)/.exec(window.location.hash);
           if (m) { setTimeout(function () { P.openCase(decodeURIComponent(m[1])); }, 0); }
+          // on a phone: the layer list and the legend fold away until tapped, so no control covers a popup
+          setTimeout(function () {
+            if (window.innerWidth > 600) { return; }
+            var lc = document.querySelector('.leaflet-control-layers');
+            if (lc) {
+              lc.classList.remove('leaflet-control-layers-expanded');
+              var t = lc.querySelector('.leaflet-control-layers-toggle');
+              if (t) { L.DomEvent.on(t, 'click', function (e) { L.DomEvent.stop(e); lc.classList.toggle('leaflet-control-layers-expanded'); }); }
+            }
+            var lg = document.getElementById('patrol-legend');
+            if (lg) {
+              lg.classList.add('folded');
+              L.DomEvent.on(lg.querySelector('.legend-toggle'), 'click', function () { lg.classList.toggle('folded'); });
+            }
+            map.on('click popupopen', function () {
+              if (lc) { lc.classList.remove('leaflet-control-layers-expanded'); }
+              if (lg) { lg.classList.add('folded'); }
+            });
+          }, 0);
           P.ready = true;
         })();
         {% endmacro %}""")
@@ -322,6 +350,7 @@ def _elements():
             self.minimap = js_json(minimap)
             self.t_full = js_json("全屏" if lang == "zh" else "Full screen")
             self.t_exit = js_json("退出全屏" if lang == "zh" else "Exit full screen")
+            self.t_legend = "图例" if lang == "zh" else "Legend"
 
     return DataLayer, CaseLayer, ImageLayer, Controls
 

@@ -46,3 +46,19 @@
   });
   apply();
 })();
+/* On a phone the map and the list take turns (地图 / 列表); "Map" on a row shows the map. */
+(function () {
+  var review = document.getElementById('review');
+  if (!review) { return; }
+  var buttons = document.querySelectorAll('.view-switch button');
+  function show(view) {
+    review.dataset.view = view;
+    Array.prototype.forEach.call(buttons, function (b) { b.classList.toggle('on', b.dataset.view === view); });
+  }
+  Array.prototype.forEach.call(buttons, function (b) {
+    b.addEventListener('click', function () { show(b.dataset.view); });
+  });
+  Array.prototype.forEach.call(document.querySelectorAll('#cases button.show'), function (b) {
+    b.addEventListener('click', function () { show('map'); });
+  });
+})();
