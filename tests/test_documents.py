@@ -74,6 +74,16 @@ def test_every_document_renders_and_is_recorded(doc_store, tmp_path):
         # re-printable identically
         _, again, same = reprint_document(store, s, row["doc_no"])
         assert same and again == pdf
+    # an on-site photo joins the sheet, which stays one page
+    from pipeline.media import add_media
+    from test_media import jpeg
+    c = store.cases().set_index("case_no").loc[[no]].to_crs("EPSG:4326").geometry.iloc[0].centroid
+    s_media = load_settings(overrides={"store.url": s.store.url, "media.dir": str(tmp_path / "media")})
+    add_media(store, s_media, no, jpeg(c.x, c.y), "IMG_5.jpg", "officer1")
+    row, pdf = issue_document(store, s_media, rules, "sheet", no, "officer1")
+    (tmp_path / "sheet_photo.pdf").write_bytes(pdf)
+    assert _pages(tmp_path / "sheet_photo.pdf") == 1 and "现场照片" in _pdf_text(tmp_path / "sheet_photo.pdf")
+    assert row["fields"]["site_photo"]["distance"] == "0"
     # page 1 renders to an image (what a printer gets)
     png = tmp_path / "p1"
     subprocess.run(["pdftoppm", "-r", "50", "-png", "-f", "1", "-l", "1", str(tmp_path / "sheet.pdf"), str(png)],

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -43,7 +44,7 @@ FIELDS = (
     "category", "category_label", "class_label", "stock_label", "town", "village", "village_code", "lon", "lat",
     "area_m2", "area_mu", "floors", "floor_area_m2", "party", "phone", "id_number", "address", "parcel", "parcel_text", "land_class",
     "basic_farmland_m2", "redline_m2", "reasons", "first_seen_at", "last_seen_at", "before", "after", "location",
-    "image_hashes", "order_no", "order_date", "deadline", "deadline_text", "assignee", "unit", "progress", "history",
+    "image_hashes", "site_photo", "order_no", "order_date", "deadline", "deadline_text", "assignee", "unit", "progress", "history",
 )
 #: fields every document must show
 REQUIRED = ("doc_no", "case_no")
@@ -244,7 +245,26 @@ def case_fields(store, settings, rules, case: dict, kind: str, *, flights=None, 
         "progress": progress_text(events, rules), "history": hist,
     }
     fields.update(_pictures(store, case, flights))
+    fields["site_photo"] = _site_photo(store, case["case_no"])
     return fields
+
+
+def _site_photo(store, case_no: str) -> dict | None:
+    """The case's latest on-site photo (its stamped copy), or None."""
+    media = store.media(case_no)
+    media = media[(media["kind"] == "photo") & media["stamped_path"].notna()] if len(media) else media
+    for m in reversed(media.to_dict("records")):
+        p = Path(m["stamped_path"])
+        if p.is_file():
+            from PIL import Image
+            im = Image.open(p)
+            im.thumbnail((720, 720))
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=85)
+            return {"src": _data_uri(buf.getvalue(), "image/jpeg"), "date": _day(m["taken_at"]) or _day(m["uploaded_at"]),
+                    "actor": text(m["actor"]), "distance": "" if missing(m["distance_m"]) else f"{m['distance_m']:.0f}",
+                    "sha": m["sha256"][:12]}
+    return None
 
 
 # ---------------------------------------------------------------- rendering
