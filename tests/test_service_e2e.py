@@ -367,3 +367,73 @@ def test_tasks_documents_and_stats_in_chromium_at_desktop_and_phone_size(server)
         assert c["status"] == "demolished" and c["demolished_area_m2"] == 28.5 and c["party"] == "李四"
         assert len(store.media(fresh)) == 1
     assert problems == [], problems
+
+
+def test_offline_on_a_phone_queues_photo_and_status_and_shows_a_conflict(server):
+    """The network cut (Playwright's offline emulation): the case page comes from the phone,
+    a photo and a status change wait in the outbox and arrive when the connection returns; a
+    change the server refuses because the case moved on meanwhile is shown, not lost."""
+    import geopandas as gpd
+    import shapely
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from test_media import jpeg
+    no = "LW2026-900003"
+    with open_store(server["store"], server["settings"].store.crs) as store:
+        parcels = store.parcels()
+        c = parcels[parcels["town"] == server["town"]].geometry.iloc[-1].centroid
+        store.save_cases(gpd.GeoDataFrame([{
+            "case_no": no, "status": "ordered", "deadline": "2026-12-20", "assignee": "off", "town": server["town"],
+            "village": parcels["village"].iloc[-1], "category": "illegal_construction", "area_m2": 40.0,
+            "first_seen_at": "2026-10-01", "geometry": shapely.box(c.x, c.y, c.x + 6, c.y + 6)}],
+            geometry="geometry", crs=store.crs))
+        at = store.cases().set_index("case_no").loc[[no]].to_crs("EPSG:4326").geometry.iloc[0].centroid
+    photo = ARTIFACTS / "site_photo_offline.jpg"
+    ARTIFACTS.mkdir(exist_ok=True)
+    photo.write_bytes(jpeg(at.x, at.y, when="2026:12:01 09:00:00"))
+    base, problems = server["base"], []
+    with sync_api.sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            ctx, page = _login(browser, base, "off", problems)
+            page.set_viewport_size({"width": 390, "height": 844})
+            page.goto("/tasks")
+            page.wait_for_function("navigator.serviceWorker.controller !== null || "
+                                   "(location.reload(), false)", timeout=15000, polling=1000)
+            page.goto(f"/cases/{no}")
+            assert page.get_attribute("#case-status", "data-status") == "ordered"
+            ctx.set_offline(True)
+            page.reload()                                       # from the phone, not the server
+            assert page.get_attribute("#case-status", "data-status") == "ordered"
+            page.set_input_files("#media-form input[type=file]", str(photo))
+            page.click("#media-form button[type=submit]")
+            page.wait_for_selector("#outbox .waiting:text('离线待发送 1 项')", timeout=5000)
+            page.fill("#note", "离线：当事人已自拆")
+            page.click("button[data-to='demolished']")
+            page.wait_for_selector("#outbox .waiting:text('离线待发送 2 项')", timeout=5000)
+            page.screenshot(path=str(ARTIFACTS / "service_offline_phone.png"))
+            ctx.set_offline(False)                               # the signal is back
+            page.wait_for_selector("#outbox", state="hidden", timeout=20000)
+            with open_store(server["store"], server["settings"].store.crs) as store:
+                case = store.cases().set_index("case_no").loc[no]
+                assert case["status"] == "demolished" and len(store.media(no)) == 1
+                assert store.events(no)["note"].iloc[-1] == "离线：当事人已自拆"
+            # offline again: a step the case has passed meanwhile is refused and shown
+            page.goto(f"/cases/{no}")
+            page.reload()
+            ctx.set_offline(True)
+            page.fill("#note", "复查")
+            page.click("button[data-to='rechecked']")
+            page.wait_for_selector("#outbox .waiting:text('离线待发送 1 项')", timeout=5000)
+            from pipeline.track import change_status
+            from pipeline.rules import load_rules
+            with open_store(server["store"], server["settings"].store.crs) as store:   # meanwhile, at the office
+                change_status(store, no, "rechecked", "adm", "办公室复查", load_rules(server["settings"].rules_path).lifecycle)
+            ctx.set_offline(False)
+            page.wait_for_selector("#outbox .failed li", timeout=20000)
+            assert "未能提交" in page.inner_text("#outbox") and "rechecked" in page.inner_text("#outbox")
+            page.click("#outbox .failed button")
+            page.wait_for_selector("#outbox", state="hidden", timeout=5000)
+            ctx.close()
+        finally:
+            browser.close()
+    assert not [x for x in problems if "Failed to load resource" not in x], problems

@@ -77,6 +77,13 @@ def static(name: str, a: Auth = Depends(anyone)):
     return FileResponse(p, headers={"Cache-Control": "private, max-age=300"})
 
 
+@router.get("/sw.js", include_in_schema=False)
+def service_worker(a: Auth = Depends(anyone)):
+    """The offline page keeper, served from the root so its scope is the whole site."""
+    return FileResponse(STATIC / "sw.js", media_type="text/javascript",
+                        headers={"Cache-Control": "no-cache", "Service-Worker-Allowed": "/"})
+
+
 @router.get("/api/openapi.json", include_in_schema=False)
 def openapi_spec(request: Request, a: Auth = Depends(anyone)):
     return JSONResponse(request.app.openapi())
