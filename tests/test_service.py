@@ -349,7 +349,7 @@ def test_admin_dispatches_and_the_officer_sees_deadlines(svc):
     svc.store.save_cases(svc.store.cases().query("case_no == @no")[["case_no"]].assign(status="verified"))
     change_status(svc.store, no, "ordered", "adm", "限期拆除", svc.app.state.svc.lifecycle, deadline="2020-01-01")
     tasks = off.get("/tasks").text
-    row = re.search(rf'<tr class="overdue" data-state="overdue"[^>]*>\s*<td><a href="/cases/{no}">', tasks)
+    row = re.search(rf'<tr class="overdue" data-state="overdue"[^>]*>\s*<td><a href="/cases/{no}"', tasks)
     assert row and "逾期" in tasks and 'id="assign-form"' not in tasks
     assert no in tasks.split('id="digest"')[1].split('id="mine"')[0]
     far, _ = _session(svc.app, "far")
