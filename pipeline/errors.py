@@ -2,7 +2,12 @@
 
 
 class PatrolError(Exception):
-    """Base of every error a user may see; the CLI prints it as one line."""
+    """Base of every error a user may see; the CLI prints it as one line. ``zh`` is the same
+    line in Chinese, which the web service shows an officer (report.language: zh)."""
+
+    def __init__(self, *args, zh: str | None = None):
+        super().__init__(*args)
+        self.zh = zh
 
 
 class ConfigError(PatrolError):

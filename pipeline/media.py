@@ -36,7 +36,8 @@ def sniff(data: bytes, filename: str) -> tuple[str, str]:
     if len(data) > 12 and data[4:8] == b"ftyp" and data[8:12] in VIDEO_BRANDS:
         return ("video", "mov" if data[8:12] == b"qt  " else "mp4")
     raise InputError(f"{filename}: not a photo or video (JPEG, PNG, MP4 or MOV by its content); "
-                     f"take it with the phone's camera and send that file")
+                     f"take it with the phone's camera and send that file",
+                     zh=f"{filename}：不是照片或视频（按内容识别：JPEG、PNG、MP4、MOV），请用手机相机拍摄后上传")
 
 
 def _rational(v) -> float:
@@ -108,10 +109,11 @@ def add_media(store, settings, case_no: str, data: bytes, filename: str, actor: 
     m = settings.media
     name = Path(filename or "photo").name[:200]
     if not data:
-        raise InputError(f"{name}: the file is empty; take the photo again")
+        raise InputError(f"{name}: the file is empty; take the photo again", zh=f"{name}：文件是空的，请重新拍摄")
     if len(data) > m.max_mb * 2**20:
         raise InputError(f"{name}: {len(data) / 2**20:.0f} MiB is more than the {m.max_mb} MiB a photo or video "
-                         f"may have; send a shorter video or a smaller photo")
+                         f"may have; send a shorter video or a smaller photo",
+                         zh=f"{name}：{len(data) / 2**20:.0f} MiB，超过照片/视频上限 {m.max_mb} MiB，请缩短视频或压缩照片")
     kind, ext = sniff(data, name)
     case = get_case(store, case_no).iloc[0]
     facts: dict[str, Any] = {"taken_at": None, "lon": None, "lat": None}
@@ -125,11 +127,13 @@ def add_media(store, settings, case_no: str, data: bytes, filename: str, actor: 
             finally:
                 ImageFile.LOAD_TRUNCATED_IMAGES = lax
         except Exception:            # noqa: BLE001 — Pillow raises many kinds on a broken file
-            raise InputError(f"{name}: the picture is damaged or cut short; take it again") from None
+            raise InputError(f"{name}: the picture is damaged or cut short; take it again",
+                             zh=f"{name}：图片已损坏或不完整，请重新拍摄") from None
         got = exif_facts(data) if ext == "jpg" else None
         if got is None:
             raise InputError(f"{name}: the photo has no EXIF (time, place); take it with the phone's camera, "
-                             f"not a screenshot or an edited copy")
+                             f"not a screenshot or an edited copy",
+                             zh=f"{name}：照片没有拍摄信息（时间、位置），请用手机相机拍摄，不要用截图或修改过的图片")
         facts.update(got)
     source = "exif" if facts["lon"] is not None else None
     if source is None and device_lon is not None and device_lat is not None:
@@ -172,6 +176,6 @@ def add_media(store, settings, case_no: str, data: bytes, filename: str, actor: 
         for p in written:                    # nothing stored half: the files go with the record
             p.unlink(missing_ok=True)
         if isinstance(e, OSError):
-            raise InputError(os_error_line(e, f"saving {name}")) from None
+            raise InputError(os_error_line(e, f"saving {name}"), zh=f"{name}：服务器无法保存，请稍后重试或通知管理员") from None
         raise
     return row

@@ -170,23 +170,28 @@ def report_from_ground(store, settings, lon: float, lat: float, actor: str, note
 
     rules = load_rules(settings.rules_path)
     if not (math.isfinite(lon) and math.isfinite(lat) and -180 <= lon <= 180 and -90 <= lat <= 90):
-        raise InputError(f"position {lat}, {lon} is not latitude and longitude in degrees; let the phone locate you")
+        raise InputError(f"position {lat}, {lon} is not latitude and longitude in degrees; let the phone locate you",
+                         zh=f"位置 {lat}, {lon} 不是有效的经纬度，请让手机定位")
     if detector_class not in rules.classes:
-        raise InputError(f"'{detector_class}' is not a kind of structure; one of {', '.join(rules.classes)}")
+        raise InputError(f"'{detector_class}' is not a kind of structure; one of {', '.join(rules.classes)}",
+                         zh="请选择建筑类型")
     if not (math.isfinite(area_m2) and 4 <= area_m2 <= 100_000):
-        raise InputError(f"area {area_m2} m² is not 4–100000 m²; give the size you see (a guess is fine)")
+        raise InputError(f"area {area_m2} m² is not 4–100000 m²; give the size you see (a guess is fine)",
+                         zh=f"面积 {area_m2} m² 应在 4–100000 m² 之间，估计即可")
     if not note.strip():
-        raise InputError("say what you found (the note goes in the case history)")
+        raise InputError("say what you found (the note goes in the case history)", zh="请填写发现情况（记入处置记录）")
     at = pd.Timestamp(now or datetime.now()).floor("s")
     centre = gpd.GeoSeries([shapely.Point(lon, lat)], crs="EPSG:4326").to_crs(settings.store.crs).iloc[0]
     if not (math.isfinite(centre.x) and math.isfinite(centre.y)):
-        raise InputError(f"position {lat}, {lon} lies outside the district's coordinate system; check the position")
+        raise InputError(f"position {lat}, {lon} lies outside the district's coordinate system; check the position",
+                         zh=f"位置 {lat}, {lon} 不在本辖区范围，请检查定位")
     margin = settings.ingest.district_margin_m
     near = shapely.box(centre.x - margin, centre.y - margin, centre.x + margin, centre.y + margin).bounds
     counts = store.status()["counts"]
     if (counts.get("parcel") or counts.get("zone")) and not (len(store.parcels(near)) or len(store.zones(near))):
         raise InputError(f"position {lat:.6f}, {lon:.6f} is more than {margin:g} m from every parcel and zone of "
-                         f"the district; check the position")
+                         f"the district; check the position",
+                         zh=f"位置 {lat:.6f}, {lon:.6f} 距辖区任何地块和管控区都超过 {margin:g} m，请检查定位")
     half = math.sqrt(area_m2) / 2
     square = shapely.box(centre.x - half, centre.y - half, centre.x + half, centre.y + half)
     det = gpd.GeoDataFrame({"class_name": [detector_class], "confidence": [None], "area_m2": [area_m2]},
@@ -206,7 +211,8 @@ def report_from_ground(store, settings, lon: float, lat: float, actor: str, note
             else result.cases
         if not len(hit):
             raise InputError("the report matched no case and made none; report a structure of at least "
-                             f"{rules.min_structure_area_m2:g} m² of a kind the rules look at")
+                             f"{rules.min_structure_area_m2:g} m² of a kind the rules look at",
+                             zh=f"未能形成案件：请上报不小于 {rules.min_structure_area_m2:g} m² 的建筑")
         case_no = hit["case_no"].iloc[0]
         add_note(store, case_no, f"地面巡查上报（{actor}）：{note.strip()}", actor, at)
     from pipeline.values import jsonable

@@ -25,6 +25,7 @@ import shapely
 import shapely.geometry
 
 from pipeline.errors import InputError, TransitionError
+from pipeline.report.common import CLASSES, label
 from pipeline.rules import Lifecycle, Rules
 from pipeline.values import jsonable
 from pipeline.store.schema import CASE_COLUMNS
@@ -110,12 +111,15 @@ def check_transition(case_no: str, frm: str, to: str, lifecycle: Lifecycle) -> N
     """Raise TransitionError (one line) unless ``frm -> to`` is in the table."""
     if to not in lifecycle.states:
         raise TransitionError(f"case {case_no}: unknown status '{to}'; "
-                              f"known: {', '.join(lifecycle.states)}")
+                              f"known: {', '.join(lifecycle.states)}",
+                              zh=f"案件 {case_no}：没有「{to}」这一状态")
     allowed = lifecycle.allowed(frm)
     if to not in allowed:
         nxt = ", ".join(allowed) or "none"
         raise TransitionError(f"case {case_no}: cannot go from {frm} to {to}; "
-                              f"allowed next: {nxt} (lifecycle table in rules.yaml)")
+                              f"allowed next: {nxt} (lifecycle table in rules.yaml)",
+                              zh=f"案件 {case_no} 现为「{lifecycle.label(frm)}」，不能转为「{lifecycle.label(to)}」；"
+                                 f"可转为：{'、'.join(lifecycle.label(a) for a in allowed) or '无'}")
 
 
 def transition(case: MutableMapping[str, Any], to_status: str, actor: str, note: str,
@@ -342,13 +346,13 @@ def track_flight(cases: gpd.GeoDataFrame | None, findings: gpd.GeoDataFrame,
                 continue
             ev = transition(row, lc.regrown_to, SYSTEM_ACTOR,
                             f"航次 {fid}：已定为{lc.label(st)}的图斑面积由 {old_area:.1f} 增至 {new_area:.1f} m²，"
-                            f"重新核查 (dismissed as {st} but grew; re-raised)",
+                            f"重新核查",
                             lc, at)
             flags.append("grown")
             events.append(ev)
         elif st in lc.rebuilt_from and demolished_before:
             ev = transition(row, lc.rebuilt_to, SYSTEM_ACTOR,
-                            f"航次 {fid}：复建——{lc.label(st)}案件原址又见 {new_area:.1f} m² 建筑 (rebuilt)", lc, at)
+                            f"航次 {fid}：复建——{lc.label(st)}案件原址又见 {new_area:.1f} m² 建筑", lc, at)
             flags.append("rebuilt")
             events.append(ev)
         elif old_area > 0 and growth >= max(ch.grown_min_m2, ch.grown_min_ratio * old_area) - 1e-9:
@@ -373,7 +377,7 @@ def track_flight(cases: gpd.GeoDataFrame | None, findings: gpd.GeoDataFrame,
         recs[ci]["flags"] = sorted(set(flags) | {"demolition_seen"})
         recs[ci]["updated_at"] = at
         events.append(_event(recs[ci]["case_no"], at, SYSTEM_ACTOR, status[ci], status[ci],
-                             f"航次 {fid}：覆盖该案件但未见建筑——疑似已拆除，建议复查 (demolition seen)"))
+                             f"航次 {fid}：覆盖该案件但未见建筑——疑似已拆除，建议复查"))
     # a watched case seen standing again loses a stale demolition_seen flag
     back = still_there & np.isin(status, lc.demolition_watch) & ~rerun
     for ci in np.flatnonzero(back):
@@ -408,10 +412,10 @@ def track_flight(cases: gpd.GeoDataFrame | None, findings: gpd.GeoDataFrame,
                 "updated_at": at})
             recs.append(row)
             geoms.append(fg[fi])
-            label = "新建" if stock == "new_build" else "存量"
+            stock_label = "新建" if stock == "new_build" else "存量"
             events.append(_event(numbers[k], at, SYSTEM_ACTOR, None, lc.initial,
-                                 f"{'地面巡查' if flight.get('source') == 'ground_patrol' else f'航次 {fid}'} 发现疑似图斑 {area:.1f} m²（{row['detector_class']}）："
-                                 f"{'、'.join(_rule_label(rules, r) for r in row['rules'])}（{label}）"))
+                                 f"{'地面巡查' if flight.get('source') == 'ground_patrol' else f'航次 {fid}'} 发现疑似图斑 {area:.1f} m²（{label(CLASSES, row['detector_class'], 'zh')}）："
+                                 f"{'、'.join(_rule_label(rules, r) for r in row['rules'])}（{stock_label}）"))
     cols = [c for c in CASE_COLUMNS if c != "geometry"] + extra
     out = gpd.GeoDataFrame(pd.DataFrame.from_records(recs, columns=cols),
                            geometry=gpd.GeoSeries(geoms, crs=crs), crs=crs)
@@ -435,7 +439,8 @@ def get_case(store: Any, case_no: str) -> gpd.GeoDataFrame:
     cases = store.cases()
     one = cases[cases["case_no"] == case_no]
     if not len(one):
-        raise InputError(f"case {case_no} is not in {store.url}; see `patrol cases list`")
+        raise InputError(f"case {case_no} is not in {store.url}; see `patrol cases list`",
+                         zh=f"没有案件 {case_no}")
     return one
 
 
@@ -444,10 +449,12 @@ def change_status(store: Any, case_no: str, to_status: str, actor: str, note: st
     """Validate (CLI, web and API alike: a note, a demolished area of 0–10 000 000 m²) and apply one
     officer's status change: the case and its case_event in one store transaction; the event."""
     if not str(note or "").strip():
-        raise InputError(f"case {case_no}: give a note with the status change (it goes in the history)")
+        raise InputError(f"case {case_no}: give a note with the status change (it goes in the history)",
+                         zh=f"案件 {case_no}：请填写说明（记入处置记录）")
     area = kw.get("demolished_area_m2")
     if area is not None and not (math.isfinite(float(area)) and 0 <= float(area) <= 1e7):
-        raise InputError(f"case {case_no}: demolished area {area} is not 0–10000000 m²; give the area measured")
+        raise InputError(f"case {case_no}: demolished area {area} is not 0–10000000 m²; give the area measured",
+                         zh=f"案件 {case_no}：拆除面积 {area} 不在 0–10000000 m² 之间，请填写实测面积")
     with store.transaction():
         one = get_case(store, case_no).copy()
         ev = set_status(one, case_no, to_status, actor, note, lifecycle, now, **kw)
@@ -518,7 +525,8 @@ def check_facts(case_no: str, facts: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = None
         elif key == "floors":
             if not re.fullmatch(r"[0-9]{1,3}", str(v)) or not 1 <= int(v) <= 200:
-                raise InputError(f"case {case_no}: {name} '{v}' is not a number of storeys 1–200")
+                raise InputError(f"case {case_no}: {name} '{v}' is not a number of storeys 1–200",
+                                 zh=f"案件 {case_no}：{name}「{v}」应为 1–200 的整数")
             out[key] = int(v)
         elif key == "floor_area_m2":
             try:
@@ -526,17 +534,21 @@ def check_facts(case_no: str, facts: Mapping[str, Any]) -> dict[str, Any]:
             except ValueError:
                 area = math.nan
             if not (math.isfinite(area) and 0 < area <= 1e6):
-                raise InputError(f"case {case_no}: {name} '{v}' is not an area of 0–1000000 m²")
+                raise InputError(f"case {case_no}: {name} '{v}' is not an area of 0–1000000 m²",
+                                 zh=f"案件 {case_no}：{name}「{v}」应为 0–1000000 m² 的面积")
             out[key] = round(area, 2)
         elif key == "id_number" and not id_number_ok(str(v).upper()):
             raise InputError(f"case {case_no}: {name} '{mask_id(str(v))}' is not an 18-character ID number whose "
-                             f"check digit adds up; check it against the ID card")
+                             f"check digit adds up; check it against the ID card",
+                             zh=f"案件 {case_no}：{name}「{mask_id(str(v))}」不是有效的 18 位身份证号（校验位不符），请核对身份证")
         elif key == "id_number":
             out[key] = str(v).upper()
         elif key == "phone" and not re.fullmatch(r"[0-9+\-() ]{3,40}", str(v)):
-            raise InputError(f"case {case_no}: {name} '{v}' is not a phone number (digits, + - ( ) and spaces)")
+            raise InputError(f"case {case_no}: {name} '{v}' is not a phone number (digits, + - ( ) and spaces)",
+                             zh=f"案件 {case_no}：{name}「{v}」不是电话号码（只能含数字、+ - ( ) 和空格）")
         elif len(str(v)) > limit:
-            raise InputError(f"case {case_no}: {name} is longer than {limit} characters; shorten it")
+            raise InputError(f"case {case_no}: {name} is longer than {limit} characters; shorten it",
+                             zh=f"案件 {case_no}：{name}超过 {limit} 个字，请精简")
         else:
             out[key] = str(v)
     return out
@@ -554,7 +566,8 @@ def set_facts(store: Any, case_no: str, facts: Mapping[str, Any], actor: str, no
         changed = [k for k, v in clean.items()
                    if not ((pd.isna(now_v[k]) and v is None) or (not pd.isna(now_v[k]) and now_v[k] == v))]
         if not changed:
-            raise InputError(f"case {case_no}: nothing changed; give the facts that differ")
+            raise InputError(f"case {case_no}: nothing changed; give the facts that differ",
+                             zh=f"案件 {case_no}：内容没有变化")
         for k in changed:
             one[k] = clean[k]
         one["updated_at"] = at

@@ -418,7 +418,7 @@ WEB = {   # kind: (request(web, world) -> response, status, what the message say
     "the API without a token": (lambda w, W: w["client"].get("/api/cases"), 401, "sign in"),
     "a forged token": (lambda w, W: w["client"].get("/api/cases", headers={"Authorization": "Bearer abc.def"}),
                        401, "sign in"),
-    "an overlay of another town's flight": (lambda w, W: _other_ortho(w), 404, "not found"),
+    "an overlay of another town's flight": (lambda w, W: _other_ortho(w), 404, "未找到"),      # a page: Chinese
     "a page without a session": (lambda w, W: w["client"].get("/review", follow_redirects=False), 303, ""),
     "a wrong password": (lambda w, W: w["client"].post("/api/token", json={"username": "adm", "password": "nope"}),
                          401, "wrong"),

@@ -243,7 +243,7 @@ def test_form_post_without_csrf_is_refused(svc):
     case = s.get("/api/cases").json()[2]["case_no"]          # cookie auth on a GET: fine
     before = _status(svc, case)
     r = s.post(f"/cases/{case}/status", data={"to_status": "verified", "note": "no token"})
-    assert r.status_code == 403 and "CSRF" in r.text
+    assert r.status_code == 403 and "表单已过期" in r.text
     r = s.post(f"/cases/{case}/status", data={"to_status": "verified", "note": "bad", "csrf_token": "x" + csrf})
     assert r.status_code == 403
     r = s.post(f"/api/cases/{case}/status", json={"to_status": "verified", "note": "json, cookie, no header"})
@@ -342,7 +342,7 @@ def test_admin_dispatches_and_the_officer_sees_deadlines(svc):
     assert "分派给 off" in svc.store.events(no)["note"].iloc[-1]
     # an officer of another town cannot be given the case; an officer cannot dispatch
     r = adm.post(f"/cases/{no}/assign", data={"officer": "far", "csrf_token": adm_csrf})
-    assert r.status_code == 422 and "not an officer of" in r.text
+    assert r.status_code == 422 and "不负责" in r.text
     off, off_csrf = _session(svc.app, "off")
     assert off.post(f"/cases/{no}/assign", data={"officer": "off", "csrf_token": off_csrf}).status_code == 403
     # ordered with a past deadline: on the officer's task list as overdue, and in the digest
@@ -390,9 +390,9 @@ def test_officer_records_party_and_building_on_the_case(svc):
     assert "11010519491231002X" not in xl
     wrong = off.post(f"/cases/{no}/facts", data={"party": "赵六", "id_number": "110105194912310021",
                                                "csrf_token": csrf})
-    assert wrong.status_code == 422 and "check digit" in wrong.text and "110105194912310021" not in wrong.text
+    assert wrong.status_code == 422 and "校验位不符" in wrong.text and "110105194912310021" not in wrong.text
     bad = off.post(f"/cases/{no}/facts", data={"floors": "abc", "party": "赵六", "csrf_token": csrf})
-    assert bad.status_code == 422 and "not a number of storeys" in bad.text
+    assert bad.status_code == 422 and "1–200 的整数" in bad.text
     assert int(svc.store.cases().set_index("case_no").loc[no, "floors"]) == 3      # nothing stored was lost
     far, far_csrf = _session(svc.app, "far")
     assert far.post(f"/cases/{no}/facts", data={"party": "x", "csrf_token": far_csrf}).status_code == 404
@@ -415,7 +415,7 @@ def test_on_site_photo_from_the_page_and_the_api(svc):
     n = len(svc.store.media())
     bad = off.post(f"/cases/{no}/media", data={"csrf_token": csrf},
                    files={"file": ("shot.jpg", jpeg(exif=False), "image/jpeg")})
-    assert bad.status_code == 422 and "has no EXIF" in bad.text and len(svc.store.media()) == n
+    assert bad.status_code == 422 and "没有拍摄信息" in bad.text and len(svc.store.media()) == n
     # the API: multipart upload with the phone's position, listed on the case
     t = svc.tokens["off"]
     r = svc.client.post(f"/api/cases/{no}/media", headers=t, data={"lat": str(c.y), "lon": str(c.x)},
@@ -461,7 +461,7 @@ def test_ground_report_from_the_page_and_the_api(svc):
                         json={"lat": q, "lon": p.x, "detector_class": "steel_shed", "area_m2": 30, "note": "新建棚"})
     assert r.status_code == 201 and r.json()["source"] == "ground_patrol" and r.json()["new"] is True
     bad = pat.post("/report", data={"csrf_token": csrf, "lat": "abc", "lon": "1", "area_m2": "50", "note": "x"})
-    assert bad.status_code == 422 and "not a number" in bad.text
+    assert bad.status_code == 422 and "不是数字" in bad.text
 
 
 def test_stats_page_counts_by_event_date_and_downloads(svc):
@@ -478,7 +478,7 @@ def test_stats_page_counts_by_event_date_and_downloads(svc):
     ws = load_workbook(io.BytesIO(x.content)).active
     assert "2001-01-01 至 2001-01-31" in ws["A2"].value
     bad = off.get("/stats", params={"since": "2001-13-01"})
-    assert bad.status_code == 422 and "not a date" in bad.text
+    assert bad.status_code == 422 and "不是日期" in bad.text
     # an officer's figures are their towns' only
     far, _ = _session(svc.app, "far")
     figures = far.get("/stats").text.split('id="figures"')[1]
@@ -746,3 +746,44 @@ def test_a_zip_of_drone_photos_uploads_as_one_photo_flight(svc, tmp_path):
     assert f["source"] == "photos" and f["team"] == "pat"
     assert (Path(f["path"]) / "frames.json").is_file()            # frames in ingest.work_dir
     assert _flight_files(svc) == files                             # the zip itself is not kept
+
+
+# ---------------------------------------------------------------- Chinese first
+LATIN = re.compile(r"(?<![A-Za-z0-9_./-])[A-Za-z]{2,}(?![A-Za-z0-9_])")
+#: Latin words allowed on an officer's zh screen: formats, units, coordinate systems, file names
+ALLOWED = {"xlsx", "csv", "geojson", "kml", "kmz", "gpkg", "pdf", "m", "km", "MiB", "WGS", "EPSG", "GCJ", "BD",
+           "sha", "jpg", "png", "mp", "GeoTIFF", "zip", "LW", "off", "adm", "far", "pat", "IMG", "VID", "x",
+           "JPEG", "PNG", "MOV", "script", "alert"}     # formats; the fixture's hostile owner name: data, shown as text
+
+
+def _screen_words(html_text: str) -> set[str]:
+    """Latin words a reader sees on a page: text and the visible attributes, not scripts or styles."""
+    import html as H
+    body = re.sub(r"<(script|style)\b.*?</\1>", " ", html_text, flags=re.S | re.I)
+    shown = " ".join(re.findall(r'(?:placeholder|title|alt|aria-label)="([^"]*)"', body))
+    text = H.unescape(re.sub(r"<[^>]+>", " ", body) + " " + shown)
+    return {w for w in LATIN.findall(text) if w not in ALLOWED}
+
+
+def test_no_english_word_reaches_an_officer_in_chinese(svc):
+    """report.language zh: the officer's pages and the refusals of case work are Chinese."""
+    off, csrf = _session(svc.app, "off")
+    no = svc.case
+    pages = ["/review", f"/cases/{no}", "/tasks", "/stats", "/report", "/stats?since=2001-01-01&until=2001-02-01"]
+    for url in pages:
+        r = off.get(url)
+        assert r.status_code == 200, url
+        assert not _screen_words(r.text), (url, sorted(_screen_words(r.text)))
+    refusals = [
+        off.post(f"/cases/{no}/status", data={"to_status": "closed", "note": "x", "csrf_token": csrf}),
+        off.post(f"/cases/{no}/status", data={"to_status": "verified", "note": "", "csrf_token": csrf}),
+        off.post(f"/cases/{no}/facts", data={"phone": "一二三", "csrf_token": csrf}),
+        off.post(f"/cases/{no}/media", data={"csrf_token": csrf}, files={"file": ("a.jpg", b"<?php", "image/jpeg")}),
+        off.post("/report", data={"csrf_token": csrf, "lat": "91", "lon": "0", "area_m2": "50", "note": "x"}),
+        off.post(f"/cases/{no}/status", data={"to_status": "verified", "note": "x"}),          # no CSRF token
+        off.get("/cases/LW1999-000404"), off.get("/stats?since=2001-13-01"), off.get("/no/such/page"),
+    ]
+    for r in refusals:
+        assert r.status_code in (403, 404, 409, 422), r.status_code
+        msg = re.search(r'id="error-message">([^<]*)<', r.text).group(1)
+        assert re.search(r"[\u4e00-\u9fff]", msg) and not _screen_words(r.text), (r.status_code, msg)

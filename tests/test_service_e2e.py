@@ -133,10 +133,10 @@ def _run(sync_api, server, base, ortho, problems):
             page.click("#upload-form button[type=submit]")
             page.wait_for_selector("#upload-msg.ok", timeout=60000)
             fid = page.get_attribute("#flight-link", "data-flight")
-            assert fid and "queued for the nightly run" in page.inner_text("#upload-msg")
+            assert fid and "待夜间处理" in page.inner_text("#upload-msg")
             page.screenshot(path=str(ARTIFACTS / "service_upload.png"))
             page.goto("/flights")
-            assert page.inner_text(f"tr[data-flight='{fid}'] .badge") == "uploaded"
+            assert page.get_attribute(f"tr[data-flight='{fid}'] .badge", "data-status") == "uploaded"
             assert page.locator("button.process").count() == 0          # patrol cannot process
             ctx.close()
 
@@ -147,7 +147,7 @@ def _run(sync_api, server, base, ortho, problems):
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 page.goto("/flights")
-                status = page.inner_text(f"tr[data-flight='{fid}'] .badge")
+                status = page.get_attribute(f"tr[data-flight='{fid}'] .badge", "data-status")
                 if status in ("done", "failed"):
                     break
                 time.sleep(0.5)
@@ -430,7 +430,7 @@ def test_offline_on_a_phone_queues_photo_and_status_and_shows_a_conflict(server)
                 change_status(store, no, "rechecked", "adm", "办公室复查", load_rules(server["settings"].rules_path).lifecycle)
             ctx.set_offline(False)
             page.wait_for_selector("#outbox .failed li", timeout=20000)
-            assert "未能提交" in page.inner_text("#outbox") and "rechecked" in page.inner_text("#outbox")
+            assert "未能提交" in page.inner_text("#outbox") and "不能转为「已复查」" in page.inner_text("#outbox")
             page.click("#outbox .failed button")
             page.wait_for_selector("#outbox", state="hidden", timeout=5000)
             ctx.close()

@@ -103,7 +103,7 @@ def test_demolition_seen_on_an_ordered_case():
     c1, c2 = one(r2.cases, "LW2026-000001"), one(r2.cases, "LW2026-000002")
     assert c1["flags"] == ["demolition_seen"] and c1["status"] == "ordered"
     assert c2["flags"] == []                                          # verified: not watched
-    assert len(r2.events) == 1 and "demolition seen" in r2.events[0]["note"]
+    assert len(r2.events) == 1 and "疑似已拆除" in r2.events[0]["note"]
     assert r2.events[0]["from_status"] == r2.events[0]["to_status"] == "ordered"
     # the officer confirms; the next flight still sees nothing: no new proposal
     officer(r2.cases, "LW2026-000001", "demolished")

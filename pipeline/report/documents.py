@@ -62,7 +62,7 @@ def kind_label(kind: str) -> str:
 
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
-        raise InputError(f"'{kind}' is not a document kind; one of {', '.join(KINDS)}")
+        raise InputError(f"'{kind}' is not a document kind; one of {', '.join(KINDS)}", zh=f"没有「{kind}」这种文书")
 
 
 def template_dir(settings) -> Path:
@@ -317,7 +317,7 @@ def _one_case(store, case_no: str) -> dict:
     cases = store.cases()
     hit = cases[cases["case_no"] == case_no]
     if not len(hit):
-        raise InputError(f"case {case_no} is not in the store; see `patrol cases list`")
+        raise InputError(f"case {case_no} is not in the store; see `patrol cases list`", zh=f"没有案件 {case_no}")
     return hit.iloc[0].to_dict()
 
 
@@ -330,7 +330,8 @@ def issue_document(store, settings, rules, kind: str, case_no: str, actor: str, 
     case = _one_case(store, case_no)
     if case.get("status") in NOT_FOR and kind != "sheet":
         raise InputError(f"case {case_no} is {status_label(case['status'], 'zh', rules)}; "
-                         f"no {kind_label(kind)} is issued for a dismissed case")
+                         f"no {kind_label(kind)} is issued for a dismissed case",
+                         zh=f"案件 {case_no} 已{status_label(case['status'], 'zh', rules)}，不再出具{kind_label(kind)}")
     fields = dict(fields) if fields is not None else case_fields(store, settings, rules, case, kind)
     at = pd.Timestamp(now or datetime.now()).floor("s")
     with store.transaction():
@@ -353,7 +354,7 @@ def reprint_document(store, settings, doc_no: str) -> tuple[dict, bytes, bool]:
     docs = store.documents()
     hit = docs[docs["doc_no"] == doc_no]
     if not len(hit):
-        raise InputError(f"document {doc_no} is not in the store; see `patrol docs list CASE_NO`")
+        raise InputError(f"document {doc_no} is not in the store; see `patrol docs list CASE_NO`", zh=f"没有文书 {doc_no}")
     row = hit.iloc[-1].to_dict()
     pdf, _ = render_pdf(settings, row["kind"], row["fields"])
     return row, pdf, hashlib.sha256(pdf).hexdigest() == row["file_hash"]

@@ -40,28 +40,31 @@ def create_app(settings, *, detector: Any = None, store=None) -> FastAPI:
     async def _invalid(request: Request, e: RequestValidationError):
         if is_api(request):
             return JSONResponse({"detail": jsonable_errors(e)}, status_code=422)
-        return svc.problem(request, 422, "the form or the address is not valid; go back and check it")
+        return svc.problem(request, 422, "the form or the address is not valid; go back and check it",
+                           zh="表单或网址不正确，请返回检查")
 
     @app.exception_handler(OSError)
     async def _os(request: Request, e: OSError):
         from pipeline.storage import os_error_line
         log.error("%s %s: %s", request.method, request.url.path, e)
-        return svc.problem(request, 507 if e.errno in (errno.ENOSPC, errno.EDQUOT) else 500,
-                           os_error_line(e, "the request"))
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        return svc.problem(request, 507 if full else 500, os_error_line(e, "the request"),
+                           zh="服务器磁盘已满，请通知管理员" if full else "服务器读写出错，请稍后重试或通知管理员")
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, e: Exception):
         log.exception("%s %s failed", request.method, request.url.path)
         return svc.problem(request, 500, "the service failed on this request (the administrator's log has "
-                                         "the details); try again later")
+                                         "the details); try again later",
+                           zh="服务出错（详情见管理员日志），请稍后重试")
 
     @app.exception_handler(404)
     async def _not_found(request: Request, e):
-        return svc.problem(request, 404, "not found")
+        return svc.problem(request, 404, "not found", zh="未找到")
 
     @app.exception_handler(405)
     async def _method(request: Request, e):
-        return svc.problem(request, 405, "method not allowed")
+        return svc.problem(request, 405, "method not allowed", zh="不支持此操作")
 
     @app.middleware("http")
     async def _headers(request: Request, call_next):
@@ -81,8 +84,8 @@ def _handler(svc: Service, status: int | None):
     """An exception handler answering with ``status`` (an HTTPProblem's own when None)."""
     async def handle(request: Request, e: Exception):
         if isinstance(e, HTTPProblem) and status is None:
-            return svc.problem(request, e.status, e.message, e.headers)
-        return svc.problem(request, status or 500, str(e))
+            return svc.problem(request, e.status, e.message, e.headers, zh=e.zh)
+        return svc.problem(request, status or 500, str(e), zh=getattr(e, "zh", None))
     return handle
 
 

@@ -11,6 +11,7 @@ import hmac
 import html
 import json
 import re
+from functools import partial
 import shutil
 import tempfile
 import threading
@@ -30,6 +31,7 @@ from pipeline.errors import InputError, PatrolError
 from pipeline.report.common import CATEGORIES, label, rule_texts, status_label, text
 from pipeline.service import auth as A
 from pipeline.service.jobs import Processor
+from pipeline.service.messages import FLIGHT_STATUS, ROLE_LABELS, translate
 from pipeline.service.uploads import Uploads
 
 HERE = Path(__file__).parent
@@ -47,14 +49,14 @@ MEDIA = {"xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sh
 
 # ---------------------------------------------------------------- errors
 class HTTPProblem(Exception):
-    def __init__(self, status: int, message: str, headers: dict | None = None):
+    def __init__(self, status: int, message: str, headers: dict | None = None, zh: str | None = None):
         super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
+        self.status, self.message, self.headers, self.zh = status, message, headers or {}, zh
 
 
 class NotAuthenticated(HTTPProblem):
     def __init__(self):
-        super().__init__(401, "sign in first", {"WWW-Authenticate": "Bearer"})
+        super().__init__(401, "sign in first", {"WWW-Authenticate": "Bearer"}, zh="请先登录")
 
 
 SERVER_PATH = re.compile(r"(?<![\w:/.~])/(?:[^\s/'\"]+/)+(?=[^\s/'\"])")
@@ -118,6 +120,10 @@ class Service:
         templates = Jinja2Templates(directory=str(HERE / "templates"))
         templates.env.globals["css"] = (STATIC / "service.css").read_text(encoding="utf-8")
         templates.env.globals["district"] = settings.district.name
+        templates.env.globals["T"] = partial(translate, lang=settings.report.language)
+        templates.env.globals["lang"] = settings.report.language
+        templates.env.globals["ROLE_LABELS"] = ROLE_LABELS
+        templates.env.globals["FLIGHT_STATUS"] = FLIGHT_STATUS
         return cls(settings, store, rules,
                    A.Signer(A.load_secret(svc.secret_file), svc.session_hours * 3600, svc.token_hours * 3600),
                    Uploads(svc.upload_dir, svc.max_upload_mb * 2**20, svc.chunk_mb * 2**20, settings.ingest,
@@ -141,10 +147,17 @@ class Service:
         base = {"user": a.user if a else None, "csrf": a.csrf if a else "", "slabel": self.slabel}
         return self.templates.TemplateResponse(request, name, {**base, **ctx}, status_code=status)
 
-    def problem(self, request: Request, status: int, message: str, headers: dict | None = None) -> Response:
+    def problem(self, request: Request, status: int, message: str, headers: dict | None = None,
+                zh: str | None = None) -> Response:
+        """The refusal as a page (in Chinese when report.language is zh and there is a Chinese
+        line) or, for the API, JSON with ``detail`` and, when there is one, ``detail_zh``."""
         message = without_server_paths(message)
+        zh = without_server_paths(zh) if zh else None
         if is_api(request):
-            return JSONResponse({"detail": message}, status_code=status, headers=headers)
+            body = {"detail": message, **({"detail_zh": zh} if zh else {})}
+            return JSONResponse(body, status_code=status, headers=headers)
+        if zh and self.lang == "zh":
+            message = zh
         if status == 401:
             nxt = request.url.path + (f"?{request.url.query}" if request.url.query else "") \
                 if request.method == "GET" else "/"
@@ -210,7 +223,8 @@ class Service:
         cases = self.store.cases()
         hit = cases[cases["case_no"] == case_no]
         if not len(hit) or not user.sees(hit["town"].iloc[0], hit["village"].iloc[0]):
-            raise HTTPProblem(404, f"case {case_no} not found among your cases")
+            raise HTTPProblem(404, f"case {case_no} not found among your cases",
+                              zh=f"未找到案件 {case_no}（不在您负责的乡镇/村）")
         return hit
 
     def add_media(self, user: A.User, case_no: str, data: bytes, filename: str, note: str = "",
@@ -223,7 +237,8 @@ class Service:
             dlon = float(lon) if lon not in (None, "") else None
             dlat = float(lat) if lat not in (None, "") else None
         except ValueError:
-            raise InputError(f"position '{lat}, {lon}' is not latitude and longitude in degrees") from None
+            raise InputError(f"position '{lat}, {lon}' is not latitude and longitude in degrees",
+                             zh=f"位置「{lat}, {lon}」不是有效的经纬度") from None
         row = add_media(self.store, self.settings, case_no, data, filename, user.username, note, dlon, dlat)
         return {k: (text(v) if k in ("taken_at", "uploaded_at") else v) for k, v in row.items()
                 if k not in ("original_path", "stamped_path")}
@@ -239,7 +254,8 @@ class Service:
             la, lo, area = float(lat), float(lon), float(area_m2)
         except (TypeError, ValueError):
             raise InputError(f"position '{lat}, {lon}' or size '{area_m2}' is not a number; "
-                             f"let the phone locate you and give the size in m²") from None
+                             f"let the phone locate you and give the size in m²",
+                             zh=f"位置「{lat}, {lon}」或面积「{area_m2}」不是数字，请让手机定位并填写面积") from None
         r = report_from_ground(self.store, self.settings, lo, la, user.username, note or "",
                                detector_class=detector_class, area_m2=area)
         if photo:
@@ -252,7 +268,7 @@ class Service:
         m = self.store.media()
         hit = m[m["media_id"] == media_id] if re.fullmatch(r"[0-9a-f]{32}", media_id) else m.iloc[0:0]
         if not len(hit):
-            raise HTTPProblem(404, "not found")
+            raise HTTPProblem(404, "not found", zh="未找到")
         row = hit.iloc[0]
         self.one_case(user, row["case_no"])
         path = Path(row["original_path"] if original or pd.isna(row["stamped_path"]) else row["stamped_path"])
@@ -281,7 +297,8 @@ class Service:
         g = self.one_case(user, case_no)
         c = g.iloc[0].to_dict()
         ev = self.store.events(case_no)
-        history = [{"at": text(e["at"]), "actor": text(e["actor"]), "from_status": text(e["from_status"]),
+        history = [{"at": text(e["at"]), "actor": "系统" if e["actor"] == "system" and self.lang == "zh" else text(e["actor"]),
+                    "from_status": text(e["from_status"]),
                     "to_status": text(e["to_status"]),
                     "from_label": self.slabel(e["from_status"]) if text(e["from_status"]) else "",
                     "to_label": self.slabel(e["to_status"]), "note": text(e["note"])} for e in ev.to_dict("records")]
@@ -303,7 +320,7 @@ class Service:
     def chips_for(self, case_gdf) -> list[dict]:
         """Evidence chips of one case (cut now if none recorded), copied under work/chips."""
         from pipeline.report.common import safe_name
-        from pipeline.report.evidence import case_chips, make_chips
+        from pipeline.report.evidence import case_chips, make_chips, phase_label
         case_no = case_gdf["case_no"].iloc[0]
         rows = case_chips(self.store.evidence(case_no), case_no)
         if not rows:
@@ -319,7 +336,7 @@ class Service:
             if src != dest and (not dest.exists() or dest.stat().st_mtime < src.stat().st_mtime):
                 shutil.copyfile(src, dest)     # a chip cut by `patrol report` elsewhere
             out.append({**r, "chip_path": str(dest), "name": name, "url": f"/chips/{quote(name)}",
-                        "date": text(r.get("captured_at"))[:10]})
+                        "date": text(r.get("captured_at"))[:10], "role_label": phase_label(len(out), len(rows), self.lang)})
         return out
 
     def apply_status(self, user: A.User, case_no: str, ch: StatusChange) -> dict:
@@ -397,7 +414,8 @@ async def check_csrf(request: Request, a: Auth) -> None:
             ("application/x-www-form-urlencoded", "multipart/form-data")):
         sent = (await request.form()).get("csrf_token")
     if not (isinstance(sent, str) and a.csrf and hmac.compare_digest(sent, a.csrf)):
-        raise HTTPProblem(403, "the form's CSRF token is missing or stale; reload the page and try again")
+        raise HTTPProblem(403, "the form's CSRF token is missing or stale; reload the page and try again",
+                          zh="表单已过期，请刷新页面后重试")
 
 
 def need(*roles: str):
@@ -409,7 +427,8 @@ def need(*roles: str):
             raise NotAuthenticated()
         request.state.auth = a
         if roles and a.user.role not in roles:
-            raise HTTPProblem(403, f"your role ({a.user.role}) may not do this")
+            raise HTTPProblem(403, f"your role ({a.user.role}) may not do this",
+                              zh=f"您的角色（{ROLE_LABELS.get(a.user.role, a.user.role)}）不能执行此操作")
         await check_csrf(request, a)
         return a
     return dep

@@ -73,7 +73,7 @@ def home(a: Auth = Depends(anyone)):
 def static(name: str, a: Auth = Depends(anyone)):
     p = STATIC / name
     if not re.match(r"^[a-z_\-]+\.(js|css)$", name) or not p.is_file():
-        raise HTTPProblem(404, "not found")
+        raise HTTPProblem(404, "not found", zh="未找到")
     return FileResponse(p, headers={"Cache-Control": "private, max-age=300"})
 
 

@@ -15,12 +15,10 @@ from pipeline.service.context import (CHIP_RE, EXPORT_FORMATS, NAME_RE, Auth, HT
                                       officer, service)
 
 router = APIRouter(include_in_schema=False)
-ACTIONS = {  # lifecycle state -> button text (officer's verb)
-    "verified": "Confirm 确认违法", "stopped": "Stop work 制止", "filed": "File 立案",
-    "ordered": "Order 责令整改/拆除", "demolished": "Demolished 已拆除", "rectified": "Rectified 已整改",
-    "rechecked": "Rechecked 已复查", "closed": "Close 销号", "lawful": "Dismiss: lawful 合法",
-    "unfounded": "Dismiss: unfounded 举报不实", "false_positive": "Dismiss: false positive 误报",
-    "suspected": "Reopen 重新核查"}
+ACTIONS = {  # lifecycle state -> button text (the officer's verb; English in service/messages.py)
+    "verified": "确认违法", "stopped": "制止", "filed": "立案", "ordered": "责令整改/拆除", "demolished": "已拆除",
+    "rectified": "已整改", "rechecked": "已复查", "closed": "销号", "lawful": "合法（撤销）",
+    "unfounded": "举报不实（撤销）", "false_positive": "误报（撤销）", "suspected": "重新核查"}
 
 
 @router.get("/review", response_class=HTMLResponse)
@@ -43,7 +41,7 @@ def review_map(a: Auth = Depends(officer), svc: Service = Depends(service)):
 def review_ortho(name: str, a: Auth = Depends(officer), svc: Service = Depends(service)):
     p = svc.work / "maps" / "ortho" / name
     if not NAME_RE.match(name) or not p.is_file() or name not in svc.orthos_of(a.user):   # this officer's map only
-        raise HTTPProblem(404, "not found")
+        raise HTTPProblem(404, "not found", zh="未找到")
     return FileResponse(p)
 
 
@@ -102,7 +100,8 @@ def case_action(case_no: str, a: Auth = Depends(officer), to_status: str = Form(
         try:
             dl = date.fromisoformat(deadline)
         except ValueError:
-            raise InputError(f"deadline '{deadline}' is not a date; use YYYY-MM-DD") from None
+            raise InputError(f"deadline '{deadline}' is not a date; use YYYY-MM-DD",
+                             zh=f"整改期限「{deadline}」不是日期") from None
     svc.apply_status(a.user, case_no, StatusChange.model_construct(
         to_status=to_status, note=note, order_no=order_no or None, deadline=dl,
         demolished_area_m2=_area(demolished_area_m2) if to_status == "demolished" else None))
@@ -115,7 +114,8 @@ def _area(text: str) -> float | None:
     try:
         return float(text)
     except ValueError:
-        raise InputError(f"demolished area '{text}' is not a number of m²; give the area measured") from None
+        raise InputError(f"demolished area '{text}' is not a number of m²; give the area measured",
+                         zh=f"拆除面积「{text}」不是数字，请填写实测面积（m²）") from None
 
 
 @router.post("/cases/{case_no}/facts")
@@ -162,7 +162,7 @@ def chip(name: str, a: Auth = Depends(officer), svc: Service = Depends(service))
     m = CHIP_RE.match(name)
     p = svc.work / "chips" / name
     if not m or not p.is_file():
-        raise HTTPProblem(404, "not found")
+        raise HTTPProblem(404, "not found", zh="未找到")
     svc.one_case(a.user, m.group(1))
     return FileResponse(p, media_type="image/png")
 
@@ -180,7 +180,7 @@ def sheet(case_no: str, a: Auth = Depends(officer), svc: Service = Depends(servi
 def sheet_location(name: str, a: Auth = Depends(officer), svc: Service = Depends(service)):
     p = svc.work / "evidence" / "location" / name
     if not NAME_RE.match(name) or not p.is_file():
-        raise HTTPProblem(404, "not found")
+        raise HTTPProblem(404, "not found", zh="未找到")
     svc.one_case(a.user, name.rsplit(".", 1)[0])
     return FileResponse(p)
 

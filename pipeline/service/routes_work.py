@@ -54,7 +54,8 @@ def _assign(svc: Service, a: Auth, case_no: str, username: str) -> None:
     who = [u for u in svc.officers_for(g["town"].iloc[0], g["village"].iloc[0]) if u.username == username]
     if not who:
         raise InputError(f"'{username}' is not an officer of {g['town'].iloc[0] or g['village'].iloc[0] or 'this place'}; "
-                         f"give the case to an officer whose towns include it (admin → users)")
+                         f"give the case to an officer whose towns include it (admin → users)",
+                         zh=f"「{username}」不负责{g['town'].iloc[0] or g['village'].iloc[0] or '此处'}，请分派给负责该乡镇/村的执法人员")
     assign_case(svc.store, case_no, username, a.user.username)
 
 
@@ -71,7 +72,7 @@ async def assign_many(request: Request, a: Auth = Depends(admin), svc: Service =
     username = str(form.get("officer") or "")
     nos = [str(v) for v in form.getlist("case_no")][:1000]
     if not nos:
-        raise InputError("tick the cases to give to the officer, then press 分派")
+        raise InputError("tick the cases to give to the officer, then press 分派", zh="请先勾选要分派的案件，再点分派")
     for no in nos:
         _assign(svc, a, no, username)
     return RedirectResponse("/tasks#unassigned", status_code=303)
@@ -107,9 +108,10 @@ def _period(since: str, until: str) -> tuple[str | None, str | None]:
             try:
                 date.fromisoformat(v)
             except ValueError:
-                raise InputError(f"{name} '{v}' is not a date; use YYYY-MM-DD") from None
+                raise InputError(f"{name} '{v}' is not a date; use YYYY-MM-DD", zh=f"「{v}」不是日期") from None
     if since and until and since >= until:
-        raise InputError(f"from {since} is not before to {until}; give a period that starts before it ends")
+        raise InputError(f"from {since} is not before to {until}; give a period that starts before it ends",
+                         zh=f"起始日 {since} 不早于截止日 {until}，请重新选择统计期")
     return since or None, until or None
 
 

@@ -15,7 +15,7 @@
       a.className = 'open-case';
       a.href = '/cases/' + encodeURIComponent(id);
       a.target = '_top';
-      a.textContent = '打开案件 Open case ' + id;
+      a.textContent = '打开案件 ' + id;
       a.style.cssText = 'display:block;margin-top:6px;font-weight:bold';
       box.appendChild(a);
       try { window.parent.postMessage({patrolCase: id}, window.location.origin); } catch (err) { /* standalone */ }

@@ -6,13 +6,16 @@
   var csrf = form.dataset.csrf, chunk = parseInt(form.dataset.chunk, 10);
   var bar = document.getElementById('progress'), msg = document.getElementById('upload-msg');
   var input = document.getElementById('file');
+  var en = form.dataset.lang === 'en';
+  function L(zh, english) { return en ? english : zh; }          // the page's language (report.language)
   function say(text, cls) { msg.textContent = text; msg.className = cls || ''; }
   function api(method, url, body, type) {
     var h = {'X-CSRF-Token': csrf};
     if (type) { h['Content-Type'] = type; }
     return fetch(url, {method: method, headers: h, body: body, credentials: 'same-origin'}).then(function (r) {
       return r.json().catch(function () { return {}; }).then(function (j) {
-        if (!r.ok) { throw new Error(j.detail ? (typeof j.detail === 'string' ? j.detail : JSON.stringify(j.detail)) : ('HTTP ' + r.status)); }
+        var detail = (!en && j.detail_zh) || j.detail;
+        if (!r.ok) { throw new Error(detail ? (typeof detail === 'string' ? detail : JSON.stringify(detail)) : ('HTTP ' + r.status)); }
         return j;
       });
     });
@@ -23,7 +26,7 @@
     return api('PUT', '/api/uploads/' + up.upload_id + '?offset=' + up.offset, file.slice(up.offset, end),
                'application/octet-stream').then(function (next) {
       bar.value = next.offset / file.size;
-      say('Uploading 上传中 … ' + Math.round(100 * next.offset / file.size) + ' %');
+      say(L('上传中 … ', 'Uploading … ') + Math.round(100 * next.offset / file.size) + ' %');
       return send(file, next, 0);
     }, function (err) {
       if (tries >= 3 || /limit|larger|not an/i.test(err.message)) { throw err; }
@@ -33,10 +36,10 @@
   form.addEventListener('submit', function (e) {
     e.preventDefault();
     var file = input.files[0];
-    if (!file) { say('Choose a file 请选择文件', 'err'); return; }
+    if (!file) { say(L('请选择文件', 'Choose a file'), 'err'); return; }
     form.querySelector('button').disabled = true;
     bar.value = 0;
-    say('Starting 开始 …');
+    say(L('开始 …', 'Starting …'));
     // the same file picked again after a cut (even after a reload) resumes its upload
     var key = 'patrol-upload:' + [file.name, file.size, file.lastModified].join(':');
     var known = null;
@@ -49,14 +52,14 @@
     start
       .then(function (up) {
         try { window.localStorage.setItem(key, up.upload_id); } catch (err) { /* private mode */ }
-        if (up.offset) { say('Resuming 续传 from ' + Math.round(100 * up.offset / file.size) + ' %'); }
+        if (up.offset) { say(L('续传，自 ', 'Resuming from ') + Math.round(100 * up.offset / file.size) + ' %'); }
         return send(file, up, 0);
       })
-      .then(function (up) { say('Checking 校验中 …'); return api('POST', '/api/uploads/' + up.upload_id + '/finish'); })
+      .then(function (up) { say(L('校验中 …', 'Checking …')); return api('POST', '/api/uploads/' + up.upload_id + '/finish'); })
       .then(function (f) {
         try { window.localStorage.removeItem(key); } catch (err) { /* private mode */ }
         bar.value = 1;
-        say('Uploaded 已上传: flight ' + f.flight_id + ' · ' + f.status + (f.queue === 'nightly' ? ' · queued for the nightly run 等待夜间处理' : ''), 'ok');
+        say(L('已上传：航线 ', 'Uploaded: flight ') + f.flight_id + (f.queue === 'nightly' ? L(' · 待夜间处理', ' · queued for the nightly run') : ''), 'ok');
         var a = document.getElementById('flight-link'); a.href = '/flights'; a.hidden = false;
         a.dataset.flight = f.flight_id;
       })
@@ -64,7 +67,7 @@
         if (!/^(HTTP 5|Failed to fetch|NetworkError)/.test(err.message)) {
           try { window.localStorage.removeItem(key); } catch (e2) { /* private mode */ }
         }
-        say('Refused 拒绝: ' + err.message, 'err');
+        say(L('未能上传：', 'Refused: ') + err.message, 'err');
       })
       .then(function () { form.querySelector('button').disabled = false; });
   });
