@@ -25,7 +25,7 @@ import shapely
 import shapely.geometry
 
 from pipeline.errors import InputError, TransitionError
-from pipeline.report.common import CLASSES, label
+from pipeline.labels import CLASSES
 from pipeline.rules import Lifecycle, Rules
 from pipeline.values import jsonable
 from pipeline.store.schema import CASE_COLUMNS
@@ -414,7 +414,7 @@ def track_flight(cases: gpd.GeoDataFrame | None, findings: gpd.GeoDataFrame,
             geoms.append(fg[fi])
             stock_label = "新建" if stock == "new_build" else "存量"
             events.append(_event(numbers[k], at, SYSTEM_ACTOR, None, lc.initial,
-                                 f"{'地面巡查' if flight.get('source') == 'ground_patrol' else f'航次 {fid}'} 发现疑似图斑 {area:.1f} m²（{label(CLASSES, row['detector_class'], 'zh')}）："
+                                 f"{'地面巡查' if flight.get('source') == 'ground_patrol' else f'航次 {fid}'} 发现疑似图斑 {area:.1f} m²（{CLASSES.get(row['detector_class'], (row['detector_class'],))[0]}）："
                                  f"{'、'.join(_rule_label(rules, r) for r in row['rules'])}（{stock_label}）"))
     cols = [c for c in CASE_COLUMNS if c != "geometry"] + extra
     out = gpd.GeoDataFrame(pd.DataFrame.from_records(recs, columns=cols),

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.labels import CLASSES  # noqa: F401  (the reports' name for it)
 from pipeline.values import is_missing as missing  # noqa: F401  (the reports' name for it)
 
 # field id -> (zh, en)
@@ -99,12 +100,6 @@ CATEGORIES: dict[str, tuple[str, str]] = {
     "over_approval": ("超批准面积", "Over approval"),
 }
 
-CLASSES: dict[str, tuple[str, str]] = {
-    "building": ("建筑", "Building"),
-    "steel_shed": ("彩钢棚", "Steel shed"),
-    "under_construction": ("在建", "Under construction"),
-    "greenhouse": ("大棚", "Greenhouse"),
-}
 
 STOCK: dict[str, tuple[str, str]] = {"new_build": ("新建", "New build"), "existing": ("存量", "Existing")}
 
