@@ -240,6 +240,25 @@ def _seed_work(server) -> list[str]:
     return [r["case_no"] for r in rows]
 
 
+def _uncovered(page) -> list[str]:
+    """Visible buttons and links that another element covers at their centre (each scrolled into view)."""
+    return page.evaluate("""() => {
+      const bad = [];
+      for (const el of document.querySelectorAll('main button, main a[href], header a, header button')) {
+        const r0 = el.getBoundingClientRect();
+        if (!r0.width || !r0.height || getComputedStyle(el).visibility === 'hidden') continue;
+        el.scrollIntoView({block: 'center', inline: 'center'});
+        const r = el.getBoundingClientRect();
+        const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+        if (!(hit && (hit === el || el.contains(hit) || hit.contains(el)))) {
+          bad.push((el.id || el.textContent.trim()).slice(0, 40) + ' under ' + (hit ? hit.tagName + '.' + hit.className : 'nothing'));
+        }
+      }
+      window.scrollTo(0, 0);
+      return bad;
+    }""")
+
+
 def _fits(page) -> bool:
     wide = page.evaluate("""() => Array.from(document.querySelectorAll('body *')).filter(
         e => e.getBoundingClientRect().right > window.innerWidth + 1).slice(0, 5).map(
@@ -292,6 +311,7 @@ def test_tasks_documents_and_stats_in_chromium_at_desktop_and_phone_size(server)
                                    " && document.getElementById('map').contentWindow.patrolReport.ready",
                                    timeout=30000)
             assert _fits(page), "the review page scrolls sideways on a phone"
+            assert _uncovered(page) == []
             assert not page.locator("#cases").is_visible()
             frame = page.frame_locator("#map")
             assert not frame.locator(".leaflet-control-layers-list").is_visible()     # folded
@@ -318,6 +338,7 @@ def test_tasks_documents_and_stats_in_chromium_at_desktop_and_phone_size(server)
             assert nav.count() == 3 and all(nav.nth(k).is_visible() for k in range(3))
             assert "coordinate=gaode" in nav.nth(0).get_attribute("href")
             assert _fits(page), "the task page scrolls sideways on a phone"
+            assert _uncovered(page) == []
             page.screenshot(path=str(ARTIFACTS / "service_tasks_phone.png"), full_page=True)
             page.goto(f"/cases/{overdue}")
             assert page.locator("button[data-kind='sheet']").is_visible()
@@ -327,6 +348,7 @@ def test_tasks_documents_and_stats_in_chromium_at_desktop_and_phone_size(server)
             page.wait_for_url(f"**/cases/{overdue}#site")
             assert page.input_value("#facts-form input[name=party]") == "王建国"
             assert _fits(page), "the case page scrolls sideways on a phone"
+            assert _uncovered(page) == []
             page.screenshot(path=str(ARTIFACTS / "service_case_phone.png"), full_page=True)
             # the new case from 疑似 to 已拆除 on the phone: photo, party, measured area
             from test_media import jpeg
@@ -355,7 +377,11 @@ def test_tasks_documents_and_stats_in_chromium_at_desktop_and_phone_size(server)
             assert page.locator("#figures").is_visible() and page.locator("#funnel .bar").count() == 9
             assert "统计期" in page.inner_text("#period")
             assert _fits(page), "the statistics page scrolls sideways on a phone"
+            assert _uncovered(page) == []
             page.screenshot(path=str(ARTIFACTS / "service_stats_phone.png"), full_page=True)
+            page.goto("/report")
+            page.wait_for_selector("#locate-msg:text('已定位')", timeout=10000)     # the phone's position
+            assert page.input_value("#report-lat") and _fits(page) and _uncovered(page) == []
             page.set_viewport_size({"width": 1280, "height": 800})
             page.goto("/stats")
             page.screenshot(path=str(ARTIFACTS / "service_stats.png"), full_page=True)
