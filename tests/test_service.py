@@ -3,6 +3,7 @@ CSRF, uploads (limits, bad files, names), HTML escaping, the OpenAPI spec under 
 and the `patrol users` commands. The browser end-to-end run is in test_service_e2e.py."""
 from __future__ import annotations
 
+import io
 import re
 import shutil
 import time
@@ -411,6 +412,10 @@ def test_on_site_photo_from_the_page_and_the_api(svc):
     img = off.get(src)
     assert img.status_code == 200 and img.headers["content-type"] == "image/jpeg" and "距案件" in page
     assert off.get(src + "/original").content == jpeg(c.x, c.y)
+    import zipfile
+    kmz = zipfile.ZipFile(io.BytesIO(off.get("/export/cases.kmz").content))     # the photo goes to 奥维 too
+    assert any(n.startswith("files/photo_") for n in kmz.namelist())
+    assert "files/photo_" in kmz.read("doc.kml").decode("utf-8")
     # a screenshot without EXIF: one line, nothing kept
     n = len(svc.store.media())
     bad = off.post(f"/cases/{no}/media", data={"csrf_token": csrf},

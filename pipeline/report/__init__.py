@@ -67,7 +67,7 @@ def write_reports(store, settings, out_dir: str | Path, flight_id: str | None = 
     paths["cases_csv"] = write_csv(cases, out / f"cases_{stem}.csv", lang, rules, crs, columns, store)
     paths["cases_geojson"] = write_geojson(cases, out / f"cases_{stem}.geojson", lang, rules, crs)
     paths["cases_kml"] = write_kml(cases, out / f"cases_{stem}.kml", lang, rules, crs)
-    paths["cases_kmz"] = write_kmz(cases, out / f"cases_{stem}.kmz", lang, rules, crs, evidence)
+    paths["cases_kmz"] = write_kmz(cases, out / f"cases_{stem}.kmz", lang, rules, crs, evidence, store)
     paths["cases_gpkg"] = write_gpkg(cases, out / f"cases_{stem}.gpkg", lang, rules, crs)
     paths.update(write_stats(store, settings, rules, out, since, until))
     return paths

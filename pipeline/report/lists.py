@@ -265,16 +265,22 @@ def write_kml(cases, path: Path, lang: str, rules=None, crs: str | None = None) 
 
 
 def write_kmz(cases, path: Path, lang: str, rules=None, crs: str | None = None,
-              evidence: pd.DataFrame | None = None) -> Path:
-    """doc.kml plus JPEG copies of the evidence chips under files/ (shown in each case's
-    balloon; JPEG keeps the file light enough for phones running 奥维)."""
+              evidence: pd.DataFrame | None = None, store=None) -> Path:
+    """doc.kml plus JPEG copies of the evidence chips and (with ``store``) the stamped on-site
+    photos under files/ (shown in each case's balloon; JPEG keeps the file light enough for
+    phones running 奥维)."""
     from pipeline.report.evidence import case_chips
     images: dict[str, list[str]] = {}
     files: dict[str, str] = {}
+    media = store.media() if store is not None else pd.DataFrame()
+    photos = media[(media["kind"] == "photo") & media["stamped_path"].notna()] if len(media) else media
     for case_no in cases["case_no"]:
-        for ch in case_chips(evidence, case_no):
-            arc = f"files/{Path(ch['chip_path']).stem}.jpg"
-            files[arc] = ch["chip_path"]
+        shown = [(f"files/{Path(ch['chip_path']).stem}.jpg", ch["chip_path"]) for ch in case_chips(evidence, case_no)]
+        if len(photos):
+            shown += [(f"files/photo_{m['sha256'][:16]}.jpg", m["stamped_path"])
+                      for m in photos[photos["case_no"] == case_no].to_dict("records") if Path(m["stamped_path"]).is_file()]
+        for arc, src in shown:
+            files[arc] = src
             images.setdefault(case_no, []).append(arc)
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
@@ -321,5 +327,5 @@ def export_cases(cases: gpd.GeoDataFrame, path: str | Path, fmt: str | None = No
     if fmt == "kml":
         return write_kml(cases, path, lang, rules, crs)
     if fmt == "kmz":
-        return write_kmz(cases, path, lang, rules, crs, evidence)
+        return write_kmz(cases, path, lang, rules, crs, evidence, store)
     return write_gpkg(cases, path, lang, rules, crs)
