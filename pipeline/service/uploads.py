@@ -92,12 +92,14 @@ class Uploads:
         name = safe_name(filename)
         if not name or not name.lower().endswith(SUFFIXES):
             raise InputError(f"'{filename}' is not an orthophoto GeoTIFF or a zip; upload a "
-                             f"{', '.join(SUFFIXES)} file")
+                             f"{', '.join(SUFFIXES)} file",
+                             zh=f"「{filename}」不是正射影像（GeoTIFF）或 zip 压缩包，请上传 {'、'.join(SUFFIXES)} 文件")
         if size <= 0:
-            raise InputError(f"'{filename}' is empty; upload the orthophoto file")
+            raise InputError(f"'{filename}' is empty; upload the orthophoto file", zh=f"「{filename}」是空文件，请上传正射影像")
         if size > self.max_bytes:
             raise UploadTooLarge(f"'{filename}' is {size / 2**20:.0f} MiB, over the limit of "
-                                 f"{self.max_bytes / 2**20:.0f} MiB (service.max_upload_mb)")
+                                 f"{self.max_bytes / 2**20:.0f} MiB (service.max_upload_mb)",
+                                 zh=f"「{filename}」{size / 2**20:.0f} MiB，超过上限 {self.max_bytes / 2**20:.0f} MiB")
         check_room(self.root, int(size), f"the upload of {name}", quota_mb=self.quota_mb)
         upload_id = secrets.token_hex(16)
         part, meta = self._paths(upload_id)
@@ -174,14 +176,16 @@ class Uploads:
         try:
             zf = zipfile.ZipFile(part)
         except (zipfile.BadZipFile, OSError):
-            raise InputError("the uploaded zip is not a readable zip archive; zip the orthophoto again") from None
+            raise InputError("the uploaded zip is not a readable zip archive; zip the orthophoto again",
+                             zh="上传的 zip 无法读取，请重新压缩") from None
         with zf:
             members = [m for m in zf.infolist() if not m.is_dir()]
         rasters = [m for m in members if m.filename.lower().endswith(RASTER_SUFFIXES)]
         if len(rasters) != 1:
             if not rasters and not any(m.filename.lower().endswith((".jpg", ".jpeg")) for m in members):
                 raise InputError("the uploaded zip holds no orthophoto GeoTIFF and no drone photo; "
-                                 "zip the flight's files again")
+                                 "zip the flight's files again",
+                                 zh="上传的 zip 中没有正射影像或无人机照片，请重新压缩该航次的文件")
             return None              # a split export or a photo set: the ingest unpacks it, safely
         if rasters[0].file_size > self.max_bytes:
             raise UploadTooLarge(f"{safe_name(rasters[0].filename)} in the zip is over the limit of "
