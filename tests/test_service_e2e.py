@@ -425,10 +425,16 @@ def test_offline_on_a_phone_queues_photo_and_status_and_shows_a_conflict(server)
             page.goto("/tasks")
             page.wait_for_function("navigator.serviceWorker.controller !== null || "
                                    "(location.reload(), false)", timeout=15000, polling=1000)
+            page.wait_for_function("async () => !!(await (await caches.open('patrol-pages-v1')).match('/review/map'))",
+                                   timeout=30000, polling=500)                        # kept ahead by the queue
             page.goto(f"/cases/{no}")
             assert page.get_attribute("#case-status", "data-status") == "ordered"
             ctx.set_offline(True)
-            page.reload()                                       # from the phone, not the server
+            page.goto("/review")                                # the map of their cases, without a signal
+            page.wait_for_function("document.getElementById('map').contentWindow.patrolReport"
+                                   " && document.getElementById('map').contentWindow.patrolReport.ready",
+                                   timeout=20000)
+            page.goto(f"/cases/{no}")                           # from the phone, not the server
             assert page.get_attribute("#case-status", "data-status") == "ordered"
             page.set_input_files("#media-form input[type=file]", str(photo))
             page.click("#media-form button[type=submit]")

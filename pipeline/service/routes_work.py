@@ -35,7 +35,9 @@ def tasks_page(request: Request, a: Auth = Depends(officer), svc: Service = Depe
         mine = svc.scoped_cases(a.user)
         keep = set(mine["case_no"])
         dg = {**dg, **{k: [i for i in dg[k] if i["case_no"] in keep] for k in ("overdue", "due_soon", "new")}}
-    ctx = {"queue": work_queue(mine, svc.rules, svc.settings), "digest": dg, "unassigned": [], "officers": []}
+    keep = ["/review", "/review/map"] + [f"/review/ortho/{n}" for n in sorted(svc.orthos_of(a.user))]
+    ctx = {"queue": work_queue(mine, svc.rules, svc.settings), "digest": dg, "unassigned": [], "officers": [],
+           "keep": keep}                      # kept on the phone ahead: the map of their cases, its imagery
     if a.user.is_admin:
         cases = svc.store.cases()
         open_ = cases[cases["status"].isin(svc.lifecycle.open) & cases["assignee"].isna()]
