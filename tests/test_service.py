@@ -792,3 +792,22 @@ def test_no_english_word_reaches_an_officer_in_chinese(svc):
         assert r.status_code in (403, 404, 409, 422), r.status_code
         msg = re.search(r'id="error-message">([^<]*)<', r.text).group(1)
         assert re.search(r"[\u4e00-\u9fff]", msg) and not _screen_words(r.text), (r.status_code, msg)
+
+
+def test_the_pages_speak_english_when_the_bureau_sets_it(small_district_store, tmp_path):
+    """report.language: en — the catalogue's English on the pages, the English refusals."""
+    from pipeline.service.app import create_app
+    src, _, _ = small_district_store
+    shutil.copy(src, tmp_path / "patrol.gpkg")
+    settings = _settings(tmp_path, tmp_path / "patrol.gpkg", **{"report.language": "en"})
+    store = open_store(settings.store.url, settings.store.crs)
+    A.add_user(store, "off", PASSWORDS["off"], "officer", [store.cases()["town"].dropna().iloc[0]])
+    no = store.cases()["case_no"].iloc[0]
+    store.close()
+    app = create_app(settings)
+    c, csrf = _session(app, "off")
+    page = c.get(f"/cases/{no}").text
+    for word in ("Review", "Facts", "Party &amp; building", "History", "Sign out", "On-site photos"):
+        assert word in page, word
+    r = c.post(f"/cases/{no}/status", data={"to_status": "closed", "note": "x", "csrf_token": csrf})
+    assert r.status_code == 409 and "cannot go from" in r.text
