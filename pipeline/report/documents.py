@@ -268,14 +268,19 @@ def _site_photo(store, case_no: str) -> dict | None:
 
 
 # ---------------------------------------------------------------- rendering
+def _empty(field: str) -> Any:
+    return [] if field in ("parcel", "reasons", "history") else None if field in (
+        "before", "after", "location", "site_photo") else ""
+
+
 def render_pdf(settings, kind: str, fields: dict[str, Any]) -> tuple[bytes, int]:
     """The PDF of a filled document and its page count. Same fields, same template: same bytes."""
     import weasyprint
     from jinja2 import UndefinedError
     folder = check_templates(settings)
     env = _environment(str(folder), _stamp(folder))
-    try:
-        html = env.get_template(f"{kind}.html").render(**fields)
+    try:     # a document issued before a field existed prints with that field empty
+        html = env.get_template(f"{kind}.html").render(**{**{f: _empty(f) for f in FIELDS}, **fields})
     except UndefinedError as e:
         raise TemplateError(f"document template {folder / (kind + '.html')}: {e.message}; "
                             f"fields: {', '.join(FIELDS)}") from None
