@@ -729,11 +729,7 @@ def digest_cmd(ctx, day, send):
     from datetime import date as _date
 
     from pipeline.dispatch import digest, digest_markdown, send_digest
-    if day is not None:
-        try:
-            _date.fromisoformat(day)
-        except ValueError:
-            raise InputError(f"--date '{day}' is not a date; use YYYY-MM-DD") from None
+    _check_dates(day)
     with open_ctx_store(ctx) as store:
         dg = digest(store, _ctx_rules(ctx), ctx.settings, today=_date.fromisoformat(day) if day else None)
     click.echo(digest_markdown(dg))

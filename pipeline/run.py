@@ -187,8 +187,7 @@ def report_from_ground(store, settings, lon: float, lat: float, actor: str, note
                          zh=f"位置 {lat}, {lon} 不在本辖区范围，请检查定位")
     margin = settings.ingest.district_margin_m
     near = shapely.box(centre.x - margin, centre.y - margin, centre.x + margin, centre.y + margin).bounds
-    counts = store.status()["counts"]
-    if (counts.get("parcel") or counts.get("zone")) and not (len(store.parcels(near)) or len(store.zones(near))):
+    if not (len(store.parcels(near)) or len(store.zones(near))) and (len(store.parcels()) or len(store.zones())):
         raise InputError(f"position {lat:.6f}, {lon:.6f} is more than {margin:g} m from every parcel and zone of "
                          f"the district; check the position",
                          zh=f"位置 {lat:.6f}, {lon:.6f} 距辖区任何地块和管控区都超过 {margin:g} m，请检查定位")

@@ -29,7 +29,7 @@ from pipeline.report.common import (CATEGORIES, CLASSES, STOCK, label, missing, 
                                     to_wgs84_points)
 from pipeline.report.evidence import scale_and_north
 from pipeline.report.ledger import M2_PER_MU, land_class, parcel_facts, progress_text
-from pipeline.track import mask_id
+from pipeline.track import get_case, mask_id
 
 KINDS: dict[str, tuple[str, str]] = {
     "sheet": ("案件证据单", "Evidence sheet"),
@@ -83,13 +83,20 @@ def _stamp(folder: Path) -> tuple:
 def check_templates(settings) -> Path:
     """Refuse, with one line naming the template and the field, a template folder whose
     templates do not parse, name a field the product does not fill, or leave out one every
-    document must carry. Returns the folder."""
-    from jinja2 import TemplateSyntaxError, meta
+    document must carry. Returns the folder (checked once while its files stay the same)."""
     folder = template_dir(settings)
     if not folder.is_dir():
         raise TemplateError(f"document templates: folder {folder} does not exist; "
                             f"set documents.template_dir to the folder holding {', '.join(KINDS)}.html")
-    env = _environment(str(folder), _stamp(folder))
+    _check_folder(str(folder), _stamp(folder))
+    return folder
+
+
+@lru_cache(maxsize=8)
+def _check_folder(folder_name: str, stamp: tuple) -> None:
+    from jinja2 import TemplateSyntaxError, meta
+    folder = Path(folder_name)
+    env = _environment(folder_name, stamp)
     known = set(FIELDS) | {"range", "loop"}
     for name in ["base.html"] + [f"{k}.html" for k in KINDS]:
         path = folder / name
@@ -110,7 +117,6 @@ def check_templates(settings) -> Path:
             if field not in used:
                 raise TemplateError(f"document template {folder / (kind + '.html')} does not show the field "
                                     f"'{field}', which every document must carry")
-    return folder
 
 
 def _loop_names(ast) -> set[str]:
@@ -318,21 +324,13 @@ def document_number(settings, kind: str, year: int, seq: int) -> str:
     return settings.documents.number_format.format(word=settings.documents.words.get(kind, ""), year=year, seq=seq)
 
 
-def _one_case(store, case_no: str) -> dict:
-    cases = store.cases()
-    hit = cases[cases["case_no"] == case_no]
-    if not len(hit):
-        raise InputError(f"case {case_no} is not in the store; see `patrol cases list`", zh=f"没有案件 {case_no}")
-    return hit.iloc[0].to_dict()
-
-
 def issue_document(store, settings, rules, kind: str, case_no: str, actor: str, now: datetime | None = None,
                    fields: dict[str, Any] | None = None) -> tuple[dict, bytes]:
     """Number, render and record a new document of ``kind`` for the case; returns the
     document row and the PDF."""
     _check_kind(kind)
     check_templates(settings)
-    case = _one_case(store, case_no)
+    case = get_case(store, case_no).iloc[0].to_dict()
     if case.get("status") in NOT_FOR and kind != "sheet":
         raise InputError(f"case {case_no} is {status_label(case['status'], 'zh', rules)}; "
                          f"no {kind_label(kind)} is issued for a dismissed case",
@@ -356,8 +354,7 @@ def issue_document(store, settings, rules, kind: str, case_no: str, actor: str, 
 def reprint_document(store, settings, doc_no: str) -> tuple[dict, bytes, bool]:
     """A recorded document rendered again from its stored fields: (row, PDF, identical to
     the PDF issued)."""
-    docs = store.documents()
-    hit = docs[docs["doc_no"] == doc_no]
+    hit = store.documents(doc_no=doc_no)
     if not len(hit):
         raise InputError(f"document {doc_no} is not in the store; see `patrol docs list CASE_NO`", zh=f"没有文书 {doc_no}")
     row = hit.iloc[-1].to_dict()

@@ -116,6 +116,7 @@ def ledger_table(cases: gpd.GeoDataFrame, lang: str = "zh", rules=None, crs: str
     by_case_docs = docs.groupby("case_no")["doc_no"].apply(list).to_dict() if len(docs) else {}
     rows = []
     for i, c in enumerate(recs):
+        reasons = "；".join(rule_texts(c, lang, rules))
         area = None if missing(c.get("area_m2")) else float(c["area_m2"])
         derived = {
             "seq": i + 1, "lon": round(float(ll[i][0]), 7), "lat": round(float(ll[i][1]), 7),
@@ -134,7 +135,7 @@ def ledger_table(cases: gpd.GeoDataFrame, lang: str = "zh", rules=None, crs: str
             "detector_class": label(CLASSES, c.get("detector_class"), lang),
             "source": label(SOURCES, c.get("source"), lang) if text(c.get("source")) else "",
             "flags": "、".join(label(FLAGS, f, lang) for f in as_list(c.get("flags"))),
-            "rules": "；".join(rule_texts(c, lang, rules)), "reasons": "；".join(rule_texts(c, lang, rules)),
+            "rules": reasons, "reasons": reasons,
             "first_seen_at": text(c.get("first_seen_at"))[:10], "last_seen_at": text(c.get("last_seen_at"))[:10],
             "image_before": "", "image_after": "", "site_photo": "",
             "id_number": mask_id(text(c.get("id_number"))) if text(c.get("id_number")) else "",

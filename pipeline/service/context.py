@@ -248,8 +248,6 @@ class Service:
         """地面巡查上报 (any signed-in account): a case from a position on the ground, with its photo."""
         from pipeline.media import add_media
         from pipeline.run import report_from_ground
-        if user.role not in ("patrol", "officer", "admin"):
-            raise HTTPProblem(403, f"your role ({user.role}) may not report")
         try:
             la, lo, area = float(lat), float(lon), float(area_m2)
         except (TypeError, ValueError):
@@ -265,9 +263,8 @@ class Service:
 
     def media_file(self, user: A.User, media_id: str, original: bool = False) -> FileResponse:
         """A case's photo (stamped copy) or video, or its original, for an account that sees the case."""
-        m = self.store.media()
-        hit = m[m["media_id"] == media_id] if re.fullmatch(r"[0-9a-f]{32}", media_id) else m.iloc[0:0]
-        if not len(hit):
+        hit = self.store.media(media_id=media_id) if re.fullmatch(r"[0-9a-f]{32}", media_id) else None
+        if hit is None or not len(hit):
             raise HTTPProblem(404, "not found", zh="未找到")
         row = hit.iloc[0]
         self.one_case(user, row["case_no"])
@@ -278,10 +275,17 @@ class Service:
         return FileResponse(path, media_type=kind.get(path.suffix.lstrip("."), "application/octet-stream"),
                             headers={"Cache-Control": "private, max-age=3600"})
 
+    def officers(self) -> list[A.User]:
+        """Enabled officer and admin accounts."""
+        return [u for u in A.list_users(self.store) if u.role in ("officer", "admin") and not u.disabled]
+
     def officers_for(self, town: Any, village: Any) -> list[A.User]:
-        """Enabled officer and admin accounts that may work a case of this town / village."""
-        return [u for u in A.list_users(self.store)
-                if u.role in ("officer", "admin") and not u.disabled and u.sees(town, village)]
+        """The officers (and admins) that may work a case of this town / village."""
+        return [u for u in self.officers() if u.sees(town, village)]
+
+    def read_media(self, file: Any) -> bytes:
+        """An uploaded photo or video, read up to one byte past ``media.max_mb`` (the check names it)."""
+        return file.file.read(self.settings.media.max_mb * 2**20 + 1)
 
     def case_summary(self, c: dict) -> dict:
         pr = c.get("reasons", {}).get("priority") if isinstance(c.get("reasons"), dict) else None

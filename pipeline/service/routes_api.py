@@ -98,8 +98,7 @@ def api_case(case_no: str, a: Auth = Depends(officer), svc: Service = Depends(se
 def api_case_media(case_no: str, a: Auth = Depends(officer), file: UploadFile = File(...),
                    note: str = Form("", max_length=2000), lat: str = Form("", max_length=30),
                    lon: str = Form("", max_length=30), svc: Service = Depends(service)) -> dict:
-    return svc.add_media(a.user, case_no, file.file.read(svc.settings.media.max_mb * 2**20 + 1),
-                         file.filename or "photo", note, lon, lat)
+    return svc.add_media(a.user, case_no, svc.read_media(file), file.filename or "photo", note, lon, lat)
 
 
 class GroundReport(BaseModel):

@@ -81,8 +81,7 @@ def print_case_document(case_no: str, kind: str, a: Auth = Depends(officer), new
 @router.get("/documents/{doc_no}.pdf")
 def reprint_case_document(doc_no: str, a: Auth = Depends(officer), svc: Service = Depends(service)):
     from pipeline.report.documents import reprint_document
-    docs = svc.store.documents()
-    hit = docs[docs["doc_no"] == doc_no]
+    hit = svc.store.documents(doc_no=doc_no)
     if not len(hit):
         raise HTTPProblem(404, f"document {doc_no} not found")
     svc.one_case(a.user, hit["case_no"].iloc[0])
@@ -133,17 +132,12 @@ def case_facts_form(case_no: str, a: Auth = Depends(officer), party: str = Form(
     return RedirectResponse(f"/cases/{quote(case_no)}#site", status_code=303)
 
 
-def read_upload(file: UploadFile, svc: Service) -> bytes:
-    """The uploaded file, read up to one byte past the media limit (the check names it)."""
-    return file.file.read(svc.settings.media.max_mb * 2**20 + 1)
-
-
 @router.post("/cases/{case_no}/media")
 def case_media_form(case_no: str, a: Auth = Depends(officer), file: UploadFile = File(...),
                     note: str = Form("", max_length=2000), lat: str = Form("", max_length=30),
                     lon: str = Form("", max_length=30), svc: Service = Depends(service)):
     """现场照片: a photo or video from the phone's camera."""
-    svc.add_media(a.user, case_no, read_upload(file, svc), file.filename or "photo", note, lon, lat)
+    svc.add_media(a.user, case_no, svc.read_media(file), file.filename or "photo", note, lon, lat)
     return RedirectResponse(f"/cases/{quote(case_no)}#media", status_code=303)
 
 

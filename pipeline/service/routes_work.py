@@ -14,14 +14,9 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from starlette.background import BackgroundTask
 
 from pipeline.errors import InputError
-from pipeline.service import auth as A
 from pipeline.service.context import Auth, Service, admin, anyone, officer, service
 
 router = APIRouter(include_in_schema=False)
-
-
-def _officers(svc: Service) -> list[A.User]:
-    return [u for u in A.list_users(svc.store) if u.role in ("officer", "admin") and not u.disabled]
 
 
 @router.get("/tasks", response_class=HTMLResponse)
@@ -46,7 +41,7 @@ def tasks_page(request: Request, a: Auth = Depends(officer), svc: Service = Depe
                             **dg["by_officer"].get(u.username, {"overdue": 0, "due_soon": 0, "new": 0}),
                             "open": int(((cases["assignee"] == u.username)
                                          & cases["status"].isin(svc.lifecycle.open)).sum())}
-                           for u in _officers(svc)]
+                           for u in svc.officers()]
     return svc.render(request, "tasks.html", ctx)
 
 
@@ -99,7 +94,7 @@ def report_post(a: Auth = Depends(anyone), lat: str = Form(..., max_length=30), 
                 svc: Service = Depends(service)):
     """地面巡查上报 from the page: the case, then its photo."""
     r = svc.ground_report(a.user, lat, lon, detector_class, area_m2, note,
-                          file.file.read(svc.settings.media.max_mb * 2**20 + 1) if file and file.filename else None,
+                          svc.read_media(file) if file and file.filename else None,
                           file.filename if file else "")
     return RedirectResponse(f"/report?done={quote(r['case_no'])}&matched={0 if r['new'] else 1}", status_code=303)
 
@@ -128,12 +123,11 @@ def _stats(svc: Service, a: Auth, since: str, until: str) -> dict:
 @router.get("/stats", response_class=HTMLResponse)
 def stats_page(request: Request, a: Auth = Depends(officer), since: str = "", until: str = "",
                svc: Service = Depends(service)):
-    from pipeline.report.stats import BREAKDOWNS, figure_rows, labelled, period_text
+    from pipeline.report.stats import BREAKDOWNS, ROW_LABELS, figure_rows, labelled, period_text
     st = _stats(svc, a, since, until)
     tables = [(title[0], labelled(st[key], "zh")) for key, _, title in BREAKDOWNS]
     funnel = [(k, st["period"][k]) for k in ("found", "verified", "stopped", "filed", "ordered", "demolished",
                                              "rectified", "closed", "rebuilt")]
-    from pipeline.report.stats import ROW_LABELS
     top = max([v for _, v in funnel] + [1])
     months = st["by_month"].to_dict("records")
     mtop = max([m["found"] for m in months] + [m["demolished"] + m["rectified"] for m in months] + [1])

@@ -49,6 +49,12 @@ When = str | date | datetime | pd.Timestamp
 FLIGHT_STATUSES = ("uploaded", "processing", "done", "failed")
 
 
+def _equal(**values: Any) -> tuple[str, list]:
+    """The ``in_clause`` of each column given (None: no condition), joined with AND."""
+    parts = [in_clause(k, v) for k, v in values.items() if v is not None]
+    return " AND ".join(w for w, _ in parts), [p for _, ps in parts for p in ps]
+
+
 class Claim:
     """A held flight claim (``Store.claim_flight``): leaving the ``with`` block or
     ``release()`` frees it; releasing twice is harmless."""
@@ -356,23 +362,20 @@ class Store(abc.ABC):
                 raise StoreError(f"document {row['doc_no']} is already recorded; numbers are handed out once")
             self._upsert(DOCUMENT, pd.DataFrame([dict(row)]))
 
-    def documents(self, case_no: str | None = None, kind: str | None = None) -> pd.DataFrame:
-        """Documents (of one case, of one kind), in the order they were issued."""
-        clauses, params = [], []
-        for name, value in (("case_no", case_no), ("kind", kind)):
-            if value is not None:
-                clauses.append(f"{q(name)} = ?")
-                params.append(value)
-        return self._frame(DOCUMENT, " AND ".join(clauses), params, order="issued_at, fid")
+    def documents(self, case_no: str | None = None, kind: str | None = None,
+                  doc_no: str | None = None) -> pd.DataFrame:
+        """Documents (of one case, of one kind, one number), in the order they were issued."""
+        where, params = _equal(case_no=case_no, kind=kind, doc_no=doc_no)
+        return self._frame(DOCUMENT, where, params, order="issued_at, fid")
 
     def add_media(self, row: Mapping[str, Any]) -> None:
         """Record one photo or video of a case (schema.MEDIA)."""
         with self.transaction():
             self._upsert(MEDIA, pd.DataFrame([dict(row)]))
 
-    def media(self, case_no: str | None = None) -> pd.DataFrame:
-        """Media rows (of one case), in the order they were uploaded."""
-        where, params = ("case_no = ?", [case_no]) if case_no is not None else ("", [])
+    def media(self, case_no: str | None = None, media_id: str | None = None) -> pd.DataFrame:
+        """Media rows (of one case, or one), in the order they were uploaded."""
+        where, params = _equal(case_no=case_no, media_id=media_id)
         return self._frame(MEDIA, where, params, order="uploaded_at, fid")
 
     def users(self) -> pd.DataFrame:

@@ -160,24 +160,25 @@ def add_user_guard_columns(store, sql_type) -> None:
         store._x(f"ALTER TABLE {q(USERS.name)} ADD COLUMN {q(name)} {sql_type(USERS.column(name))}")
 
 
-def add_documents(store, sql_type, create_table) -> None:
-    """Migration 4 of both backends: the ledger columns of cases and the document table
+def _case_columns_and_table(store, sql_type, create_table, columns, table) -> None:
+    """Add ``columns`` (of schema cases) to cases and create ``table`` with its indexes
     (``create_table(table)`` is the backend's CREATE TABLE with its bookkeeping)."""
-    from pipeline.store.schema import CASE_LEDGER_COLUMNS, DOCUMENT, TABLES
+    from pipeline.store.schema import TABLES
     cases = TABLES["cases"]
-    for name in CASE_LEDGER_COLUMNS:
+    for name in columns:
         store._x(f"ALTER TABLE {q(cases.name)} ADD COLUMN {q(name)} {sql_type(cases.column(name))}")
-    create_table(DOCUMENT)
-    for i, idx in enumerate(DOCUMENT.indexes):
-        store._x(f"CREATE INDEX {q(f'{DOCUMENT.name}_ix{i}')} ON {q(DOCUMENT.name)} ({', '.join(map(q, idx))})")
+    create_table(table)
+    for i, idx in enumerate(table.indexes):
+        store._x(f"CREATE INDEX {q(f'{table.name}_ix{i}')} ON {q(table.name)} ({', '.join(map(q, idx))})")
+
+
+def add_documents(store, sql_type, create_table) -> None:
+    """Migration 4 of both backends: the ledger columns of cases and the document table."""
+    from pipeline.store.schema import CASE_LEDGER_COLUMNS, DOCUMENT
+    _case_columns_and_table(store, sql_type, create_table, CASE_LEDGER_COLUMNS, DOCUMENT)
 
 
 def add_media(store, sql_type, create_table) -> None:
     """Migration 5 of both backends: the media table and the 当事人 columns of cases."""
-    from pipeline.store.schema import CASE_PARTY_COLUMNS, MEDIA, TABLES
-    cases = TABLES["cases"]
-    for name in CASE_PARTY_COLUMNS:
-        store._x(f"ALTER TABLE {q(cases.name)} ADD COLUMN {q(name)} {sql_type(cases.column(name))}")
-    create_table(MEDIA)
-    for i, idx in enumerate(MEDIA.indexes):
-        store._x(f"CREATE INDEX {q(f'{MEDIA.name}_ix{i}')} ON {q(MEDIA.name)} ({', '.join(map(q, idx))})")
+    from pipeline.store.schema import CASE_PARTY_COLUMNS, MEDIA
+    _case_columns_and_table(store, sql_type, create_table, CASE_PARTY_COLUMNS, MEDIA)
