@@ -861,21 +861,22 @@ def ingest_cmd(ctx, paths, team, each):
     """Register a flight: an ortho GeoTIFF, the orthos of one split export (a folder or several
     paths), or a folder/zip of drone photos. Prints the flight id; refused files are listed at
     the end (exit 1 when any was refused). `patrol run`/`patrol nightly` take it from there."""
+    from pipeline.ingest.flight import Refusal
     from pipeline.ingest.raster import shown
     from pipeline.run import register_flight
 
     groups = [[p] for p in paths] if each else [list(paths)]
-    refused: list[tuple[str, str]] = []
+    refused: list[Refusal] = []
     registered = 0
     with open_ctx_store(ctx, create=True) as store:
         for group in groups:
-            mine: list[tuple[str, str]] = []
+            mine: list[Refusal] = []
             notes: list[str] = []
             try:
                 f = register_flight(store, group if len(group) > 1 else group[0], ctx.settings, team=team,
                                     refused=mine, notes=notes)
             except PatrolError as e:
-                refused.append((", ".join(shown(p) for p in group), one_line(e)))
+                refused.append(Refusal(", ".join(shown(p) for p in group), one_line(e), one_line(e.zh or e)))
                 refused.extend(mine)
                 continue
             refused.extend(mine)
@@ -886,7 +887,7 @@ def ingest_cmd(ctx, paths, team, each):
             click.echo(f"registered {f['flight_id']}: {f.get('source')}, captured {f.get('captured_at')}, "
                        f"GSD {gsd}, status {f['status']}, {shown(f['path'])}", err=True)
             click.echo(f["flight_id"])
-    lines = [why if name in why else f"{name}: {why}" for name, why in dict.fromkeys(refused)]
+    lines = list(dict.fromkeys(r.reason if r.file in r.reason else f"{r.file}: {r.reason}" for r in refused))
     if len(lines) == 1 and not registered:                 # the one file given: one line
         click.echo(f"error: {lines[0]}", err=True)
         raise click.exceptions.Exit(2)

@@ -5,13 +5,17 @@ class PatrolError(Exception):
     """Base of every error a user may see; the CLI prints it as one line. ``zh`` is the same
     line in Chinese, which the web service shows an officer (report.language: zh)."""
 
+    #: the Chinese line of a subclass's errors that bring none of their own
+    default_zh: str | None = None
+
     def __init__(self, *args, zh: str | None = None):
         super().__init__(*args)
-        self.zh = zh
+        self.zh = zh or self.default_zh
 
 
 class ConfigError(PatrolError):
     """A setting is missing, malformed or out of range."""
+    default_zh = "系统配置有误，请管理员检查配置"
 
 
 class InputError(PatrolError):
@@ -20,10 +24,12 @@ class InputError(PatrolError):
 
 class StoreError(PatrolError):
     """The store cannot be opened, migrated or written."""
+    default_zh = "数据库无法打开或写入，请联系管理员"
 
 
 class ModelError(PatrolError):
     """The detector weights are missing or unusable."""
+    default_zh = "识别模型无法使用，请管理员检查模型文件与配置"
 
 
 class TransitionError(PatrolError):

@@ -100,7 +100,8 @@ def plan_flight(frames: Sequence[str | Path], tiling: Tiling, flight_id: str = "
                 plan.raster_crs = src.crs
             elif src.crs != plan.raster_crs:
                 raise InputError(f"flight {flight_id}: frame {Path(frame).name} is in {src.crs}, the "
-                                 f"first in {plan.raster_crs}; register the photos again with `patrol ingest`")
+                                 f"first in {plan.raster_crs}; register the photos again with `patrol ingest`",
+                         zh=f"航线 {flight_id} 的照片 {Path(frame).name} 坐标系与其他照片不同，请重新登记该批照片")
             windows = plan_windows(src, tiling.gsd_m, tiling.tile_px, tiling.overlap_px)
         plan.windows += windows
         plan.frame_of += [k] * len(windows)
@@ -114,7 +115,8 @@ def plan_registered_flight(flight: dict, settings) -> FlightPlan:
     fid, path = flight["flight_id"], Path(flight["path"])
     if not path.exists():
         raise InputError(f"flight {fid}: its file {path.name} is gone; restore it or register the "
-                         f"flight again")
+                         f"flight again",
+                         zh=f"航线 {fid} 的文件 {path.name} 已不存在，请恢复该文件或重新登记航线")
     if flight.get("source") == "ortho" and path.is_file() and file_id(path) != fid:
         raise InputError(f"flight {fid}: {path.name} changed since it was registered (content hash "
                          f"differs); register the new file with `patrol ingest`")

@@ -14,7 +14,7 @@ from pathlib import Path
 import geopandas as gpd
 import shapely
 
-from pipeline.errors import PatrolError, error_line
+from pipeline.errors import PatrolError, error_line, one_line
 
 
 @dataclass
@@ -31,7 +31,7 @@ def register_flight(store, path: str | Path | list, settings, team: str | None =
                     refused: list | None = None, notes: list | None = None) -> dict:
     """Validate the flight's files (an ortho, a split export, photos: ``pipeline.ingest``), refuse
     one outside the district, and record it (status 'uploaded' unless already known). Files
-    refused inside a folder/zip are appended to ``refused`` as (name, reason), remarks (oblique
+    refused inside a folder/zip are appended to ``refused`` (``Refusal``: file, reason, zh), remarks (oblique
     photos kept as evidence, …) to ``notes``."""
     from pipeline.ingest import check_district, ingest_flight
 
@@ -95,10 +95,13 @@ def commit_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, m
 
 
 def fail_flight(store, flight_id: str, error: BaseException | str) -> str:
-    """Record the flight as failed with a one-line error; returns that line."""
+    """Record the flight as failed with a one-line error (and its Chinese line when the error has
+    one, else a Chinese line that says where the details are); returns the line."""
     line = error_line(error)
+    zh = getattr(error, "zh", None)
+    zh = one_line(zh) if zh else "处理失败，请联系管理员（技术信息可展开查看）"
     with store.transaction():
-        store.set_flight_status(flight_id, "failed", error=line[:500])
+        store.set_flight_status(flight_id, "failed", error=line[:500], error_zh=zh[:500])
     return line
 
 

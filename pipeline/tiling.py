@@ -62,10 +62,12 @@ def check_georeferenced(src, path: str | Path | None = None) -> None:
     t = src.transform
     if src.crs is None or t == Affine.identity():
         raise InputError(f"{name} has no georeference (CRS and geotransform); "
-                         f"export the ortho as a GeoTIFF with its CRS")
+                         f"export the ortho as a GeoTIFF with its CRS",
+                         zh=f"{name} 没有地理参考（坐标系与仿射参数），请导出带坐标系的 GeoTIFF 正射影像")
     if abs(t.a * t.b + t.d * t.e) > 1e-6 * math.hypot(t.a, t.d) * math.hypot(t.b, t.e):
         raise InputError(f"{name} is sheared (its pixel axes are not perpendicular); warp it to a "
-                         f"north-up grid first (gdalwarp) and try again")
+                         f"north-up grid first (gdalwarp) and try again",
+                         zh=f"{name} 的像素轴不垂直（存在剪切），请先用 gdalwarp 重采样为正北朝上后重试")
 
 
 def ground_pixel_size(src) -> tuple[float, float]:
@@ -92,7 +94,8 @@ def ground_pixel_size(src) -> tuple[float, float]:
     gy = geod.inv(lon0, lat0, lon2, lat2)[2] / n
     if not (gx > 0 and gy > 0):
         raise InputError(f"{src.name}: cannot measure the ground pixel size in {src.crs}; "
-                         f"reproject the ortho to a projected CRS")
+                         f"reproject the ortho to a projected CRS",
+                         zh=f"{src.name} 无法计算地面分辨率，请将正射影像重投影为投影坐标系")
     if not crs.is_geographic and crs.axis_info:
         f = crs.axis_info[0].unit_conversion_factor
         grid = math.hypot(t.a, t.d) * f, math.hypot(t.b, t.e) * f  # rotated grids too
@@ -288,13 +291,15 @@ def open_raster(path: str | Path):
     """rasterio.open with one-line InputErrors for unreadable or ungeoreferenced files."""
     p = Path(path)
     if not p.exists():
-        raise InputError(f"raster {p} not found; check the path")
+        raise InputError(f"raster {p} not found; check the path",
+                         zh=f"找不到影像 {p.name}，请检查路径")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             src = rasterio.open(p)
     except rasterio.errors.RasterioIOError:
-        raise InputError(f"{p} is not a readable raster; export the ortho as GeoTIFF") from None
+        raise InputError(f"{p} is not a readable raster; export the ortho as GeoTIFF",
+                         zh=f"{p.name} 不是可读的影像，请导出为 GeoTIFF") from None
     try:
         check_georeferenced(src, p)
     except InputError:
@@ -321,6 +326,7 @@ def iter_tiles(path: str | Path, gsd_m: float, tile_px: int, overlap_px: int,
                 tile = read_tile(src, tw, tile_px, bands, limits, alpha)
             except rasterio.errors.RasterioIOError as e:
                 raise InputError(f"{path}: cannot read window at row {tw.row} col {tw.col} "
-                                 f"({one_line(e, 200)}); the file may be truncated") from None
+                                 f"({one_line(e, 200)}); the file may be truncated",
+                         zh=f"{Path(path).name} 第 {tw.row} 行第 {tw.col} 列的影像块无法读取，文件可能不完整") from None
             if tile is not None:
                 yield tile

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -54,8 +55,10 @@ def quantize(fp32: Path, out: Path, tiles: list[np.ndarray]) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=keep)
+        with contextlib.chdir(tmp):              # onnxruntime leaves its temporary files in the cwd
+            quantize_static(str(pre), str(Path(out).resolve()), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=keep)
     model, src = onnx.load(str(out)), onnx.load(str(fp32))
     del model.metadata_props[:]
     model.metadata_props.extend(src.metadata_props)          # task, names, imgsz: as the FP32 model

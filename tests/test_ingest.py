@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -240,7 +241,7 @@ def test_split_export_is_one_flight(tmp_path):
     hashes = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (a, b)]
     assert f["flight_id"] == combined_id(hashes)
     assert ingest_flight([b, a], s).flight["flight_id"] == f["flight_id"]   # order does not matter
-    refused = dict(r.refused)
+    refused = {x.file: x.reason for x in r.refused}
     assert sorted(refused) == [str(dsm), str(folder / "quicklook.jpg")]
     assert "float32" in refused[str(dsm)] and "beside orthophotos" in refused[str(folder / "quicklook.jpg")]
     assert f["source"] == "orthos" and f["path"].endswith("mosaic.vrt")
@@ -295,13 +296,14 @@ def test_photo_folder_is_a_flight_of_frames(tmp_path):
     s = settings_for(tmp_path)
     r = ingest_flight(folder, s, team="t")
     f = r.flight
-    refused = dict(r.refused)
+    refused = {x.file: x.reason for x in r.refused}
     assert set(Path(n).name for n in refused) == {"DJI_0004.JPG", "DJI_0005.JPG", "DJI_0006.JPG", "DJI_0008.JPG",
                                                   "notes.docx"}
     assert "EXIF" in refused[str(folder / "DJI_0008.JPG")]
     assert "no GPS" in refused[str(folder / "DJI_0004.JPG")]
     assert "junk" in refused[str(folder / "DJI_0005.JPG")] and "junk" in refused[str(folder / "DJI_0006.JPG")]
     assert all("\n" not in why for why in refused.values())
+    assert all(re.search("[\u4e00-\u9fff]", x.zh) and "\n" not in x.zh for x in r.refused)   # the officer's line
     assert any("oblique" in n and "DJI_0003" in n for n in r.notes)
     manifest = json.loads((Path(f["path"]) / "frames.json").read_text())
     # in capture order (the junk-time photo first: no capture time)
@@ -480,8 +482,8 @@ def test_non_utf8_file_name_is_refused_and_the_rest_goes_on(tmp_path):
     bad.write_bytes(good.read_bytes())
     r = ingest_flight(folder, settings_for(tmp_path))
     assert r.flight["flight_id"] == hashlib.sha256(good.read_bytes()).hexdigest()[:16]
-    assert len(r.refused) == 1 and "not valid UTF-8" in r.refused[0][1]
-    r.refused[0][1].encode("utf-8")   # printable
+    assert len(r.refused) == 1 and "not valid UTF-8" in r.refused[0].reason
+    r.refused[0].reason.encode("utf-8")   # printable
 
 
 def _zip(path: Path, entries) -> Path:

@@ -622,8 +622,14 @@ def test_admin_processes_now_and_a_failure_shows_its_reason(svc, make_raster):
             break
         time.sleep(0.2)
     assert f["status"] == "failed" and "no-such-model.onnx" in f["error"] and "\n" not in f["error"]
+    assert f["error_zh"] == "识别模型无法使用，请管理员检查模型文件与配置"
     page = c.get("/flights", headers=svc.tokens["pat"]).text
-    assert "no-such-model.onnx" in page and 'data-status="failed"' in page
+    assert 'data-status="failed"' in page
+    row = page[page.index(f'data-flight="{fid}"'):]
+    row = row[:row.index("</tr>")]
+    shown = re.search(r'<div class="err">([^<]*)</div>', row).group(1)        # the patrol member's line
+    assert shown == f["error_zh"]
+    assert re.search(r'<details class="tech"><summary>技术信息</summary><code>[^<]*no-such-model.onnx', row)
     assert svc.app.state.processor.idle()
 
 
@@ -758,7 +764,8 @@ LATIN = re.compile(r"(?<![A-Za-z0-9_./-])[A-Za-z]{2,}(?![A-Za-z0-9_])")
 #: Latin words allowed on an officer's zh screen: formats, units, coordinate systems, file names
 ALLOWED = {"xlsx", "csv", "geojson", "kml", "kmz", "gpkg", "pdf", "m", "km", "MiB", "WGS", "EPSG", "GCJ", "BD",
            "sha", "jpg", "png", "mp", "GeoTIFF", "zip", "LW", "off", "adm", "far", "pat", "IMG", "VID", "x",
-           "JPEG", "PNG", "MOV", "script", "alert"}     # formats; the fixture's hostile owner name: data, shown as text
+           "JPEG", "PNG", "MOV", "RGB", "RGBA", "GPS", "EXIF", "XMP", "DSM", "UTF",
+           "script", "alert"}     # formats; the fixture's hostile owner name: data, shown as text
 
 
 def _screen_words(html_text: str) -> set[str]:
@@ -792,6 +799,41 @@ def test_no_english_word_reaches_an_officer_in_chinese(svc):
         assert r.status_code in (403, 404, 409, 422), r.status_code
         msg = re.search(r'id="error-message">([^<]*)<', r.text).group(1)
         assert re.search(r"[\u4e00-\u9fff]", msg) and not _screen_words(r.text), (r.status_code, msg)
+
+
+def test_upload_refusals_read_in_chinese(svc, make_raster):
+    """What a patrol member sees when the upload page refuses a file: the Chinese line (detail_zh),
+    one line, no English word, and nothing stored."""
+    import io
+    import zipfile
+    c, t = svc.client, svc.tokens["pat"]
+    n_flights = len(svc.store.list_flights())
+    minx, _, _, maxy = svc.store.parcels().total_bounds
+
+    def zipped(members: dict) -> bytes:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            for name, data in members.items():
+                z.writestr(name, data)
+        return buf.getvalue()
+
+    grey = make_raster("灰度.tif", 64, 64, count=1, crs=svc.store.crs, origin=(minx, maxy)).read_bytes()
+    bands = make_raster("多光谱.tif", 64, 64, count=5, crs=svc.store.crs, origin=(minx, maxy)).read_bytes()
+    far = make_raster("外区.tif", 64, 64, crs=svc.store.crs, origin=(minx - 90_000, maxy)).read_bytes()
+    uploads = {
+        "假影像.tif": b"this is not a GeoTIFF at all" * 100, "灰度.tif": grey, "多光谱.tif": bands, "外区.tif": far,
+        "照片.zip": zipped({"航片1.JPG": b"\xff\xd8\xff" + b"0" * 100}), "说明.zip": zipped({"说明.txt": b"x"}),
+        "两张.zip": zipped({"航片1.JPG": b"\xff\xd8\xff" + b"0" * 100, "航片2.JPG": b"\xff\xd8\xff" + b"1" * 90}),
+        "说明.txt": b"x",
+    }
+    for name, data in uploads.items():
+        r = _upload(c, t, data, name)
+        assert r.status_code == 422, (name, r.text)
+        zh = r.json().get("detail_zh", "")
+        assert re.search(r"[\u4e00-\u9fff]", zh) and "\n" not in zh, (name, r.json())
+        assert not {w for w in LATIN.findall(zh) if w not in ALLOWED}, (name, zh)
+        assert re.search(r"[0-9a-f]{32}", zh + r.json()["detail"]) is None, r.json()   # no stored name
+    assert len(svc.store.list_flights()) == n_flights
 
 
 def test_the_pages_speak_english_when_the_bureau_sets_it(small_district_store, tmp_path):

@@ -439,15 +439,20 @@ def test_offline_on_a_phone_queues_photo_and_status_and_shows_a_conflict(server)
             page.set_input_files("#media-form input[type=file]", str(photo))
             page.click("#media-form button[type=submit]")
             page.wait_for_selector("#outbox .waiting:text('离线待发送 1 项')", timeout=5000)
+            page.fill("#facts-form input[name=party]", "王五")
+            page.fill("#facts-form input[name=phone]", "13800000000")
+            page.click("#facts-form button[type=submit]")
+            page.wait_for_selector("#outbox .waiting:text('离线待发送 2 项')", timeout=5000)
             page.fill("#note", "离线：当事人已自拆")
             page.click("button[data-to='demolished']")
-            page.wait_for_selector("#outbox .waiting:text('离线待发送 2 项')", timeout=5000)
+            page.wait_for_selector("#outbox .waiting:text('离线待发送 3 项')", timeout=5000)
             page.screenshot(path=str(ARTIFACTS / "service_offline_phone.png"))
             ctx.set_offline(False)                               # the signal is back
             page.wait_for_selector("#outbox", state="hidden", timeout=20000)
             with open_store(server["store"], server["settings"].store.crs) as store:
                 case = store.cases().set_index("case_no").loc[no]
                 assert case["status"] == "demolished" and len(store.media(no)) == 1
+                assert case["party"] == "王五" and case["phone"] == "13800000000"
                 assert store.events(no)["note"].iloc[-1] == "离线：当事人已自拆"
             # offline again: a step the case has passed meanwhile is refused and shown
             page.goto(f"/cases/{no}")

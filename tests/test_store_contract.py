@@ -443,7 +443,7 @@ def test_a_version_3_store_upgrades_to_documents_keeping_its_cases(backend, requ
     monkeypatch.setattr(cls, "MIGRATIONS", full)
     new = open_store(url, CRS, case_prefix="LW")
     try:
-        assert new.status()["version"] == 5 and new.status()["counts"]["document"] == 0
+        assert new.status()["version"] == len(full) == 6 and new.status()["counts"]["document"] == 0
         assert new.status()["counts"]["media"] == 0
         c = new.cases().set_index("case_no").loc["LW2025-000007"]
         assert c["status"] == "ordered" and c["party"] == "李四" and c["case_uuid"] == "u-7"
@@ -451,6 +451,11 @@ def test_a_version_3_store_upgrades_to_documents_keeping_its_cases(backend, requ
         new.save_cases(pd.DataFrame([{"case_no": "LW2025-000007", "floors": 3, "unit": "二中队"}]))
         c = new.cases().set_index("case_no").loc["LW2025-000007"]
         assert c["floors"] == 3 and c["unit"] == "二中队" and c["party"] == "李四"
+        with new.transaction():                                  # migration 6: a failed flight's Chinese line
+            new.upsert_flight({"flight_id": "f-old", "captured_at": "2025-05-01T10:00:00", "status": "uploaded"})
+        new.set_flight_status("f-old", "failed", error="model x cannot be loaded", error_zh="识别模型无法使用")
+        f = new.get_flight("f-old")
+        assert f["status"] == "failed" and f["error_zh"] == "识别模型无法使用" and f["error"].startswith("model")
     finally:
         new.close()
 

@@ -67,37 +67,45 @@ def safe_extract(zip_path: Path, dest: Path, limits, suffixes: tuple[str, ...] =
     try:
         zf = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError, ValueError):
-        raise InputError(f"{name} is not a readable zip archive; zip the files again") from None
+        raise InputError(f"{name} is not a readable zip archive; zip the files again",
+                         zh=f"{name} 不是可读的 zip 压缩包，请重新压缩") from None
     with zf:
         infos = zf.infolist()
         if len(infos) > limits.max_zip_files:
             raise InputError(f"{name} holds {len(infos)} files, over ingest.max_zip_files "
-                             f"({limits.max_zip_files}); split it into smaller zips")
+                             f"({limits.max_zip_files}); split it into smaller zips",
+                         zh=f"{name} 含 {len(infos)} 个文件，超过上限 {limits.max_zip_files} 个，请分成较小的压缩包")
         total = 0
         for info in infos:
             mname = shown(member_name(info))
             why = None if flatten_names else _unsafe(info.filename)
             if why:
                 raise InputError(f"{name}: member '{mname}' has {why}; refused as unsafe, zip the "
-                                 f"photos/orthos again from their folder")
+                                 f"photos/orthos again from their folder",
+                         zh=f"{name} 中的「{mname}」路径不安全，已拒收，请从文件夹重新压缩照片或正射影像")
             mode = info.external_attr >> 16
             if stat.S_ISLNK(mode):
                 raise InputError(f"{name}: member '{mname}' is a symbolic link; refused as unsafe, "
-                                 f"zip the real files")
+                                 f"zip the real files",
+                         zh=f"{name} 中的「{mname}」是符号链接，不安全，已拒收，请压缩实际文件")
             if info.flag_bits & 0x1:
-                raise InputError(f"{name}: member '{mname}' is encrypted; zip it without a password")
+                raise InputError(f"{name}: member '{mname}' is encrypted; zip it without a password",
+                         zh=f"{name} 中的「{mname}」已加密，请不设密码重新压缩")
             total += info.file_size
             if total > max_bytes:
                 raise InputError(f"{name} unpacks to more than ingest.max_zip_mb ({limits.max_zip_mb} MiB); "
-                                 f"refused (zip bomb?), split it or raise the limit")
+                                 f"refused (zip bomb?), split it or raise the limit",
+                         zh=f"{name} 解压后超过 {limits.max_zip_mb} MiB 上限，已拒收（疑似压缩炸弹），请拆分或提高上限")
             if info.file_size > RATIO_MIN_BYTES and info.file_size > limits.max_zip_ratio * max(info.compress_size, 1):
                 raise InputError(f"{name}: member '{mname}' expands {info.file_size / max(info.compress_size, 1):,.0f} "
                                  f"times (over ingest.max_zip_ratio {limits.max_zip_ratio:g}); refused as a "
-                                 f"zip bomb")
+                                 f"zip bomb",
+                         zh=f"{name} 中的「{mname}」解压后膨胀 {info.file_size / max(info.compress_size, 1):,.0f} 倍，超过上限，疑似压缩炸弹，已拒收")
         packed = sum(i.compress_size for i in infos)
         if total > RATIO_MIN_BYTES and total > limits.max_zip_ratio * max(packed, 1):
             raise InputError(f"{name} expands {total / max(packed, 1):,.0f} times as a whole (over "
-                             f"ingest.max_zip_ratio {limits.max_zip_ratio:g}); refused as a zip bomb")
+                             f"ingest.max_zip_ratio {limits.max_zip_ratio:g}); refused as a zip bomb",
+                         zh=f"{name} 整体解压后膨胀 {total / max(packed, 1):,.0f} 倍，超过上限，疑似压缩炸弹，已拒收")
         from pipeline.storage import check_room
         check_room(dest.parent, total, f"unpacking {name}", quota_mb=limits.work_quota_mb)
         dest.mkdir(parents=True, exist_ok=True)
@@ -117,17 +125,20 @@ def safe_extract(zip_path: Path, dest: Path, limits, suffixes: tuple[str, ...] =
                         left -= len(chunk)
                         if left < 0:
                             raise InputError(f"{name}: member '{shown(decoded)}' unpacks beyond its declared "
-                                             f"size or the limits; refused (zip bomb?)")
+                                             f"size or the limits; refused (zip bomb?)",
+                         zh=f"{name} 中的「{shown(decoded)}」解压后超出声明大小或上限，已拒收（疑似压缩炸弹）")
                         fout.write(chunk)
                 out.append(Member(decoded, target))
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
             shutil.rmtree(dest, ignore_errors=True)
             raise InputError(f"{name} is damaged ({one_line(e, 80)}); "
-                             f"zip the files again") from None
+                             f"zip the files again",
+                         zh=f"{name} 已损坏，请重新压缩") from None
         except OSError as e:
             shutil.rmtree(dest, ignore_errors=True)
             from pipeline.storage import os_error_line
-            raise InputError(os_error_line(e, f"unpacking {name}")) from None
+            raise InputError(os_error_line(e, f"unpacking {name}"),
+                         zh=f"解压 {name} 失败（磁盘或权限问题），请联系管理员") from None
         except BaseException:
             shutil.rmtree(dest, ignore_errors=True)
             raise

@@ -27,6 +27,7 @@ import statistics
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from pipeline.errors import InputError, one_line
 from pipeline.ingest.raster import (
@@ -48,10 +49,21 @@ SIDECARS = {".tfw", ".tifw", ".jgw", ".prj", ".xml", ".aux", ".ovr", ".txt", ".j
             ".qpj", ".srt", ".mp4", ".mov", ".dng", ".png", ".vrt"}
 
 
+class Refusal(NamedTuple):
+    """A file left out of a flight: its name and the one-line reason, in English and Chinese."""
+    file: str
+    reason: str
+    zh: str
+
+    @classmethod
+    def of(cls, name: str, error: InputError) -> "Refusal":
+        return cls(name, one_line(error), one_line(error.zh) if error.zh else one_line(error))
+
+
 @dataclass
 class IngestResult:
     flight: dict
-    refused: list[tuple[str, str]] = field(default_factory=list)  # (file, one-line reason)
+    refused: list[Refusal] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -84,7 +96,7 @@ def _collect(paths: list[Path], settings, refused: list) -> list[_Item]:
             check_name(p)
             kind = sniff(p)
         except InputError as e:
-            refused.append((name, one_line(e)))
+            refused.append(Refusal.of(name, e))
             return
         if kind in RASTER_KINDS or kind == "jpeg":
             items.append(_Item(name, p, "jpeg" if kind == "jpeg" else "tiff"))
@@ -99,7 +111,7 @@ def _collect(paths: list[Path], settings, refused: list) -> list[_Item]:
                     (part / ".busy").unlink(missing_ok=True)
                 except InputError as e:
                     shutil.rmtree(part, ignore_errors=True)
-                    refused.append((name, one_line(e)))
+                    refused.append(Refusal.of(name, e))
                     return
                 try:
                     os.replace(part, dest)
@@ -107,26 +119,30 @@ def _collect(paths: list[Path], settings, refused: list) -> list[_Item]:
                     shutil.rmtree(part, ignore_errors=True)
             members = sorted(q for q in dest.iterdir() if q.is_file())
             if not members:
-                refused.append((name, f"{name} holds no GeoTIFF or JPEG; zip the orthophoto or the photos"))
+                refused.append(Refusal(name, f"{name} holds no GeoTIFF or JPEG; zip the orthophoto or the photos",
+                                       f"{name} 中没有 GeoTIFF 或 JPEG，请压缩正射影像或照片"))
             before = len(items)
             for q in members:
                 add_file(q, f"{name}:{q.name.split('_', 1)[-1]}", False)
             if len(items) == before:                    # nothing of it usable: nothing of it kept
                 shutil.rmtree(dest, ignore_errors=True)
         elif kind == "empty":
-            refused.append((name, f"{name} is empty (0 bytes); copy the file again"))
+            refused.append(Refusal(name, f"{name} is empty (0 bytes); copy the file again",
+                                   f"{name} 是空文件（0 字节），请重新拷贝"))
         elif direct or p.suffix.lower() not in SIDECARS:
-            refused.append((name, f"{name} is not an image (neither a GeoTIFF nor a JPEG photo); "
-                                  f"give orthophotos or drone photos"))
+            refused.append(Refusal(name, f"{name} is not an image (neither a GeoTIFF nor a JPEG photo); "
+                                         f"give orthophotos or drone photos",
+                                   f"{name} 不是影像（既非 GeoTIFF 也非 JPEG 照片），请上传正射影像或无人机照片"))
 
     for p in paths:
         name = shown(p)
         if not p.exists():
-            refused.append((name, f"{name} not found; check the path"))
+            refused.append(Refusal(name, f"{name} not found; check the path", f"找不到 {name}，请检查路径"))
         elif p.is_dir():
             files = sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith("."))
             if not files:
-                refused.append((name, f"{name} is an empty folder; give the folder holding the flight"))
+                refused.append(Refusal(name, f"{name} is an empty folder; give the folder holding the flight",
+                                       f"{name} 是空文件夹，请选择存放该航线成果的文件夹"))
             for q in files:
                 add_file(q, shown(q), False)
         else:
@@ -141,7 +157,8 @@ def ingest_flight(paths: str | Path | list[str | Path], settings, team: str | No
     projected_store_crs(store_crs)
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if not paths:
-        raise InputError("no file given; give an orthophoto, a folder or a zip")
+        raise InputError("no file given; give an orthophoto, a folder or a zip",
+                         zh="未提供文件，请上传正射影像、文件夹或 zip 压缩包")
     paths = [Path(p).expanduser() for p in paths]
     max_mpix = settings.ingest.max_raster_mpix
     if len(paths) == 1 and paths[0].is_file():  # one file: the original rules, its errors as they come
@@ -150,20 +167,24 @@ def ingest_flight(paths: str | Path | list[str | Path], settings, team: str | No
             if sniff(paths[0]) == "jpeg":
                 return _photos([_Item(shown(paths[0]), paths[0].resolve(), "jpeg")], settings, team, [])
             return IngestResult(register_ortho(paths[0], store_crs, team, max_mpix=max_mpix))
-    refused: list[tuple[str, str]] = []
+    refused: list[Refusal] = []
     items = _collect(paths, settings, refused)
     what = ", ".join(shown(p) for p in paths[:3]) + (" …" if len(paths) > 3 else "")
     tiffs = [i for i in items if i.kind == "tiff"]
     jpegs = [i for i in items if i.kind == "jpeg"]
     if tiffs and jpegs:  # an export folder with quick-look JPEGs: the orthos are the flight
-        refused += [(j.name, f"{j.name} is a JPEG beside orthophotos, left out; register photos as a flight "
-                             f"of their own") for j in jpegs]
+        refused += [Refusal(j.name, f"{j.name} is a JPEG beside orthophotos, left out; register photos as a "
+                                    f"flight of their own", f"{j.name} 是与正射影像放在一起的 JPEG，已略去；照片请单独登记为一个航线")
+                    for j in jpegs]
     if not items:
         if len(refused) == 1:
-            raise InputError(refused[0][1])
+            raise InputError(refused[0].reason, zh=refused[0].zh)
         raise InputError(f"{what}: no orthophoto GeoTIFF or drone photo"
-                         + (f" ({len(refused)} files refused, e.g. {refused[0][1]})" if refused else "")
-                         + "; give the flight's files")
+                         + (f" ({len(refused)} files refused, e.g. {refused[0].reason})" if refused else "")
+                         + "; give the flight's files",
+                         zh=f"{what} 中没有正射影像 GeoTIFF 或无人机照片"
+                         + (f"（{len(refused)} 个文件被拒收，例如：{refused[0].zh}）" if refused else "")
+                         + "，请上传该航线的成果文件")
     if tiffs:
         return _orthos(tiffs, settings, team, refused)
     return _photos(jpegs, settings, team, refused)
@@ -176,12 +197,14 @@ def _orthos(items: list[_Item], settings, team, refused) -> IngestResult:
         try:
             info = describe_ortho(it.path, store_crs, settings.ingest.max_raster_mpix)
         except InputError as e:
-            refused.append((it.name, one_line(e)))
+            refused.append(Refusal.of(it.name, e))
             continue
         good.append((it, info))
     if not good:
-        raise InputError(refused[0][1] if len(refused) == 1 else
-                         f"none of the {len(items)} GeoTIFFs is usable (e.g. {refused[0][1]})")
+        if len(refused) == 1:
+            raise InputError(refused[0].reason, zh=refused[0].zh)
+        raise InputError(f"none of the {len(items)} GeoTIFFs is usable (e.g. {refused[0].reason})",
+                         zh=f"{len(items)} 个 GeoTIFF 均无法使用（例如：{refused[0].zh}）")
     if len(good) == 1:
         it = good[0][0]
         return IngestResult(register_ortho(it.path, store_crs, team, max_mpix=settings.ingest.max_raster_mpix),
@@ -196,7 +219,7 @@ def _orthos(items: list[_Item], settings, team, refused) -> IngestResult:
                 "captured_at": info["captured_at"]} for (it, info), h in zip(good, hashes)]
     _atomic_write(folder / "members.json", json.dumps(
         {"flight_id": fid, "source": "orthos", "members": members,
-         "refused": [{"file": n, "reason": r} for n, r in refused]}, ensure_ascii=False, indent=1))
+         "refused": [r._asdict() for r in refused]}, ensure_ascii=False, indent=1))
     footprint = shapely.make_valid(shapely.union_all([info["footprint"] for _, info in good]))
     flight = {"flight_id": fid, "path": str(vrt), "captured_at": min(i["captured_at"] for _, i in good),
               "team": team, "source": "orthos", "crs": good[0][1]["crs"],
@@ -216,7 +239,7 @@ def _photos(items: list[_Item], settings, team, refused) -> IngestResult:
         try:
             photo = read_photo(it.path.resolve(), it.name)
         except InputError as e:
-            refused.append((it.name, one_line(e)))
+            refused.append(Refusal.of(it.name, e))
             continue
         try:
             frame = georeference(photo, settings.ingest, store_crs)
@@ -225,15 +248,19 @@ def _photos(items: list[_Item], settings, team, refused) -> IngestResult:
                 evidence.append((photo, one_line(e)))
                 notes.append(one_line(e))
             else:
-                refused.append((it.name, one_line(e)))
+                refused.append(Refusal.of(it.name, e))
             continue
         notes += photo.notes
         frames.append((photo, frame))
     if not frames:
-        raise InputError(refused[0][1] if len(refused) == 1 and not evidence else
-                         f"none of the {len(items)} photos can be georeferenced"
+        if len(refused) == 1 and not evidence:
+            raise InputError(refused[0].reason, zh=refused[0].zh)
+        raise InputError(f"none of the {len(items)} photos can be georeferenced"
                          + (f" (e.g. {(refused or evidence)[0][1]})" if refused or evidence else "")
-                         + "; give nadir photos with GPS, or the orthophoto")
+                         + "; give nadir photos with GPS, or the orthophoto",
+                         zh=f"{len(items)} 张照片均无法定位"
+                         + (f"（例如：{refused[0].zh}）" if refused else "（均为倾斜照片）" if evidence else "")
+                         + "，请上传带 GPS 的垂直照片或正射影像")
     hashes = {id(p): file_sha256(p.path) for p, _ in frames}
     hashes.update({id(p): file_sha256(p.path) for p, _ in evidence})
     fid = combined_id(list(hashes.values()))
@@ -252,7 +279,7 @@ def _photos(items: list[_Item], settings, team, refused) -> IngestResult:
                 "evidence_only": [{"file": str(p.path), "name": p.name, "sha256": hashes[id(p)],
                                    "captured_at": p.captured_at, "lat": p.lat, "lon": p.lon, "reason": why}
                                   for p, why in evidence],
-                "refused": [{"file": n, "reason": r} for n, r in refused]}
+                "refused": [r._asdict() for r in refused]}
     _atomic_write(folder / "frames.json", json.dumps(manifest, ensure_ascii=False, indent=1))
     times = [p.captured_at for p, _ in frames if p.captured_at]
     if not times:
@@ -277,7 +304,8 @@ def flight_frames(flight: dict) -> list[Path]:
         manifest = p / "frames.json"
         if not manifest.is_file():
             raise InputError(f"flight {flight['flight_id']}: {manifest} is gone; register the photos again "
-                             f"with `patrol ingest`")
+                             f"with `patrol ingest`",
+                         zh=f"航线 {flight['flight_id']} 的照片清单已丢失，请重新登记该批照片")
         return [Path(r["frame"]) for r in json.loads(manifest.read_text(encoding="utf-8"))["frames"]]
     return [p]
 
@@ -317,7 +345,8 @@ def check_district(flight: dict, store, settings) -> None:
         if not shapely.intersects(area, near):
             raise InputError(f"flight {flight['flight_id']} ({shown(flight['path'])}) lies outside the district "
                              f"boundary {ing.district_boundary} (more than {ing.district_margin_m:g} m away); "
-                             f"check the flight or its CRS")
+                             f"check the flight or its CRS",
+                         zh=f"航线 {flight['flight_id']} 位于辖区边界外（超出 {ing.district_margin_m:g} 米），请检查航线或其坐标系")
         return
     counts = store.status().get("counts", {})
     if not counts.get("parcel") and not counts.get("zone"):
@@ -328,7 +357,8 @@ def check_district(flight: dict, store, settings) -> None:
             return
     raise InputError(f"flight {flight['flight_id']} ({shown(flight['path'])}) lies outside the district: no "
                      f"parcel or zone within {ing.district_margin_m:g} m of its footprint; check the flight "
-                     f"(another district?) or its CRS")
+                     f"(another district?) or its CRS",
+                         zh=f"航线 {flight['flight_id']} 不在本辖区：其范围 {ing.district_margin_m:g} 米内没有任何宅基地或管控图斑，请检查是否为其他辖区的航线，或其坐标系")
 
 
 def _boundary(path: Path, store_crs: str):
@@ -338,7 +368,9 @@ def _boundary(path: Path, store_crs: str):
         gdf = gpd.read_file(path)
     except Exception:
         raise InputError(f"ingest.district_boundary {path} cannot be read; give a GeoPackage, Shapefile "
-                         f"or GeoJSON polygon") from None
+                         f"or GeoJSON polygon",
+                         zh="辖区边界文件无法读取，请提供 GeoPackage、Shapefile 或 GeoJSON 面文件") from None
     if gdf.crs is None:
-        raise InputError(f"ingest.district_boundary {path} has no CRS; save it with its CRS")
+        raise InputError(f"ingest.district_boundary {path} has no CRS; save it with its CRS",
+                         zh="辖区边界文件没有坐标系，请带坐标系保存")
     return shapely.union_all(gdf.to_crs(store_crs).geometry.values)

@@ -124,29 +124,36 @@ def read_photo(path: Path, name: str | None = None) -> Photo:
     except (UnidentifiedImageError, OSError, ImportError):
         # ImportError: once ultralytics is imported, its PIL.Image.open patch tries an optional
         # HEIC plugin (pi_heif) on any file PIL cannot identify
-        raise InputError(f"{name} is not a readable image; copy the photo from the drone's card again") from None
+        raise InputError(f"{name} is not a readable image; copy the photo from the drone's card again",
+                         zh=f"{name} 不是可读的图片，请从无人机存储卡重新拷贝") from None
     if fmt != "JPEG":
-        raise InputError(f"{name} is a {fmt} image, not a drone JPEG; give the photos as taken")
+        raise InputError(f"{name} is a {fmt} image, not a drone JPEG; give the photos as taken",
+                         zh=f"{name} 是 {fmt} 图片，不是无人机 JPEG 原片，请上传原始照片")
     if mode != "RGB":
-        raise InputError(f"{name} is a {mode} JPEG, not a colour photo; give the RGB photos")
+        raise InputError(f"{name} is a {mode} JPEG, not a colour photo; give the RGB photos",
+                         zh=f"{name} 不是彩色照片（{mode}），请上传 RGB 原片")
     try:
         exif = piexif.load(str(path))
     except Exception:
         raise InputError(f"{name}: its EXIF block cannot be read (corrupt); copy the photo from the "
-                         f"drone's card again") from None
+                         f"drone's card again",
+                         zh=f"{name} 的 EXIF 信息已损坏，请从无人机存储卡重新拷贝") from None
     gps, ex, zeroth = exif.get("GPS") or {}, exif.get("Exif") or {}, exif.get("0th") or {}
     if piexif.GPSIFD.GPSLatitude not in gps or piexif.GPSIFD.GPSLongitude not in gps:
         raise InputError(f"{name} has no GPS position in its EXIF; it cannot be placed, leave it out "
-                         f"or fly with GPS")
+                         f"or fly with GPS",
+                         zh=f"{name} 的 EXIF 中没有 GPS 位置，无法定位，请剔除该照片或开启 GPS 飞行")
     try:
         lat = _dms(gps[piexif.GPSIFD.GPSLatitude], gps.get(piexif.GPSIFD.GPSLatitudeRef, b"N"), "S")
         lon = _dms(gps[piexif.GPSIFD.GPSLongitude], gps.get(piexif.GPSIFD.GPSLongitudeRef, b"E"), "W")
     except (ValueError, TypeError, ZeroDivisionError):
         raise InputError(f"{name}: its EXIF GPS position is junk (unreadable numbers); leave the photo "
-                         f"out") from None
+                         f"out",
+                         zh=f"{name} 的 EXIF GPS 位置无法读取，请剔除该照片") from None
     if not (-90 <= lat <= 90 and -180 <= lon <= 180) or (lat == 0 and lon == 0):
         raise InputError(f"{name}: its EXIF GPS position ({lat:.5f}, {lon:.5f}) is impossible; leave the "
-                         f"photo out")
+                         f"photo out",
+                         zh=f"{name} 的 EXIF GPS 位置（{lat:.5f}, {lon:.5f}）不可能，请剔除该照片")
     data = path.open("rb").read(XMP_SCAN_BYTES)
     xmp = parse_xmp(data)
     notes: list[str] = []
@@ -158,7 +165,8 @@ def read_photo(path: Path, name: str | None = None) -> Photo:
             yaw = _num(xmp, "FlightYawDegree")
     except ValueError:
         raise InputError(f"{name}: its DJI XMP holds junk (altitude, pitch or yaw is not a number); "
-                         f"leave the photo out") from None
+                         f"leave the photo out",
+                         zh=f"{name} 的大疆 XMP 信息无效（高度、俯仰或航向不是数值），请剔除该照片") from None
     focal = ex.get(piexif.ExifIFD.FocalLength)
     try:
         focal_mm = _ratio(focal) if focal else None
@@ -223,22 +231,27 @@ def georeference(photo: Photo, ingest, store_crs: str) -> Frame:
     if tilt > ingest.oblique_pitch_deg:
         raise InputError(f"{photo.name} is oblique (gimbal pitch {photo.pitch:.0f}°, more than "
                          f"{ingest.oblique_pitch_deg:g}° from straight down); kept as evidence, not "
-                         f"georeferenced")
+                         f"georeferenced",
+                         zh=f"{photo.name} 为倾斜照片（云台俯仰 {photo.pitch:.0f}°，偏离垂直超过 {ingest.oblique_pitch_deg:g}°），仅作为证据保存，不参与定位")
     if photo.rel_alt is None:
         raise InputError(f"{photo.name} has no RelativeAltitude (DJI XMP); its ground size is unknown, "
-                         f"give the ortho instead")
+                         f"give the ortho instead",
+                         zh=f"{photo.name} 缺少相对高度（大疆 XMP），无法计算地面尺寸，请改为上传正射影像")
     if not (1.0 <= photo.rel_alt <= MAX_ALTITUDE_M):
         raise InputError(f"{photo.name}: RelativeAltitude {photo.rel_alt:g} m is not a flying height; "
-                         f"leave the photo out")
+                         f"leave the photo out",
+                         zh=f"{photo.name} 的相对高度 {photo.rel_alt:g} 米不是有效航高，请剔除该照片")
     w_mm = sensor_width_mm(photo, ingest.sensors)
     if not photo.focal_mm or not (1.0 <= photo.focal_mm <= 400.0) or not w_mm:
         raise InputError(f"{photo.name}: camera '{photo.model or '?'}' has no usable focal length or sensor "
-                         f"size; add it to ingest.sensors")
+                         f"size; add it to ingest.sensors",
+                         zh=f"{photo.name} 的相机「{photo.model or '?'}」缺少焦距或传感器尺寸，请在配置 ingest.sensors 中补充")
     gsd = w_mm * photo.rel_alt / (photo.focal_mm * photo.width)
     yaw = photo.yaw if photo.yaw is not None else 0.0
     cx, cy = _to_store(store_crs).transform(photo.lon, photo.lat)
     if not (math.isfinite(cx) and math.isfinite(cy)):
-        raise InputError(f"{photo.name}: its position cannot be placed in {store_crs}; check store.crs")
+        raise InputError(f"{photo.name}: its position cannot be placed in {store_crs}; check store.crs",
+                         zh=f"{photo.name} 的位置无法换算到本系统坐标系，请检查 store.crs 设置")
     if tilt:
         shift = photo.rel_alt * math.tan(math.radians(tilt))
         cx += shift * math.sin(math.radians(yaw))

@@ -46,7 +46,8 @@ def check_name(path: str | Path) -> None:
         os.fsencode(str(path)).decode("utf-8")
     except UnicodeDecodeError:
         raise InputError(f"{shown(path)}: the file name is not valid UTF-8 (another code page?); "
-                         f"rename the file and try again") from None
+                         f"rename the file and try again",
+                         zh="文件名不是 UTF-8 编码（可能来自其他代码页），请重命名后重试") from None
 
 
 def sniff(path: str | Path) -> str:
@@ -55,12 +56,14 @@ def sniff(path: str | Path) -> str:
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise InputError(f"{shown(Path(path).name)} is not a regular file (a pipe or a device?); "
-                             f"give the orthophoto or photo files themselves")
+                             f"give the orthophoto or photo files themselves",
+                         zh=f"{shown(Path(path).name)} 不是普通文件，请上传正射影像或照片文件本身")
         with open(path, "rb") as f:
             head = f.read(16)
     except OSError as e:
         raise InputError(f"{shown(path)} cannot be read ({e.strerror}); check the path and "
-                         f"its permissions") from None
+                         f"its permissions",
+                         zh=f"{shown(path)} 无法读取，请检查路径和权限") from None
     if not head:
         return "empty"
     if head[:4] in TIFF_MAGIC:
@@ -122,7 +125,8 @@ def valid_footprint(src, store_crs: str, max_px: int = FOOTPRINT_MAX_PX):
     if not mask.any():
         mask = low_res_valid(src, (h, w), any_valid=True)
     if not mask.any():
-        raise InputError(f"{src.name} holds no valid pixels (all no-data); check the export")
+        raise InputError(f"{src.name} holds no valid pixels (all no-data); check the export",
+                         zh=f"{src.name} 没有有效像素（全部为无数据），请检查导出成果")
     t = src.transform @ Affine.scale(src.width / w, src.height / h)
     polys = [shapely.geometry.shape(g) for g, v in shapes(mask.astype(np.uint8), mask=mask, transform=t) if v]
     geom = shapely.union_all(polys)
@@ -138,7 +142,8 @@ def valid_footprint(src, store_crs: str, max_px: int = FOOTPRINT_MAX_PX):
         geom = shapely.make_valid(shapely.simplify(geom, cell_m, preserve_topology=True))
     if not geom.is_valid or geom.is_empty or not np.isfinite(geom.bounds).all():
         raise InputError(f"{src.name}: its footprint cannot be placed in {store_crs}; check the "
-                         f"ortho's CRS")
+                         f"ortho's CRS",
+                         zh=f"{src.name} 的范围无法换算到本系统坐标系，请检查影像的坐标系")
     return geom
 
 
@@ -147,9 +152,11 @@ def projected_store_crs(store_crs: str) -> None:
     try:
         projected = CRS.from_user_input(store_crs).is_projected
     except Exception:
-        raise ConfigError(f"store.crs {store_crs} is not a CRS; set e.g. EPSG:4547") from None
+        raise ConfigError(f"store.crs {store_crs} is not a CRS; set e.g. EPSG:4547",
+                         zh="系统坐标系 store.crs 设置无效，请设置如 EPSG:4547") from None
     if not projected:
-        raise ConfigError(f"store.crs {store_crs} is not a projected CRS in metres; set a projected one")
+        raise ConfigError(f"store.crs {store_crs} is not a projected CRS in metres; set a projected one",
+                         zh="系统坐标系 store.crs 不是以米为单位的投影坐标系，请改为投影坐标系")
 
 
 def check_ortho(src, path: Path, max_mpix: float = DEFAULT_MAX_MPIX) -> None:
@@ -163,32 +170,38 @@ def check_ortho(src, path: Path, max_mpix: float = DEFAULT_MAX_MPIX) -> None:
 
     name = shown(path)
     if src.width < 1 or src.height < 1:
-        raise InputError(f"{name} has no pixels ({src.width}x{src.height}); export the ortho again")
+        raise InputError(f"{name} has no pixels ({src.width}x{src.height}); export the ortho again",
+                         zh=f"{name} 没有像素，请重新导出正射影像")
     mpix = src.width * src.height / 1e6
     if mpix > max_mpix:
         raise InputError(f"{name} is {src.width}x{src.height} pixels ({mpix:,.0f} Mpx), over "
                          f"ingest.max_raster_mpix ({max_mpix:,.0f}); split the export into tiles "
-                         f"or raise the limit")
+                         f"or raise the limit",
+                         zh=f"{name} 为 {src.width}×{src.height} 像素（{mpix:,.0f} 百万像素），超过上限 {max_mpix:,.0f} 百万像素，请分幅导出或提高上限")
     dtypes = set(src.dtypes)
     if not dtypes <= set(IMAGE_DTYPES):
         raise InputError(f"{name} holds {'/'.join(sorted(dtypes))} values, not 8/16-bit imagery "
-                         f"(a DSM or index map?); give the RGB orthophoto")
+                         f"(a DSM or index map?); give the RGB orthophoto",
+                         zh=f"{name} 不是 8/16 位影像（可能是 DSM 或指数图），请上传 RGB 正射影像")
     if src.count > 4:
         raise InputError(f"{name} has {src.count} bands (multispectral?); give the RGB or RGBA "
-                         f"orthophoto")
+                         f"orthophoto",
+                         zh=f"{name} 有 {src.count} 个波段（多光谱？），请上传 RGB 或 RGBA 正射影像")
     from rasterio.enums import ColorInterp
 
     from pipeline.tiling import implicit_alpha
     masks = sum(c == ColorInterp.alpha for c in src.colorinterp) or (1 if implicit_alpha(src) else 0)
     if src.count - masks < 3:
         raise InputError(f"{name} has {src.count - masks} colour band(s) (grey or panchromatic?), the "
-                         f"detector needs RGB; export the orthophoto in colour")
+                         f"detector needs RGB; export the orthophoto in colour",
+                         zh=f"{name} 只有 {src.count - masks} 个彩色波段（灰度或全色？），识别需要 RGB，请导出彩色正射影像")
     if src.crs.is_geographic:
         b = src.bounds
         if not (-180 <= min(b.left, b.right) and max(b.left, b.right) <= 360
                 and -90 <= min(b.bottom, b.top) and max(b.bottom, b.top) <= 90):
             raise InputError(f"{name}: coordinates ({b.left:,.0f}, {b.top:,.0f}) are not degrees "
-                             f"but its CRS {src.crs} is geographic; assign the right projected CRS")
+                             f"but its CRS {src.crs} is geographic; assign the right projected CRS",
+                         zh=f"{name} 的坐标不是经纬度，但其坐标系为地理坐标系，请指定正确的投影坐标系")
     else:
         box = shapely.box(*src.bounds)
         check_gauss_kruger(gpd.GeoDataFrame(geometry=[box], crs=src.crs.to_wkt()), name)
@@ -200,7 +213,8 @@ def check_ortho(src, path: Path, max_mpix: float = DEFAULT_MAX_MPIX) -> None:
             src.dataset_mask(window=w)
     except rasterio.errors.RasterioIOError:
         raise InputError(f"{name} is truncated or corrupt (its image blocks cannot be read); "
-                         f"copy or export the file again") from None
+                         f"copy or export the file again",
+                         zh=f"{name} 文件不完整或已损坏（影像块无法读取），请重新拷贝或导出") from None
 
 
 def describe_ortho(path: Path, store_crs: str, max_mpix: float = DEFAULT_MAX_MPIX) -> dict:
@@ -212,12 +226,14 @@ def describe_ortho(path: Path, store_crs: str, max_mpix: float = DEFAULT_MAX_MPI
     check_name(path)
     kind = sniff(path)
     if kind == "empty":
-        raise InputError(f"{shown(path)} is empty (0 bytes); copy or export the file again")
+        raise InputError(f"{shown(path)} is empty (0 bytes); copy or export the file again",
+                         zh=f"{shown(path)} 是空文件（0 字节），请重新拷贝或导出")
     if kind not in RASTER_KINDS:
         what = {"jpeg": "a JPEG photo", "zip": "a zip", "vrt": "a GDAL VRT, which may point to any file"
                 }.get(kind, "not an image")
         raise InputError(f"{shown(path)} is not a readable raster ({what}, not a GeoTIFF); give the "
-                         f"orthophoto GeoTIFF, or a folder/zip of drone photos")
+                         f"orthophoto GeoTIFF, or a folder/zip of drone photos",
+                         zh=f"{shown(path)} 不是可读的 GeoTIFF 影像，请上传正射影像 GeoTIFF，或无人机照片的文件夹/zip 压缩包")
     with rasterio.Env(GDAL_CACHEMAX=BLOCK_CACHE_BYTES):  # GDAL's default cache (5 % of RAM) would fill
         return _describe(path, store_crs, max_mpix)
 
@@ -235,7 +251,8 @@ def _describe(path: Path, store_crs: str, max_mpix: float) -> dict:
             footprint = valid_footprint(src, store_crs)
         except rasterio.errors.RasterioIOError:
             raise InputError(f"{shown(path)} is truncated or corrupt (its mask cannot be read); "
-                             f"copy or export the file again") from None
+                             f"copy or export the file again",
+                         zh=f"{shown(path)} 文件不完整或已损坏（掩膜无法读取），请重新拷贝或导出") from None
         return {"crs": src.crs.to_string(), "crs_wkt": src.crs.to_wkt(), "gsd_m": round((gx + gy) / 2, 4),
                 "captured_at": capture_time(src, path), "footprint": footprint,
                 "dtype": src.dtypes[0], "count": src.count, "transform": tuple(src.transform)[:6],
@@ -279,7 +296,8 @@ def write_mosaic_vrt(members: list[Path], out: Path) -> Path:
             t = src.transform
             if t.b or t.d:
                 raise InputError(f"{shown(p)} is rotated; a split export must be north-up tiles "
-                                 f"(warp it with gdalwarp) or register each file as its own flight")
+                                 f"(warp it with gdalwarp) or register each file as its own flight",
+                         zh=f"{shown(p)} 是旋转的影像；分幅成果须为正北朝上的图幅，请用 gdalwarp 重采样，或将每个文件单独登记为一个航线")
             alpha = implicit_alpha(src)
             infos.append(dict(path=p, t=t, w=src.width, h=src.height, crs=CRS.from_user_input(src.crs.to_wkt()),
                               dtype=src.dtypes[0], bands=rgb_bands(src), alpha=alpha,
@@ -288,10 +306,12 @@ def write_mosaic_vrt(members: list[Path], out: Path) -> Path:
     for i in infos[1:]:
         if not i["crs"].equals(first["crs"]):
             raise InputError(f"{shown(i['path'])} is in {i['crs'].to_string()} but {shown(first['path'])} in "
-                             f"{first['crs'].to_string()}; export every part of a flight in one CRS")
+                             f"{first['crs'].to_string()}; export every part of a flight in one CRS",
+                         zh=f"{shown(i['path'])} 与 {shown(first['path'])} 坐标系不同，同一航线的各分幅须使用同一坐标系导出")
         if i["dtype"] != first["dtype"]:
             raise InputError(f"{shown(i['path'])} is {i['dtype']} but {shown(first['path'])} {first['dtype']}; "
-                             f"export every part of a flight with the same bit depth")
+                             f"export every part of a flight with the same bit depth",
+                         zh=f"{shown(i['path'])} 与 {shown(first['path'])} 位深不同，同一航线的各分幅须使用相同位深导出")
     xres = min(abs(i["t"].a) for i in infos)
     yres = min(abs(i["t"].e) for i in infos)
     left = min(i["t"].c for i in infos)

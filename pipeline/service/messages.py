@@ -5,7 +5,8 @@ officer or a patrol member reads on a page; refusals carry their Chinese line on
 from __future__ import annotations
 
 ROLE_LABELS = {"patrol": "巡查员", "officer": "执法人员", "admin": "管理员"}
-FLIGHT_STATUS = {"uploaded": "待处理", "processing": "处理中", "done": "已完成", "failed": "失败"}
+FLIGHT_STATUS = {"uploaded": "待处理", "processing": "处理中", "done": "已完成", "failed": "失败",
+                 "queued": "排队中", "running": "正在处理"}      # the last two: the service's own queue
 
 EN: dict[str, str] = {
     # header and shared
@@ -13,6 +14,7 @@ EN: dict[str, str] = {
     "用户": "Users", "退出": "Sign out", "返回": "Back", "首页": "Home",
     "巡查员": "patrol", "执法人员": "officer", "管理员": "admin",
     "待处理": "uploaded", "处理中": "processing", "已完成": "done", "失败": "failed",
+    "排队中": "queued", "正在处理": "running", "技术信息": "Details",
     # login
     "用户名或密码错误": "Wrong user name or password", "用户名": "User name", "密码": "Password", "登录": "Sign in",
     # review
@@ -50,7 +52,8 @@ EN: dict[str, str] = {
     "即将到期": "Due soon", "新发现疑似": "New suspected", "天数": "Days", "执法人员名单": "Officers",
     "账号": "Account", "姓名": "Name", "负责乡镇/村": "Towns/villages", "在办": "Open", "逾期": "Overdue",
     "待分派": "Unassigned", "分派给": "Assign to", "全区": "whole district",
-    "所有在办案件均已分派": "Every open case has an officer", "我的": "mine",
+    "所有在办案件均已分派": "Every open case has an officer", "我的": "mine", "天": "days",
+    "今日到期": "due today", "剩": "left:", "高德": "Amap", "百度": "Baidu", "拆除/整改": "Demolished/rectified",
     # stats
     "自": "From", "至（不含）": "To (exclusive)", "统计期": "Period", "指标": "Figure", "本期": "This period",
     "累计": "Cumulative", "本期处置": "This period", "按月份（事项发生日期）": "By month (of the event)",

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
+from pipeline.errors import PatrolError
 from pipeline.service.context import (FLIGHT_ID_RE, Auth, HTTPProblem, Service, StatusChange, admin, anyone,
                                       officer, patrol, service)
 
@@ -65,6 +66,10 @@ def api_upload_finish(upload_id: str, a: Auth = Depends(patrol), svc: Service = 
     path = svc.uploads.finish(upload_id, a.user.username, a.user.is_admin)
     try:
         flight = register_flight(svc.store, path, svc.settings, team=a.user.username)
+    except PatrolError as e:                       # the refusal names the file as the uploader named it
+        path.unlink(missing_ok=True)
+        raise type(e)(str(e).replace(f"{upload_id}_", ""),
+                      zh=e.zh.replace(f"{upload_id}_", "") if e.zh else None) from None
     except BaseException:
         path.unlink(missing_ok=True)
         raise

@@ -170,8 +170,9 @@ class Store(abc.ABC):
         return self._frame(TABLES["flight"], where, params, order="captured_at NULLS FIRST, flight_id")
 
     def set_flight_status(self, flight_id: str, status: str, error: str | None = None,
-                          model_version: str | None = None) -> None:
-        """Set status (one of FLIGHT_STATUSES) and error; 'done'/'failed' stamp processed_at.
+                          model_version: str | None = None, error_zh: str | None = None) -> None:
+        """Set status (one of FLIGHT_STATUSES) and error (``error_zh``: the same in Chinese);
+        'done'/'failed' stamp processed_at.
         An unknown flight or status raises StoreError."""
         if status not in FLIGHT_STATUSES:
             raise StoreError(f"flight {flight_id}: unknown status '{status}'; "
@@ -179,8 +180,9 @@ class Store(abc.ABC):
         with self.transaction():
             if not self._rows("SELECT 1 FROM flight WHERE flight_id = ?", [flight_id]):
                 raise StoreError(f"flight {flight_id} is not in the store; register it first")
-            self._x("UPDATE flight SET status = ?, error = ?, model_version = COALESCE(?, model_version) "
-                    "WHERE flight_id = ?", (status, error, model_version, flight_id))
+            self._x("UPDATE flight SET status = ?, error = ?, error_zh = ?, "
+                    "model_version = COALESCE(?, model_version) WHERE flight_id = ?",
+                    (status, error, error_zh, model_version, flight_id))
             if status in ("done", "failed"):
                 self._x("UPDATE flight SET processed_at = ? WHERE flight_id = ?",
                         (iso_datetime(datetime.now()), flight_id))

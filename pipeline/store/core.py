@@ -160,13 +160,18 @@ def add_user_guard_columns(store, sql_type) -> None:
         store._x(f"ALTER TABLE {q(USERS.name)} ADD COLUMN {q(name)} {sql_type(USERS.column(name))}")
 
 
+def add_columns(store, sql_type, table_name: str, columns) -> None:
+    """Add ``columns`` (as the schema declares them) to an existing table."""
+    from pipeline.store.schema import TABLES
+    table = TABLES[table_name]
+    for name in columns:
+        store._x(f"ALTER TABLE {q(table.name)} ADD COLUMN {q(name)} {sql_type(table.column(name))}")
+
+
 def _case_columns_and_table(store, sql_type, create_table, columns, table) -> None:
     """Add ``columns`` (of schema cases) to cases and create ``table`` with its indexes
     (``create_table(table)`` is the backend's CREATE TABLE with its bookkeeping)."""
-    from pipeline.store.schema import TABLES
-    cases = TABLES["cases"]
-    for name in columns:
-        store._x(f"ALTER TABLE {q(cases.name)} ADD COLUMN {q(name)} {sql_type(cases.column(name))}")
+    add_columns(store, sql_type, "cases", columns)
     create_table(table)
     for i, idx in enumerate(table.indexes):
         store._x(f"CREATE INDEX {q(f'{table.name}_ix{i}')} ON {q(table.name)} ({', '.join(map(q, idx))})")
@@ -182,3 +187,9 @@ def add_media(store, sql_type, create_table) -> None:
     """Migration 5 of both backends: the media table and the 当事人 columns of cases."""
     from pipeline.store.schema import CASE_PARTY_COLUMNS, MEDIA
     _case_columns_and_table(store, sql_type, create_table, CASE_PARTY_COLUMNS, MEDIA)
+
+
+def add_flight_zh(store, sql_type) -> None:
+    """Migration 6 of both backends: a failed flight's error in Chinese."""
+    from pipeline.store.schema import FLIGHT_ZH_COLUMNS
+    add_columns(store, sql_type, "flight", FLIGHT_ZH_COLUMNS)

@@ -44,7 +44,7 @@ def C(name: str, kind: str = "text", required: bool = False, default: object = N
 FLIGHT = Table("flight", (
     C("flight_id", required=True), C("path"), C("captured_at", "datetime"), C("team"), C("source"),
     C("crs"), C("gsd_m", "real"), C("status", required=True, default="uploaded"), C("error"),
-    C("model_version"), C("processed_at", "datetime"), C("footprint", "geometry"),
+    C("model_version"), C("processed_at", "datetime"), C("footprint", "geometry"), C("error_zh"),
 ), key=("flight_id",), description="drone flights (orthophotos) and their processing status",
     indexes=(("captured_at",),))
 
@@ -116,7 +116,9 @@ CASE_LEDGER_COLUMNS = ("floors", "floor_area_m2", "unit", "remark")
 #: the 当事人 columns migration 5 added to cases: 身份证号 (masked outside the case page), 地址
 CASE_PARTY_COLUMNS = ("id_number", "address")
 #: columns each table got after migration 1 (which creates the tables without them)
-ADDED_LATER = {"cases": CASE_LEDGER_COLUMNS + CASE_PARTY_COLUMNS}
+#: the columns of flight added by migration 6: the failed flight's error in Chinese
+FLIGHT_ZH_COLUMNS = ("error_zh",)
+ADDED_LATER = {"cases": CASE_LEDGER_COLUMNS + CASE_PARTY_COLUMNS, "flight": FLIGHT_ZH_COLUMNS}
 
 
 def as_created(table: Table) -> Table:
