@@ -62,10 +62,13 @@ def cli(ctx, config, store, overrides, debug):
 @click.option("--size-m", default=400.0, show_default=True, help="Edge of the square district in metres.")
 @click.option("--epochs", default=3, show_default=True, help="Flights months apart.")
 @click.option("--gsd", "gsd_m", default=0.05, show_default=True, help="Native ground sample distance (m).")
-def synth(out_dir, seed, size_m, epochs, gsd_m):
+@click.option("--shift-m", default=0.0, show_default=True,
+              help="Georeference error of each later flight: shifted by up to this many metres.")
+def synth(out_dir, seed, size_m, epochs, gsd_m, shift_m):
     """Generate a synthetic rural district: orthophotos per epoch + parcels, zones, truth."""
     from pipeline.synth import generate_district
-    result = generate_district(Path(out_dir), seed=seed, size_m=size_m, epochs=epochs, gsd_m=gsd_m)
+    result = generate_district(Path(out_dir), seed=seed, size_m=size_m, epochs=epochs, gsd_m=gsd_m,
+                               shift_m=shift_m)
     click.echo(f"district written to {result.out_dir}")
     for p in result.orthos:
         click.echo(f"  ortho   {p}")

@@ -74,6 +74,24 @@ class TrackingSettings(Section):
     regrowth_ratio: float = Field(0.3, ge=0, description="growth that re-raises a dismissed case")
 
 
+class ChangeCheckSettings(Section):
+    coregister: bool = Field(True, description="line a new flight up on the earlier flight it overlaps "
+                                               "before its cases are matched (pipeline.change)")
+    coregister_gsd_m: float = Field(0.5, gt=0, le=5, description="ground pixel of the co-registration images")
+    min_overlap_m2: float = Field(2500.0, ge=0, description="smallest overlap (less max_shift_m on every side) "
+                                                            "that is co-registered; less: no shift applied")
+    max_shift_m: float = Field(15.0, gt=0, le=100, description="a larger estimated shift is refused")
+    agree_m: float = Field(1.0, gt=0, description="blocks whose shift differs more from the median are outliers")
+    min_peak: float = Field(8.0, ge=0, description="weakest phase-correlation peak (z-score) a block may give")
+    confirm: bool = Field(True, description="look at the other flight's image before a change flag is raised")
+    recheck_confidence: float = Field(0.15, ge=0, le=1, description="detector confidence of the re-examination")
+    present_share: float = Field(0.5, gt=0, le=1, description="a re-detection covering this share of the outline "
+                                                              "means the structure was there")
+    min_confidence: float = Field(0.5, ge=0, le=1, description="a change flag (新增, demolition seen) needs this "
+                                                              "change confidence")
+    chip_gsd_m: float = Field(0.2, gt=0, le=2, description="ground pixel of the before/after comparison chips")
+
+
 class ReportSettings(Section):
     language: Literal["zh", "en"] = Field("zh", description="labels on maps and lists")
     basemap: Literal["none", "osm", "esri", "tianditu", "amap"] = Field("none", description="web basemap")
@@ -240,6 +258,7 @@ class Settings(Section):
     processing: ProcessingSettings = ProcessingSettings()
     detector: DetectorSettings = DetectorSettings()
     tracking: TrackingSettings = TrackingSettings()
+    change_check: ChangeCheckSettings = ChangeCheckSettings()
     report: ReportSettings = ReportSettings()
     service: ServiceSettings = ServiceSettings()
     documents: DocumentSettings = DocumentSettings()

@@ -56,6 +56,10 @@ class TileDetector(abc.ABC):
         """Load what the detector needs in this process now; the seconds it took (0 if loaded)."""
         return 0.0
 
+    def at_confidence(self, confidence: float) -> "TileDetector":
+        """The same detector keeping boxes down to ``confidence`` (the change check's second look)."""
+        return self
+
 
 def _file_stamp(path: str | Path) -> str:
     st = os.stat(path)
@@ -83,6 +87,15 @@ class ModelTileDetector(TileDetector):
     def __getstate__(self) -> dict:        # a worker loads the weights of model_path itself
         return {**self.__dict__, "_predictor": None}
 
+    def at_confidence(self, confidence: float) -> "ModelTileDetector":
+        import copy
+        other = copy.copy(self)
+        other.confidence = float(confidence)
+        if self._predictor is not None:                  # a loaded model: a copy that keeps more boxes
+            other._predictor = copy.copy(self._predictor)
+            other._predictor.confidence = float(confidence)
+        return other
+
     def key(self) -> str:
         settings = [self.model_path, self.classes, self.confidence, self.nms_iou, self.tile_px]
         stamp = _file_stamp(self.model_path) if os.path.exists(self.model_path) else ""
@@ -94,7 +107,7 @@ class ModelTileDetector(TileDetector):
         if self._predictor is not None:
             return self._predictor
         threads = self.threads or _THREAD_BUDGET[0]
-        key = (self.model_path, _file_stamp(self.model_path), self.classes, self.confidence, self.nms_iou,
+        key = (self.model_path, _file_stamp(self.model_path), self.classes, self.nms_iou,
                self.tile_px, self.batch_size, threads)
         with _MODEL_LOCK:
             if key not in _MODELS:
@@ -105,12 +118,19 @@ class ModelTileDetector(TileDetector):
                                  imgsz=self.tile_px, batch_size=self.batch_size, threads=threads)
                 model.load_s = time.perf_counter() - t0
                 _MODELS[key] = model
-            return _MODELS[key]
+            model = _MODELS[key]
+        if model.confidence != self.confidence:          # the same weights, another threshold
+            import copy
+            model = copy.copy(model)
+            model.confidence = self.confidence
+        return model
 
     def warm(self) -> float:
         loaded = list(_MODELS.values())
         model = self.predictor
-        return 0.0 if any(m is model for m in loaded) or self._predictor is not None else float(model.load_s)
+        if self._predictor is not None or any(getattr(m, "model", m) is getattr(model, "model", model) for m in loaded):
+            return 0.0
+        return float(model.load_s)
 
     def detect_chunk(self, chunk, progress=None) -> dict[str, np.ndarray]:
         from pipeline.flightplan import chunk_tiles
@@ -205,8 +225,14 @@ class TruthTileDetector(TileDetector):
                 progress(len(batch))
         with open_raster(chunk.path) as src:
             crs = src.crs
-        truth = _layer(self.truth_path, _file_stamp(self.truth_path), self.layer,
-                       self.epoch(chunk.captured_at)).to_crs(crs)
+        epoch = self.epoch(chunk.captured_at)
+        truth = _layer(self.truth_path, _file_stamp(self.truth_path), self.layer, epoch)
+        fps = _layer(self.truth_path, _file_stamp(self.truth_path), "footprints", None)
+        row = fps[fps["epoch"] == epoch]
+        if len(truth) and "shift_x" in fps.columns and len(row):   # where the (mis-georeferenced) ortho shows it
+            dxy = [float(row["shift_x"].iloc[0]), float(row["shift_y"].iloc[0])]
+            truth = truth.set_geometry(shapely.transform(truth.geometry.values, lambda xy: xy + dxy))
+        truth = truth.to_crs(crs)
         ext = np.asarray(chunk.extents, dtype=float)
         c = shapely.get_coordinates(truth.geometry.centroid.values)
         inside = ((c[:, None, 0] >= ext[None, :, 0]) & (c[:, None, 0] < ext[None, :, 2])

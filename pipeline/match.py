@@ -69,7 +69,10 @@ FINDING_COLUMNS = [
     "priority", "priority_level", "exemption", "inside_m2", "inside_share", "parcel_id", "owner",
     "town", "village", "village_code", "parcel_snapshot", "zone_m2", "restricted_m2",
     "restricted_share", "basic_farmland_m2", "redline_m2", "farmland_m2", "approved_m2",
-    "built_m2", "geometry"]
+    "built_m2", "before_present", "change_confirmed", "before_area_m2", "change_confidence", "change_evidence",
+    "geometry"]
+#: what the change check (pipeline.change) says of a detection, passed through to its finding
+CHANGE_COLUMNS = ("before_present", "change_confirmed", "before_area_m2", "change_confidence", "change_evidence")
 
 
 def find_violations(detections: gpd.GeoDataFrame, parcels: gpd.GeoDataFrame,
@@ -290,6 +293,7 @@ def find_violations(detections: gpd.GeoDataFrame, parcels: gpd.GeoDataFrame,
         "basic_farmland_m2": np.round(bf_m2, 3), "redline_m2": np.round(red_m2, 3),
         "farmland_m2": np.round(farm_m2, 3),
         "approved_m2": approved_d, "built_m2": np.round(built_d, 3),
+        **{c: _col(det, c).to_numpy(dtype=object) for c in CHANGE_COLUMNS},
     }, geometry=list(geoms), crs=detections.crs, index=det.index)
     if not keep_all:
         out = out[np.array([bool(r) for r in rules_list], dtype=bool)]

@@ -55,20 +55,27 @@ def register_flight(store, path: str | Path | list, settings, team: str | None =
 
 
 def prior_coverage(store, flight: dict):
-    """Union of the footprints of flights captured before this one (None if none)."""
+    """Union of the footprints of flights captured before this one, each moved by its
+    co-registration into the reference frame (None if none)."""
+    from pipeline.change import corrected_footprint
+
     flights = store.list_flights(status="done")
     if not len(flights):
         return None
     earlier = flights[(flights["flight_id"] != flight["flight_id"])
                       & (flights["captured_at"] < flight["captured_at"])]
-    geoms = earlier.geometry.dropna()
-    return shapely.union_all(geoms.values) if len(geoms) else None
+    geoms = [g for g in (corrected_footprint({**r, "footprint": r[flights.geometry.name]})
+                         for r in earlier.to_dict("records")) if g is not None]
+    return shapely.union_all(geoms) if geoms else None
 
 
 def commit_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, model_version: str,
-                  *, rules=None, now: datetime | None = None) -> FlightResult:
-    """Match and track a flight's detections and write everything it produces — detections,
-    cases, events, status 'done' — in ONE store transaction (all or nothing)."""
+                  *, rules=None, now: datetime | None = None, detector=None) -> FlightResult:
+    """Line the flight up on the earlier ones and confirm its change candidates in their images
+    (``pipeline.change``; ``detector`` re-examines them, None: appearance only), then match and
+    track its detections and write everything it produces — detections, cases, events, the
+    registration, status 'done' — in ONE store transaction (all or nothing)."""
+    from pipeline.change import check_flight
     from pipeline.match import find_violations
     from pipeline.rules import load_rules
     from pipeline.track import track_flight
@@ -79,17 +86,21 @@ def commit_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, m
         from pipeline.storage import check_room
         check_room(Path(store.url).parent, 8 << 20, f"writing flight {flight_id} into the store")
     detections = detections.to_crs(settings.store.crs)
-    footprint = flight["footprint"]
+    check = check_flight(store, flight, detections, settings, detector)    # reads images: before the lock
+    detections = check.detections
+    footprint = check.footprint
     bbox = footprint.bounds if footprint is not None else tuple(detections.total_bounds)
     with store.transaction():
         store.replace_detections(flight_id, detections[["class_name", "confidence", "area_m2", "geometry"]])
         findings = find_violations(detections, store.parcels(bbox), store.zones(bbox), rules)
-        result = track_flight(store.cases(bbox), findings, detections, flight, settings.tracking, rules,
-                              now, prior_coverage=prior_coverage(store, flight),
-                              allocate=store.allocate_case_numbers, prefix=store.case_prefix)
+        result = track_flight(store.cases(bbox), findings, detections, {**flight, "footprint": footprint},
+                              settings.tracking, rules, now, prior_coverage=prior_coverage(store, flight),
+                              allocate=store.allocate_case_numbers, prefix=store.case_prefix,
+                              demolition=check.demolition)
         if len(result.cases):
             store.save_cases(result.cases)
         store.append_events(result.events)
+        store.upsert_flight({"flight_id": flight_id, "registration": check.registration.as_dict()})
         store.set_flight_status(flight_id, "done", model_version=model_version)
     return FlightResult(flight_id, len(detections), len(findings), result.new_case_count, len(result.events))
 
@@ -144,7 +155,8 @@ def process_flight(store, flight_id: str, settings, *, detector=None, detections
             detector = tile_detector(settings, detector)
             model_version = detector.version
             detections = detect_flight(flight, settings, detector, progress)
-        return commit_flight(store, flight, detections, settings, model_version, rules=rules, now=now)
+        return commit_flight(store, flight, detections, settings, model_version, rules=rules, now=now,
+                             detector=detector if model_version != "given" else None)
     except PatrolError as e:
         fail_flight(store, flight_id, e)
         raise

@@ -175,7 +175,7 @@ def set_status(cases: gpd.GeoDataFrame, case_no: str, to_status: str, actor: str
 
 
 # ---------------------------------------------------------------- matching
-def _match_pairs(a: np.ndarray, b: np.ndarray, match_iou: float, centroid_m: float) -> pd.DataFrame:
+def match_pairs(a: np.ndarray, b: np.ndarray, match_iou: float, centroid_m: float) -> pd.DataFrame:
     """Candidate (a, b) pairs with IoU >= match_iou or centroid distance <= centroid_m,
     best first (vectorised)."""
     cols = {"a": pd.Series(dtype=int), "b": pd.Series(dtype=int),
@@ -212,7 +212,8 @@ def _assign(pairs: pd.DataFrame) -> dict[int, int]:
     return out
 
 
-def _covered(footprint: Any, geoms: np.ndarray, share: float) -> np.ndarray:
+def covered_by(footprint: Any, geoms: np.ndarray, share: float) -> np.ndarray:
+    """Which geometries lie at least ``share`` inside ``footprint`` (None: none)."""
     if footprint is None or len(geoms) == 0:
         return np.zeros(len(geoms), dtype=bool)
     area = shapely.area(geoms)
@@ -240,6 +241,13 @@ def _finding_fields(f: Mapping[str, Any]) -> dict:
     return out
 
 
+def _change_fields(f: Mapping[str, Any]) -> dict:
+    """A finding's change confidence and evidence (the change check's), when it has them."""
+    conf = _float(f.get("change_confidence"))
+    return {"change_confidence": conf, "change_evidence": _dict(f.get("change_evidence")) or None} \
+        if conf is not None else {}
+
+
 def _rule_label(rules: Rules, rule_id: str) -> str:
     try:
         return rules.label(rule_id) or rule_id
@@ -250,7 +258,8 @@ def _rule_label(rules: Rules, rule_id: str) -> str:
 def track_flight(cases: gpd.GeoDataFrame | None, findings: gpd.GeoDataFrame,
                  detections: gpd.GeoDataFrame | None, flight: Mapping[str, Any], tracking: Any,
                  rules: Rules, now: datetime | None = None, *, prior_coverage: Any = None,
-                 allocate: Allocator | None = None, prefix: str = "LW") -> TrackResult:
+                 allocate: Allocator | None = None, prefix: str = "LW",
+                 demolition: Mapping[str, tuple] | None = None) -> TrackResult:
     """Update the case ledger with one flight.
 
     cases: every case so far (store frame; may be empty or None). findings: this flight's
@@ -262,6 +271,13 @@ def track_flight(cases: gpd.GeoDataFrame | None, findings: gpd.GeoDataFrame,
     outside it is existing 存量, inside it new_build 新建 (None: nothing flown before).
     allocate(year, n) hands out case numbers (store.allocate_case_numbers; default:
     continue the numbering found in ``cases``).
+
+    The change check (``pipeline.change.check_flight``) speaks through the findings' columns
+    before_present (the earlier image shows the structure: 存量, not 新建), change_confirmed
+    (False: the images show no change there, 存量 too), before_area_m2 (its
+    area there: growth counts from it) and change_confidence / change_evidence, and through
+    ``demolition`` (case_no → (standing, confidence, evidence)): a case seen standing at the
+    recheck confidence is not flagged demolition_seen.
 
     Re-running a flight already tracked changes nothing (cases whose last_seen_flight is
     this flight are left as they are)."""
@@ -301,7 +317,7 @@ def track_flight(cases: gpd.GeoDataFrame | None, findings: gpd.GeoDataFrame,
     if fid is None:
         rerun[:] = False
 
-    pairs = _match_pairs(fg, cg, tracking.match_iou, tracking.centroid_m)
+    pairs = match_pairs(fg, cg, tracking.match_iou, tracking.centroid_m)
     # open cases take precedence over closed ones at the same place
     rank = np.where(np.isin(status, lc.open), 0, 1)
     if len(pairs):
@@ -311,10 +327,12 @@ def track_flight(cases: gpd.GeoDataFrame | None, findings: gpd.GeoDataFrame,
     seen_cases = set(assigned.values())
 
     # detections of any class still standing where a case is
-    dpairs = _match_pairs(cg, dg, tracking.match_iou, tracking.centroid_m)
+    dpairs = match_pairs(cg, dg, tracking.match_iou, tracking.centroid_m)
     still_there = np.zeros(len(cases), dtype=bool)
     still_there[dpairs["a"].to_numpy(dtype=int)] = True
-    covered = _covered(footprint, cg, rules.change.covered_share)
+    demolition = demolition or {}
+    still_there |= np.array([bool(demolition.get(n, (False,))[0]) for n in cases["case_no"]], dtype=bool)
+    covered = covered_by(footprint, cg, rules.change.covered_share)
 
     events: list[dict] = []
     # plain dict records: per-case updates in Python stay fast on thousands of cases
@@ -337,6 +355,9 @@ def track_flight(cases: gpd.GeoDataFrame | None, findings: gpd.GeoDataFrame,
         old_area = _float(row.get("area_m2"), 0.0)
         new_area = _float(f.get("area_m2"), float(shapely.area(fg[fi])))
         growth = new_area - old_area
+        before = _float(f.get("before_area_m2"))
+        if before is not None and old_area > 0:        # the earlier image, looked at again, shows this much
+            growth = new_area - max(old_area, before)
         st = status[ci]
         flags = [x for x in row["flags"] if x != "demolition_seen"]
         demolished_before = st == "demolished" or _float(row.get("demolished_area_m2")) is not None
@@ -357,6 +378,7 @@ def track_flight(cases: gpd.GeoDataFrame | None, findings: gpd.GeoDataFrame,
             events.append(ev)
         elif old_area > 0 and growth >= max(ch.grown_min_m2, ch.grown_min_ratio * old_area) - 1e-9:
             flags.append("grown")
+            row.update(_change_fields(f))
             events.append(_event(row["case_no"], at, SYSTEM_ACTOR, st, st,
                                  f"航次 {fid}：再次发现，面积由 {old_area:.1f} 增至 {new_area:.1f} m²"
                                  f"（+{growth:.1f}，扩建）"))
@@ -376,6 +398,9 @@ def track_flight(cases: gpd.GeoDataFrame | None, findings: gpd.GeoDataFrame,
             continue
         recs[ci]["flags"] = sorted(set(flags) | {"demolition_seen"})
         recs[ci]["updated_at"] = at
+        if recs[ci]["case_no"] in demolition:
+            _, conf, evidence = demolition[recs[ci]["case_no"]]
+            recs[ci]["change_confidence"], recs[ci]["change_evidence"] = conf, evidence
         events.append(_event(recs[ci]["case_no"], at, SYSTEM_ACTOR, status[ci], status[ci],
                              f"航次 {fid}：覆盖该案件但未见建筑——疑似已拆除，建议复查"))
     # a watched case seen standing again loses a stale demolition_seen flag
@@ -395,24 +420,27 @@ def track_flight(cases: gpd.GeoDataFrame | None, findings: gpd.GeoDataFrame,
         if prior_coverage is None:
             inside_prior = np.zeros(len(new_idx), dtype=bool)
         else:
-            inside_prior = _covered(prior_coverage, ng, 0.5)
+            inside_prior = covered_by(prior_coverage, ng, 0.5)
         for k, fi in enumerate(new_idx):
             f = frecs[fi]
             area = _float(f.get("area_m2"), float(shapely.area(fg[fi])))
             row = {c: None for c in CASE_COLUMNS + extra}
             row.pop("geometry")
             row.update(_finding_fields(f))
-            stock = "new_build" if inside_prior[k] else "existing"
+            seen_before = f.get("before_present") is True or f.get("before_present") == 1
+            unchanged = f.get("change_confirmed") is False or f.get("change_confirmed") == 0
+            stock = "new_build" if inside_prior[k] and not (seen_before or unchanged) else "existing"
             row.update({
                 "case_no": numbers[k], "case_uuid": str(uuid.uuid4()),
                 "source": flight.get("source") or "uav", "stock": stock,
                 "status": lc.initial, "flags": ["new"], "area_m2": round(area, 3), "growth_m2": 0.0,
                 "party": f.get("owner"), "first_seen_flight": fid, "first_seen_at": seen_at,
                 "last_seen_flight": fid, "last_seen_at": seen_at, "created_at": at,
-                "updated_at": at})
+                "updated_at": at, **_change_fields(f)})
             recs.append(row)
             geoms.append(fg[fi])
-            stock_label = "新建" if stock == "new_build" else "存量"
+            stock_label = "新建" if stock == "new_build" else "存量，前时相影像已见该建筑" if seen_before else \
+                "存量，前后时相影像未见变化" if unchanged and inside_prior[k] else "存量"
             events.append(_event(numbers[k], at, SYSTEM_ACTOR, None, lc.initial,
                                  f"{'地面巡查' if flight.get('source') == 'ground_patrol' else f'航次 {fid}'} 发现疑似图斑 {area:.1f} m²（{CLASSES.get(row['detector_class'], (row['detector_class'],))[0]}）："
                                  f"{'、'.join(_rule_label(rules, r) for r in row['rules'])}（{stock_label}）"))

@@ -243,7 +243,7 @@ def _commit(store, settings, detector, rules, job: _Job, reports, echo) -> None:
     try:
         dets = finish(detector, job.plan, job.parts.values(), settings)
         t1 = time.perf_counter()
-        res = commit_flight(store, job.flight, dets, settings, detector.version, rules=rules)
+        res = commit_flight(store, job.flight, dets, settings, detector.version, rules=rules, detector=detector)
         o.commit_s = time.perf_counter() - t1
     except Exception as e:
         _fail(store, job, e, echo)

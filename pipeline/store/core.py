@@ -189,7 +189,9 @@ def add_media(store, sql_type, create_table) -> None:
     _case_columns_and_table(store, sql_type, create_table, CASE_PARTY_COLUMNS, MEDIA)
 
 
-def add_flight_zh(store, sql_type) -> None:
-    """Migration 6 of both backends: a failed flight's error in Chinese."""
-    from pipeline.store.schema import FLIGHT_ZH_COLUMNS
-    add_columns(store, sql_type, "flight", FLIGHT_ZH_COLUMNS)
+def add_change_columns(store, sql_type) -> None:
+    """Migration 6 of both backends: a failed flight's Chinese error and its co-registration;
+    a case's change confidence and evidence."""
+    from pipeline.store.schema import CASE_CHANGE_COLUMNS, FLIGHT_CHANGE_COLUMNS
+    add_columns(store, sql_type, "flight", FLIGHT_CHANGE_COLUMNS)
+    add_columns(store, sql_type, "cases", CASE_CHANGE_COLUMNS)

@@ -27,7 +27,7 @@ from pyproj import CRS
 
 from pipeline.errors import StoreError, one_line
 from pipeline.store.base import Claim, Store
-from pipeline.store.core import add_documents, add_flight_zh, add_media, add_user_guard_columns, from_wkb, multipolygons, projected_crs, q, table_columns
+from pipeline.store.core import add_documents, add_change_columns, add_media, add_user_guard_columns, from_wkb, multipolygons, projected_crs, q, table_columns
 from pipeline.store.schema import TABLES, Table, as_created
 
 APPLICATION_ID = 0x47504B47          # "GPKG"
@@ -406,6 +406,6 @@ MIGRATIONS: list[tuple[int, str, Any]] = [
      lambda s: add_documents(s, _sql_type, lambda t: _attribute_table(s, t))),
     (5, "media: on-site photos and videos of a case; cases: id number, address",
      lambda s: add_media(s, _sql_type, lambda t: _attribute_table(s, t))),
-    (6, "flight: the error of a failed flight in Chinese", lambda s: add_flight_zh(s, _sql_type)),
+    (6, "flight: Chinese error, co-registration; cases: change confidence and evidence", lambda s: add_change_columns(s, _sql_type)),
 ]
 GpkgStore.MIGRATIONS = MIGRATIONS

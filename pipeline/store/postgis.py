@@ -41,7 +41,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from pipeline.errors import StoreError, one_line
 from pipeline.store.base import Claim, Store
-from pipeline.store.core import add_documents, add_flight_zh, add_media, add_user_guard_columns, from_wkb, multipolygons, projected_crs, q, table_columns
+from pipeline.store.core import add_documents, add_change_columns, add_media, add_user_guard_columns, from_wkb, multipolygons, projected_crs, q, table_columns
 from pipeline.store.schema import TABLES, Table, as_created
 
 WRITE_LOCK = 0x4C57_5752          # advisory lock keys ("LWWR", "LWMG")
@@ -422,6 +422,6 @@ MIGRATIONS: list[tuple[int, str, Any]] = [
      lambda s: add_documents(s, lambda c: _PG_TYPE[c.kind], lambda t: _create_table(s, t))),
     (5, "media: on-site photos and videos of a case; cases: id number, address",
      lambda s: add_media(s, lambda c: _PG_TYPE[c.kind], lambda t: _create_table(s, t))),
-    (6, "flight: the error of a failed flight in Chinese", lambda s: add_flight_zh(s, lambda c: _PG_TYPE[c.kind])),
+    (6, "flight: Chinese error, co-registration; cases: change confidence and evidence", lambda s: add_change_columns(s, lambda c: _PG_TYPE[c.kind])),
 ]
 PostgisStore.MIGRATIONS = MIGRATIONS

@@ -45,6 +45,7 @@ FLIGHT = Table("flight", (
     C("flight_id", required=True), C("path"), C("captured_at", "datetime"), C("team"), C("source"),
     C("crs"), C("gsd_m", "real"), C("status", required=True, default="uploaded"), C("error"),
     C("model_version"), C("processed_at", "datetime"), C("footprint", "geometry"), C("error_zh"),
+    C("registration", "json", default={}),
 ), key=("flight_id",), description="drone flights (orthophotos) and their processing status",
     indexes=(("captured_at",),))
 
@@ -78,6 +79,7 @@ CASES = Table("cases", (
     C("recheck_date", "date"), C("closed_date", "date"), C("demolished_area_m2", "real"),
     C("created_at", "datetime"), C("updated_at", "datetime"), C("geometry", "geometry"),
     C("floors", "int"), C("floor_area_m2", "real"), C("unit"), C("remark"), C("id_number"), C("address"),
+    C("change_confidence", "real"), C("change_evidence", "json", default={}),
 ), key=("case_no",), description="enforcement cases (台账)",
     indexes=(("status",), ("category",), ("town", "village"), ("first_seen_at",)))
 
@@ -116,9 +118,12 @@ CASE_LEDGER_COLUMNS = ("floors", "floor_area_m2", "unit", "remark")
 #: the 当事人 columns migration 5 added to cases: 身份证号 (masked outside the case page), 地址
 CASE_PARTY_COLUMNS = ("id_number", "address")
 #: columns each table got after migration 1 (which creates the tables without them)
-#: the columns of flight added by migration 6: the failed flight's error in Chinese
-FLIGHT_ZH_COLUMNS = ("error_zh",)
-ADDED_LATER = {"cases": CASE_LEDGER_COLUMNS + CASE_PARTY_COLUMNS, "flight": FLIGHT_ZH_COLUMNS}
+#: added by migration 6: a failed flight's error in Chinese and the flight's co-registration;
+#: a case's change confidence and the evidence behind it (``pipeline.change``)
+FLIGHT_CHANGE_COLUMNS = ("error_zh", "registration")
+CASE_CHANGE_COLUMNS = ("change_confidence", "change_evidence")
+ADDED_LATER = {"cases": CASE_LEDGER_COLUMNS + CASE_PARTY_COLUMNS + CASE_CHANGE_COLUMNS,
+               "flight": FLIGHT_CHANGE_COLUMNS}
 
 
 def as_created(table: Table) -> Table:

@@ -1,0 +1,486 @@
+"""Change an officer can trust: flights lined up on each other, and each change seen in the images.
+
+``coregister`` estimates how far a new flight's orthophoto sits from the earlier flights it
+overlaps (GPS without RTK is off by metres): phase correlation of gradient images read on one
+ground grid at ``change_check.coregister_gsd_m``, on several blocks of the overlap, which must agree.
+Gradients, not colours: season, sun and exposure change the colours of a place, not where its
+edges are. An unreliable estimate is refused (the flight's registration says why) and nothing is
+shifted. ``confirm_changes`` looks at the other flight at every candidate change before the flag
+is raised: the earlier ortho re-examined with the detector at ``change_check.recheck_confidence``, and
+a radiometrically normalised appearance difference of the co-registered before/after chips.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+import shapely.affinity
+
+BLOCK_PX = 128                       # phase-correlation block edge at the coarse GSD
+MAX_BLOCKS = 9
+
+
+@dataclass
+class Registration:
+    """The shift of a flight against its reference flight (metres, store CRS: +x east, +y north):
+    the flight's content sits at ``true + (dx, dy)``; ``dx_total``/``dy_total`` add the reference's
+    own shift, so every flight is corrected into the frame of the first one."""
+    reference: str | None
+    dx: float = 0.0
+    dy: float = 0.0
+    dx_total: float = 0.0
+    dy_total: float = 0.0
+    blocks: int = 0
+    agree_m: float = 0.0
+    peak: float = 0.0
+    applied: bool = False
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+# ---------------------------------------------------------------- reading on one grid
+def read_bands(path: str, bounds: tuple[float, float, float, float], gsd: float, crs: Any
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """The raster's colour bands (bands, rows, cols; float) and validity over ``bounds`` (store
+    CRS) at ``gsd``, north up."""
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    x0, y0, x1, y1 = bounds
+    w, h = max(1, int(round((x1 - x0) / gsd))), max(1, int(round((y1 - y0) / gsd)))
+    transform = rasterio.Affine(gsd, 0, x0, 0, -gsd, y1)
+    with rasterio.open(path) as src, WarpedVRT(src, crs=crs, transform=transform, width=w, height=h,
+                                                resampling=Resampling.average) as vrt:
+        bands = min(vrt.count, 3)
+        data = vrt.read(list(range(1, bands + 1))).astype(np.float32)
+        mask = vrt.read_masks(1) > 0
+    return data, mask
+
+
+def _gradient(gray: np.ndarray) -> np.ndarray:
+    """Edge strength of a lightly smoothed image, scaled to unit spread (light-independent)."""
+    gy, gx = np.gradient(_smooth(gray.astype(np.float64)))
+    m = np.hypot(gx, gy)
+    m = np.log1p(m)
+    return (m - m.mean()) / (m.std() + 1e-9)
+
+
+def phase_shift(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """Sub-pixel (dx, dy) in pixels with ``b ≈ a`` moved by (dx, dy) (x right, y down), and the
+    correlation peak's height over the surface's spread (a reliability score)."""
+    win = np.outer(np.hanning(a.shape[0]), np.hanning(a.shape[1]))
+    fa, fb = np.fft.fft2(a * win), np.fft.fft2(b * win)
+    r = fb * np.conj(fa)
+    r /= np.abs(r) + 1e-12
+    c = np.fft.ifft2(r).real
+    iy, ix = np.unravel_index(int(np.argmax(c)), c.shape)
+    peak = float((c[iy, ix] - c.mean()) / (c.std() + 1e-12))
+
+    def sub(cm, c0, cp):
+        d = cm - 2 * c0 + cp
+        return 0.0 if abs(d) < 1e-12 else 0.5 * (cm - cp) / d
+
+    h, w = c.shape
+    dy = iy + sub(c[(iy - 1) % h, ix], c[iy, ix], c[(iy + 1) % h, ix])
+    dx = ix + sub(c[iy, (ix - 1) % w], c[iy, ix], c[iy, (ix + 1) % w])
+    if dy > h / 2:
+        dy -= h
+    if dx > w / 2:
+        dx -= w
+    return float(dx), float(dy), peak
+
+
+def _blocks(overlap, gsd: float) -> list[tuple[float, float, float, float]]:
+    """Up to MAX_BLOCKS square blocks of BLOCK_PX at ``gsd`` lying inside the overlap."""
+    size = BLOCK_PX * gsd
+    x0, y0, x1, y1 = overlap.bounds
+    cands = []
+    for cx in np.arange(x0 + size / 2, x1 - size / 2 + 1e-6, size / 2):      # half-overlapping blocks
+        for cy in np.arange(y0 + size / 2, y1 - size / 2 + 1e-6, size / 2):
+            b = (cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2)
+            if overlap.contains(shapely.box(*b)):
+                cands.append(b)
+    if len(cands) > MAX_BLOCKS:
+        idx = np.linspace(0, len(cands) - 1, MAX_BLOCKS).round().astype(int)
+        cands = [cands[k] for k in idx]
+    return cands
+
+
+def coregister(flight: dict, reference: dict | None, settings, ref_shift: tuple[float, float] = (0.0, 0.0)
+               ) -> Registration:
+    """The new flight's shift against ``reference`` (an earlier flight it overlaps), or why none
+    is applied (``applied`` False, ``note`` in Chinese)."""
+    from pipeline.ingest import flight_frames
+
+    ch = settings.change_check
+    if reference is None:
+        return Registration(None, note="无可对照的前期航次，未做配准")
+    rid = reference["flight_id"]
+    out = Registration(rid, dx_total=ref_shift[0], dy_total=ref_shift[1], applied=False)
+    frames_new, frames_ref = flight_frames(flight), flight_frames(reference)
+    if len(frames_new) != 1 or len(frames_ref) != 1:
+        out.note = "照片航次（非正射影像），未做配准"
+        return out
+    fa, fb = reference.get("footprint"), flight.get("footprint")
+    overlap = shapely.intersection(fa, fb) if fa is not None and fb is not None else None
+    inner = overlap
+    if inner is None or inner.is_empty or inner.area < ch.min_overlap_m2:
+        out.note = (f"与前期航次 {rid} 重叠不足（{0 if overlap is None else overlap.area:.0f} m²），"
+                    f"无法可靠配准，未做位移改正")
+        return out
+    gsd = ch.coregister_gsd_m
+    blocks = _blocks(inner, gsd)
+    if not blocks:
+        out.note = f"与前期航次 {rid} 的重叠区太窄，无法可靠配准，未做位移改正"
+        return out
+    crs = settings.store.crs
+    est = []
+    for b in blocks:
+        ga, ma = read_bands(frames_ref[0], b, gsd, crs)
+        gb, mb = read_bands(frames_new[0], b, gsd, crs)
+        if ma.mean() < 0.95 or mb.mean() < 0.95:
+            continue
+        a, bb = _gradient(ga.mean(axis=0)), _gradient(gb.mean(axis=0))
+        dx, dy, peak = phase_shift(a, bb)
+        if peak >= ch.min_peak:
+            est.append((dx * gsd, -dy * gsd, peak))          # rows run south: +dy pixels is -y metres
+    out.blocks = len(est)
+    if not est:
+        out.note = f"与前期航次 {rid} 的影像无法可靠配准（相关峰过弱），未做位移改正"
+        return out
+    e = np.asarray(est)
+    mdx, mdy = float(np.median(e[:, 0])), float(np.median(e[:, 1]))
+    dist = np.hypot(e[:, 0] - mdx, e[:, 1] - mdy)
+    good = e[dist <= ch.agree_m]
+    out.agree_m = float(dist.max())
+    out.peak = float(np.median(e[:, 2]))
+    if len(good) < min(2, len(e)) or len(good) < 0.6 * len(e):
+        out.note = (f"与前期航次 {rid} 各区块配准结果不一致（相差 {out.agree_m:.1f} m），"
+                    f"估计不可靠，未做位移改正")
+        return out
+    dx, dy = float(good[:, 0].mean()), float(good[:, 1].mean())
+    if math.hypot(dx, dy) > ch.max_shift_m:
+        out.note = f"与前期航次 {rid} 的位移估计 {math.hypot(dx, dy):.1f} m 超过上限，未做位移改正"
+        return out
+    out.dx, out.dy = dx, dy
+    out.dx_total, out.dy_total = dx + ref_shift[0], dy + ref_shift[1]
+    out.blocks, out.agree_m, out.applied = len(good), float(dist[dist <= ch.agree_m].max()), True
+    out.note = (f"相对前期航次 {rid} 位移 东 {dx:+.2f} m、北 {dy:+.2f} m（{len(good)} 个区块一致），"
+                f"检测结果已改正")
+    return out
+
+
+def shift_frame(gdf: gpd.GeoDataFrame, reg: Registration) -> gpd.GeoDataFrame:
+    """The detections moved into the reference frame (minus the flight's total shift)."""
+    if not reg.applied or (reg.dx_total == 0 and reg.dy_total == 0) or not len(gdf):
+        return gdf
+    out = gdf.copy()
+    out.geometry = gpd.GeoSeries(shapely.transform(np.asarray(gdf.geometry.values),
+                                                   lambda xy: xy - [reg.dx_total, reg.dy_total]),
+                                 crs=gdf.crs, index=gdf.index)
+    return out
+
+
+def unshift(geoms: np.ndarray, shift: tuple[float, float]) -> np.ndarray:
+    """Geometries of the reference frame placed where a flight with ``shift`` shows them."""
+    return shapely.transform(np.asarray(geoms), lambda xy: xy + list(shift))
+
+
+# ---------------------------------------------------------------- appearance change
+def appearance_change(before: np.ndarray, after: np.ndarray, inside: np.ndarray, ring: np.ndarray) -> float:
+    """0 (the same) … 1 (changed): each chip's colour bands normalised by its surroundings
+    (``ring``: mean and spread there, so light, exposure and season do not count), then how much
+    more the two differ inside the outline than around it."""
+    if inside.sum() < 4 or ring.sum() < 4:
+        return 0.0
+
+    def norm(x):
+        x = np.stack([_smooth(b.astype(np.float64)) for b in x])
+        m, sd = x[:, ring].mean(axis=1), x[:, ring].std(axis=1) + 2.0
+        return (x - m[:, None, None]) / sd[:, None, None]
+
+    d = np.sqrt(((norm(before) - norm(after)) ** 2).sum(axis=0))
+    ratio = float(np.median(d[inside]) / (np.median(d[ring]) + 0.1))
+    return float(np.clip((ratio - 1.0) / 2.0, 0.0, 1.0))
+
+
+def _smooth(g: np.ndarray) -> np.ndarray:
+    k = np.array([1, 2, 1], dtype=np.float64) / 4
+    g = np.apply_along_axis(lambda r: np.convolve(r, k, mode="same"), 1, g)
+    return np.apply_along_axis(lambda c: np.convolve(c, k, mode="same"), 0, g)
+
+
+def _inside(geom, bounds, gsd, shape) -> np.ndarray:
+    from rasterio.features import rasterize
+    x0, _, _, y1 = bounds
+    import rasterio
+    t = rasterio.Affine(gsd, 0, x0, 0, -gsd, y1)
+    return rasterize([(geom, 1)], out_shape=shape, transform=t, fill=0, dtype="uint8").astype(bool)
+
+
+@dataclass
+class Look:
+    """What the other flight's image says at one place."""
+    flight_id: str | None
+    best_conf: float = 0.0             # the best re-detection on the outline at recheck confidence
+    best_area_m2: float = 0.0          # its area
+    cover: float = 0.0                 # share of the outline the re-detections cover
+    appearance: float | None = None    # appearance change 0..1 (None: no image there)
+    detail: dict = field(default_factory=dict)
+
+
+def look_again(geoms: list, other: dict, other_shift: tuple[float, float], this_path: str | None,
+               this_shift: tuple[float, float], detector, settings) -> list[Look]:
+    """For each outline (reference frame, store CRS): the other flight's ortho re-examined there
+    with ``detector`` (at the recheck confidence; None: not re-examined) and the appearance change
+    against this flight's ortho (``this_path``; None: no comparison)."""
+    from pipeline.flightplan import Chunk, Tiling, finish, run_chunk
+    from pipeline.ingest import flight_frames
+    from pipeline.tiling import open_raster, plan_windows
+
+    fid = other["flight_id"]
+    looks = [Look(fid) for _ in geoms]
+    if not geoms:
+        return looks
+    frames = flight_frames(other)
+    tiling = Tiling.from_settings(settings)
+    crs = settings.store.crs
+    placed = unshift(np.asarray(geoms, dtype=object), other_shift)   # where the other flight shows them
+    found = []
+    for frame in frames if detector is not None else ():
+        with open_raster(frame) as src:
+            windows = plan_windows(src, tiling.gsd_m, tiling.tile_px, tiling.overlap_px)
+            rcrs = src.crs
+        if not windows:
+            continue
+        here = gpd.GeoSeries(placed, crs=crs).to_crs(rcrs)
+        ext = np.array([_win_extent(w) for w in windows])
+        boxes = shapely.box(ext[:, 0], ext[:, 1], ext[:, 2], ext[:, 3])
+        tree = shapely.STRtree(boxes)
+        _, wi = tree.query(here.values, predicate="intersects")
+        wi = sorted(set(int(i) for i in wi))
+        if not wi:
+            continue
+        chunk = Chunk(fid, frame, other.get("captured_at"), tiling, wi, [windows[i] for i in wi], ext)
+        part = run_chunk(detector, chunk)
+        from pipeline.flightplan import FlightPlan
+        plan = FlightPlan(fid, other.get("captured_at"), tiling, [frame], raster_crs=rcrs)
+        found.append(finish(detector, plan, [part], settings, crs))
+    dets = pd.concat(found, ignore_index=True) if found else None
+    if dets is not None and len(dets):
+        dg = np.asarray(shift_frame(gpd.GeoDataFrame(dets, geometry="geometry", crs=crs),
+                                    Registration(None, dx_total=other_shift[0], dy_total=other_shift[1],
+                                                 applied=True)).geometry.values)
+        tree = shapely.STRtree(dg)
+        conf = dets["confidence"].to_numpy()
+        for k, g in enumerate(geoms):
+            hits = tree.query(g, predicate="intersects")
+            if not len(hits):
+                continue
+            inter = shapely.area(shapely.intersection(dg[hits], g))
+            share = inter / max(g.area, 1e-9)
+            on = share >= 0.3
+            if on.any():
+                looks[k].best_conf = float(conf[hits][on].max())
+                looks[k].best_area_m2 = float(shapely.area(dg[hits][on]).max())
+                looks[k].cover = float(min(1.0, shapely.area(shapely.intersection(
+                    shapely.union_all(dg[hits][on]), g)) / max(g.area, 1e-9)))
+    if this_path is not None and len(frames) == 1:
+        gsd = settings.change_check.chip_gsd_m
+        for k, g in enumerate(geoms):
+            b = shapely.box(*g.buffer(4.0).bounds).bounds
+            try:
+                before, mb = read_bands(frames[0], _moved(b, other_shift), gsd, crs)
+                after, ma = read_bands(this_path, _moved(b, this_shift), gsd, crs)
+            except Exception:                 # noqa: BLE001 — an unreadable chip: no comparison
+                continue
+            outline = _inside(g, b, gsd, before.shape[1:])
+            near = _inside(g.buffer(1.0), b, gsd, before.shape[1:])
+            valid = mb & ma
+            looks[k].appearance = appearance_change(before, after, outline & valid, ~near & valid)
+    return looks
+
+
+def _moved(b, shift):
+    return (b[0] + shift[0], b[1] + shift[1], b[2] + shift[0], b[3] + shift[1])
+
+
+def _win_extent(w) -> tuple[float, float, float, float]:
+    t = w.transform
+    x0, y0 = t * (0, 0)
+    x1, y1 = t * (w.width, w.height)
+    return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
+
+
+# ---------------------------------------------------------------- the flight's check
+@dataclass
+class FlightCheck:
+    """What ``check_flight`` found: the detections in the reference frame with their change
+    columns, the registration, the footprint in the reference frame, and the demolition
+    candidates' verdicts (case_no → standing, confidence, evidence)."""
+    detections: gpd.GeoDataFrame
+    registration: Registration
+    footprint: Any
+    demolition: dict = field(default_factory=dict)
+
+
+def flight_shift(flight: dict | None) -> tuple[float, float]:
+    """The total shift recorded on a flight (0, 0 when none was applied)."""
+    reg = (flight or {}).get("registration") or {}
+    if isinstance(reg, str):
+        import json
+        reg = json.loads(reg or "{}")
+    return (float(reg.get("dx_total", 0.0)), float(reg.get("dy_total", 0.0))) if reg.get("applied") else (0.0, 0.0)
+
+
+def corrected_footprint(flight: dict | None):
+    """A flight's footprint moved into the reference frame."""
+    fp = (flight or {}).get("footprint")
+    if fp is None:
+        return None
+    dx, dy = flight_shift(flight)
+    return shapely.affinity.translate(fp, -dx, -dy) if dx or dy else fp
+
+
+def _earlier(store, flight: dict) -> list[dict]:
+    """The processed flights captured before this one whose footprint it overlaps, newest first."""
+    fl = store.list_flights(status="done")
+    if not len(fl) or flight.get("footprint") is None:
+        return []
+    fl = fl[(fl["flight_id"] != flight["flight_id"]) & (fl["captured_at"] < flight["captured_at"])]
+    out = []
+    for fid in fl.sort_values("captured_at", ascending=False)["flight_id"]:
+        f = store.get_flight(fid)
+        if f.get("footprint") is not None and f["footprint"].intersects(flight["footprint"]):
+            out.append(f)
+    return out
+
+
+def _confidence(cover: float, appearance: float | None) -> float:
+    """Change confidence 0..1 from the other image: what the detector does not see there (1 - the
+    share of the outline its re-detections cover), weighed by how different the place looks (a
+    detection on ground that looks the same in both images is the detector's error, not a change)."""
+    absent = 1.0 - min(1.0, cover)
+    return round(absent if appearance is None else absent * (0.25 + 0.75 * appearance), 3)
+
+
+def check_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, detector=None) -> FlightCheck:
+    """Co-register the flight on the earlier flight it overlaps and move its detections into the
+    reference frame; then, for every candidate new / grown / demolition-seen change, look at the
+    other flight's image (``detector`` at the recheck confidence; None: the appearance only).
+    Adds the columns before_present (the earlier image shows it), change_confirmed (the images
+    show the change: False when they contradict it or show none), before_area_m2,
+    change_confidence and change_evidence."""
+    from pipeline.ingest import flight_frames
+    from pipeline.track import covered_by, match_pairs
+
+    ch = settings.change_check
+    earlier = _earlier(store, flight)
+    det = detections.copy()
+    for col, default in (("before_present", False), ("change_confirmed", None), ("before_area_m2", np.nan),
+                         ("change_confidence", np.nan), ("change_evidence", None)):
+        det[col] = default
+    reg = Registration(None, note="未做配准（change_check.coregister 关闭）")
+    if ch.coregister:
+        ref = next((f for f in earlier if flight.get("footprint") is not None and f.get("footprint") is not None
+                    and f["footprint"].intersection(flight["footprint"]).area >= ch.min_overlap_m2), None)
+        reg = coregister(flight, ref or (earlier[0] if earlier else None), settings,
+                         flight_shift(ref or (earlier[0] if earlier else None)))
+        if not reg.applied and reg.reference is not None:        # the reference's own shift still holds
+            reg.dx_total, reg.dy_total = flight_shift(store.get_flight(reg.reference))
+            reg.applied = bool(reg.dx_total or reg.dy_total)
+            reg.dx = reg.dy = 0.0
+    det = shift_frame(det, reg)
+    shift = (reg.dx_total, reg.dy_total) if reg.applied else (0.0, 0.0)
+    footprint = shapely.affinity.translate(flight["footprint"], -shift[0], -shift[1]) \
+        if flight.get("footprint") is not None else None
+    out = FlightCheck(det, reg, footprint)
+    if not ch.confirm or not earlier or not len(det) or footprint is None:
+        return out
+    low = detector.at_confidence(ch.recheck_confidence) if detector is not None else None
+    frames = flight_frames(flight)
+    this_path = frames[0] if len(frames) == 1 else None
+    bbox = footprint.buffer(20).bounds
+    cases = store.cases(bbox)
+    dg = np.asarray(det.geometry.values, dtype=object)
+    cg = np.asarray(cases.geometry.values, dtype=object) if len(cases) else np.zeros(0, dtype=object)
+    tr = settings.tracking
+    pairs = match_pairs(dg, cg, tr.match_iou, tr.centroid_m)
+    matched = pairs.drop_duplicates("a")
+    case_of = dict(zip(matched["a"], matched["b"]))
+    prior = [(f, corrected_footprint(f)) for f in earlier]
+
+    def latest_over(g):
+        return next((f for f, fp in prior if fp is not None and fp.covers(g.centroid)), None)
+
+    # new: a detection matching no case, where an earlier flight looked
+    todo: dict[str, tuple[dict, list[int]]] = {}
+    for i in range(len(det)):
+        if i in case_of:
+            continue
+        other = latest_over(dg[i])
+        if other is not None:
+            todo.setdefault(other["flight_id"], (other, []))[1].append(i)
+    # grown: a detection larger than its case by the rules' margin; looked at on the case's last flight
+    rules_change = _rules_change(settings)
+    for i, ci in case_of.items():
+        old = float(cases["area_m2"].iloc[ci] or 0.0)
+        new = float(shapely.area(dg[i]))
+        if old > 0 and new - old >= max(rules_change.grown_min_m2, rules_change.grown_min_ratio * old) - 1e-9:
+            other = next((f for f, _ in prior if f["flight_id"] == cases["last_seen_flight"].iloc[ci]), None) \
+                or latest_over(dg[i])
+            if other is not None:
+                todo.setdefault(other["flight_id"], (other, []))[1].append(i)
+    for fid, (other, idx) in todo.items():
+        looks = look_again([dg[i] for i in idx], other, flight_shift(other), this_path, shift, low, settings)
+        for i, lk in zip(idx, looks):
+            present = lk.cover >= ch.present_share
+            conf = _confidence(lk.cover, lk.appearance)
+            det.iat[i, det.columns.get_loc("before_present")] = bool(present)
+            det.iat[i, det.columns.get_loc("change_confirmed")] = bool(not present and conf >= ch.min_confidence)
+            det.iat[i, det.columns.get_loc("before_area_m2")] = round(lk.best_area_m2, 3) if lk.best_conf else 0.0
+            det.iat[i, det.columns.get_loc("change_confidence")] = conf
+            det.iat[i, det.columns.get_loc("change_evidence")] = _evidence(lk, reg)
+    # demolition seen: a watched case this flight covers and no detection stands on
+    lc = _lifecycle(settings)
+    watched = cases["status"].isin(lc.demolition_watch).to_numpy() if len(cases) else np.zeros(0, bool)
+    covered = covered_by(footprint, cg, rules_change.covered_share)
+    standing = set(match_pairs(cg, dg, tr.match_iou, tr.centroid_m)["a"]) if len(dg) else set()
+    cand = [ci for ci in np.flatnonzero(watched & covered) if ci not in standing]
+    if cand:
+        me = {**flight, "registration": {"applied": True, "dx_total": shift[0], "dy_total": shift[1]}}
+        looks = look_again([cg[ci] for ci in cand], me, shift, None, (0.0, 0.0), low, settings)
+        for ci, lk in zip(cand, looks):
+            before = next((f for f, _ in prior if f["flight_id"] == cases["last_seen_flight"].iloc[ci]), None)
+            if before is not None and this_path is not None:
+                lk.appearance = look_again([cg[ci]], before, flight_shift(before), this_path, shift,
+                                           None, settings)[0].appearance
+            conf = _confidence(lk.cover, lk.appearance)          # standing, or no visible change: no flag
+            out.demolition[cases["case_no"].iloc[ci]] = (lk.cover >= ch.present_share or conf < ch.min_confidence,
+                                                         conf, _evidence(lk, reg))
+    return out
+
+
+def _evidence(lk: Look, reg: Registration) -> dict:
+    return {"other_flight": lk.flight_id, "redetected_conf": round(lk.best_conf, 3),
+            "redetected_area_m2": round(lk.best_area_m2, 2), "redetected_cover": round(lk.cover, 3),
+            "appearance_change": None if lk.appearance is None else round(lk.appearance, 3),
+            "shift_m": [round(reg.dx_total, 2), round(reg.dy_total, 2)] if reg.applied else None}
+
+
+def _rules_change(settings):
+    from pipeline.rules import load_rules
+    return load_rules(settings.rules_path).change
+
+
+def _lifecycle(settings):
+    from pipeline.rules import load_rules
+    return load_rules(settings.rules_path).lifecycle
