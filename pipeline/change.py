@@ -23,6 +23,7 @@ import shapely.affinity
 
 BLOCK_PX = 128                       # phase-correlation block edge at the coarse GSD
 MAX_BLOCKS = 9
+CONTEXT_M = 12.0                     # the surroundings an outline's colour is measured against
 
 
 @dataclass
@@ -195,21 +196,20 @@ def unshift(geoms: np.ndarray, shift: tuple[float, float]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- appearance change
-def appearance_change(before: np.ndarray, after: np.ndarray, inside: np.ndarray, ring: np.ndarray) -> float:
-    """0 (the same) … 1 (changed): each chip's colour bands normalised by its surroundings
-    (``ring``: mean and spread there, so light, exposure and season do not count), then how much
-    more the two differ inside the outline than around it."""
-    if inside.sum() < 4 or ring.sum() < 4:
+def appearance_change(before: np.ndarray, after: np.ndarray, inside: np.ndarray, around: np.ndarray) -> float:
+    """0 (looks the same) … 1 (looks different): the outline's median colour in each image, as
+    robust z-scores against that image's own surroundings (``around``; so light, exposure and
+    season, which move the surroundings too, do not count), compared between the images."""
+    if inside.sum() < 4 or around.sum() < 4:
         return 0.0
 
-    def norm(x):
+    def z(x):
         x = np.stack([_smooth(b.astype(np.float64)) for b in x])
-        m, sd = x[:, ring].mean(axis=1), x[:, ring].std(axis=1) + 2.0
-        return (x - m[:, None, None]) / sd[:, None, None]
+        med = np.median(x[:, around], axis=1)
+        mad = np.median(np.abs(x[:, around] - med[:, None]), axis=1) * 1.4826 + 3.0
+        return np.median((x[:, inside] - med[:, None]) / mad[:, None], axis=1)
 
-    d = np.sqrt(((norm(before) - norm(after)) ** 2).sum(axis=0))
-    ratio = float(np.median(d[inside]) / (np.median(d[ring]) + 0.1))
-    return float(np.clip((ratio - 1.0) / 2.0, 0.0, 1.0))
+    return float(np.clip(np.linalg.norm(z(after) - z(before)) / 2.0, 0.0, 1.0))
 
 
 def _smooth(g: np.ndarray) -> np.ndarray:
@@ -296,13 +296,13 @@ def look_again(geoms: list, other: dict, other_shift: tuple[float, float], this_
     if this_path is not None and len(frames) == 1:
         gsd = settings.change_check.chip_gsd_m
         for k, g in enumerate(geoms):
-            b = shapely.box(*g.buffer(4.0).bounds).bounds
+            b = shapely.box(*g.buffer(CONTEXT_M).bounds).bounds
             try:
                 before, mb = read_bands(frames[0], _moved(b, other_shift), gsd, crs)
                 after, ma = read_bands(this_path, _moved(b, this_shift), gsd, crs)
             except Exception:                 # noqa: BLE001 — an unreadable chip: no comparison
                 continue
-            outline = _inside(g, b, gsd, before.shape[1:])
+            outline = _inside(g.buffer(-0.5), b, gsd, before.shape[1:])
             near = _inside(g.buffer(1.0), b, gsd, before.shape[1:])
             valid = mb & ma
             looks[k].appearance = appearance_change(before, after, outline & valid, ~near & valid)
@@ -364,12 +364,13 @@ def _earlier(store, flight: dict) -> list[dict]:
     return out
 
 
-def _confidence(cover: float, appearance: float | None) -> float:
-    """Change confidence 0..1 from the other image: what the detector does not see there (1 - the
-    share of the outline its re-detections cover), weighed by how different the place looks (a
-    detection on ground that looks the same in both images is the detector's error, not a change)."""
-    absent = 1.0 - min(1.0, cover)
-    return round(absent if appearance is None else absent * (0.25 + 0.75 * appearance), 3)
+def _confidence(cover_other: float, cover_here: float, appearance: float | None, share: float) -> float:
+    """Change confidence 0..1: the other image holds nothing there (1 - the share of the outline
+    its re-detections cover), this image holds the structure on a second look (its cover, up to
+    the present share), and the place looks different (the appearance change; 0.5 unknown)."""
+    absent = 1.0 - min(1.0, cover_other)
+    here = min(1.0, cover_here / share)
+    return round(absent * here * (0.6 + 0.4 * (0.5 if appearance is None else appearance)), 3)
 
 
 def check_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, detector=None) -> FlightCheck:
@@ -439,16 +440,22 @@ def check_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, de
                 or latest_over(dg[i])
             if other is not None:
                 todo.setdefault(other["flight_id"], (other, []))[1].append(i)
+    me = {**flight, "registration": {"applied": True, "dx_total": shift[0], "dy_total": shift[1]}}
+    second = detector.at_confidence(ch.recheck_confidence, flip=True) if detector is not None else None
     for fid, (other, idx) in todo.items():
-        looks = look_again([dg[i] for i in idx], other, flight_shift(other), this_path, shift, low, settings)
-        for i, lk in zip(idx, looks):
+        geoms = [dg[i] for i in idx]
+        looks = look_again(geoms, other, flight_shift(other), this_path, shift, low, settings)
+        here = look_again(geoms, me, shift, None, (0.0, 0.0), second, settings) if second is not None else None
+        for k, (i, lk) in enumerate(zip(idx, looks)):
             present = lk.cover >= ch.present_share
-            conf = _confidence(lk.cover, lk.appearance)
+            cover_here = here[k].cover if here is not None else 1.0
+            conf = _confidence(lk.cover, cover_here, lk.appearance, ch.present_share)
             det.iat[i, det.columns.get_loc("before_present")] = bool(present)
-            det.iat[i, det.columns.get_loc("change_confirmed")] = bool(not present and conf >= ch.min_confidence)
+            det.iat[i, det.columns.get_loc("change_confirmed")] = bool(not present and cover_here >= ch.present_share)
             det.iat[i, det.columns.get_loc("before_area_m2")] = round(lk.best_area_m2, 3) if lk.best_conf else 0.0
             det.iat[i, det.columns.get_loc("change_confidence")] = conf
-            det.iat[i, det.columns.get_loc("change_evidence")] = _evidence(lk, reg)
+            det.iat[i, det.columns.get_loc("change_evidence")] = {**_evidence(lk, reg),
+                                                                   "second_look_cover": round(cover_here, 3)}
     # demolition seen: a watched case this flight covers and no detection stands on
     lc = _lifecycle(settings)
     watched = cases["status"].isin(lc.demolition_watch).to_numpy() if len(cases) else np.zeros(0, bool)
@@ -456,16 +463,14 @@ def check_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, de
     standing = set(match_pairs(cg, dg, tr.match_iou, tr.centroid_m)["a"]) if len(dg) else set()
     cand = [ci for ci in np.flatnonzero(watched & covered) if ci not in standing]
     if cand:
-        me = {**flight, "registration": {"applied": True, "dx_total": shift[0], "dy_total": shift[1]}}
         looks = look_again([cg[ci] for ci in cand], me, shift, None, (0.0, 0.0), low, settings)
         for ci, lk in zip(cand, looks):
             before = next((f for f, _ in prior if f["flight_id"] == cases["last_seen_flight"].iloc[ci]), None)
             if before is not None and this_path is not None:
                 lk.appearance = look_again([cg[ci]], before, flight_shift(before), this_path, shift,
                                            None, settings)[0].appearance
-            conf = _confidence(lk.cover, lk.appearance)          # standing, or no visible change: no flag
-            out.demolition[cases["case_no"].iloc[ci]] = (lk.cover >= ch.present_share or conf < ch.min_confidence,
-                                                         conf, _evidence(lk, reg))
+            conf = _confidence(0.0, 1.0 - lk.cover, lk.appearance, 1.0)   # ground here, where it stood
+            out.demolition[cases["case_no"].iloc[ci]] = (lk.cover >= ch.present_share, conf, _evidence(lk, reg))
     return out
 
 

@@ -56,8 +56,9 @@ class TileDetector(abc.ABC):
         """Load what the detector needs in this process now; the seconds it took (0 if loaded)."""
         return 0.0
 
-    def at_confidence(self, confidence: float) -> "TileDetector":
-        """The same detector keeping boxes down to ``confidence`` (the change check's second look)."""
+    def at_confidence(self, confidence: float, flip: bool = False) -> "TileDetector":
+        """The same detector keeping boxes down to ``confidence``, on mirrored tiles when ``flip``
+        (the change check's second look: an independent look at the same place)."""
         return self
 
 
@@ -83,21 +84,22 @@ class ModelTileDetector(TileDetector):
         self.model_path = str(path.resolve()) if path.exists() else str(path)
         self.version = path.name
         self._predictor = predictor
+        self.flip = False                   # mirrored tiles (the change check's second look)
 
     def __getstate__(self) -> dict:        # a worker loads the weights of model_path itself
         return {**self.__dict__, "_predictor": None}
 
-    def at_confidence(self, confidence: float) -> "ModelTileDetector":
+    def at_confidence(self, confidence: float, flip: bool = False) -> "ModelTileDetector":
         import copy
         other = copy.copy(self)
-        other.confidence = float(confidence)
+        other.confidence, other.flip = float(confidence), bool(flip)
         if self._predictor is not None:                  # a loaded model: a copy that keeps more boxes
             other._predictor = copy.copy(self._predictor)
             other._predictor.confidence = float(confidence)
         return other
 
     def key(self) -> str:
-        settings = [self.model_path, self.classes, self.confidence, self.nms_iou, self.tile_px]
+        settings = [self.model_path, self.classes, self.confidence, self.nms_iou, self.tile_px, self.flip]
         stamp = _file_stamp(self.model_path) if os.path.exists(self.model_path) else ""
         return hashlib.sha256(json.dumps([settings, stamp]).encode()).hexdigest()[:12]
 
@@ -142,9 +144,13 @@ class ModelTileDetector(TileDetector):
         for batch in chunk_tiles(chunk, self.batch_size):
             t1 = time.perf_counter()
             with _MODEL_LOCK:
-                preds = model.predict([tile.image for tile in batch])
+                preds = model.predict([np.ascontiguousarray(tile.image[:, ::-1]) if self.flip else tile.image
+                                       for tile in batch])
             infer += time.perf_counter() - t1
             for tile, (quads, conf, cls) in zip(batch, preds):
+                if self.flip:                            # corners back onto the tile as it lies
+                    quads = np.array(quads, dtype=float, copy=True)
+                    quads[..., 0] = tile.image.shape[1] - quads[..., 0]
                 b, c, k = tile_detections(tile, quads, conf, cls)
                 bounds.append(b)
                 confs.append(c)
