@@ -268,12 +268,19 @@ def _check_dates(*values):
 
 @cases_group.command("list")
 @_report_filters
+@click.option("--flag", "flags", multiple=True, type=click.Choice(["new", "grown", "rebuilt", "demolition_seen"]),
+              help="Only cases carrying this change flag (repeatable: any of them).")
+@click.option("--min-change-confidence", type=click.FloatRange(0, 1),
+              help="Only cases whose change was confirmed in the images with at least this confidence.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print a GeoJSON FeatureCollection (EPSG:4326), every case field a property.")
 @pass_ctx
-def cases_list(ctx, status, category, town, village, since, until, as_json):
+def cases_list(ctx, status, category, town, village, since, until, flags, min_change_confidence, as_json):
     """One line per case (or GeoJSON with --json)."""
     import json
+
+    import pandas as pd
+
     from pipeline.track import cases_geojson
     _check_dates(since, until)
     rules = _ctx_rules(ctx)
@@ -284,6 +291,10 @@ def cases_list(ctx, status, category, town, village, since, until, as_json):
     with open_ctx_store(ctx) as store:
         cases = store.cases(status=list(status) or None, category=list(category) or None,
                             town=town, village=village, since=since, until=until)
+    if flags:
+        cases = cases[cases["flags"].map(lambda f: bool(set(f or []) & set(flags)))]
+    if min_change_confidence is not None:
+        cases = cases[cases["change_confidence"].astype(float).fillna(-1) >= min_change_confidence]
     if as_json:
         click.echo(json.dumps(cases_geojson(cases), ensure_ascii=False, default=str))
         return
@@ -291,11 +302,12 @@ def cases_list(ctx, status, category, town, village, since, until, as_json):
         click.echo("no cases")
         return
     head = ["case_no", "status", "category", "stock", "class", "area m²", "town", "village",
-            "flags", "last seen", "assignee"]
+            "flags", "change", "last seen", "assignee"]
     rows = [[_cell(c["case_no"]), f"{c['status']} {rules.lifecycle.label(c['status'])}",
              _cell(c["category"]), _cell(c["stock"]), _cell(c["detector_class"]), _cell(c["area_m2"]),
-             _cell(c["town"]), _cell(c["village"]), _cell(c["flags"]), _cell(c["last_seen_at"]),
-             _cell(c["assignee"])] for _, c in cases.iterrows()]
+             _cell(c["town"]), _cell(c["village"]), _cell(c["flags"]),
+             "" if pd.isna(c["change_confidence"]) else f"{float(c['change_confidence']):.2f}",
+             _cell(c["last_seen_at"]), _cell(c["assignee"])] for _, c in cases.iterrows()]
     widths = [max(_width(r[i]) for r in [head] + rows) for i in range(len(head))]
     for r in [head] + rows:
         click.echo("  ".join(_pad(x, w) for x, w in zip(r, widths)).rstrip())

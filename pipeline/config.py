@@ -108,7 +108,8 @@ LEDGER_FIELDS = (
     "source", "first_seen_at", "last_seen_at", "status", "progress", "doc_nos", "order_no", "order_date",
     "deadline", "overdue_days", "unit", "assignee", "demolished_area_m2", "recheck_date", "closed_date",
     "parcel_id", "owner", "basic_farmland_m2", "redline_m2", "farmland_m2", "rules", "reasons", "flags",
-    "confidence", "image_before", "image_after", "site_photo", "remark", "id_number", "address")
+    "confidence", "change_confidence", "image_before", "image_after", "site_photo", "remark", "id_number",
+    "address")
 #: the columns of DOMAIN.md's 两违台账, in its order
 DEFAULT_LEDGER_COLUMNS = [
     "seq", "case_no", "town", "village", "coords", "land_class", "area_m2", "area_mu", "floor_area_m2", "floors",

@@ -163,6 +163,34 @@ def test_new_flags_are_confirmed_on_shifted_flickering_flights(seed, tmp_path_fa
     assert t["demolished_seen"] == t["demolished"]
 
 
+def test_the_evidence_is_shown_and_filtered(tmp_path_factory, tmp_path):
+    """`patrol cases list --flag new --min-change-confidence X` keeps the confirmed 新增 cases; the
+    case facts (case page, sheets, popups) say in Chinese what the images showed."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+    from pipeline.report.common import change_text
+    out = _district(tmp_path_factory, 3)
+    store_path = tmp_path / "patrol.gpkg"
+    replay(out, store_path, lambda s, o: Flicker(_truth(s, o), seed=3))
+    meta = json.loads((out / "district.json").read_text())
+    with open_store(str(store_path), meta["crs"]) as store:
+        cases = store.cases()
+    confirmed = cases[cases["flags"].map(lambda f: "new" in f) & (cases["change_confidence"].fillna(-1) >= 0.5)]
+    assert len(confirmed) and set(confirmed["stock"]) == {"new_build"}
+    r = CliRunner().invoke(cli, ["--store", str(store_path), "--set", f"store.crs={meta['crs']}", "cases", "list",
+                                 "--flag", "new", "--min-change-confidence", "0.5"])
+    assert r.exit_code == 0, r.output
+    listed = {line.split()[0] for line in r.output.splitlines()[1:-1]}
+    assert listed == set(confirmed["case_no"])
+    seen_before = cases["change_evidence"].map(lambda e: (e or {}).get("redetected_cover", 0) >= 0.5)
+    existing = cases[(cases["stock"] == "existing") & seen_before].iloc[0].to_dict()
+    line = change_text(existing, "zh")
+    assert "复检已见建筑" in line and "定为存量" in line and "配准改正" in line, line
+    line = change_text(confirmed.iloc[0].to_dict(), "zh")
+    assert "复检未见建筑" in line and "本时相复看确认" in line, line
+
+
 def test_without_the_check_flicker_becomes_new(tmp_path_factory, tmp_path, monkeypatch):
     """The same district with the check and the co-registration switched off: the first
     flight's misses and the spurious boxes come back as 新增 — the failure this check exists for."""

@@ -27,6 +27,7 @@ FIELDS: dict[str, tuple[str, str]] = {
     "reasons": ("判定依据", "Reasons"),
     "priority": ("优先级", "Priority"),
     "flags": ("变化标记", "Change flags"),
+    "change_confidence": ("变化可信度", "Change confidence"),
     "town": ("乡镇", "Town"),
     "village": ("村", "Village"),
     "village_code": ("村代码", "Village code"),
@@ -315,3 +316,40 @@ def to_wgs84_points(gdf, crs: str) -> np.ndarray:
     pts = gpd.GeoSeries(shapely.centroid(np.asarray(gdf.geometry.values, dtype=object)), crs=gdf.crs or crs)
     p = pts.to_crs("EPSG:4326")
     return np.column_stack([p.x.to_numpy(), p.y.to_numpy()])
+
+
+def change_text(c: Mapping[str, Any], lang: str) -> str:
+    """What the change check saw (``pipeline.change``): the change confidence and its evidence in
+    one line ('' when the case was not checked)."""
+    import json
+    conf = c.get("change_confidence")
+    if missing(conf):
+        return ""
+    ev = c.get("change_evidence")
+    ev = json.loads(ev) if isinstance(ev, str) and ev.strip() else ev if isinstance(ev, Mapping) else {}
+    zh = lang_index(lang) == 0
+    pct = lambda v: f"{100 * float(v or 0):.0f}%"              # noqa: E731
+    other, cover = text(ev.get("other_flight")), ev.get("redetected_cover") or 0.0
+    parts = [f"{float(conf):.2f}"]
+    if "demolition_seen" in as_list(c.get("flags")):
+        parts.append(f"本时相（航次 {other}）复检未见建筑（覆盖 {pct(cover)}）" if zh else
+                     f"this flight ({other}) looked at again: no structure (cover {pct(cover)})")
+    else:
+        if zh:
+            parts.append(f"前时相（航次 {other}）复检" + (f"已见建筑（覆盖 {pct(cover)}），定为存量" if cover >= 0.5
+                                                      else f"未见建筑（覆盖 {pct(cover)}）"))
+        else:
+            parts.append(f"earlier flight {other} looked at again: " + (
+                f"structure there (cover {pct(cover)}), existing" if cover >= 0.5 else f"nothing (cover {pct(cover)})"))
+        second = ev.get("second_look_cover")
+        if second is not None:
+            ok = float(second) >= 0.5
+            parts.append(("本时相复看确认" if ok else "本时相复看未确认") if zh else
+                         ("confirmed on a second look" if ok else "not confirmed on a second look"))
+    if ev.get("appearance_change") is not None:
+        parts.append(f"{'外观变化' if zh else 'appearance change'} {float(ev['appearance_change']):.2f}")
+    shift = ev.get("shift_m")
+    if shift:
+        parts.append(f"配准改正 东 {shift[0]:+.1f} m、北 {shift[1]:+.1f} m" if zh else
+                     f"co-registered by {shift[0]:+.1f} m east, {shift[1]:+.1f} m north")
+    return ("；" if zh else "; ").join(parts)

@@ -25,8 +25,8 @@ import pandas as pd
 import shapely
 
 from pipeline.errors import ConfigError, InputError, PatrolError
-from pipeline.report.common import (CATEGORIES, CLASSES, STOCK, label, missing, rule_texts, status_label, text,
-                                    to_wgs84_points)
+from pipeline.report.common import (CATEGORIES, CLASSES, STOCK, change_text, label, missing, rule_texts,
+                                    status_label, text, to_wgs84_points)
 from pipeline.report.evidence import scale_and_north
 from pipeline.report.ledger import M2_PER_MU, land_class, parcel_facts, progress_text
 from pipeline.track import get_case, mask_id
@@ -45,6 +45,7 @@ FIELDS = (
     "area_m2", "area_mu", "floors", "floor_area_m2", "party", "phone", "id_number", "address", "parcel", "parcel_text", "land_class",
     "basic_farmland_m2", "redline_m2", "reasons", "first_seen_at", "last_seen_at", "before", "after", "location",
     "image_hashes", "site_photo", "order_no", "order_date", "deadline", "deadline_text", "assignee", "unit", "progress", "history",
+    "change_text",
 )
 #: fields every document must show
 REQUIRED = ("doc_no", "case_no")
@@ -229,6 +230,7 @@ def case_fields(store, settings, rules, case: dict, kind: str, *, flights=None, 
         "category": text(case.get("category")), "category_label": label(CATEGORIES, case.get("category"), "zh"),
         "class_label": label(CLASSES, case.get("detector_class"), "zh"),
         "stock_label": label(STOCK, case.get("stock"), "zh"),
+        "change_text": change_text(case, "zh"),
         "town": text(case.get("town")), "village": text(case.get("village")),
         "village_code": text(case.get("village_code")), "lon": f"{ll[0]:.6f}", "lat": f"{ll[1]:.6f}",
         "area_m2": f"{area:.1f}", "area_mu": f"{area / M2_PER_MU:.2f}",

@@ -19,7 +19,7 @@ import pandas as pd
 import shapely
 from tqdm import tqdm
 
-from pipeline.report.common import (CATEGORIES, CLASSES, FIELDS, FLAGS, STOCK, STATUS_COLOURS,
+from pipeline.report.common import (CATEGORIES, CLASSES, FIELDS, FLAGS, STOCK, STATUS_COLOURS, change_text,
                                     label, missing, rule_texts, safe_name, status_label, text, to_uint8,
                                    to_wgs84_points)
 from pipeline.report.ledger import parcel_facts
@@ -157,7 +157,9 @@ def chip_role(flight_captured: Any, first_seen: Any) -> str:
 
 def make_chips(store, cases, flights, out_dir: Path, margin_m: float = 8.0,
                progress: bool = True) -> pd.DataFrame:
-    """Cut and record a chip per case and per flight covering it. Returns the evidence rows
+    """Cut and record a chip per case and per flight covering it (the case's outline moved by the
+    flight's co-registration shift, so it sits on the structure in every flight's image), side
+    by side before and after. Returns the evidence rows
     (case_no, flight_id, role, chip_path, file_hash, captured_at, gsd_m) also written with
     ``store.add_evidence``."""
     import rasterio
@@ -168,13 +170,16 @@ def make_chips(store, cases, flights, out_dir: Path, margin_m: float = 8.0,
     chip_dir = Path(out_dir) / "chips"
     geoms = np.asarray(cases.geometry.values, dtype=object)
     centroids = shapely.centroid(geoms)
+    from pipeline.change import flight_shift
+
     for _, fl in flights.sort_values("captured_at").iterrows():
         flight = fl.to_dict()
         path = ortho_path(flight, getattr(store, "url", None))
         fp = fl[flights.geometry.name]
         if path is None or fp is None or fp.is_empty:
             continue
-        hit = np.flatnonzero(shapely.intersects(fp, centroids))
+        dx, dy = flight_shift(flight)                       # where this flight's ortho shows the case
+        hit = np.flatnonzero(shapely.intersects(fp, shapely.transform(centroids, lambda xy: xy + [dx, dy])))
         if not len(hit):
             continue
         with rasterio.open(path) as src:
@@ -183,7 +188,7 @@ def make_chips(store, cases, flights, out_dir: Path, margin_m: float = 8.0,
                 c = cases.iloc[i]
                 out = chip_dir / f"{safe_name(c['case_no'])}_{safe_name(flight['flight_id'])}.png"
                 m = max(margin_m, 0.5 * max(np.ptp(np.asarray(geoms[i].bounds).reshape(2, 2), axis=0)))
-                gsd = cut_chip(src, geoms[i], store.crs, out, m)
+                gsd = cut_chip(src, shapely.transform(geoms[i], lambda xy: xy + [dx, dy]), store.crs, out, m)
                 if gsd is None:
                     continue
                 rows.append({"case_no": c["case_no"], "flight_id": flight["flight_id"],
@@ -243,6 +248,7 @@ def case_facts(c: dict, lang: str, rules=None, crs: str | None = None) -> list[t
         (F("confidence"), "" if missing(c.get("confidence")) else f"{float(c['confidence']):.2f}"),
         (F("priority"), text(pr)),
         (F("flags"), "、".join(label(FLAGS, f, lang) for f in (c.get("flags") or []))),
+        (F("change_confidence"), change_text(c, lang)),
         (F("town"), text(c.get("town"))), (F("village"), text(c.get("village"))),
         (F("village_code"), text(c.get("village_code"))),
         (F("parcel_id"), text(c.get("parcel_id"))), (F("owner"), text(c.get("owner"))),

@@ -18,8 +18,8 @@ import shapely
 
 from pipeline.config import DEFAULT_LEDGER_COLUMNS
 from pipeline.track import mask_id
-from pipeline.report.common import (CATEGORIES, CLASSES, FIELDS, FLAGS, SOURCES, STOCK, as_list, label, missing,
-                                    rule_texts, status_label, text, to_wgs84_points)
+from pipeline.report.common import (CATEGORIES, CLASSES, FIELDS, FLAGS, SOURCES, STOCK, as_list, change_text, label,
+                                    missing, rule_texts, status_label, text, to_wgs84_points)
 
 M2_PER_MU = 666.67
 HEADERS: dict[str, str] = {
@@ -135,6 +135,7 @@ def ledger_table(cases: gpd.GeoDataFrame, lang: str = "zh", rules=None, crs: str
             "detector_class": label(CLASSES, c.get("detector_class"), lang),
             "source": label(SOURCES, c.get("source"), lang) if text(c.get("source")) else "",
             "flags": "、".join(label(FLAGS, f, lang) for f in as_list(c.get("flags"))),
+            "change_confidence": change_text(c, lang),
             "rules": reasons, "reasons": reasons,
             "first_seen_at": text(c.get("first_seen_at"))[:10], "last_seen_at": text(c.get("last_seen_at"))[:10],
             "image_before": "", "image_after": "", "site_photo": "",

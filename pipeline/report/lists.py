@@ -28,11 +28,11 @@ FORMATS = ("xlsx", "csv", "geojson", "kml", "kmz", "gpkg")
 
 LIST_FIELDS = [
     "case_no", "status", "category", "stock", "detector_class", "area_m2", "town", "village",
-    "village_code", "parcel_id", "owner", "party", "phone", "rules", "confidence", "flags",
+    "village_code", "parcel_id", "owner", "party", "phone", "rules", "confidence", "flags", "change_confidence",
     "basic_farmland_m2", "redline_m2", "farmland_m2", "first_seen_at", "last_seen_at", "order_no",
     "order_date", "deadline", "assignee", "recheck_date", "closed_date", "demolished_area_m2",
     "floors", "floor_area_m2", "unit", "remark", "lon", "lat", "x", "y"]
-NUMERIC = {"area_m2", "confidence", "basic_farmland_m2", "redline_m2", "farmland_m2",
+NUMERIC = {"area_m2", "confidence", "change_confidence", "basic_farmland_m2", "redline_m2", "farmland_m2",
            "demolished_area_m2", "floors", "floor_area_m2", "lon", "lat", "x", "y"}
 GIS_FIELDS = [f for f in LIST_FIELDS if f not in ("lon", "lat", "x", "y")] + [
     "status_label", "category_label", "reasons_text", "first_seen_flight", "last_seen_flight",

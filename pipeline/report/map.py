@@ -23,7 +23,7 @@ from pipeline.errors import ConfigError, PatrolError
 from pipeline.report.common import (CATEGORIES, CLASS_COLOURS, CLASSES, FIELDS, LAYERS, STATUS_COLOURS,
                                     ZONE_COLOURS, ZONE_KINDS, js_json, label, missing, rule_texts,
                                     shift_gcj02, status_label, text, to_uint8, to_wgs84_points, wgs84_to_gcj02,
-                                    FLAGS, STOCK)
+                                    FLAGS, STOCK, change_text)
 
 STATIC = Path(__file__).parent / "static"
 VENDOR = "vendored:"
@@ -378,6 +378,7 @@ def case_popup(c: dict, lang: str, rules, chips: list[dict], lonlat: tuple[float
         (F("village"), " ".join(x for x in (text(c.get("town")), text(c.get("village"))) if x)),
         (F("confidence"), "" if missing(conf) else f"{float(conf):.2f}"),
         (F("flags"), "、".join(label(FLAGS, f, lang) for f in (c.get("flags") or []))),
+        (F("change_confidence"), change_text(c, lang)),
         (F("deadline"), text(c.get("deadline"))),
         ("WGS84", f"{lonlat[1]:.6f}, {lonlat[0]:.6f}"),
         (crs, f"{g.x:.2f}, {g.y:.2f}"),

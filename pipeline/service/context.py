@@ -28,7 +28,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
 from pipeline.errors import InputError, PatrolError
-from pipeline.report.common import CATEGORIES, label, rule_texts, status_label, text
+from pipeline.report.common import CATEGORIES, STOCK, label, rule_texts, status_label, text
 from pipeline.service import auth as A
 from pipeline.service.jobs import Processor
 from pipeline.service.messages import FLIGHT_STATUS, ROLE_LABELS, translate
@@ -294,7 +294,10 @@ class Service:
                 "town": text(c.get("town")), "village": text(c.get("village")), "owner": text(c.get("owner")),
                 "area_m2": None if pd.isna(c.get("area_m2")) else round(float(c["area_m2"]), 1),
                 "priority": text(pr), "first_seen_at": text(c.get("first_seen_at"))[:10],
-                "assignee": text(c.get("assignee")), "deadline": text(c.get("deadline"))[:10]}
+                "assignee": text(c.get("assignee")), "deadline": text(c.get("deadline"))[:10],
+                "stock_label": label(STOCK, c.get("stock"), self.lang) if text(c.get("stock")) else "",
+                "change_confidence": None if pd.isna(c.get("change_confidence")) else
+                round(float(c["change_confidence"]), 2)}
 
     def case_detail(self, user: A.User, case_no: str) -> dict:
         from pipeline.report.evidence import case_facts

@@ -20,7 +20,8 @@ EN: dict[str, str] = {
     # review
     "地图": "Map", "列表": "List", "全部状态": "All statuses", "件案件": "cases", "下载": "Download",
     "搜索（案件、权利人、村…）": "Search (case, owner, village…)", "案件": "Case", "状态": "Status",
-    "类别": "Category", "乡镇/村": "Town/Village", "权利人": "Owner", "优先级": "Priority", "发现": "Seen",
+    "类别": "Category", "变化": "Change", "新建/存量 · 变化可信度": "New/existing · change confidence",
+    "乡镇/村": "Town/Village", "权利人": "Owner", "优先级": "Priority", "发现": "Seen",
     # case page
     "← 审核": "← Review", "证据单": "Evidence sheet", "案件信息": "Facts", "规则依据": "Why",
     "前后时相": "Before / after", "暂无影像": "No image of this place", "现场照片": "On-site photos",
