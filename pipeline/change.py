@@ -50,20 +50,39 @@ class Registration:
 def read_bands(path: str, bounds: tuple[float, float, float, float], gsd: float, crs: Any
                ) -> tuple[np.ndarray, np.ndarray]:
     """The raster's colour bands (bands, rows, cols; float) and validity over ``bounds`` (store
-    CRS) at ``gsd``, north up."""
+    CRS) at ``gsd``, north up (a north-up raster in the store CRS is read straight from its
+    overviews; any other is warped)."""
     import rasterio
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
+    from rasterio.windows import Window, from_bounds
 
     x0, y0, x1, y1 = bounds
     w, h = max(1, int(round((x1 - x0) / gsd))), max(1, int(round((y1 - y0) / gsd)))
-    transform = rasterio.Affine(gsd, 0, x0, 0, -gsd, y1)
-    with rasterio.open(path) as src, WarpedVRT(src, crs=crs, transform=transform, width=w, height=h,
-                                                resampling=Resampling.average) as vrt:
-        bands = min(vrt.count, 3)
-        data = vrt.read(list(range(1, bands + 1))).astype(np.float32)
-        mask = vrt.read_masks(1) > 0
-    return data, mask
+    with rasterio.open(path) as src:
+        bands = list(range(1, min(src.count, 3) + 1))
+        t = src.transform
+        if src.crs is not None and src.crs == rasterio.crs.CRS.from_user_input(crs) and t.b == 0 and t.d == 0 \
+                and t.e < 0:
+            win = from_bounds(x0, y0, x1, y1, transform=t)
+            data = np.zeros((len(bands), h, w), np.float32)
+            mask = np.zeros((h, w), bool)
+            try:                                            # only the part inside the raster is read
+                inner = win.intersection(Window(0, 0, src.width, src.height))
+            except Exception:                               # noqa: BLE001 — rasterio: no overlap
+                return data, mask
+            sy, sx = h / win.height, w / win.width
+            r0, c0 = int(round((inner.row_off - win.row_off) * sy)), int(round((inner.col_off - win.col_off) * sx))
+            ih, iw = min(h - r0, max(1, int(round(inner.height * sy)))), min(w - c0, max(1, int(round(inner.width * sx))))
+            if ih <= 0 or iw <= 0:
+                return data, mask
+            data[:, r0:r0 + ih, c0:c0 + iw] = src.read(bands, window=inner, out_shape=(len(bands), ih, iw),
+                                                       resampling=Resampling.average)
+            mask[r0:r0 + ih, c0:c0 + iw] = src.read_masks(1, window=inner, out_shape=(ih, iw)) > 0
+            return data, mask
+        transform = rasterio.Affine(gsd, 0, x0, 0, -gsd, y1)
+        with WarpedVRT(src, crs=crs, transform=transform, width=w, height=h, resampling=Resampling.average) as vrt:
+            return vrt.read(bands).astype(np.float32), vrt.read_masks(1) > 0
 
 
 def _gradient(gray: np.ndarray) -> np.ndarray:
@@ -213,9 +232,11 @@ def appearance_change(before: np.ndarray, after: np.ndarray, inside: np.ndarray,
 
 
 def _smooth(g: np.ndarray) -> np.ndarray:
-    k = np.array([1, 2, 1], dtype=np.float64) / 4
-    g = np.apply_along_axis(lambda r: np.convolve(r, k, mode="same"), 1, g)
-    return np.apply_along_axis(lambda c: np.convolve(c, k, mode="same"), 0, g)
+    """A 3 × 3 binomial blur (edges kept)."""
+    g = g.astype(np.float64, copy=True)
+    g[1:-1] = (g[:-2] + 2 * g[1:-1] + g[2:]) / 4
+    g[:, 1:-1] = (g[:, :-2] + 2 * g[:, 1:-1] + g[:, 2:]) / 4
+    return g
 
 
 def _inside(geom, bounds, gsd, shape) -> np.ndarray:
@@ -242,9 +263,9 @@ def look_again(geoms: list, other: dict, other_shift: tuple[float, float], this_
     """For each outline (reference frame, store CRS): the other flight's ortho re-examined there
     with ``detector`` (at the recheck confidence; None: not re-examined) and the appearance change
     against this flight's ortho (``this_path``; None: no comparison)."""
-    from pipeline.flightplan import Chunk, Tiling, finish, run_chunk
+    from pipeline.flightplan import Chunk, FlightPlan, Tiling, finish, run_chunk
     from pipeline.ingest import flight_frames
-    from pipeline.tiling import open_raster, plan_windows
+    from pipeline.tiling import open_raster
 
     fid = other["flight_id"]
     looks = [Look(fid) for _ in geoms]
@@ -257,23 +278,15 @@ def look_again(geoms: list, other: dict, other_shift: tuple[float, float], this_
     found = []
     for frame in frames if detector is not None else ():
         with open_raster(frame) as src:
-            windows = plan_windows(src, tiling.gsd_m, tiling.tile_px, tiling.overlap_px)
             rcrs = src.crs
+            here = np.asarray(gpd.GeoSeries(placed, crs=crs).to_crs(rcrs).values, dtype=object)
+            windows = _covering_windows(src, tiling, here)
         if not windows:
             continue
-        here = gpd.GeoSeries(placed, crs=crs).to_crs(rcrs)
         ext = np.array([_win_extent(w) for w in windows])
-        boxes = shapely.box(ext[:, 0], ext[:, 1], ext[:, 2], ext[:, 3])
-        tree = shapely.STRtree(boxes)
-        _, wi = tree.query(here.values, predicate="intersects")
-        wi = sorted(set(int(i) for i in wi))
-        if not wi:
-            continue
-        chunk = Chunk(fid, frame, other.get("captured_at"), tiling, wi, [windows[i] for i in wi], ext)
-        part = run_chunk(detector, chunk)
-        from pipeline.flightplan import FlightPlan
+        chunk = Chunk(fid, frame, other.get("captured_at"), tiling, list(range(len(windows))), windows, ext)
         plan = FlightPlan(fid, other.get("captured_at"), tiling, [frame], raster_crs=rcrs)
-        found.append(finish(detector, plan, [part], settings, crs))
+        found.append(finish(detector, plan, [run_chunk(detector, chunk)], settings, crs))
     dets = pd.concat(found, ignore_index=True) if found else None
     if dets is not None and len(dets):
         dg = np.asarray(shift_frame(gpd.GeoDataFrame(dets, geometry="geometry", crs=crs),
@@ -307,6 +320,29 @@ def look_again(geoms: list, other: dict, other_shift: tuple[float, float], this_
             valid = mb & ma
             looks[k].appearance = appearance_change(before, after, outline & valid, ~near & valid)
     return looks
+
+
+def _covering_windows(src, tiling, geoms: np.ndarray) -> list:
+    """Few tile windows that hold every outline whole (with a margin): one centred on an outline
+    not yet held, which holds the others it happens to contain."""
+    from pipeline.tiling import windows_at
+
+    margin = 4.0
+    todo = list(range(len(geoms)))
+    out = []
+    while todo:
+        g = geoms[todo[0]]
+        c = shapely.get_coordinates(g.centroid)
+        ws = windows_at(src, tiling.gsd_m, tiling.tile_px, c)
+        if not ws:
+            todo.pop(0)
+            continue
+        w = ws[0]
+        if all((w.row, w.col) != (o.row, o.col) for o in out):
+            out.append(w)
+        box = shapely.box(*_win_extent(w)).buffer(-margin)
+        todo = [i for i in todo[1:] if not box.contains(geoms[i])]
+    return out
 
 
 def _moved(b, shift):
@@ -424,53 +460,58 @@ def check_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, de
 
     # new: a detection matching no case, where an earlier flight looked
     todo: dict[str, tuple[dict, list[int]]] = {}
+    new = set()
     for i in range(len(det)):
         if i in case_of:
             continue
         other = latest_over(dg[i])
         if other is not None:
             todo.setdefault(other["flight_id"], (other, []))[1].append(i)
+            new.add(i)
     # grown: a detection larger than its case by the rules' margin; looked at on the case's last flight
     rules_change = _rules_change(settings)
     for i, ci in case_of.items():
         old = float(cases["area_m2"].iloc[ci] or 0.0)
-        new = float(shapely.area(dg[i]))
-        if old > 0 and new - old >= max(rules_change.grown_min_m2, rules_change.grown_min_ratio * old) - 1e-9:
+        area = float(shapely.area(dg[i]))
+        if old > 0 and area - old >= max(rules_change.grown_min_m2, rules_change.grown_min_ratio * old) - 1e-9:
             other = next((f for f, _ in prior if f["flight_id"] == cases["last_seen_flight"].iloc[ci]), None) \
                 or latest_over(dg[i])
             if other is not None:
                 todo.setdefault(other["flight_id"], (other, []))[1].append(i)
-    me = {**flight, "registration": {"applied": True, "dx_total": shift[0], "dy_total": shift[1]}}
-    second = detector.at_confidence(ch.recheck_confidence, flip=True) if detector is not None else None
-    for fid, (other, idx) in todo.items():
-        geoms = [dg[i] for i in idx]
-        looks = look_again(geoms, other, flight_shift(other), this_path, shift, low, settings)
-        here = look_again(geoms, me, shift, None, (0.0, 0.0), second, settings) if second is not None else None
-        for k, (i, lk) in enumerate(zip(idx, looks)):
-            present = lk.cover >= ch.present_share
-            cover_here = here[k].cover if here is not None else 1.0
-            conf = _confidence(lk.cover, cover_here, lk.appearance, ch.present_share)
-            det.iat[i, det.columns.get_loc("before_present")] = bool(present)
-            det.iat[i, det.columns.get_loc("change_confirmed")] = bool(not present and cover_here >= ch.present_share)
-            det.iat[i, det.columns.get_loc("before_area_m2")] = round(lk.best_area_m2, 3) if lk.best_conf else 0.0
-            det.iat[i, det.columns.get_loc("change_confidence")] = conf
-            det.iat[i, det.columns.get_loc("change_evidence")] = {**_evidence(lk, reg),
-                                                                   "second_look_cover": round(cover_here, 3)}
     # demolition seen: a watched case this flight covers and no detection stands on
     lc = _lifecycle(settings)
     watched = cases["status"].isin(lc.demolition_watch).to_numpy() if len(cases) else np.zeros(0, bool)
     covered = covered_by(footprint, cg, rules_change.covered_share)
     standing = set(match_pairs(cg, dg, tr.match_iou, tr.centroid_m)["a"]) if len(dg) else set()
-    cand = [ci for ci in np.flatnonzero(watched & covered) if ci not in standing]
-    if cand:
-        looks = look_again([cg[ci] for ci in cand], me, shift, None, (0.0, 0.0), low, settings)
-        for ci, lk in zip(cand, looks):
-            before = next((f for f, _ in prior if f["flight_id"] == cases["last_seen_flight"].iloc[ci]), None)
-            if before is not None and this_path is not None:
-                lk.appearance = look_again([cg[ci]], before, flight_shift(before), this_path, shift,
-                                           None, settings)[0].appearance
-            conf = _confidence(0.0, 1.0 - lk.cover, lk.appearance, 1.0)   # ground here, where it stood
-            out.demolition[cases["case_no"].iloc[ci]] = (lk.cover >= ch.present_share, conf, _evidence(lk, reg))
+    gone = [ci for ci in np.flatnonzero(watched & covered) if ci not in standing]
+    # the second look at this image, in one pass: new candidates the detector was not sure of
+    # (a sure one needs none) and the places where a watched structure is no longer detected
+    me = {**flight, "registration": {"applied": True, "dx_total": shift[0], "dy_total": shift[1]}}
+    second = detector.at_confidence(ch.recheck_confidence, flip=True) if detector is not None else None
+    conf_col = det["confidence"].to_numpy(dtype=float) if "confidence" in det.columns else np.zeros(len(det))
+    unsure = sorted(i for i in new if not conf_col[i] >= ch.sure_confidence)
+    here = look_again([dg[i] for i in unsure] + [cg[ci] for ci in gone], me, shift, None, (0.0, 0.0),
+                      second, settings) if second is not None else []
+    cover_here = {i: lk.cover for i, lk in zip(unsure, here)} if second is not None else {}
+    for fid, (other, idx) in todo.items():
+        looks = look_again([dg[i] for i in idx], other, flight_shift(other), this_path, shift, low, settings)
+        for i, lk in zip(idx, looks):
+            present = lk.cover >= ch.present_share
+            ch_here = cover_here.get(i, 1.0)
+            conf = _confidence(lk.cover, ch_here, lk.appearance, ch.present_share)
+            det.iat[i, det.columns.get_loc("before_present")] = bool(present)
+            det.iat[i, det.columns.get_loc("change_confirmed")] = bool(not present and ch_here >= ch.present_share)
+            det.iat[i, det.columns.get_loc("before_area_m2")] = round(lk.best_area_m2, 3) if lk.best_conf else 0.0
+            det.iat[i, det.columns.get_loc("change_confidence")] = conf
+            det.iat[i, det.columns.get_loc("change_evidence")] = {
+                **_evidence(lk, reg), **({"second_look_cover": round(ch_here, 3)} if i in cover_here else {})}
+    for ci, lk in zip(gone, here[len(unsure):] if second is not None else [Look(flight["flight_id"])] * len(gone)):
+        before = next((f for f, _ in prior if f["flight_id"] == cases["last_seen_flight"].iloc[ci]), None)
+        if before is not None and this_path is not None:
+            lk.appearance = look_again([cg[ci]], before, flight_shift(before), this_path, shift,
+                                       None, settings)[0].appearance
+        conf = _confidence(0.0, 1.0 - lk.cover, lk.appearance, 1.0)   # ground here, where it stood
+        out.demolition[cases["case_no"].iloc[ci]] = (lk.cover >= ch.present_share, conf, _evidence(lk, reg))
     return out
 
 

@@ -87,6 +87,8 @@ class ChangeCheckSettings(Section):
     recheck_confidence: float = Field(0.15, ge=0, le=1, description="detector confidence of the re-examination")
     present_share: float = Field(0.5, gt=0, le=1, description="a re-detection covering this share of the outline "
                                                               "means the structure was there")
+    sure_confidence: float = Field(0.7, ge=0, le=1, description="a new candidate detected this surely needs no "
+                                                               "second look at its own image")
     chip_gsd_m: float = Field(0.2, gt=0, le=2, description="ground pixel of the before/after comparison chips")
 
 

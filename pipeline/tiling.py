@@ -199,6 +199,34 @@ def plan_windows(src, gsd_m: float, tile_px: int, overlap_px: int) -> list[TileW
     return out
 
 
+def windows_at(src, gsd_m: float, tile_px: int, points: np.ndarray) -> list[TileWindow]:
+    """One tile window centred on each point (raster CRS; x, y rows), kept inside the raster, on
+    the same processing grid as ``plan_windows``; points in one window share it."""
+    check_georeferenced(src)
+    px, py = processing_pixel(src, gsd_m)
+    t = src.transform
+    na, ne = math.hypot(t.a, t.d), math.hypot(t.b, t.e)
+    sx, sy = _snap(px / na), _snap(py / ne)
+    grid_w = int(math.floor(src.width / sx + 1e-6))
+    grid_h = int(math.floor(src.height / sy + 1e-6))
+    if grid_w < 1 or grid_h < 1 or not len(points):
+        return []
+    base = t @ Affine.scale(sx, sy)
+    inv = ~base
+    out, seen = [], set()
+    for x, y in np.asarray(points, dtype=float).reshape(-1, 2):
+        c, r = inv * (x, y)
+        r0 = int(min(max(round(r - tile_px / 2), 0), max(grid_h - tile_px, 0)))
+        c0 = int(min(max(round(c - tile_px / 2), 0), max(grid_w - tile_px, 0)))
+        if (r0, c0) in seen or not (0 <= r < grid_h and 0 <= c < grid_w):
+            continue
+        seen.add((r0, c0))
+        h, w = min(tile_px, grid_h - r0), min(tile_px, grid_w - c0)
+        out.append(TileWindow(r0, c0, h, w, Window(c0 * sx, r0 * sy, w * sx, h * sy),
+                              base @ Affine.translation(c0, r0)))
+    return out
+
+
 def _snap(ratio: float) -> float:
     """Snap a resampling ratio within float noise of an integer or of 1/integer to it exactly."""
     for r in (ratio, 1 / ratio):
