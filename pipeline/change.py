@@ -299,8 +299,9 @@ def look_again(geoms: list, other: dict, other_shift: tuple[float, float], this_
             if not len(hits):
                 continue
             inter = shapely.area(shapely.intersection(dg[hits], g))
-            share = inter / max(g.area, 1e-9)
-            on = share >= 0.3
+            # the same structure: a box holding a good part of the outline and lying mostly on it
+            # (a neighbour's box that only reaches over the outline does not count)
+            on = (inter / max(g.area, 1e-9) >= 0.3) & (inter / np.maximum(shapely.area(dg[hits]), 1e-9) >= 0.5)
             if on.any():
                 looks[k].best_conf = float(conf[hits][on].max())
                 looks[k].best_area_m2 = float(shapely.area(dg[hits][on]).max())
@@ -486,6 +487,7 @@ def check_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, de
     gone = [ci for ci in np.flatnonzero(watched & covered) if ci not in standing]
     # the second look at this image, in one pass: new candidates the detector was not sure of
     # (a sure one needs none) and the places where a watched structure is no longer detected
+    detector_conf = settings.detector.confidence
     me = {**flight, "registration": {"applied": True, "dx_total": shift[0], "dy_total": shift[1]}}
     second = detector.at_confidence(ch.recheck_confidence, flip=True) if detector is not None else None
     conf_col = det["confidence"].to_numpy(dtype=float) if "confidence" in det.columns else np.zeros(len(det))
@@ -496,11 +498,17 @@ def check_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, de
     for fid, (other, idx) in todo.items():
         looks = look_again([dg[i] for i in idx], other, flight_shift(other), this_path, shift, low, settings)
         for i, lk in zip(idx, looks):
-            present = lk.cover >= ch.present_share
+            looks_other = lk.appearance is not None and lk.appearance >= ch.strong_appearance
+            # a faint box on a place that looks quite different now is the detector's guess, not the house
+            present = lk.cover >= ch.present_share and not (looks_other and lk.best_conf < detector_conf)
+            if not present and lk.cover >= ch.present_share:
+                lk.cover = 0.0
             ch_here = cover_here.get(i, 1.0)
             conf = _confidence(lk.cover, ch_here, lk.appearance, ch.present_share)
+            same_look = lk.appearance is not None and lk.appearance < ch.min_appearance
             det.iat[i, det.columns.get_loc("before_present")] = bool(present)
-            det.iat[i, det.columns.get_loc("change_confirmed")] = bool(not present and ch_here >= ch.present_share)
+            det.iat[i, det.columns.get_loc("change_confirmed")] = bool(
+                not present and ch_here >= ch.present_share and not same_look)
             det.iat[i, det.columns.get_loc("before_area_m2")] = round(lk.best_area_m2, 3) if lk.best_conf else 0.0
             det.iat[i, det.columns.get_loc("change_confidence")] = conf
             det.iat[i, det.columns.get_loc("change_evidence")] = {

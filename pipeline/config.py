@@ -89,6 +89,10 @@ class ChangeCheckSettings(Section):
                                                               "means the structure was there")
     sure_confidence: float = Field(0.7, ge=0, le=1, description="a new candidate detected this surely needs no "
                                                                "second look at its own image")
+    min_appearance: float = Field(0.2, ge=0, le=1, description="a 新增 needs the place to look at least this "
+                                                              "different between the images (when both are there)")
+    strong_appearance: float = Field(0.5, ge=0, le=1, description="a place that looks this different is new even "
+                                                                 "if a box fainter than detector.confidence is there before")
     chip_gsd_m: float = Field(0.2, gt=0, le=2, description="ground pixel of the before/after comparison chips")
 
 
