@@ -378,6 +378,14 @@ def flight_shift(flight: dict | None) -> tuple[float, float]:
     return (float(reg.get("dx_total", 0.0)), float(reg.get("dy_total", 0.0))) if reg.get("applied") else (0.0, 0.0)
 
 
+def registration_note(reg: Any) -> str:
+    """The Chinese note of a flight's co-registration ('' when it has none)."""
+    if isinstance(reg, str):
+        import json
+        reg = json.loads(reg or "{}")
+    return str((reg or {}).get("note") or "") if isinstance(reg, dict) else ""
+
+
 def corrected_footprint(flight: dict | None):
     """A flight's footprint moved into the reference frame."""
     fp = (flight or {}).get("footprint")

@@ -64,11 +64,13 @@ def cli(ctx, config, store, overrides, debug):
 @click.option("--gsd", "gsd_m", default=0.05, show_default=True, help="Native ground sample distance (m).")
 @click.option("--shift-m", default=0.0, show_default=True,
               help="Georeference error of each later flight: shifted by up to this many metres.")
-def synth(out_dir, seed, size_m, epochs, gsd_m, shift_m):
+@click.option("--rotate-deg", default=0.0, show_default=True,
+              help="… and turned by up to this many degrees about the district's centre.")
+def synth(out_dir, seed, size_m, epochs, gsd_m, shift_m, rotate_deg):
     """Generate a synthetic rural district: orthophotos per epoch + parcels, zones, truth."""
     from pipeline.synth import generate_district
     result = generate_district(Path(out_dir), seed=seed, size_m=size_m, epochs=epochs, gsd_m=gsd_m,
-                               shift_m=shift_m)
+                               shift_m=shift_m, rotate_deg=rotate_deg)
     click.echo(f"district written to {result.out_dir}")
     for p in result.orthos:
         click.echo(f"  ortho   {p}")

@@ -236,8 +236,15 @@ class TruthTileDetector(TileDetector):
         fps = _layer(self.truth_path, _file_stamp(self.truth_path), "footprints", None)
         row = fps[fps["epoch"] == epoch]
         if len(truth) and "shift_x" in fps.columns and len(row):   # where the (mis-georeferenced) ortho shows it
-            dxy = [float(row["shift_x"].iloc[0]), float(row["shift_y"].iloc[0])]
-            truth = truth.set_geometry(shapely.transform(truth.geometry.values, lambda xy: xy + dxy))
+            import geopandas as gpd
+            import shapely.affinity
+            r = row.iloc[0]
+            rot = float(r["rotation_deg"]) if "rotation_deg" in fps.columns and "centre_x" in fps.columns else 0.0
+            c = (float(r["centre_x"]), float(r["centre_y"])) if rot else None       # the district's centre
+            moved = [shapely.affinity.translate(shapely.affinity.rotate(g, rot, origin=c) if rot else g,
+                                                float(r["shift_x"]), float(r["shift_y"]))
+                     for g in truth.geometry.values]
+            truth = truth.set_geometry(gpd.GeoSeries(moved, crs=truth.crs, index=truth.index))
         truth = truth.to_crs(crs)
         ext = np.asarray(chunk.extents, dtype=float)
         c = shapely.get_coordinates(truth.geometry.centroid.values)

@@ -1,6 +1,7 @@
 """Change an officer can trust (pipeline.change): flights lined up on each other, and every
 新增 / 扩建 / 拆除 flag confirmed in the other flight's image — on generated districts whose
-later flights are georeferenced up to 6 m off, flown in another season and sun, with detector
+later flights are georeferenced up to 6 m off and turned up to 0.2°, flown in another season and
+sun, with detector
 flicker (a fifth of the first flight's structures missed, spurious boxes on the ground)."""
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ class Flicker(TileDetector):
 def _district(tmp_path_factory, seed: int):
     synth = pytest.importorskip("pipeline.synth")
     out = tmp_path_factory.mktemp(f"change{seed}")
-    synth.generate_district(out, seed=seed, size_m=200, epochs=3, gsd_m=0.1, shift_m=6.0, progress=False)
+    synth.generate_district(out, seed=seed, size_m=200, epochs=3, gsd_m=0.1, shift_m=6.0, rotate_deg=0.2,
+                            progress=False)
     return out
 
 

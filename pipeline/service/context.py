@@ -27,6 +27,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
+from pipeline.change import registration_note
 from pipeline.errors import InputError, PatrolError
 from pipeline.report.common import CATEGORIES, STOCK, label, rule_texts, status_label, text
 from pipeline.service import auth as A
@@ -179,6 +180,7 @@ class Service:
         st = self.processor.state(f["flight_id"])
         return {"flight_id": f["flight_id"], "captured_at": text(f.get("captured_at")), "team": text(f.get("team")),
                 "status": text(f.get("status")), "error": text(f.get("error")), "error_zh": text(f.get("error_zh")),
+                "registration": registration_note(f.get("registration")),
                 "processed_at": text(f.get("processed_at")),
                 "gsd_m": f.get("gsd_m") if pd.notna(f.get("gsd_m")) else None,
                 "model_version": text(f.get("model_version")), "file": Path(text(f.get("path"))).name,

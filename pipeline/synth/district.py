@@ -52,22 +52,34 @@ def epoch_look(seed: int, epoch: int, when: datetime, gsd: float) -> Look:
     return Look(rnd, sun_at(when), rnd.season, seed * 100 + epoch)
 
 
-def epoch_shifts(seed: int, epochs: int, shift_m: float) -> list[tuple[float, float]]:
-    """The georeference error of each epoch's ortho (metres east, north): none for the first,
-    up to ``shift_m`` in any direction for the later ones (GPS without RTK)."""
+def epoch_shifts(seed: int, epochs: int, shift_m: float, rotate_deg: float = 0.0) -> list[tuple[float, float, float]]:
+    """The georeference error of each epoch's ortho: metres east, north and degrees of rotation
+    about the district's centre; none for the first, up to ``shift_m`` in any direction and up
+    to ``rotate_deg`` either way for the later ones (GPS without RTK, another mosaicking)."""
     rng = np.random.default_rng([seed, 6061])
-    out = [(0.0, 0.0)]
+    out = [(0.0, 0.0, 0.0)]
     for _ in range(1, epochs):
         r, a = float(rng.uniform(0.0, shift_m)), float(rng.uniform(0.0, 2 * np.pi))
-        out.append((round(r * np.cos(a), 3), round(r * np.sin(a), 3)))
+        rot = float(rng.uniform(-rotate_deg, rotate_deg))
+        out.append((round(r * np.cos(a), 3), round(r * np.sin(a), 3), round(rot, 4)))
     return out
 
 
+def georeference_error(x0: float, ytop: float, size_m: float, shift: tuple[float, float, float]) -> rasterio.Affine:
+    """The map affine that moves true positions to where an ortho with ``shift`` shows them."""
+    cx, cy = x0 + size_m / 2, ytop - size_m / 2
+    dx, dy, rot = shift
+    return rasterio.Affine.translation(cx + dx, cy + dy) * rasterio.Affine.rotation(rot) * \
+        rasterio.Affine.translation(-cx, -cy)
+
+
 def generate_district(out_dir: Path | str, seed: int = 1, size_m: float = 400.0, epochs: int = 3,
-                      gsd_m: float = 0.05, progress: bool = True, shift_m: float = 0.0) -> DistrictResult:
-    """Write epoch_*.tif, district.gpkg and district.json for a seeded district. ``shift_m``: each
-    later ortho is georeferenced up to that far off (the truth stays where it is; the
-    ``footprints`` layer and district.json record each epoch's shift)."""
+                      gsd_m: float = 0.05, progress: bool = True, shift_m: float = 0.0,
+                      rotate_deg: float = 0.0) -> DistrictResult:
+    """Write epoch_*.tif, district.gpkg and district.json for a seeded district. ``shift_m`` /
+    ``rotate_deg``: each later ortho is georeferenced up to that far off and turned up to that
+    much (the truth stays where it is; the ``footprints`` layer and district.json record each
+    epoch's error)."""
     out = Path(out_dir)
     if not 20 <= size_m <= 4000:
         raise InputError(f"size {size_m} m is out of range; choose --size-m between 20 and 4000")
@@ -77,6 +89,8 @@ def generate_district(out_dir: Path | str, seed: int = 1, size_m: float = 400.0,
         raise InputError(f"GSD {gsd_m} m is out of range; choose --gsd between 0.01 and 1.0")
     if not 0.0 <= shift_m <= 50.0:
         raise InputError(f"shift {shift_m} m is out of range; choose --shift-m between 0 and 50")
+    if not 0.0 <= rotate_deg <= 5.0:
+        raise InputError(f"rotation {rotate_deg}° is out of range; choose --rotate-deg between 0 and 5")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -84,19 +98,22 @@ def generate_district(out_dir: Path | str, seed: int = 1, size_m: float = 400.0,
     lay = build_layout(seed, size_m, epochs, Randomisation())
     dates = epoch_dates(seed, epochs)
     n = int(round(size_m / gsd_m))
-    shifts = epoch_shifts(seed, epochs, shift_m)
+    shifts = epoch_shifts(seed, epochs, shift_m, rotate_deg)
     orthos, meta_epochs, footprints = [], [], []
     for e in range(1, epochs + 1):
         look = epoch_look(seed, e, dates[e - 1], gsd_m)
         fp = flight_footprint(lay, e)
         path = out / f"epoch_{e}.tif"
-        dx, dy = shifts[e - 1]
-        transform = rasterio.Affine(gsd_m, 0.0, lay.x0 + dx, 0.0, -gsd_m, lay.ytop + dy)
+        dx, dy, rot = shifts[e - 1]
+        transform = georeference_error(lay.x0, lay.ytop, size_m, shifts[e - 1]) * \
+            rasterio.Affine(gsd_m, 0.0, lay.x0, 0.0, -gsd_m, lay.ytop)
         _write_ortho(path, lay, e, look, fp, n, gsd_m, transform, dates[e - 1], progress)
         orthos.append(path)
         footprints.append({"epoch": e, "captured_at": dates[e - 1].isoformat(), "shift_x": dx, "shift_y": dy,
+                           "rotation_deg": rot, "centre_x": lay.x0 + size_m / 2, "centre_y": lay.ytop - size_m / 2,
                            "geometry": fp})
         meta_epochs.append({"epoch": e, "date": dates[e - 1].isoformat(), "ortho": path.name, "shift_m": [dx, dy],
+                            "rotation_deg": rot, "centre": [lay.x0 + size_m / 2, lay.ytop - size_m / 2],
                             "sun_azimuth_deg": round(look.sun.azimuth_deg, 2),
                             "sun_elevation_deg": round(look.sun.elevation_deg, 2),
                             "season": look.season})
