@@ -10,6 +10,7 @@ subprocess, so each peak RSS is that variant's alone:
   pt    `detect_ortho` with the .pt weights: streamed tiles resampled to processing.gsd_m, batches
   onnx  the same with the exported .onnx (the CPU fast path)
   int8  the same with its statically quantised copy (``detector.runtime: int8``)
+  openvino  the .onnx run by OpenVINO's CPU plugin (``detector.runtime: openvino``)
   sahi  SAHI `get_sliced_prediction` with the same .pt weights on the whole image at its native
         resolution (640 px slices, the same overlap ratio and batch size)
 
@@ -38,7 +39,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = ("pt", "onnx", "int8", "sahi")
+VARIANTS = ("pt", "onnx", "int8", "openvino", "sahi")
+#: settings a variant runs with, over the --set ones
+VARIANT_SETTINGS = {"openvino": {"detector.runtime": "openvino"}}
 
 
 # ---------------------------------------------------------------- one variant (child process)
@@ -218,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     if bad := set(variants) - set(VARIANTS):
         ap.error(f"unknown variants {sorted(bad)}; choose from {', '.join(VARIANTS)}")
     onnx = args.onnx or args.model.with_suffix(".onnx")
-    weights = {"pt": args.model, "sahi": args.model, "onnx": onnx, "int8": onnx.with_suffix(".int8.onnx")}
+    weights = {"pt": args.model, "sahi": args.model, "onnx": onnx, "int8": onnx.with_suffix(".int8.onnx"),
+               "openvino": onnx}
     for v in variants:
         if not weights[v].is_file():
             ap.error(f"weights for {v} not found: {weights[v]} (train and export the model first)")
@@ -242,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         for v in variants:
             result = str(args.work / f"result_{int(size)}m_{v}.json")
             cmd = [sys.executable, __file__, "--child", "--variant", v, "--ortho", str(ortho),
-                   "--weights", str(weights[v]), "--overrides", json.dumps(overrides), "--result", result]
-            print(f"{v:>5} on {size:g} m ({km2:.2f} km²) ...", flush=True)
+                   "--weights", str(weights[v]), "--overrides", json.dumps({**overrides, **VARIANT_SETTINGS.get(v, {})}),
+                   "--result", result]
+            print(f"{v:>8} on {size:g} m ({km2:.2f} km²) ...", flush=True)
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, cwd=ROOT)
             process_s = time.perf_counter() - t0

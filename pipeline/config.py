@@ -59,8 +59,9 @@ class DetectorSettings(Section):
     nms_iou: float = Field(0.5, gt=0, le=1, description="IoU of the model's own non-max suppression")
     merge_iou: float = Field(0.3, gt=0, le=1, description="overlap (IoU or containment) that merges seam duplicates")
     nested_share: float = Field(0.8, gt=0, le=1, description="drop a box lying at least this share inside a bigger one")
-    runtime: Literal["fp32", "int8"] = Field("fp32", description="fp32: the model as trained; int8: its "
-                                                                   "statically quantised copy (scripts/quantize_int8.py)")
+    runtime: Literal["fp32", "int8", "openvino"] = Field(
+        "fp32", description="fp32: the model as trained (onnxruntime); int8: its statically quantised copy "
+                            "(scripts/quantize_int8.py); openvino: the fp32 model run by OpenVINO")
     threads: int = Field(0, ge=0, le=256, description="inference threads per process; 0: the cores less one, "
                                                      "shared out among the Dask workers of a machine")
     classes: list[str] = Field(

@@ -77,6 +77,7 @@ class ModelTileDetector(TileDetector):
         self.confidence, self.nms_iou = d.confidence, d.nms_iou
         self.tile_px, self.batch_size = p.tile_px, int(getattr(predictor, "batch_size", p.batch_size))
         self.threads = d.threads                   # 0: the default; an executor may share the cores out
+        self.runtime = d.runtime
         path = Path(getattr(predictor, "path", None) or model_path or settings.model_path)
         if predictor is None and not path.is_file():
             raise ModelError(f"model {path.name} not found; set detector.model (or --model) to the "
@@ -100,6 +101,8 @@ class ModelTileDetector(TileDetector):
 
     def key(self) -> str:
         settings = [self.model_path, self.classes, self.confidence, self.nms_iou, self.tile_px, self.flip]
+        if self.runtime == "openvino":               # the same boxes up to float noise; keyed apart all the same
+            settings.append(self.runtime)
         stamp = _file_stamp(self.model_path) if os.path.exists(self.model_path) else ""
         return hashlib.sha256(json.dumps([settings, stamp]).encode()).hexdigest()[:12]
 
@@ -110,14 +113,15 @@ class ModelTileDetector(TileDetector):
             return self._predictor
         threads = self.threads or _THREAD_BUDGET[0]
         key = (self.model_path, _file_stamp(self.model_path), self.classes, self.nms_iou,
-               self.tile_px, self.batch_size, threads)
+               self.tile_px, self.batch_size, threads, self.runtime)
         with _MODEL_LOCK:
             if key not in _MODELS:
                 from pipeline.yolo import Detector
                 _MODELS.clear()
                 t0 = time.perf_counter()
                 model = Detector(self.model_path, list(self.classes), self.confidence, self.nms_iou,
-                                 imgsz=self.tile_px, batch_size=self.batch_size, threads=threads)
+                                 imgsz=self.tile_px, batch_size=self.batch_size, threads=threads,
+                                 runtime=self.runtime)
                 model.load_s = time.perf_counter() - t0
                 _MODELS[key] = model
             model = _MODELS[key]

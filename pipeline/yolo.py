@@ -30,7 +30,8 @@ class Detector:
     """A YOLO detector from ``.pt`` or exported ``.onnx`` weights, run on the CPU."""
 
     def __init__(self, model_path: str | Path, classes: Sequence[str], confidence: float = 0.25,
-                 nms_iou: float = 0.5, imgsz: int = 640, batch_size: int = 8, threads: int = 0):
+                 nms_iou: float = 0.5, imgsz: int = 640, batch_size: int = 8, threads: int = 0,
+                 runtime: str = "fp32"):
         path = Path(model_path)
         if path.suffix.lower() not in (".pt", ".onnx"):
             raise ModelError(f"model {path} is neither .pt nor .onnx; set detector.model to YOLO weights")
@@ -61,8 +62,11 @@ class Detector:
         self.predict([np.zeros((imgsz, imgsz, 3), np.uint8)])
         from ultralytics.utils import NUM_THREADS
         self.threads = threads or NUM_THREADS
+        self.runtime = runtime
         if path.suffix.lower() == ".onnx":
             self._limit_onnx_threads()
+            if runtime == "openvino":
+                self._use_openvino()
         elif threads:
             import torch
             torch.set_num_threads(threads)
@@ -80,11 +84,19 @@ class Detector:
         opts.inter_op_num_threads = 1
         backend.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
 
+    def _use_openvino(self) -> None:
+        """Run the same ONNX graph with OpenVINO's CPU plugin (``detector.runtime: openvino``): it
+        takes ultralytics' onnxruntime session's place, inputs and outputs unchanged."""
+        backend = getattr(getattr(getattr(self.model, "predictor", None), "model", None), "backend", None)
+        if getattr(backend, "session", None) is None:
+            raise ModelError(f"detector.runtime openvino needs an ONNX model; {self.path.name} is not one")
+        backend.session = OpenVINOSession(self.path, self.threads, backend.session)
+
     @classmethod
     def from_settings(cls, settings, model_path: str | Path | None = None) -> "Detector":
         d, p = settings.detector, settings.processing
         return cls(model_path or settings.model_path, d.classes, d.confidence, d.nms_iou,
-                   imgsz=p.tile_px, batch_size=p.batch_size)
+                   imgsz=p.tile_px, batch_size=p.batch_size, runtime=d.runtime)
 
     def _check_onnx_size(self) -> None:
         h, w = self._onnx_input
@@ -118,6 +130,35 @@ class Detector:
                 out.append((quads, b.conf.cpu().numpy().astype(np.float64),
                             b.cls.cpu().numpy().astype(np.int64)))
         return out
+
+
+class OpenVINOSession:
+    """The face of an onnxruntime session (``get_inputs``, ``get_outputs``, ``run``) over the same
+    ONNX graph compiled by OpenVINO for this CPU, with ``threads`` inference threads."""
+
+    def __init__(self, path: Path, threads: int, session):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise ModelError("detector.runtime openvino needs the openvino package (pip install openvino); "
+                             "or set detector.runtime: fp32", zh="识别运行时 openvino 未安装，请安装或改用 fp32") from None
+        self._inputs, self._outputs = session.get_inputs(), session.get_outputs()
+        try:
+            self.compiled = ov.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY",
+                                                                       "INFERENCE_NUM_THREADS": int(threads)})
+        except Exception as e:
+            raise ModelError(f"model {path.name} cannot be compiled by OpenVINO ({one_line(e, 120)}); "
+                             f"set detector.runtime: fp32") from None
+
+    def get_inputs(self):
+        return self._inputs
+
+    def get_outputs(self):
+        return self._outputs
+
+    def run(self, output_names, feed: dict):
+        out = self.compiled(next(iter(feed.values())))
+        return [out[self.compiled.output(name)] for name in output_names]
 
 
 def model_task(path: str | Path) -> tuple[str, tuple]:
