@@ -8,9 +8,9 @@ For each ortho size the script generates a synthetic district ortho (5 cm native
 subprocess, so each peak RSS is that variant's alone:
 
   pt    `detect_ortho` with the .pt weights: streamed tiles resampled to processing.gsd_m, batches
-  onnx  the same with the exported .onnx (the CPU fast path)
+  onnx  the same with the exported .onnx run by onnxruntime (``detector.runtime: fp32``)
   int8  the same with its statically quantised copy (``detector.runtime: int8``)
-  openvino  the .onnx run by OpenVINO's CPU plugin (``detector.runtime: openvino``)
+  openvino  the .onnx run by OpenVINO's CPU plugin (``detector.runtime: openvino``, the default)
   sahi  SAHI `get_sliced_prediction` with the same .pt weights on the whole image at its native
         resolution (640 px slices, the same overlap ratio and batch size)
 
@@ -41,7 +41,8 @@ sys.path.insert(0, str(ROOT))
 
 VARIANTS = ("pt", "onnx", "int8", "openvino", "sahi")
 #: settings a variant runs with, over the --set ones
-VARIANT_SETTINGS = {"openvino": {"detector.runtime": "openvino"}}
+VARIANT_SETTINGS = {"pt": {}, "onnx": {"detector.runtime": "fp32"}, "int8": {"detector.runtime": "int8"},
+                    "openvino": {"detector.runtime": "openvino"}}
 
 
 # ---------------------------------------------------------------- one variant (child process)
