@@ -5,9 +5,10 @@ overlaps (GPS without RTK is off by metres): phase correlation of gradient image
 ground grid at ``change_check.coregister_gsd_m``, on several blocks of the overlap, which must agree.
 Gradients, not colours: season, sun and exposure change the colours of a place, not where its
 edges are. An unreliable estimate is refused (the flight's registration says why) and nothing is
-shifted. ``confirm_changes`` looks at the other flight at every candidate change before the flag
-is raised: the earlier ortho re-examined with the detector at ``change_check.recheck_confidence``, and
-a radiometrically normalised appearance difference of the co-registered before/after chips.
+shifted. ``check_flight`` does that for a new flight, then looks at the other flight at every
+candidate change before the flag is raised: the earlier ortho re-examined with the detector at
+``change_check.recheck_confidence``, a second look at the flight's own ortho, and a radiometrically
+normalised appearance difference of the co-registered before/after chips (docs/CHANGE.md).
 """
 from __future__ import annotations
 
@@ -240,9 +241,11 @@ def _smooth(g: np.ndarray) -> np.ndarray:
 
 
 def _inside(geom, bounds, gsd, shape) -> np.ndarray:
-    from rasterio.features import rasterize
-    x0, _, _, y1 = bounds
+    """The pixels of a north-up grid over ``bounds`` at ``gsd`` that ``geom`` covers."""
     import rasterio
+    from rasterio.features import rasterize
+
+    x0, _, _, y1 = bounds
     t = rasterio.Affine(gsd, 0, x0, 0, -gsd, y1)
     return rasterize([(geom, 1)], out_shape=shape, transform=t, fill=0, dtype="uint8").astype(bool)
 
@@ -255,7 +258,6 @@ class Look:
     best_area_m2: float = 0.0          # its area
     cover: float = 0.0                 # share of the outline the re-detections cover
     appearance: float | None = None    # appearance change 0..1 (None: no image there)
-    detail: dict = field(default_factory=dict)
 
 
 def look_again(geoms: list, other: dict, other_shift: tuple[float, float], this_path: str | None,
@@ -263,7 +265,7 @@ def look_again(geoms: list, other: dict, other_shift: tuple[float, float], this_
     """For each outline (reference frame, store CRS): the other flight's ortho re-examined there
     with ``detector`` (at the recheck confidence; None: not re-examined) and the appearance change
     against this flight's ortho (``this_path``; None: no comparison)."""
-    from pipeline.flightplan import Chunk, FlightPlan, Tiling, finish, run_chunk
+    from pipeline.flightplan import Chunk, FlightPlan, Tiling, finish, run_chunk, window_extent
     from pipeline.ingest import flight_frames
     from pipeline.tiling import open_raster
 
@@ -283,7 +285,7 @@ def look_again(geoms: list, other: dict, other_shift: tuple[float, float], this_
             windows = _covering_windows(src, tiling, here)
         if not windows:
             continue
-        ext = np.array([_win_extent(w) for w in windows])
+        ext = np.array([window_extent(w) for w in windows])
         chunk = Chunk(fid, frame, other.get("captured_at"), tiling, list(range(len(windows))), windows, ext)
         plan = FlightPlan(fid, other.get("captured_at"), tiling, [frame], raster_crs=rcrs)
         found.append(finish(detector, plan, [run_chunk(detector, chunk)], settings, crs))
@@ -326,6 +328,7 @@ def look_again(geoms: list, other: dict, other_shift: tuple[float, float], this_
 def _covering_windows(src, tiling, geoms: np.ndarray) -> list:
     """Few tile windows that hold every outline whole (with a margin): one centred on an outline
     not yet held, which holds the others it happens to contain."""
+    from pipeline.flightplan import window_extent
     from pipeline.tiling import windows_at
 
     margin = 4.0
@@ -341,7 +344,7 @@ def _covering_windows(src, tiling, geoms: np.ndarray) -> list:
         w = ws[0]
         if all((w.row, w.col) != (o.row, o.col) for o in out):
             out.append(w)
-        box = shapely.box(*_win_extent(w)).buffer(-margin)
+        box = shapely.box(*window_extent(w)).buffer(-margin)
         todo = [i for i in todo[1:] if not box.contains(geoms[i])]
     return out
 
@@ -350,14 +353,6 @@ def _moved(b, shift):
     return (b[0] + shift[0], b[1] + shift[1], b[2] + shift[0], b[3] + shift[1])
 
 
-def _win_extent(w) -> tuple[float, float, float, float]:
-    t = w.transform
-    x0, y0 = t * (0, 0)
-    x1, y1 = t * (w.width, w.height)
-    return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
-
-
-# ---------------------------------------------------------------- the flight's check
 @dataclass
 class FlightCheck:
     """What ``check_flight`` found: the detections in the reference frame with their change
@@ -418,7 +413,8 @@ def _confidence(cover_other: float, cover_here: float, appearance: float | None,
     return round(absent * here * (0.6 + 0.4 * (0.5 if appearance is None else appearance)), 3)
 
 
-def check_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, detector=None) -> FlightCheck:
+def check_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, detector=None,
+                 rules=None) -> FlightCheck:
     """Co-register the flight on the earlier flight it overlaps and move its detections into the
     reference frame; then, for every candidate new / grown / demolition-seen change, look at the
     other flight's image (``detector`` at the recheck confidence; None: the appearance only).
@@ -478,7 +474,10 @@ def check_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, de
             todo.setdefault(other["flight_id"], (other, []))[1].append(i)
             new.add(i)
     # grown: a detection larger than its case by the rules' margin; looked at on the case's last flight
-    rules_change = _rules_change(settings)
+    if rules is None:
+        from pipeline.rules import load_rules
+        rules = load_rules(settings.rules_path)
+    rules_change = rules.change
     for i, ci in case_of.items():
         old = float(cases["area_m2"].iloc[ci] or 0.0)
         area = float(shapely.area(dg[i]))
@@ -488,7 +487,7 @@ def check_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, de
             if other is not None:
                 todo.setdefault(other["flight_id"], (other, []))[1].append(i)
     # demolition seen: a watched case this flight covers and no detection stands on
-    lc = _lifecycle(settings)
+    lc = rules.lifecycle
     watched = cases["status"].isin(lc.demolition_watch).to_numpy() if len(cases) else np.zeros(0, bool)
     covered = covered_by(footprint, cg, rules_change.covered_share)
     standing = set(match_pairs(cg, dg, tr.match_iou, tr.centroid_m)["a"]) if len(dg) else set()
@@ -536,13 +535,3 @@ def _evidence(lk: Look, reg: Registration) -> dict:
             "redetected_area_m2": round(lk.best_area_m2, 2), "redetected_cover": round(lk.cover, 3),
             "appearance_change": None if lk.appearance is None else round(lk.appearance, 3),
             "shift_m": [round(reg.dx_total, 2), round(reg.dy_total, 2)] if reg.applied else None}
-
-
-def _rules_change(settings):
-    from pipeline.rules import load_rules
-    return load_rules(settings.rules_path).change
-
-
-def _lifecycle(settings):
-    from pipeline.rules import load_rules
-    return load_rules(settings.rules_path).lifecycle

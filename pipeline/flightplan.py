@@ -68,7 +68,7 @@ class FlightPlan:
     def chunks(self, chunk_tiles: int | None = None, done: Iterable[int] = ()) -> list[Chunk]:
         """The tiles not in ``done``, cut into chunks of ``chunk_tiles`` (all of a frame when None)."""
         done = set(done)
-        extents = np.array([_extent(w) for w in self.windows]).reshape(-1, 4)
+        extents = np.array([window_extent(w) for w in self.windows]).reshape(-1, 4)
         out = []
         for f, frame in enumerate(self.frames):
             mine = [i for i in range(self.n) if self.frame_of[i] == f and i not in done]
@@ -80,7 +80,8 @@ class FlightPlan:
         return out
 
 
-def _extent(w) -> tuple[float, float, float, float]:
+def window_extent(w) -> tuple[float, float, float, float]:
+    """A tile window's extent (minx, miny, maxx, maxy) in the raster's CRS."""
     t = w.transform
     x0, y0 = t * (0, 0)
     x1, y1 = t * (w.width, w.height)

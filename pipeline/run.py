@@ -86,7 +86,7 @@ def commit_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, m
         from pipeline.storage import check_room
         check_room(Path(store.url).parent, 8 << 20, f"writing flight {flight_id} into the store")
     detections = detections.to_crs(settings.store.crs)
-    check = check_flight(store, flight, detections, settings, detector)    # reads images: before the lock
+    check = check_flight(store, flight, detections, settings, detector, rules)    # reads images: before the lock
     detections = check.detections
     footprint = check.footprint
     bbox = footprint.bounds if footprint is not None else tuple(detections.total_bounds)
