@@ -801,6 +801,22 @@ def test_no_english_word_reaches_an_officer_in_chinese(svc):
         assert re.search(r"[\u4e00-\u9fff]", msg) and not _screen_words(r.text), (r.status_code, msg)
 
 
+def test_the_flights_page_says_how_a_flight_was_lined_up(svc):
+    """A flight's co-registration note (pipeline.change) is on the 航线 page, in Chinese."""
+    fid = svc.store.list_flights()["flight_id"].iloc[-1]
+    note = "相对前期航次 X 位移 东 +1.64 m、北 +1.44 m（7 个区块一致），检测结果已改正"
+    with svc.store.transaction():
+        svc.store.upsert_flight({"flight_id": fid, "registration": {"applied": True, "dx_total": 1.64,
+                                                                     "dy_total": 1.44, "note": note}})
+    try:
+        page = svc.client.get("/flights", headers=svc.tokens["adm"]).text
+        row = page[page.index(f'data-flight="{fid}"'):]
+        assert note in row[:row.index("</tr>")]
+    finally:                                             # the shared district stays as it was
+        with svc.store.transaction():
+            svc.store.upsert_flight({"flight_id": fid, "registration": {}})
+
+
 def test_upload_refusals_read_in_chinese(svc, make_raster):
     """What a patrol member sees when the upload page refuses a file: the Chinese line (detail_zh),
     one line, no English word, and nothing stored."""
