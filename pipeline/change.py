@@ -56,6 +56,7 @@ def read_bands(path: str, bounds: tuple[float, float, float, float], gsd: float,
     import rasterio
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
+    from rasterio.errors import WindowError
     from rasterio.windows import Window, from_bounds
 
     x0, y0, x1, y1 = bounds
@@ -70,7 +71,7 @@ def read_bands(path: str, bounds: tuple[float, float, float, float], gsd: float,
             mask = np.zeros((h, w), bool)
             try:                                            # only the part inside the raster is read
                 inner = win.intersection(Window(0, 0, src.width, src.height))
-            except Exception:                               # noqa: BLE001 — rasterio: no overlap
+            except WindowError:                             # no overlap
                 return data, mask
             sy, sx = h / win.height, w / win.width
             r0, c0 = int(round((inner.row_off - win.row_off) * sy)), int(round((inner.col_off - win.col_off) * sx))
@@ -265,6 +266,8 @@ def look_again(geoms: list, other: dict, other_shift: tuple[float, float], this_
     """For each outline (reference frame, store CRS): the other flight's ortho re-examined there
     with ``detector`` (at the recheck confidence; None: not re-examined) and the appearance change
     against this flight's ortho (``this_path``; None: no comparison)."""
+    from rasterio.errors import RasterioError
+
     from pipeline.flightplan import Chunk, FlightPlan, Tiling, finish, run_chunk, window_extent
     from pipeline.ingest import flight_frames
     from pipeline.tiling import open_raster
@@ -316,7 +319,7 @@ def look_again(geoms: list, other: dict, other_shift: tuple[float, float], this_
             try:
                 before, mb = read_bands(frames[0], _moved(b, other_shift), gsd, crs)
                 after, ma = read_bands(this_path, _moved(b, this_shift), gsd, crs)
-            except Exception:                 # noqa: BLE001 — an unreadable chip: no comparison
+            except (RasterioError, OSError):  # an unreadable chip: no comparison there
                 continue
             outline = _inside(g.buffer(-0.5), b, gsd, before.shape[1:])
             near = _inside(g.buffer(1.0), b, gsd, before.shape[1:])
