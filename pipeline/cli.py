@@ -549,6 +549,11 @@ def train_cmd(ctx, data, epochs, resume, weights, name, hours, train_config, shi
 @click.option("--envelopes", is_flag=True,
               help="Compare against each footprint's axis-aligned envelope (for axis-aligned box models).")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Weights (default: detector.model).")
+@click.option("--suite", "suite_dir", type=click.Path(file_okay=False),
+              help="Instead: every labelled real area of this folder (laid out like ../shared/realdata).")
+@click.option("--manifest", type=click.Path(dir_okay=False),
+              help="With --suite: which crop of each area is for evaluation (default config/realdata_suite.yaml).")
+@click.option("--roles", default="eval", show_default=True, help="With --suite: crops of these roles (eval,train).")
 @click.option("--scenes", type=int, help="Instead: this many held-out generated scenes (ultralytics mAP).")
 @click.option("--seed", default=1_000_000, show_default=True, help="First seed of the held-out scenes.")
 @click.option("--exclude-data", type=click.Path(file_okay=False), help="Refuse seeds used by this dataset.")
@@ -557,10 +562,26 @@ def train_cmd(ctx, data, epochs, resume, weights, name, hours, train_config, shi
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the figures as JSON.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a Markdown report.")
 @pass_ctx
-def evaluate_cmd(ctx, ortho, truth, truth_layer, epoch, classes, iou, envelopes, model_path, scenes, seed,
-                 exclude_data, size_m, chip_px, json_path, report_path):
-    """Precision/recall/F1 at IoU 0.5 on an ortho with truth, or mAP on held-out generated scenes."""
+def evaluate_cmd(ctx, ortho, truth, truth_layer, epoch, classes, iou, envelopes, model_path, suite_dir, manifest,
+                 roles, scenes, seed, exclude_data, size_m, chip_px, json_path, report_path):
+    """Precision/recall/F1 at IoU 0.5 on an ortho with truth, on a suite of real areas, or mAP on
+    held-out generated scenes."""
     from pipeline import evaluate as ev
+    if suite_dir:
+        if not Path(suite_dir).is_dir():
+            raise InputError(f"suite folder {suite_dir} not found; pass the folder of the labelled real areas")
+        res = ev.evaluate_suite(suite_dir, ctx.settings, manifest or ev.DEFAULT_SUITE,
+                                roles=[r.strip() for r in roles.split(",") if r.strip()], model=model_path, iou=iou)
+        text = ev.suite_markdown(res, "patrol evaluate --suite " + Path(suite_dir).name)
+        click.echo(text)
+        if json_path:
+            ev.write_json(res, json_path)
+            click.echo(f"json {json_path}")
+        if report_path:
+            Path(report_path).parent.mkdir(parents=True, exist_ok=True)
+            Path(report_path).write_text(text, encoding="utf-8")
+            click.echo(f"report {report_path}")
+        return
     names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     if names:
         unknown = [c for c in names if c not in ctx.settings.detector.classes]

@@ -185,6 +185,10 @@ def evaluate_ortho(ortho: str | Path, truth: str | Path, settings, classes: Sequ
     if envelope:
         gt = gt.set_geometry(gt.geometry.envelope)
     out = score(pred, gt, classes, iou)
+    kept = pred[pred["class_name"].isin(classes)] if classes else pred
+    out["by_size"] = size_split(kept, gt, iou)
+    out["valid_ha"] = round(float(foot.area) / 1e4, 3)
+    out["false_per_ha"] = round(out["fp"] / out["valid_ha"], 2) if out["valid_ha"] else None
     out["truth_geometry"] = "envelope" if envelope else "polygon"
     out["ortho"] = str(ortho)
     out["truth"] = str(truth)
@@ -192,6 +196,102 @@ def evaluate_ortho(ortho: str | Path, truth: str | Path, settings, classes: Sequ
     out["gsd_m"] = settings.processing.gsd_m
     out["tile_px"] = settings.processing.tile_px
     return out
+
+
+#: footprint size classes of the suite table (m²)
+SIZE_BINS = ((0.0, 30.0, "< 30 m²"), (30.0, 150.0, "30–150 m²"), (150.0, float("inf"), "> 150 m²"))
+#: the manifest of the real-imagery suite shipped with the repository
+DEFAULT_SUITE = Path(__file__).resolve().parent.parent / "config" / "realdata_suite.yaml"
+
+
+def size_split(pred, truth, iou: float = 0.5) -> dict:
+    """Recall by the footprint's size and precision by the detection's size (SIZE_BINS)."""
+    import shapely
+    pg, tg = pred.geometry.to_numpy(), truth.geometry.to_numpy()
+    pi, ti, _ = match_footprints(pg, tg, iou)
+    pa, ta = shapely.area(pg) if len(pg) else np.zeros(0), shapely.area(tg) if len(tg) else np.zeros(0)
+    hit_t, hit_p = np.zeros(len(tg), bool), np.zeros(len(pg), bool)
+    hit_t[ti], hit_p[pi] = True, True
+    out = {}
+    for lo, hi, name in SIZE_BINS:
+        t, p = (ta >= lo) & (ta < hi), (pa >= lo) & (pa < hi)
+        out[name] = {"footprints": int(t.sum()), "recall": round(float(hit_t[t].mean()), 4) if t.any() else None,
+                     "detections": int(p.sum()), "precision": round(float(hit_p[p].mean()), 4) if p.any() else None}
+    return out
+
+
+def read_suite(manifest: str | Path = DEFAULT_SUITE) -> list[dict]:
+    """The suite's crops: area, ortho and truth paths (relative to the suite folder), role."""
+    import yaml
+    path = Path(manifest)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return [{"area": area, "ortho": str(Path(area) / crop), "truth": spec["truth"], "role": role}
+                for area, spec in (data.get("areas") or {}).items() for crop, role in spec["crops"].items()]
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        raise InputError(f"suite manifest {path.name} cannot be read (areas: AREA: {{truth: FILE, crops: "
+                         f"{{CROP: eval|train}}}}); fix it or pass another with --manifest") from None
+
+
+def evaluate_suite(suite_dir: str | Path, settings, manifest: str | Path = DEFAULT_SUITE,
+                   roles: Sequence[str] = ("eval",), model: str | Path | None = None, iou: float = 0.5,
+                   progress: bool = False) -> dict:
+    """Every crop of the suite in ``roles``: strict P/R/F1, coverage, false detections per
+    hectare and the size split, one row per crop and one per area (its crops summed)."""
+    suite = Path(suite_dir)
+    crops = [c for c in read_suite(manifest) if c["role"] in roles]
+    if not crops:
+        raise InputError(f"the suite manifest has no crop in roles {', '.join(roles)}; pass --roles eval,train")
+    missing_files = [f for c in crops for f in (c["ortho"], c["truth"]) if not (suite / f).is_file()]
+    if missing_files:
+        raise InputError(f"{suite.name} lacks {missing_files[0]} (and {len(missing_files) - 1} more files) that the "
+                         f"suite manifest names; pass the folder laid out like ../shared/realdata")
+    rows = []
+    for c in crops:
+        m = evaluate_ortho(suite / c["ortho"], suite / c["truth"], settings, model=model, iou=iou, progress=progress)
+        rows.append({"area": c["area"], "crop": Path(c["ortho"]).name, "role": c["role"],
+                     **{k: m[k] for k in ("precision", "recall", "f1", "tp", "fp", "fn", "n_pred", "n_truth",
+                                          "valid_ha", "false_per_ha", "by_size")},
+                     "found_recall": m["coverage"]["found_recall"],
+                     "on_target_precision": m["coverage"]["on_target_precision"]})
+    areas = []
+    for area in dict.fromkeys(r["area"] for r in rows):
+        rs = [r for r in rows if r["area"] == area]
+        tp, fp, fn = (sum(r[k] for r in rs) for k in ("tp", "fp", "fn"))
+        ha = sum(r["valid_ha"] for r in rs)
+        found = sum(r["found_recall"] * r["n_truth"] for r in rs)
+        areas.append({"area": area, "role": "/".join(sorted({r["role"] for r in rs})), **_prf(tp, fp, fn),
+                      "n_truth": sum(r["n_truth"] for r in rs), "valid_ha": round(ha, 2),
+                      "false_per_ha": round(fp / ha, 2) if ha else None,
+                      "found_recall": round(found / max(sum(r["n_truth"] for r in rs), 1), 4)})
+    return {"model": str(model or settings.model_path), "runtime": settings.detector.runtime, "iou": iou,
+            "gsd_m": settings.processing.gsd_m, "suite": suite.name, "crops": rows, "areas": areas}
+
+
+def suite_markdown(result: dict, command: str = "") -> str:
+    """The suite's table in Markdown (areas, then crops with their size split)."""
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = ["# Detector on real imagery", "", f"Generated {now}" + (f" by `{command}`" if command else "") + ".",
+             f"Model `{Path(result['model']).name}` ({result['runtime']}), processing GSD {result['gsd_m']} m, "
+             f"IoU {result['iou']}. Role `eval`: never trained on; `train`: trained on (not a measure of "
+             f"generalisation).", "",
+             "| area | role | precision | recall | F1 | TP | FP | FN | footprints found | false / ha |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for a in result["areas"]:
+        lines.append(f"| {a['area']} | {a['role']} | {a['precision']:.3f} | {a['recall']:.3f} | {a['f1']:.3f} | "
+                     f"{a['tp']} | {a['fp']} | {a['fn']} | {a['found_recall']:.3f} | {a['false_per_ha']} |")
+    lines += ["", "| crop | role | P | R | found | on footprints | false / ha | "
+              + " | ".join(f"R {n} (n)" for _, _, n in SIZE_BINS) + " | "
+              + " | ".join(f"P {n} (n)" for _, _, n in SIZE_BINS) + " |",
+              "| " + " | ".join("---" for _ in range(7 + 2 * len(SIZE_BINS))) + " |"]
+    for r in result["crops"]:
+        def cell(v, n):
+            return f"{'—' if v is None else f'{v:.2f}'} ({n})"
+        rec = " | ".join(cell(r["by_size"][n]["recall"], r["by_size"][n]["footprints"]) for _, _, n in SIZE_BINS)
+        pre = " | ".join(cell(r["by_size"][n]["precision"], r["by_size"][n]["detections"]) for _, _, n in SIZE_BINS)
+        lines.append(f"| {r['area']}/{r['crop']} | {r['role']} | {r['precision']:.3f} | {r['recall']:.3f} | "
+                     f"{r['found_recall']:.3f} | {r['on_target_precision']:.3f} | {r['false_per_ha']} | {rec} | {pre} |")
+    return "\n".join(lines) + "\n"
 
 
 def write_json(metrics: dict, path: str | Path) -> Path:

@@ -112,3 +112,39 @@ def test_the_openvino_runtime_gives_the_boxes_onnxruntime_gives(scenes):
         assert len(best) == len(a) and (best["iou"] >= 0.9).all(), best["iou"].min()
         conf = np.abs(a["confidence"].to_numpy()[best.index] - b["confidence"].to_numpy()[best["b"]])
         assert conf.max() <= 0.01, conf.max()
+
+
+def test_the_real_imagery_suite_scores_every_evaluation_crop(scenes, tmp_path):
+    """`patrol evaluate --suite DIR` (pipeline.evaluate.evaluate_suite) on a folder laid out like
+    ../shared/realdata: only the manifest's eval crops unless asked, the same figures as scoring the
+    crop alone, the size split adding up, one clear line for a missing file."""
+    import shutil
+
+    from pipeline.config import load_settings
+    from pipeline.errors import InputError
+    from pipeline.evaluate import evaluate_ortho, evaluate_suite, suite_markdown
+    suite = tmp_path / "realdata"
+    for area, (path, truth) in zip(("north", "south"), scenes):
+        (suite / area).mkdir(parents=True)
+        shutil.copy(path, suite / area / "ortho.tif")
+        truth.to_file(suite / area / "footprints.geojson", driver="GeoJSON")
+    manifest = tmp_path / "suite.yaml"
+    manifest.write_text("areas:\n  north: {truth: north/footprints.geojson, crops: {ortho.tif: eval}}\n"
+                        "  south: {truth: south/footprints.geojson, crops: {ortho.tif: train}}\n")
+    settings = load_settings(overrides={"detector.model": str(MODEL)})
+    res = evaluate_suite(suite, settings, manifest)
+    assert [(r["area"], r["role"]) for r in res["crops"]] == [("north", "eval")]
+    alone = evaluate_ortho(suite / "north" / "ortho.tif", suite / "north" / "footprints.geojson", settings,
+                           progress=False)
+    row = res["crops"][0]
+    assert (row["tp"], row["fp"], row["fn"]) == (alone["tp"], alone["fp"], alone["fn"]) and row["recall"] > 0.8
+    assert sum(b["footprints"] for b in row["by_size"].values()) == row["n_truth"]
+    assert sum(b["detections"] for b in row["by_size"].values()) == row["n_pred"]
+    assert row["false_per_ha"] == round(row["fp"] / row["valid_ha"], 2)
+    both = evaluate_suite(suite, settings, manifest, roles=("eval", "train"))
+    assert [a["area"] for a in both["areas"]] == ["north", "south"]
+    text = suite_markdown(both)
+    assert "| north | eval |" in text and "| south | train |" in text and "R < 30 m² (n)" in text
+    (suite / "south" / "ortho.tif").unlink()
+    with pytest.raises(InputError, match="lacks south/ortho.tif"):
+        evaluate_suite(suite, settings, manifest, roles=("eval", "train"))
