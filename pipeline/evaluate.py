@@ -155,6 +155,29 @@ def gpd_series(geoms, crs, index):
     return gpd.GeoSeries(geoms, crs=crs, index=index)
 
 
+def detect_against_truth(ortho: str | Path, truth: str | Path, settings, model: str | Path | None = None,
+                         truth_layer: str | None = None, epoch: int | None = None, min_inside: float = 0.5,
+                         progress: bool = True):
+    """(detections, truth clipped to the valid footprint, that footprint), in the ortho's local UTM."""
+    from pipeline.detect import Detector, detect_ortho
+    from pipeline.ingest import valid_footprint
+    from pipeline.tiling import open_raster
+    from pipeline.train import local_utm
+    ortho = Path(ortho)
+    if not ortho.is_file():
+        raise InputError(f"ortho {ortho} not found; pass an existing GeoTIFF")
+    gt = read_truth(truth, truth_layer)
+    if epoch is not None and "epoch" in gt.columns:
+        gt = gt[gt["epoch"] == epoch]
+    with open_raster(ortho) as src:
+        crs = local_utm(src.crs, src.bounds)
+        foot = valid_footprint(src, crs.to_string())
+    gt = clip_truth(gt.to_crs(crs), foot, min_inside)
+    det = Detector.from_settings(settings, model) if model else None
+    pred = detect_ortho(ortho, settings, store_crs=crs.to_string(), detector=det, progress=progress)
+    return pred, gt, foot
+
+
 def evaluate_ortho(ortho: str | Path, truth: str | Path, settings, classes: Sequence[str] | None = None,
                    model: str | Path | None = None, iou: float = 0.5, truth_layer: str | None = None,
                    epoch: int | None = None, envelope: bool = False, min_inside: float = 0.5,
@@ -166,22 +189,7 @@ def evaluate_ortho(ortho: str | Path, truth: str | Path, settings, classes: Sequ
     with ``envelope`` (for a model of axis-aligned boxes) with their axis-aligned envelopes.
     """
 
-    from pipeline.detect import Detector, detect_ortho
-    from pipeline.train import local_utm
-    ortho = Path(ortho)
-    if not ortho.is_file():
-        raise InputError(f"ortho {ortho} not found; pass an existing GeoTIFF")
-    gt = read_truth(truth, truth_layer)
-    if epoch is not None and "epoch" in gt.columns:
-        gt = gt[gt["epoch"] == epoch]
-    from pipeline.ingest import valid_footprint
-    from pipeline.tiling import open_raster
-    with open_raster(ortho) as src:
-        crs = local_utm(src.crs, src.bounds)
-        foot = valid_footprint(src, crs.to_string())
-    gt = clip_truth(gt.to_crs(crs), foot, min_inside)
-    det = Detector.from_settings(settings, model) if model else None
-    pred = detect_ortho(ortho, settings, store_crs=crs.to_string(), detector=det, progress=progress)
+    pred, gt, foot = detect_against_truth(ortho, truth, settings, model, truth_layer, epoch, min_inside, progress)
     if envelope:
         gt = gt.set_geometry(gt.geometry.envelope)
     out = score(pred, gt, classes, iou)
