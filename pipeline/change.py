@@ -367,21 +367,23 @@ class FlightCheck:
     demolition: dict = field(default_factory=dict)
 
 
-def flight_shift(flight: dict | None) -> tuple[float, float]:
-    """The total shift recorded on a flight (0, 0 when none was applied)."""
-    reg = (flight or {}).get("registration") or {}
+def _registration(reg: Any) -> dict:
+    """A stored registration as a dict (the store may hand back its JSON text)."""
     if isinstance(reg, str):
         import json
         reg = json.loads(reg or "{}")
+    return reg if isinstance(reg, dict) else {}
+
+
+def flight_shift(flight: dict | None) -> tuple[float, float]:
+    """The total shift recorded on a flight (0, 0 when none was applied)."""
+    reg = _registration((flight or {}).get("registration"))
     return (float(reg.get("dx_total", 0.0)), float(reg.get("dy_total", 0.0))) if reg.get("applied") else (0.0, 0.0)
 
 
 def registration_note(reg: Any) -> str:
     """The Chinese note of a flight's co-registration ('' when it has none)."""
-    if isinstance(reg, str):
-        import json
-        reg = json.loads(reg or "{}")
-    return str((reg or {}).get("note") or "") if isinstance(reg, dict) else ""
+    return str(_registration(reg).get("note") or "")
 
 
 def corrected_footprint(flight: dict | None):
@@ -437,12 +439,10 @@ def check_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, de
     if ch.coregister:
         ref = next((f for f in earlier if flight.get("footprint") is not None and f.get("footprint") is not None
                     and f["footprint"].intersection(flight["footprint"]).area >= ch.min_overlap_m2), None)
-        reg = coregister(flight, ref or (earlier[0] if earlier else None), settings,
-                         flight_shift(ref or (earlier[0] if earlier else None)))
+        ref = ref or (earlier[0] if earlier else None)
+        reg = coregister(flight, ref, settings, flight_shift(ref))
         if not reg.applied and reg.reference is not None:        # the reference's own shift still holds
-            reg.dx_total, reg.dy_total = flight_shift(store.get_flight(reg.reference))
-            reg.applied = bool(reg.dx_total or reg.dy_total)
-            reg.dx = reg.dy = 0.0
+            reg.applied = bool(reg.dx_total or reg.dy_total)     # (coregister starts the totals from it)
     det = shift_frame(det, reg)
     shift = (reg.dx_total, reg.dy_total) if reg.applied else (0.0, 0.0)
     footprint = shapely.affinity.translate(flight["footprint"], -shift[0], -shift[1]) \
