@@ -512,7 +512,32 @@ def dataset_import(ctx, ortho, labels, out_dir, split, class_column, default_cla
     click.echo(f"{split}: {st.chips} chips, {st.boxes} boxes from {st.footprints} footprints → {out_dir}")
 
 
+@dataset_group.command("from-reviews")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Dataset folder.")
+@click.option("--since", help="Only flights captured on or after this date (YYYY-MM-DD).")
+@click.option("--flights", "flight_ids", multiple=True, help="Only these flights (repeatable).")
+@pass_ctx
+def dataset_from_reviews_cmd(ctx, out_dir, since, flight_ids):
+    """Chips from the officers' verdicts: confirmed, lawful and drawn cases labelled (corrected
+    outlines), false positives as background, unjudged detections painted over; the frozen
+    evaluation flights to val."""
+    from pipeline.review_data import dataset_from_reviews
+    _check_dates(since)
+    with open_ctx_store(ctx) as store:
+        summary = dataset_from_reviews(store, ctx.settings, Path(out_dir), since=since,
+                                       flights=list(flight_ids) or None)
+    click.echo(f"{len(summary['flights'])} reviewed flights: {summary['positives']} positives, "
+               f"{summary['negatives']} false positives, {summary['excluded_detections']} unjudged detections "
+               f"painted over; chips train {summary['chips'].get('train', 0)}, val {summary['chips'].get('val', 0)}")
+    held = ", ".join(f + (" (part)" if r else "") for f, r in summary["evaluation_set"]["flights"].items())
+    click.echo(f"evaluation flights (never trained on): {held}")
+    click.echo(f"dataset {Path(out_dir) / 'data.yaml'}")
+
+
 @cli.command("train")
+@click.option("--from-reviews", "from_reviews", type=click.Path(file_okay=False),
+              help="Fine-tune the active model on this `dataset from-reviews` folder and register a candidate.")
+@click.option("--device", help="With --from-reviews: cpu (default) or a CUDA index.")
 @click.option("--data", type=click.Path(), help="Dataset folder or data.yaml (default: from the training config).")
 @click.option("--epochs", type=int, help="Epochs (default: from the training config).")
 @click.option("--resume", is_flag=True, help="Resume the interrupted run from its last.pt.")
@@ -524,9 +549,19 @@ def dataset_import(ctx, ortho, labels, out_dir, split, class_column, default_cla
               help="After training, copy best.pt here (optimizer stripped) and export .onnx beside it.")
 @click.option("--ship-only", is_flag=True, help="Skip training; ship the run's best.pt.")
 @pass_ctx
-def train_cmd(ctx, data, epochs, resume, weights, name, hours, train_config, ship_to, ship_only):
+def train_cmd(ctx, from_reviews, device, data, epochs, resume, weights, name, hours, train_config, ship_to, ship_only):
     """Train the detector with ultralytics on a dataset from `patrol dataset`."""
     from pipeline.train import load_train_config, ship_model, train
+    if from_reviews:
+        import getpass
+
+        from pipeline.model_registry import train_candidate
+        with open_ctx_store(ctx) as store:
+            row = train_candidate(store, ctx.settings, Path(from_reviews), actor=getpass.getuser(), epochs=epochs,
+                                  device=device)
+        click.echo(f"candidate {row['version']} (parent {row['parent']}, {row['data']['epochs']} epochs, "
+                   f"{row['data']['train_s']} s); next: patrol model compare {row['version']}")
+        return
     if ship_only:
         cfg = load_train_config(train_config, {"name": name})
         run_dir = Path(cfg["project"]) / cfg["name"]
@@ -537,6 +572,73 @@ def train_cmd(ctx, data, epochs, resume, weights, name, hours, train_config, shi
     if ship_to:
         pt, onnx = ship_model(run_dir / "weights" / "best.pt", Path(ship_to), imgsz=ctx.settings.processing.tile_px)
         click.echo(f"shipped {pt} and {onnx}")
+
+
+@cli.group("model")
+def model_group():
+    """The model registry: list, compare, promote, roll back (docs/MODELS.md)."""
+
+
+def _figure(v) -> str:
+    return "—" if v is None else f"{v:.3f}"
+
+
+@model_group.command("list")
+@pass_ctx
+def model_list(ctx):
+    """Registered models, the active one marked."""
+    from pipeline.model_registry import listing
+    with open_ctx_store(ctx) as store:
+        rows = listing(store, ctx.settings)
+    for r in rows:
+        comp = (r.get("metrics") or {}).get("comparison") or {}
+        mark = "*" if r["state"] == "active" else " "
+        gate = "" if not comp else (" passes" if comp.get("passes") else " refused") + f" vs {comp.get('active')}"
+        click.echo(f"{mark} {r['version']:<24} {r['state']:<10} parent {r.get('parent') or '—':<22}{gate}")
+
+
+@model_group.command("compare")
+@click.argument("candidate")
+@pass_ctx
+def model_compare(ctx, candidate):
+    """CANDIDATE and the active model side by side on the frozen evaluation set."""
+    import getpass
+
+    from pipeline.model_registry import compare
+    with open_ctx_store(ctx) as store:
+        res = compare(store, ctx.settings, candidate, actor=getpass.getuser())
+    click.echo(f"{'part':<12} {'':<10} {'recall':>8} {'precision':>10}")
+    for part, both in res["parts"].items():
+        for who in ("active", "candidate"):
+            m = both[who]
+            click.echo(f"{part:<12} {who:<10} {_figure(m.get('recall')):>8} {_figure(m.get('precision')):>10}")
+    click.echo(f"{candidate} {'passes the gate' if res['passes'] else 'fails the gate'} (margin "
+               f"{res['margin']:g} against {res['active']})")
+
+
+@model_group.command("promote")
+@click.argument("candidate")
+@pass_ctx
+def model_promote(ctx, candidate):
+    """Make CANDIDATE the active model if it passes the gate."""
+    import getpass
+
+    from pipeline.model_registry import promote
+    with open_ctx_store(ctx) as store:
+        res = promote(store, ctx.settings, candidate, actor=getpass.getuser())
+    click.echo(f"{candidate} is the active model (was {res['active']})")
+
+
+@model_group.command("rollback")
+@pass_ctx
+def model_rollback(ctx):
+    """Return to the model that was active before the current one."""
+    import getpass
+
+    from pipeline.model_registry import rollback
+    with open_ctx_store(ctx) as store:
+        row = rollback(store, ctx.settings, actor=getpass.getuser())
+    click.echo(f"{row['version']} is the active model again")
 
 
 @cli.command("evaluate")

@@ -192,6 +192,24 @@ class DispatchSettings(Section):
     timeout_s: float = Field(10.0, gt=0, le=120, description="how long one post to the webhook may take")
 
 
+class ModelsSettings(Section):
+    dir: Path = Field(Path("data/models"), description="the model registry's weights and its frozen evaluation set "
+                                                       "(relative: to the working folder)")
+    promote_margin: float = Field(0.02, ge=0, le=1, description="promote refuses a candidate whose recall or precision "
+                                                                "is lower than the active model's by more than this "
+                                                                "on any part of the evaluation set")
+    eval_flights: list[str] = Field([], description="reviewed flights held out of every training set (empty: the "
+                                                    "first `dataset from-reviews` picks them and freezes them)")
+    eval_generated: list[int] = Field([901], description="seeds of the generated districts in the evaluation set")
+    eval_generated_size_m: float = Field(160.0, ge=40, le=1000, description="edge of each generated district (m)")
+    eval_suite: Path | None = Field(None, description="a folder of labelled real areas (`patrol evaluate --suite`): "
+                                                       "its evaluation crops join the evaluation set")
+    chip_px: int = Field(320, ge=128, le=1280, description="chip edge of training data from reviews (px at "
+                                                           "processing.gsd_m)")
+    fine_tune_epochs: int = Field(5, ge=1, le=300, description="epochs of `patrol train --from-reviews`")
+    fine_tune_lr: float = Field(0.002, gt=0, le=0.1, description="learning rate of fine-tuning (SGD)")
+
+
 class ServiceSettings(Section):
     host: str = Field("127.0.0.1", description="address `patrol serve` listens on")
     port: int = Field(8080, ge=1, le=65535, description="port `patrol serve` listens on")
@@ -272,6 +290,7 @@ class Settings(Section):
     ledger: LedgerSettings = LedgerSettings()
     dispatch: DispatchSettings = DispatchSettings()
     media: MediaSettings = MediaSettings()
+    models: ModelsSettings = ModelsSettings()
     ingest: IngestSettings = IngestSettings()
     rules_file: Path = Field(Path("rules.yaml"), description="violation rules and lifecycle table")
 

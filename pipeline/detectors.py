@@ -83,7 +83,7 @@ class ModelTileDetector(TileDetector):
             raise ModelError(f"model {path.name} not found; set detector.model (or --model) to the "
                              f"shipped models/lianwei-yolo11n.onnx or your own weights")
         self.model_path = str(path.resolve()) if path.exists() else str(path)
-        self.version = path.name
+        self.version = path.stem          # the registry names its weights <version>.onnx
         self._predictor = predictor
         self.flip = False                   # mirrored tiles (the change check's second look)
 

@@ -90,16 +90,27 @@ def commit_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, m
     detections = check.detections
     footprint = check.footprint
     bbox = footprint.bounds if footprint is not None else tuple(detections.total_bounds)
+    earlier_model = flight.get("model_version") if flight.get("status") in ("done", "processing") else None
     with store.transaction():
-        store.replace_detections(flight_id, detections[["class_name", "confidence", "area_m2", "geometry"]])
+        store.replace_detections(flight_id, detections[["class_name", "confidence", "area_m2", "geometry"]]
+                                 .assign(model_version=model_version))
         findings = find_violations(detections, store.parcels(bbox), store.zones(bbox), rules)
         result = track_flight(store.cases(bbox), findings, detections, {**flight, "footprint": footprint},
                               settings.tracking, rules, now, prior_coverage=prior_coverage(store, flight),
                               allocate=store.allocate_case_numbers, prefix=store.case_prefix,
                               demolition=check.demolition)
+        events = list(result.events)
         if len(result.cases):
-            store.save_cases(result.cases)
-        store.append_events(result.events)
+            cases = result.cases
+            mine = (cases["last_seen_flight"] == flight_id) & (cases["source"] != MANUAL_SOURCE)
+            if earlier_model and earlier_model != model_version:
+                from pipeline.track import note_events
+                events += note_events(cases.loc[mine, "case_no"], cases.loc[mine, "status"],
+                                      f"航次 {flight_id} 以模型 {model_version} 重新识别（原模型 {earlier_model}）", now)
+            cases = cases.copy()
+            cases.loc[mine, "model_version"] = model_version
+            store.save_cases(cases)
+        store.append_events(events)
         store.upsert_flight({"flight_id": flight_id, "registration": check.registration.as_dict()})
         store.set_flight_status(flight_id, "done", model_version=model_version)
     return FlightResult(flight_id, len(detections), len(findings), result.new_case_count, len(result.events))
@@ -152,6 +163,9 @@ def process_flight(store, flight_id: str, settings, *, detector=None, detections
     try:
         model_version = "given"
         if detections is None:
+            if detector is None:                 # the registry's active model (hash checked)
+                from pipeline.model_registry import active_settings
+                settings = active_settings(store, settings)
             detector = tile_detector(settings, detector)
             model_version = detector.version
             detections = detect_flight(flight, settings, detector, progress)
@@ -163,6 +177,7 @@ def process_flight(store, flight_id: str, settings, *, detector=None, detections
 
 
 GROUND_SOURCE = "ground_patrol"
+MANUAL_SOURCE = "manual"
 
 
 def report_from_ground(store, settings, lon: float, lat: float, actor: str, note: str, *,
@@ -234,3 +249,78 @@ def report_from_ground(store, settings, lon: float, lat: float, actor: str, note
     return jsonable({"case_no": case_no, "new": bool(result.new_case_count), "status": case["status"],
                      "category": case["category"], "rules": list(case["rules"] or []), "source": case["source"],
                      "reasons": case["reasons"] if isinstance(case["reasons"], dict) else {}})
+
+
+def outline_from_geojson(geometry: dict, settings):
+    """A polygon drawn on the map (GeoJSON in WGS84) in the store CRS, or one clear InputError."""
+    from shapely.geometry import shape
+
+    from pipeline.errors import InputError
+    try:
+        geom = shape(geometry)
+    except Exception:
+        raise InputError("the outline is not a GeoJSON polygon; draw it again on the map",
+                         zh="轮廓不是有效的多边形，请在地图上重新勾绘") from None
+    if geom.geom_type not in ("Polygon", "MultiPolygon") or geom.is_empty:
+        raise InputError("the outline is not a polygon; click at least three corners, then 完成",
+                         zh="请至少点击三个角点后再点“完成”")
+    out = gpd.GeoSeries([shapely.make_valid(geom)], crs="EPSG:4326").to_crs(settings.store.crs).iloc[0]
+    out = shapely.union_all([g for g in shapely.get_parts(out) if g.geom_type == "Polygon"])
+    if out.is_empty or not 4 <= out.area <= 100_000:
+        raise InputError(f"the outline covers {out.area:.1f} m²; draw a structure of 4–100000 m²",
+                         zh=f"勾绘面积 {out.area:.1f} m²，应在 4–100000 m² 之间")
+    return out
+
+
+def add_manual_case(store, settings, flight_id: str, outline, actor: str, note: str = "",
+                    detector_class: str = "building", now: datetime | None = None) -> dict:
+    """人工补录: a structure the model missed, drawn on a flight's ortho (``outline`` in the store CRS),
+    becomes a case with source ``manual`` through the same rules; one that breaks none is recorded
+    as 合法 (a real structure, lawful). Refused where a case already covers it."""
+    import pandas as pd
+
+    from pipeline.errors import InputError
+    from pipeline.match import find_violations
+    from pipeline.rules import load_rules
+    from pipeline.track import add_note, track_flight, transition
+
+    rules = load_rules(settings.rules_path)
+    flight = store.get_flight(flight_id)
+    if flight is None:
+        raise InputError(f"flight {flight_id} is not in the store; draw on a processed flight's ortho",
+                         zh="请在已处理航次的影像上勾绘")
+    if detector_class not in rules.classes:
+        raise InputError(f"'{detector_class}' is not a kind of structure; one of {', '.join(rules.classes)}",
+                         zh="请选择建筑类型")
+    near = store.cases(bbox=outline.bounds)
+    if len(near):
+        share = shapely.area(shapely.intersection(near.geometry.to_numpy(), outline)) / outline.area
+        if share.max() >= 0.3:
+            no = near["case_no"].iloc[int(share.argmax())]
+            raise InputError(f"case {no} already covers this structure; correct its outline on its page instead",
+                             zh=f"该建筑已有案件 {no}，请在案件页修正轮廓")
+    at = pd.Timestamp(now or datetime.now()).floor("s")
+    det = gpd.GeoDataFrame({"class_name": [detector_class], "confidence": [None], "area_m2": [outline.area]},
+                           geometry=[outline], crs=settings.store.crs)
+    report = {"flight_id": flight_id, "source": MANUAL_SOURCE, "captured_at": flight.get("captured_at") or at,
+              "footprint": None}
+    bbox = tuple(shapely.buffer(outline, 300).bounds)
+    with store.transaction():
+        findings = find_violations(det, store.parcels(bbox), store.zones(bbox), rules, keep_all=True)
+        result = track_flight(store.cases(bbox).iloc[0:0], findings, det, report, settings.tracking, rules, at,
+                              prior_coverage=prior_coverage(store, flight), allocate=store.allocate_case_numbers,
+                              prefix=store.case_prefix)
+        case = result.cases.iloc[[0]].copy()
+        events = list(result.events)
+        case_no = case["case_no"].iloc[0]
+        if not list(case["rules"].iloc[0] or []):
+            row = case.iloc[0].to_dict()
+            events.append(transition(row, "lawful", actor, "人工补录：未违反规则，记为合法（真实建筑）",
+                                     rules.lifecycle, at))
+            case["status"], case["closed_date"] = row["status"], row.get("closed_date")
+        store.save_cases(case)
+        store.append_events(events)
+        add_note(store, case_no, f"人工补录漏检结构（{actor}）{'：' + note.strip() if note.strip() else ''}", actor, at)
+    out = store.cases().set_index("case_no").loc[case_no]
+    return {"case_no": case_no, "status": out["status"], "rules": list(out["rules"] or []),
+            "area_m2": round(float(outline.area), 1)}

@@ -520,6 +520,35 @@ def add_note(store: Any, case_no: str, note: str, actor: str, now: datetime | No
     return ev
 
 
+def note_events(case_nos, statuses, note: str, now: datetime | None = None) -> list[dict]:
+    """History rows that log ``note`` on each case (status unchanged), by the system."""
+    at = _now(now)
+    return [_event(no, at, SYSTEM_ACTOR, st, st, note) for no, st in zip(case_nos, statuses)]
+
+
+def redraw_outline(store: Any, case_no: str, outline: Any, actor: str, now: datetime | None = None) -> dict:
+    """An officer's corrected outline of a case (the model's box was wrong; ``outline`` a polygon in
+    the store CRS): geometry and area replaced, the change in the history; the corrected outline is
+    what ``patrol dataset from-reviews`` trains on. Returns the event."""
+    at = _now(now)
+    with store.transaction():
+        one = get_case(store, case_no)
+        old = one.geometry.iloc[0]
+        if old is not None and not old.is_empty and old.distance(outline) > 50:
+            raise InputError(f"the new outline of {case_no} lies {old.distance(outline):.0f} m from the case; "
+                             f"draw it over the structure", zh=f"新轮廓距案件 {old.distance(outline):.0f} 米，请在该建筑上勾绘")
+        before = _float(one["area_m2"].iloc[0], 0.0)
+        area = round(float(shapely.area(outline)), 3)
+        frame = gpd.GeoDataFrame({"case_no": [case_no], "area_m2": [area], "updated_at": [at]},
+                                 geometry=[outline], crs=store.crs)
+        store.save_cases(frame)
+        st = one["status"].iloc[0]
+        ev = _event(case_no, at, actor or SYSTEM_ACTOR, st, st,
+                    f"轮廓修正（{actor}）：面积 {before:.1f} → {area:.1f} m²")
+        store.append_events([ev])
+    return ev
+
+
 #: what an officer records about a case on site: 当事人, 电话, 层数, 建筑面积, 责任单位, 备注
 CASE_FACTS = {"party": ("当事人", 100), "phone": ("电话", 40), "id_number": ("身份证号", 18), "address": ("地址", 200),
               "floors": ("层数", None), "floor_area_m2": ("建筑面积", None), "unit": ("责任单位/执法中队", 100),

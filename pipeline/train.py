@@ -46,11 +46,16 @@ class ChipStats:
     boxes: int = 0
     per_class: dict[str, int] = field(default_factory=lambda: {c: 0 for c in CLASSES})
     footprints: int = 0
+    blanked: int = 0                # areas painted over (``import_labelled(blank=…)``)
+    by_split: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
 
     def add(self, other: "ChipStats") -> "ChipStats":
         self.chips += other.chips
         self.boxes += other.boxes
         self.footprints += other.footprints
+        self.blanked += other.blanked
+        for k, v in other.by_split.items():
+            self.by_split[k] = self.by_split.get(k, 0) + v
         for k, v in other.per_class.items():
             self.per_class[k] = self.per_class.get(k, 0) + v
         return self
@@ -121,9 +126,30 @@ def _write_chip(out_dir: Path, split: str, stem: str, image: np.ndarray, rows: n
     lines = [" ".join([str(int(r[0]))] + [f"{v:.6f}" for v in r[1:]]) for r in rows]
     (out_dir / "labels" / split / f"{stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
     stats.chips += 1
+    stats.by_split[split] = stats.by_split.get(split, 0) + 1
     stats.boxes += len(rows)
     for r in rows:
         stats.per_class[classes[int(r[0])]] += 1
+
+
+def blank_out(image: np.ndarray, polys, chip_bounds: tuple[float, float, float, float], gsd_m: float,
+              valid: np.ndarray | None = None) -> np.ndarray:
+    """The chip with ``polys`` (chip metres, y up) painted in its mean valid colour."""
+    import cv2
+    import shapely
+    left, _, _, top = chip_bounds
+    out = image.copy()
+    ok = valid if valid is not None and valid.any() else np.ones(image.shape[:2], bool)
+    colour = tuple(int(v) for v in image[ok].mean(axis=0))
+    mask = np.zeros(image.shape[:2], np.uint8)
+    for g in shapely.get_parts(np.asarray(polys)):
+        if g.geom_type != "Polygon" or g.is_empty:
+            continue
+        xy = np.asarray(g.exterior.coords)
+        pts = np.column_stack([(xy[:, 0] - left) / gsd_m, (top - xy[:, 1]) / gsd_m]).round().astype(np.int32)
+        cv2.fillPoly(mask, [pts], 1)
+    out[mask.astype(bool)] = colour
+    return out
 
 
 def _chip_origins(width: int, height: int, chip_px: int, stride_px: int) -> Iterator[tuple[int, int]]:
@@ -212,17 +238,22 @@ def local_utm(crs, bounds) -> "object":
     return CRS.from_epsg(int(info[0].code))
 
 
-def import_labelled(ortho: str | Path, labels: str | Path, out_dir: str | Path, gsd_m: float = 0.10,
+def import_labelled(ortho: str | Path, labels, out_dir: str | Path, gsd_m: float = 0.10,
                     chip_px: int = 320, split: str = "train", stride_px: int | None = None,
                     class_column: str | None = None, default_class: str = "building",
                     layer: str | None = None, min_valid: float = 0.6, prefix: str | None = None,
-                    classes: Sequence[str] = CLASSES) -> ChipStats:
-    """Chips at ``gsd_m`` + YOLO labels from an ortho (any CRS, RGB/RGBA) and labelled polygons.
+                    classes: Sequence[str] = CLASSES, near=None, blank=None, val_region=None,
+                    gap_m: float = 0.0) -> ChipStats:
+    """Chips at ``gsd_m`` + YOLO labels from an ortho (any CRS, RGB/RGBA) and labelled polygons
+    (a vector file, or a GeoDataFrame).
 
     The class comes from ``class_column`` (or a `class_name`/`class`/`condition` column; values
     such as building, steel_shed, under_construction, greenhouse, incomplete, 彩钢棚, 大棚),
     else ``default_class``. Rows whose class is unknown are dropped. Chips that are mostly
-    no-data (alpha 0, mask, nodata value) are skipped.
+    no-data (alpha 0, mask, nodata value) are skipped. Geometries in the labels' CRS:
+    ``near`` keeps only chips touching one of them; ``blank`` polygons are painted over with the
+    chip's mean colour (what may or may not be a structure teaches nothing); with ``val_region``
+    chips touching it go to val, chips within ``gap_m`` of it are left out, the rest to ``split``.
     """
     import geopandas as gpd
     from rasterio.enums import Resampling
@@ -230,17 +261,21 @@ def import_labelled(ortho: str | Path, labels: str | Path, out_dir: str | Path, 
     from rasterio.windows import Window
     from tqdm import tqdm
 
-    ortho, labels, out_dir = Path(ortho), Path(labels), Path(out_dir)
+    ortho, out_dir = Path(ortho), Path(out_dir)
     if split not in ("train", "val"):
         raise ConfigError(f"split '{split}' must be train or val")
     if not ortho.is_file():
         raise InputError(f"ortho {ortho} not found; pass an existing GeoTIFF")
-    if not labels.is_file():
-        raise InputError(f"label file {labels} not found; pass a GeoPackage, GeoJSON or shapefile")
-    try:
-        gdf = gpd.read_file(labels, layer=layer) if layer else gpd.read_file(labels)
-    except Exception as e:
-        raise InputError(f"cannot read label file {labels} ({type(e).__name__}); check the format") from None
+    if isinstance(labels, gpd.GeoDataFrame):
+        gdf, labels = labels, Path(f"{ortho.stem}-labels")
+    else:
+        labels = Path(labels)
+        if not labels.is_file():
+            raise InputError(f"label file {labels} not found; pass a GeoPackage, GeoJSON or shapefile")
+        try:
+            gdf = gpd.read_file(labels, layer=layer) if layer else gpd.read_file(labels)
+        except Exception as e:
+            raise InputError(f"cannot read label file {labels} ({type(e).__name__}); check the format") from None
     if gdf.crs is None:
         raise InputError(f"label file {labels} has no CRS; set one (e.g. with ogr2ogr -a_srs)")
     gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
@@ -264,6 +299,15 @@ def import_labelled(ortho: str | Path, labels: str | Path, out_dir: str | Path, 
         polys = shapely.make_valid(polys_gdf.geometry.to_numpy())
         stats.footprints = len(polys)
         tree = shapely.STRtree(polys) if len(polys) else None
+
+        def local(geoms):               # geometries of the labels' CRS in the chips' metres
+            if geoms is None:
+                return None
+            return shapely.make_valid(gpd.GeoSeries(list(geoms), crs=gdf.crs).to_crs(dst_crs).to_numpy())
+        near_l, blank_l = local(near), local(blank)
+        region_l = None if val_region is None else shapely.union_all(local([val_region]))
+        near_tree = shapely.STRtree(near_l) if near_l is not None and len(near_l) else None
+        blank_tree = shapely.STRtree(blank_l) if blank_l is not None and len(blank_l) else None
         stretch = None
         if src.dtypes[0] != "uint8":
             from rasterio.enums import Resampling as R
@@ -295,9 +339,23 @@ def import_labelled(ortho: str | Path, labels: str | Path, out_dir: str | Path, 
                 img = np.where(valid[None], arr, 0).astype(np.uint8).transpose(1, 2, 0)
                 left, top = tr.c + c * gsd_m, tr.f - r * gsd_m
                 bounds = (left, top - chip_px * gsd_m, left + chip_px * gsd_m, top)
-                idx = tree.query(shapely.box(*bounds)) if tree is not None else np.zeros(0, int)
+                chip_box = shapely.box(*bounds)
+                if near is not None and (near_tree is None or not len(near_tree.query(chip_box, "intersects"))):
+                    continue
+                chip_split = split
+                if region_l is not None:
+                    if chip_box.intersects(region_l):
+                        chip_split = "val"
+                    elif gap_m > 0 and chip_box.distance(region_l) < gap_m:
+                        continue
+                idx = tree.query(chip_box) if tree is not None else np.zeros(0, int)
                 rows = chip_labels(polys[idx], cls[idx], bounds, gsd_m, chip_px, valid=valid)
-                _write_chip(out_dir, split, f"{stem_base}_r{r}_c{c}", img, rows, stats, classes)
+                if blank_tree is not None:
+                    hit = blank_tree.query(chip_box, "intersects")
+                    if len(hit):
+                        img = blank_out(img, blank_l[hit], bounds, gsd_m, valid)
+                        stats.blanked += len(hit)
+                _write_chip(out_dir, chip_split, f"{stem_base}_r{r}_c{c}", img, rows, stats, classes)
     return stats
 
 

@@ -82,6 +82,9 @@ def run_nightly(store, settings, flight_ids: list[str] | None = None, *, workers
         raise ConfigError(f"--chunk-tiles {chunk_tiles} must be 1 or more")
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers {workers} must be 1 or more")
+    if detector is None and truth is None:      # the registry's active model (hash checked)
+        from pipeline.model_registry import active_settings
+        settings = active_settings(store, settings)
     detector = tile_detector(settings, detector, truth)
     rules = load_rules(settings.rules_path)
     key = hashlib.sha256(f"{detector.key()}:{Tiling.from_settings(settings)}".encode()).hexdigest()[:12]

@@ -40,7 +40,8 @@ from pyproj import CRS
 
 from pipeline.errors import StoreError
 from pipeline.store.core import check_bbox, from_sql, in_clause, q, to_sql
-from pipeline.store.schema import COUNTED, DOCUMENT, DOCUMENT_VERSION, MEDIA, MEDIA_VERSION, TABLES, USERS, Table
+from pipeline.store.schema import (COUNTED, DOCUMENT, DOCUMENT_VERSION, MEDIA, MEDIA_VERSION, MODEL, MODEL_EVENT,
+                                   MODEL_VERSION, TABLES, USERS, Table)
 from pipeline.values import is_missing, iso_datetime, plain
 
 BBox = tuple[float, float, float, float]      # minx, miny, maxx, maxy in the store CRS
@@ -117,7 +118,8 @@ class Store(abc.ABC):
     def status(self) -> dict[str, Any]:
         """``{"backend", "url", "crs", "version", "latest_version", "counts": {table: rows}}``."""
         version = self._version()
-        since = {"document": DOCUMENT_VERSION, "media": MEDIA_VERSION}
+        since = {"document": DOCUMENT_VERSION, "media": MEDIA_VERSION, "model": MODEL_VERSION,
+                 "model_event": MODEL_VERSION}
         tables = [t for t in COUNTED if version >= since.get(t, 1)]          # what this version has
         counts = {t: int(self._rows(f"SELECT COUNT(*) FROM {q(t)}")[0][0]) for t in tables} if version else {}
         return {"backend": self.backend, "url": self.display_url, "crs": self.crs, "version": version,
@@ -379,6 +381,30 @@ class Store(abc.ABC):
         """Media rows (of one case, or one), in the order they were uploaded."""
         where, params = _equal(case_no=case_no, media_id=media_id)
         return self._frame(MEDIA, where, params, order="uploaded_at, fid")
+
+    def models(self, version: str | None = None, state: str | None = None) -> pd.DataFrame:
+        """Registered detector models (schema.MODEL), in the order they were registered."""
+        where, params = _equal(version=version, state=state)
+        return self._frame(MODEL, where, params)
+
+    def save_model(self, row: Mapping[str, Any]) -> None:
+        """Insert or update one model by version; keys absent keep their stored value."""
+        if not row.get("version"):
+            raise StoreError("save_model: the model has no version")
+        with self.transaction():
+            self._upsert(MODEL, pd.DataFrame([dict(row)]))
+
+    def add_model_event(self, row: Mapping[str, Any]) -> None:
+        """Append one row of the registry's history (version, action, actor, from_version, note,
+        figures); ``at`` defaults to now. Never updated or deleted."""
+        row = {"at": datetime.now(), **dict(row)}
+        with self.transaction():
+            self._upsert(MODEL_EVENT, pd.DataFrame([row]))
+
+    def model_events(self, version: str | None = None) -> pd.DataFrame:
+        """The registry's history (of one version), oldest first."""
+        where, params = _equal(version=version)
+        return self._frame(MODEL_EVENT, where, params)
 
     def users(self) -> pd.DataFrame:
         """Web service accounts (table ``users``: username, password_hash, role, towns

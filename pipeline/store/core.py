@@ -195,3 +195,16 @@ def add_change_columns(store, sql_type) -> None:
     from pipeline.store.schema import CASE_CHANGE_COLUMNS, FLIGHT_CHANGE_COLUMNS
     add_columns(store, sql_type, "flight", FLIGHT_CHANGE_COLUMNS)
     add_columns(store, sql_type, "cases", CASE_CHANGE_COLUMNS)
+
+
+def add_model_registry(store, sql_type, create_table, append_only) -> None:
+    """Migration 7 of both backends: the model registry (tables model, model_event; the second
+    append-only through ``append_only(table_name)``) and the model version of detections and cases."""
+    from pipeline.store.schema import MODEL, MODEL_EVENT, MODEL_VERSION_COLUMNS
+    for name, columns in MODEL_VERSION_COLUMNS.items():
+        add_columns(store, sql_type, name, columns)
+    for table in (MODEL, MODEL_EVENT):
+        create_table(table)
+        for i, idx in enumerate(table.indexes):
+            store._x(f"CREATE INDEX {q(f'{table.name}_ix{i}')} ON {q(table.name)} ({', '.join(map(q, idx))})")
+    append_only(MODEL_EVENT.name)

@@ -27,7 +27,7 @@ from pyproj import CRS
 
 from pipeline.errors import StoreError, one_line
 from pipeline.store.base import Claim, Store
-from pipeline.store.core import add_documents, add_change_columns, add_media, add_user_guard_columns, from_wkb, multipolygons, projected_crs, q, table_columns
+from pipeline.store.core import add_documents, add_change_columns, add_media, add_model_registry, add_user_guard_columns, from_wkb, multipolygons, projected_crs, q, table_columns
 from pipeline.store.schema import TABLES, Table, as_created
 
 APPLICATION_ID = 0x47504B47          # "GPKG"
@@ -392,6 +392,12 @@ def _migration_2(store: GpkgStore) -> None:
              "VALUES (?, 'attributes', ?, ?)", (USERS.name, USERS.name, USERS.description))
 
 
+def _append_only(store: GpkgStore, table_name: str) -> None:
+    for op in ("UPDATE", "DELETE"):
+        store._x(f"CREATE TRIGGER {table_name}_no_{op.lower()} BEFORE {op} ON {q(table_name)} BEGIN "
+                 f"SELECT RAISE(ABORT, '{table_name} is append-only: history is never rewritten'); END")
+
+
 def _attribute_table(store: GpkgStore, table: Table) -> None:
     store._x(f"CREATE TABLE {q(table.name)} ({', '.join(table_columns(table, _sql_type, _identity(table)))})")
     store._x("INSERT INTO gpkg_contents (table_name, data_type, identifier, description) "
@@ -407,5 +413,7 @@ MIGRATIONS: list[tuple[int, str, Any]] = [
     (5, "media: on-site photos and videos of a case; cases: id number, address",
      lambda s: add_media(s, _sql_type, lambda t: _attribute_table(s, t))),
     (6, "flight: Chinese error, co-registration; cases: change confidence and evidence", lambda s: add_change_columns(s, _sql_type)),
+    (7, "model, model_event: the model registry; detection, cases: model version",
+     lambda s: add_model_registry(s, _sql_type, lambda t: _attribute_table(s, t), lambda t: _append_only(s, t))),
 ]
 GpkgStore.MIGRATIONS = MIGRATIONS

@@ -41,7 +41,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from pipeline.errors import StoreError, one_line
 from pipeline.store.base import Claim, Store
-from pipeline.store.core import add_documents, add_change_columns, add_media, add_user_guard_columns, from_wkb, multipolygons, projected_crs, q, table_columns
+from pipeline.store.core import add_documents, add_change_columns, add_media, add_model_registry, add_user_guard_columns, from_wkb, multipolygons, projected_crs, q, table_columns
 from pipeline.store.schema import TABLES, Table, as_created
 
 WRITE_LOCK = 0x4C57_5752          # advisory lock keys ("LWWR", "LWMG")
@@ -384,6 +384,13 @@ def _create_table(store: PostgisStore, table: Table) -> None:
     store._x(sql.SQL("COMMENT ON TABLE {} IS {}").format(sql.Identifier(table.name), sql.Literal(table.description)))
 
 
+def _append_only(store: PostgisStore, table_name: str) -> None:
+    store._x(f"CREATE FUNCTION {table_name}_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+             f"RAISE EXCEPTION '{table_name} is append-only: history is never rewritten'; END $$")
+    store._x(f"CREATE TRIGGER {table_name}_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON {q(table_name)} "
+             f"FOR EACH STATEMENT EXECUTE FUNCTION {table_name}_append_only()")
+
+
 def _migration_1(store: PostgisStore) -> None:
     """Every patrol table, typed geometry columns with GiST indexes, append-only case_event."""
     x = store._x
@@ -423,5 +430,8 @@ MIGRATIONS: list[tuple[int, str, Any]] = [
     (5, "media: on-site photos and videos of a case; cases: id number, address",
      lambda s: add_media(s, lambda c: _PG_TYPE[c.kind], lambda t: _create_table(s, t))),
     (6, "flight: Chinese error, co-registration; cases: change confidence and evidence", lambda s: add_change_columns(s, lambda c: _PG_TYPE[c.kind])),
+    (7, "model, model_event: the model registry; detection, cases: model version",
+     lambda s: add_model_registry(s, lambda c: _PG_TYPE[c.kind], lambda t: _create_table(s, t),
+                                  lambda t: _append_only(s, t))),
 ]
 PostgisStore.MIGRATIONS = MIGRATIONS

@@ -51,7 +51,7 @@ FLIGHT = Table("flight", (
 
 DETECTION = Table("detection", (
     C("detection_id", required=True), C("flight_id", required=True), C("class_name", required=True),
-    C("confidence", "real"), C("area_m2", "real"), C("geometry", "geometry"),
+    C("confidence", "real"), C("area_m2", "real"), C("geometry", "geometry"), C("model_version"),
 ), key=("detection_id",), description="structures the detector found, per flight",
     indexes=(("flight_id",),))
 
@@ -79,7 +79,7 @@ CASES = Table("cases", (
     C("recheck_date", "date"), C("closed_date", "date"), C("demolished_area_m2", "real"),
     C("created_at", "datetime"), C("updated_at", "datetime"), C("geometry", "geometry"),
     C("floors", "int"), C("floor_area_m2", "real"), C("unit"), C("remark"), C("id_number"), C("address"),
-    C("change_confidence", "real"), C("change_evidence", "json", default={}),
+    C("change_confidence", "real"), C("change_evidence", "json", default={}), C("model_version"),
 ), key=("case_no",), description="enforcement cases (台账)",
     indexes=(("status",), ("category",), ("town", "village"), ("first_seen_at",)))
 
@@ -122,8 +122,10 @@ CASE_PARTY_COLUMNS = ("id_number", "address")
 #: a case's change confidence and the evidence behind it (``pipeline.change``)
 FLIGHT_CHANGE_COLUMNS = ("error_zh", "registration")
 CASE_CHANGE_COLUMNS = ("change_confidence", "change_evidence")
-ADDED_LATER = {"cases": CASE_LEDGER_COLUMNS + CASE_PARTY_COLUMNS + CASE_CHANGE_COLUMNS,
-               "flight": FLIGHT_CHANGE_COLUMNS}
+#: added by migration 7: the model version that produced a detection, and a case's latest detection
+MODEL_VERSION_COLUMNS = {"detection": ("model_version",), "cases": ("model_version",)}
+ADDED_LATER = {"cases": CASE_LEDGER_COLUMNS + CASE_PARTY_COLUMNS + CASE_CHANGE_COLUMNS + ("model_version",),
+               "flight": FLIGHT_CHANGE_COLUMNS, "detection": ("model_version",)}
 
 
 def as_created(table: Table) -> Table:
@@ -154,7 +156,26 @@ MEDIA = Table("media", (
     C("distance_m", "real"), C("far", "int", default=0), C("uploaded_at", "datetime"), C("actor"), C("note"),
 ), key=("media_id",), description="on-site photos and videos per case", indexes=(("case_no",),))
 
+#: the migration that adds the model registry
+MODEL_VERSION = 7
+#: detector weights of the model registry (pipeline/model_registry.py), added by migration 7: the
+#: file the detector runs (``path``, its sha256 ``file_hash``; ``pt_path`` the weights training starts
+#: from), what it was trained from, its figures; ``state`` candidate | active | retired
+MODEL = Table("model", (
+    C("version", required=True), C("path", required=True), C("file_hash", required=True), C("pt_path"),
+    C("parent"), C("state", required=True, default="candidate"), C("data", "json", default={}),
+    C("metrics", "json", default={}), C("created_at", "datetime"), C("created_by"),
+    C("promoted_at", "datetime"), C("promoted_by"), C("note"),
+), key=("version",), description="detector weights: registry of trained models")
+#: what happened to the registry's models, append-only (registered, compared, promoted, refused, rolled back)
+MODEL_EVENT = Table("model_event", (
+    C("version", required=True), C("at", "datetime", required=True),
+    C("actor"), C("action", required=True), C("from_version"), C("note"), C("figures", "json", default={}),
+), key=("version", "at", "action"), description="append-only history of the model registry", append_only=True,
+    indexes=(("version",),))
+
 #: tables reported by Store.status()["counts"]
-COUNTED = ("flight", "detection", "parcel", "zone", "cases", "case_event", "evidence", "document", "media")
+COUNTED = ("flight", "detection", "parcel", "zone", "cases", "case_event", "evidence", "document", "media",
+           "model", "model_event")
 
 CASE_COLUMNS = CASES.names

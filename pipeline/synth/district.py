@@ -43,12 +43,15 @@ def epoch_dates(seed: int, epochs: int) -> list[datetime]:
     return out
 
 
-def epoch_look(seed: int, epoch: int, when: datetime, gsd: float) -> Look:
+def epoch_look(seed: int, epoch: int, when: datetime, gsd: float, look: dict | None = None) -> Look:
+    """The look of one epoch: the demo district's, with ``look``'s Randomisation fields over it."""
     rng = np.random.default_rng([seed, epoch, 77])
     wb = tuple(float(v) for v in rng.normal(1.0, 0.02, 3))
     rnd = Randomisation(palette="china", season=season_of(when), gsd_m=gsd,
                         brightness=float(rng.uniform(0.95, 1.05)), white_balance=wb,  # type: ignore[arg-type]
                         blur_sigma_px=float(rng.uniform(0.45, 0.7)), noise_sigma=float(rng.uniform(1.5, 2.5)))
+    if look:
+        rnd = rnd.with_(**look)
     return Look(rnd, sun_at(when), rnd.season, seed * 100 + epoch)
 
 
@@ -75,11 +78,12 @@ def georeference_error(x0: float, ytop: float, size_m: float, shift: tuple[float
 
 def generate_district(out_dir: Path | str, seed: int = 1, size_m: float = 400.0, epochs: int = 3,
                       gsd_m: float = 0.05, progress: bool = True, shift_m: float = 0.0,
-                      rotate_deg: float = 0.0) -> DistrictResult:
+                      rotate_deg: float = 0.0, look: dict | None = None) -> DistrictResult:
     """Write epoch_*.tif, district.gpkg and district.json for a seeded district. ``shift_m`` /
     ``rotate_deg``: each later ortho is georeferenced up to that far off and turned up to that
     much (the truth stays where it is; the ``footprints`` layer and district.json record each
-    epoch's error)."""
+    epoch's error). ``look``: Randomisation fields over every epoch's look (another palette,
+    season or colour: a county whose roofs the training scenes did not show)."""
     out = Path(out_dir)
     if not 20 <= size_m <= 4000:
         raise InputError(f"size {size_m} m is out of range; choose --size-m between 20 and 4000")
@@ -95,28 +99,32 @@ def generate_district(out_dir: Path | str, seed: int = 1, size_m: float = 400.0,
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"cannot create {out}: {e.strerror}; choose another --out folder") from e
-    lay = build_layout(seed, size_m, epochs, Randomisation())
+    look = dict(look or {})
+    bad = sorted(set(look) - set(Randomisation().as_dict()))
+    if bad:
+        raise InputError(f"unknown look field(s) {', '.join(bad)}; use fields of synth.Randomisation")
+    lay = build_layout(seed, size_m, epochs, Randomisation(palette=look.get("palette", "china")))
     dates = epoch_dates(seed, epochs)
     n = int(round(size_m / gsd_m))
     shifts = epoch_shifts(seed, epochs, shift_m, rotate_deg)
     orthos, meta_epochs, footprints = [], [], []
     for e in range(1, epochs + 1):
-        look = epoch_look(seed, e, dates[e - 1], gsd_m)
+        epoch_rnd = epoch_look(seed, e, dates[e - 1], gsd_m, look)
         fp = flight_footprint(lay, e)
         path = out / f"epoch_{e}.tif"
         dx, dy, rot = shifts[e - 1]
         transform = georeference_error(lay.x0, lay.ytop, size_m, shifts[e - 1]) * \
             rasterio.Affine(gsd_m, 0.0, lay.x0, 0.0, -gsd_m, lay.ytop)
-        _write_ortho(path, lay, e, look, fp, n, gsd_m, transform, dates[e - 1], progress)
+        _write_ortho(path, lay, e, epoch_rnd, fp, n, gsd_m, transform, dates[e - 1], progress)
         orthos.append(path)
         footprints.append({"epoch": e, "captured_at": dates[e - 1].isoformat(), "shift_x": dx, "shift_y": dy,
                            "rotation_deg": rot, "centre_x": lay.x0 + size_m / 2, "centre_y": lay.ytop - size_m / 2,
                            "geometry": fp})
         meta_epochs.append({"epoch": e, "date": dates[e - 1].isoformat(), "ortho": path.name, "shift_m": [dx, dy],
                             "rotation_deg": rot, "centre": [lay.x0 + size_m / 2, lay.ytop - size_m / 2],
-                            "sun_azimuth_deg": round(look.sun.azimuth_deg, 2),
-                            "sun_elevation_deg": round(look.sun.elevation_deg, 2),
-                            "season": look.season})
+                            "sun_azimuth_deg": round(epoch_rnd.sun.azimuth_deg, 2),
+                            "sun_elevation_deg": round(epoch_rnd.sun.elevation_deg, 2),
+                            "season": epoch_rnd.season})
     vectors = out / "district.gpkg"
     _write_vectors(vectors, lay, epochs, footprints)
     meta = out / "district.json"
