@@ -141,6 +141,10 @@ def compare(store, settings, candidate: str, *, actor: str = "system", progress:
     if act["version"] == candidate:
         raise ModelError(f"model {candidate} is the active model; compare another candidate")
     parts_c = evaluate_model(store, settings, Path(cand["path"]), progress=progress)
+    if not parts_c:
+        raise ModelError("the evaluation set is empty: no reviewed flight is held out and models.eval_generated and "
+                         "models.eval_suite are unset; build a dataset (`patrol dataset from-reviews`) or set them",
+                         zh="评测集为空，无法比较模型")
     parts_a = evaluate_model(store, settings, verified_path(act), progress=progress)
     margin = float(settings.models.promote_margin)
     parts, losses = {}, []
@@ -167,13 +171,20 @@ def _losses_text(losses) -> str:
     return "; ".join(f"{m} {loss:+.3f} on {part}".replace("+", "−", 1) for part, m, loss in losses)
 
 
-def promote(store, settings, candidate: str, *, actor: str, progress: bool = False) -> dict:
+def promote(store, settings, candidate: str, *, actor: str, expected_active: str | None = None,
+            progress: bool = False) -> dict:
     """Make ``candidate`` the active model when its comparison with the current active model
     passes the gate (compared now when there is none against that model); refusals are recorded
-    and raised as ModelError. Returns the comparison."""
+    and raised as ModelError. ``expected_active``: the active version the caller saw (the admin
+    page's); the promotion is refused when another one is active by the time it is written, so two
+    promotions at once cannot both win. Returns the comparison."""
     cand = get_model(store, candidate)
     verified_path(cand)
     act = active_model(store, settings)
+    if expected_active and act["version"] != expected_active:
+        raise ModelError(f"model {candidate} is not promoted: {act['version']} was promoted meanwhile; compare "
+                         f"again (`patrol model compare {candidate}`)",
+                         zh=f"模型 {candidate} 未启用：期间已有其他模型启用，请重新评测")
     if act["version"] == candidate:
         raise ModelError(f"model {candidate} is already the active model")
     result = (cand.get("metrics") or {}).get("comparison") or {}

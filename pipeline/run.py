@@ -108,6 +108,8 @@ def commit_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, m
                 events += note_events(cases.loc[mine, "case_no"], cases.loc[mine, "status"],
                                       f"航次 {flight_id} 以模型 {model_version} 重新识别（原模型 {earlier_model}）", now)
             cases = cases.copy()
+            cases["model_version"] = cases.get("model_version", None)
+            cases["model_version"] = cases["model_version"].astype(object)     # all-empty reads back as float
             cases.loc[mine, "model_version"] = model_version
             store.save_cases(cases)
         store.append_events(events)

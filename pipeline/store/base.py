@@ -392,7 +392,9 @@ class Store(abc.ABC):
         if not row.get("version"):
             raise StoreError("save_model: the model has no version")
         with self.transaction():
-            self._upsert(MODEL, pd.DataFrame([dict(row)]))
+            stored = self.models(version=row["version"])
+            merged = {**(stored.iloc[0].to_dict() if len(stored) else {}), **dict(row)}
+            self._upsert(MODEL, pd.DataFrame([merged]))
 
     def add_model_event(self, row: Mapping[str, Any]) -> None:
         """Append one row of the registry's history (version, action, actor, from_version, note,
