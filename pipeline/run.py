@@ -312,6 +312,10 @@ def add_manual_case(store, settings, flight_id: str, outline, actor: str, note: 
         result = track_flight(store.cases(bbox).iloc[0:0], findings, det, report, settings.tracking, rules, at,
                               prior_coverage=prior_coverage(store, flight), allocate=store.allocate_case_numbers,
                               prefix=store.case_prefix)
+        if not len(result.cases):
+            raise InputError(f"the outline makes no case: draw a structure of at least "
+                             f"{rules.min_structure_area_m2:g} m²", zh=f"未能形成案件：请勾绘不小于 "
+                                                                    f"{rules.min_structure_area_m2:g} m² 的建筑")
         case = result.cases.iloc[[0]].copy()
         events = list(result.events)
         case_no = case["case_no"].iloc[0]
