@@ -45,7 +45,8 @@ def server(small_district_store, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     store_path = root / "patrol.gpkg"
     sets = {"service.upload_dir": root / "uploads", "service.work_dir": root / "work",
-            "service.secret_file": root / "secret", "media.dir": root / "media"}
+            "service.secret_file": root / "secret", "media.dir": root / "media", "models.dir": root / "models",
+            "models.eval_generated_size_m": 60}
     use_model = MODEL.is_file()
     settings = load_settings(overrides={"store.url": str(store_path), **{k: str(v) for k, v in sets.items()}})
     store = open_store(store_path, settings.store.crs)
@@ -474,3 +475,141 @@ def test_offline_on_a_phone_queues_photo_and_status_and_shows_a_conflict(server)
         finally:
             browser.close()
     assert not [x for x in problems if "Failed to load resource" not in x], problems
+
+
+#: an attribute of the review map's document (None while the iframe loads)
+MAP_ATTR = "document.getElementById('map').contentDocument?.documentElement?.getAttribute"
+
+
+def _wait_drawn(page, frame, test: str) -> None:
+    """Wait for the map's draw tool to report a saved drawing; its message when it does not."""
+    try:
+        page.wait_for_function(f"{MAP_ATTR}('data-patrol-drawn'){test}", timeout=15000)
+    except Exception:
+        raise AssertionError(f"not saved: {frame.locator('.draw-msg').inner_text()}") from None
+
+
+def _done_flight(server) -> dict:
+    """A processed flight in the server's store (the district's first epoch, truth as detections
+    when no earlier test processed one)."""
+    from pipeline.detectors import TruthTileDetector
+    from pipeline.run import process_flight, register_flight
+    s = server["settings"]
+    with open_store(server["store"], s.store.crs) as store:
+        done = store.list_flights(status="done")
+        if not len(done):
+            flight = register_flight(store, server["district"] / "epoch_1.tif", s, team="test")
+            truth = TruthTileDetector(server["district"] / "district.gpkg", s.detector.classes, confidence=0.9)
+            process_flight(store, flight["flight_id"], s, progress=False, detector=truth)
+            done = store.list_flights(status="done")
+        return store.get_flight(done["flight_id"].iloc[-1])
+
+
+def _click_corners(page, frame, corners):
+    """Click WGS84 corners (lon, lat) on the review map inside the iframe."""
+    box = page.locator("#map").bounding_box()
+    lons, lats = [c[0] for c in corners], [c[1] for c in corners]
+    page.evaluate("([s, w, n, e]) => document.getElementById('map').contentWindow.patrolReport.map"
+                  ".fitBounds([[s, w], [n, e]], {padding: [120, 120], animate: false})",
+                  [min(lats), min(lons), max(lats), max(lons)])
+    page.wait_for_timeout(300)
+    for lon, lat in corners:
+        pt = page.evaluate("([lat, lon]) => { const P = document.getElementById('map').contentWindow.patrolReport;"
+                           " const p = P.map.latLngToContainerPoint([lat, lon]); return [p.x, p.y]; }", [lat, lon])
+        page.mouse.click(box["x"] + pt[0], box["y"] + pt[1])
+        page.wait_for_timeout(100)
+
+
+def test_officer_redraws_an_outline_and_draws_a_missed_structure_admin_promotes_and_rolls_back(server, tmp_path):
+    """Corrections in the desktop review (issue 20): 修正轮廓 on a case's popup replaces its outline,
+    勾绘漏检建筑 on the ortho makes a manual case; fewer than three corners is one Chinese line. The
+    admin's 模型 page compares a candidate, promotes it and rolls back."""
+    import geopandas as gpd
+    import shapely
+
+    from pipeline.model_registry import register
+    sync_api = pytest.importorskip("playwright.sync_api")
+    ARTIFACTS.mkdir(exist_ok=True)
+    base, problems, s = server["base"], [], server["settings"]
+    flight = _done_flight(server)
+    with open_store(server["store"], s.store.crs) as store:
+        cases = store.cases()
+        mine = cases[(cases["town"] == server["town"]) & (cases["status"] == "suspected")]
+        assert len(mine), "no suspected case in the officer's town"
+        target = mine.iloc[0]
+        # an empty 8 m square inside the flight, 15 m from every case
+        fp = flight["footprint"].buffer(-10)
+        taken = shapely.union_all(cases.geometry.buffer(15).to_numpy())
+        free = fp.difference(taken)
+        assert not free.is_empty
+        c = free.representative_point()
+        missed = shapely.box(c.x - 4, c.y - 4, c.x + 4, c.y + 4)
+    to_wgs = lambda g: gpd.GeoSeries([g], crs=s.store.crs).to_crs("EPSG:4326").iloc[0]   # noqa: E731
+    redrawn = to_wgs(target.geometry.minimum_rotated_rectangle.buffer(1.5, join_style="mitre"))
+    drawn = to_wgs(missed)
+    with sync_api.sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            ctx, page = _login(browser, base, "off", problems)
+            frame = page.frame_locator("#map")
+            page.wait_for_function(f"{MAP_ATTR}('data-patrol-hook') === 'ready'", timeout=30000)
+            # 修正轮廓 from the case's popup
+            page.click(f"#cases tr[data-case='{target['case_no']}'] button.show")
+            frame.locator("button.redraw-outline").click(timeout=10000)
+            _click_corners(page, frame, list(redrawn.exterior.coords)[:-1])
+            with page.expect_navigation(timeout=30000):       # the review page lists the change
+                frame.locator(".draw-done").click()
+                _wait_drawn(page, frame, "?.startsWith('outline:')")
+                assert "已修正" in frame.locator(".draw-msg").inner_text()
+            page.wait_for_function(f"{MAP_ATTR}('data-patrol-hook') === 'ready'", timeout=30000)
+            # two corners are refused in Chinese, nothing stored
+            frame.locator(".draw-start").click()
+            _click_corners(page, frame, list(drawn.exterior.coords)[:2])
+            frame.locator(".draw-done").click()
+            assert "至少点击三个角点" in frame.locator(".draw-msg").inner_text()
+            frame.locator(".draw-cancel").click()
+            # 勾绘漏检建筑 on an empty place of the ortho
+            frame.locator(".draw-start").click()
+            _click_corners(page, frame, list(drawn.exterior.coords)[:-1])
+            page.screenshot(path=str(ARTIFACTS / "service_review_draw.png"))
+            frame.locator(".draw-done").click()
+            _wait_drawn(page, frame, "?.startsWith('LW')")
+            manual_no = page.evaluate(f"{MAP_ATTR}('data-patrol-drawn')")
+            ctx.close()
+
+            # admin: a candidate (the shipped weights under another name) compared, promoted, rolled back
+            with open_store(server["store"], s.store.crs) as store:
+                pt, onnx = tmp_path / "cand.pt", tmp_path / "cand.onnx"
+                model = Path(s.model_path)
+                pt.write_bytes(model.with_suffix(".pt").read_bytes())
+                onnx.write_bytes(model.read_bytes())
+                settings = load_settings(overrides={"store.url": str(server["store"]),
+                                                    "models.dir": str(server["log"].parent / "models")})
+                cand = register(store, settings, pt, onnx, parent=model.stem, data={}, actor="adm")["version"]
+            ctx, page = _login(browser, base, "adm", problems)
+            page.goto("/admin/models")
+            assert model.stem in page.inner_text("#active-model")
+            page.click(f"#models tr[data-version='{cand}'] form[action$='/compare'] button")
+            page.wait_for_url("**/admin/models", timeout=120000)
+            assert "通过" in page.inner_text(f"#models tr[data-version='{cand}']")
+            page.click(f"#models tr[data-version='{cand}'] form[action$='/promote'] button")
+            page.wait_for_url("**/admin/models", timeout=60000)
+            assert cand in page.inner_text("#active-model")
+            page.screenshot(path=str(ARTIFACTS / "service_models.png"), full_page=True)
+            page.click("#active-model button")
+            page.wait_for_url("**/admin/models", timeout=60000)
+            assert model.stem in page.inner_text("#active-model")
+            assert "回退" in page.inner_text("#model-events")
+            ctx.close()
+        finally:
+            browser.close()
+    with open_store(server["store"], s.store.crs) as store:
+        after = store.cases().set_index("case_no")
+        got = gpd.GeoSeries([after.loc[target["case_no"], "geometry"]], crs=store.crs).to_crs("EPSG:4326").iloc[0]
+        assert got.symmetric_difference(redrawn).area < 0.05 * redrawn.area
+        assert "轮廓修正（off）" in store.events(target["case_no"])["note"].iloc[-1]
+        new = after.loc[manual_no]
+        assert new["source"] == "manual" and new["first_seen_flight"] == flight["flight_id"]
+        assert abs(float(new["area_m2"]) - 64) < 8
+        assert list(store.model_events()["action"])[-3:] == ["registered", "promoted", "rolled_back"]
+    assert problems == [], problems

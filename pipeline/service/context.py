@@ -32,7 +32,7 @@ from pipeline.errors import InputError, PatrolError
 from pipeline.report.common import CATEGORIES, STOCK, label, rule_texts, status_label, text
 from pipeline.service import auth as A
 from pipeline.service.jobs import Processor
-from pipeline.service.messages import FLIGHT_STATUS, ROLE_LABELS, translate
+from pipeline.service.messages import FLIGHT_STATUS, MODEL_ACTIONS, MODEL_STATES, ROLE_LABELS, translate
 from pipeline.service.uploads import Uploads
 
 HERE = Path(__file__).parent
@@ -124,6 +124,8 @@ class Service:
         templates.env.globals["T"] = partial(translate, lang=settings.report.language)
         templates.env.globals["lang"] = settings.report.language
         templates.env.globals["ROLE_LABELS"] = ROLE_LABELS
+        templates.env.globals["MODEL_STATES"] = MODEL_STATES
+        templates.env.globals["MODEL_ACTIONS"] = MODEL_ACTIONS
         templates.env.globals["FLIGHT_STATUS"] = FLIGHT_STATUS
         return cls(settings, store, rules,
                    A.Signer(A.load_secret(svc.secret_file), svc.session_hours * 3600, svc.token_hours * 3600),
@@ -262,6 +264,32 @@ class Service:
             add_media(self.store, self.settings, r["case_no"], photo, filename or "photo", user.username,
                       "地面巡查上报", lo, la)
         return r
+
+    def redraw_outline(self, user: A.User, case_no: str, geometry: dict) -> dict:
+        """轮廓修正: the officer's outline (GeoJSON, WGS84) replaces the case's; the event."""
+        from pipeline.run import outline_from_geojson
+        from pipeline.track import redraw_outline
+        self.one_case(user, case_no)
+        ev = redraw_outline(self.store, case_no, outline_from_geojson(geometry, self.settings), user.username)
+        return {k: text(v) if k == "at" else v for k, v in ev.items()}
+
+    def draw_structure(self, user: A.User, geometry: dict, detector_class: str = "building",
+                       note: str = "") -> dict:
+        """人工补录: a structure the model missed, drawn on the ortho of the latest processed flight
+        that covers it, becomes a case (source ``manual``) through the rules."""
+        from pipeline.errors import InputError
+        from pipeline.run import add_manual_case, outline_from_geojson
+        outline = outline_from_geojson(geometry, self.settings)
+        done = self.store.list_flights(status="done")
+        done = done[done.geometry.notna()]
+        covering = done[done.geometry.covers(outline.representative_point())] if len(done) else done
+        if not len(covering):
+            raise InputError("no processed flight covers the drawn outline; draw on a flight's ortho",
+                             zh="勾绘处没有已处理的航次影像，请在影像范围内勾绘")
+        flight_id = covering.sort_values("captured_at")["flight_id"].iloc[-1]
+        row = add_manual_case(self.store, self.settings, flight_id, outline, user.username,
+                              note=note.strip() or "人工补录：模型漏检", detector_class=detector_class)
+        return {"case_no": row["case_no"], "status": row["status"], "flight_id": flight_id}
 
     def media_file(self, user: A.User, media_id: str, original: bool = False) -> FileResponse:
         """A case's photo (stamped copy) or video, or its original, for an account that sees the case."""

@@ -7,6 +7,9 @@ from __future__ import annotations
 ROLE_LABELS = {"patrol": "巡查员", "officer": "执法人员", "admin": "管理员"}
 FLIGHT_STATUS = {"uploaded": "待处理", "processing": "处理中", "done": "已完成", "failed": "失败",
                  "queued": "排队中", "running": "正在处理"}      # the last two: the service's own queue
+MODEL_STATES = {"candidate": "候选", "active": "当前使用", "retired": "已替换"}
+MODEL_ACTIONS = {"registered": "登记", "compared": "评测", "promoted": "启用模型", "refused": "拒绝启用",
+                 "rolled_back": "回退"}
 
 EN: dict[str, str] = {
     # header and shared
@@ -34,6 +37,14 @@ EN: dict[str, str] = {
     "拆除面积 m²（实测）": "Demolished area m² (measured)", "处置记录": "History", "时间": "When", "人员": "Who",
     "原状态": "From", "新状态": "To", "距案件": "from the case", "超出范围": "too far", "无位置": "no position",
     "时间未知": "time unknown", "打印": "Print",
+    # model registry (admins)
+    "识别模型": "Detector models", "当前模型": "Active model", "配置的默认模型": "the configured default",
+    "回退到上一个模型": "Roll back to the previous model", "版本": "Version", "来源模型": "Parent",
+    "训练数据": "Training data", "评测（当前 → 候选）": "Evaluation (active → candidate)", "确认": "confirmed",
+    "误报": "false positives", "轮": "epochs", "召回": "recall", "精度": "precision", "通过": "passes",
+    "未通过": "refused", "评测": "Compare", "启用此模型": "Promote", "启用模型": "promoted", "记录": "History", "操作": "Action",
+    "候选": "candidate", "当前使用": "active", "已替换": "retired", "登记": "registered", "拒绝启用": "refused",
+    "回退": "rolled back",
     # actions (the officer's verbs)
     "确认违法": "Confirm", "制止": "Stop work", "立案": "File", "责令整改/拆除": "Order", "已拆除": "Demolished",
     "已整改": "Rectified", "已复查": "Rechecked", "销号": "Close", "合法（撤销）": "Dismiss: lawful",

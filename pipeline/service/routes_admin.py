@@ -1,4 +1,5 @@
-"""The admins' pages: web service accounts."""
+"""The admins' pages: web service accounts, and the model registry (active model, candidates and
+their figures, promote and roll back)."""
 from __future__ import annotations
 
 import re
@@ -39,3 +40,49 @@ def users_disable(username: str, a: Auth = Depends(admin), disabled: int = Form(
         raise InputError("you cannot disable your own account; ask another admin")
     A.set_disabled(svc.store, username, bool(disabled))
     return RedirectResponse("/admin/users", status_code=303)
+
+
+def _figures(comparison: dict) -> list[dict]:
+    """A comparison's parts as rows: part, recall and precision of both models."""
+    parts = {"reviewed": "审核航次", "generated": "生成场景", "real": "真实影像"}
+    rows = []
+    for part, both in (comparison.get("parts") or {}).items():
+        c, a = both.get("candidate") or {}, both.get("active") or {}
+        rows.append({"part": parts.get(part, part), "recall": (a.get("recall"), c.get("recall")),
+                     "precision": (a.get("precision"), c.get("precision"))})
+    return rows
+
+
+@router.get("/admin/models", response_class=HTMLResponse)
+def models_page(request: Request, a: Auth = Depends(admin), svc: Service = Depends(service)):
+    from pipeline.model_registry import active_model, listing
+    rows = listing(svc.store, svc.settings)
+    for r in rows:
+        comp = (r.get("metrics") or {}).get("comparison") or {}
+        r["figures"], r["compared_with"] = _figures(comp), comp.get("active")
+        r["passes"] = comp.get("passes")
+    events = svc.store.model_events().tail(20).iloc[::-1].to_dict("records")
+    return svc.render(request, "models.html", {"models": rows, "active": active_model(svc.store, svc.settings),
+                                               "events": events})
+
+
+@router.post("/admin/models/{version}/compare")
+def models_compare(version: str, a: Auth = Depends(admin), svc: Service = Depends(service)):
+    from pipeline.model_registry import compare
+    compare(svc.store, svc.settings, version, actor=a.user.username)
+    return RedirectResponse("/admin/models", status_code=303)
+
+
+@router.post("/admin/models/{version}/promote")
+def models_promote(version: str, a: Auth = Depends(admin), expected_active: str = Form(..., max_length=100),
+                   svc: Service = Depends(service)):
+    from pipeline.model_registry import promote
+    promote(svc.store, svc.settings, version, actor=a.user.username, expected_active=expected_active)
+    return RedirectResponse("/admin/models", status_code=303)
+
+
+@router.post("/admin/models/rollback")
+def models_rollback(a: Auth = Depends(admin), svc: Service = Depends(service)):
+    from pipeline.model_registry import rollback
+    rollback(svc.store, svc.settings, actor=a.user.username)
+    return RedirectResponse("/admin/models", status_code=303)

@@ -132,3 +132,21 @@ def api_case_status(case_no: str, body: StatusChange, a: Auth = Depends(officer)
 def api_export(fmt: Literal["xlsx", "csv", "geojson", "kml", "kmz", "gpkg"], a: Auth = Depends(officer),
                status: str | None = Query(None, max_length=40), svc: Service = Depends(service)):
     return svc.export(a.user, fmt, status)
+
+
+class Outline(BaseModel):
+    geometry: dict = Field(..., description="GeoJSON Polygon in WGS84, drawn on the map")
+    detector_class: str = Field("building", max_length=40, description="kind of structure (rules.yaml classes)")
+    note: str = Field("", max_length=4000, description="what the officer saw")
+
+
+@router.post("/cases/{case_no}/outline", tags=["cases"],
+             summary="轮廓修正: replace the case's outline with the one drawn (the model's box was wrong)")
+def api_case_outline(case_no: str, body: Outline, a: Auth = Depends(officer), svc: Service = Depends(service)) -> dict:
+    return svc.redraw_outline(a.user, case_no, body.geometry)
+
+
+@router.post("/structures", tags=["cases"], status_code=201,
+             summary="人工补录: a structure the model missed, drawn on a flight's ortho, becomes a case (source manual)")
+def api_draw_structure(body: Outline, a: Auth = Depends(officer), svc: Service = Depends(service)) -> dict:
+    return svc.draw_structure(a.user, body.geometry, body.detector_class, body.note)

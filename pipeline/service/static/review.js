@@ -43,6 +43,9 @@
   });
   window.addEventListener('message', function (e) {
     if (e.origin === window.location.origin && e.data && e.data.patrolCase) { select(e.data.patrolCase); }
+    if (e.origin === window.location.origin && e.data && e.data.patrolDrawn) {   // a drawn case: list it
+      setTimeout(function () { window.location.reload(); }, 1500);
+    }
   });
   apply();
 })();
