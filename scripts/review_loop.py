@@ -12,8 +12,9 @@ seen by either model):
         --truth ../shared/realdata/kampala/osm_buildings.geojson --crs EPSG:32636 --out /tmp/loop_kampala
 
 Generated (a red-soil county in autumn, the test's look): ``--generated`` instead of the paths.
-Prints one JSON object: the verdicts, the dataset, the training time, the gate and the later
-flight's recall / precision / F1 for both models.
+Prints one JSON object: the verdicts, the dataset, the training time, the gate (the frozen
+evaluation set: the held-out part of the reviewed flight and the configured generated district,
+``models.eval_generated``) and the later flight's recall / precision / F1 for both models.
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def main() -> None:
         truth = gpd.read_file(a.truth)
         later_truth = a.later_truth or a.truth
     over = {"store.url": str(a.out / "s.gpkg"), "media.dir": str(a.out / "media"), "models.dir": str(a.out / "models"),
-            "models.eval_generated": [], "models.fine_tune_epochs": a.epochs}
+            "models.fine_tune_epochs": a.epochs}
     if a.crs:
         over["store.crs"] = a.crs
     s = load_settings(overrides=over)

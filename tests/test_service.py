@@ -869,3 +869,37 @@ def test_the_pages_speak_english_when_the_bureau_sets_it(small_district_store, t
         assert word in page, word
     r = c.post(f"/cases/{no}/status", data={"to_status": "closed", "note": "x", "csrf_token": csrf})
     assert r.status_code == 409 and "cannot go from" in r.text
+
+
+def test_drawing_refusals_are_one_chinese_line_and_store_nothing(svc):
+    """修正轮廓 / 勾绘漏检 through the API: a line, a sliver, a place no flight covers, an outline far
+    from its case, a case of another town: each refused with one line and its Chinese, nothing kept."""
+    import geopandas as gpd
+    import shapely
+    c, off, far = svc.client, svc.tokens["off"], svc.tokens["far"]
+    store = svc.store
+    case = store.cases().set_index("case_no").loc[svc.case]
+    to_gj = lambda g: shapely.geometry.mapping(gpd.GeoSeries([g], crs=store.crs).to_crs("EPSG:4326").iloc[0])  # noqa: E731
+    centre = case.geometry.centroid
+    before_cases, before_events = len(store.cases()), len(store.events())
+    flights = store.list_flights(status="done")
+    away = shapely.Point(flights.total_bounds[2] + 400, flights.total_bounds[3] + 400)
+    cases = [
+        (c.post("/api/structures", json={"geometry": {"type": "LineString", "coordinates": [[0, 0], [1, 1]]}},
+                headers=off), "请至少点击三个角点"),
+        (c.post("/api/structures", json={"geometry": to_gj(shapely.box(centre.x, centre.y, centre.x + 1,
+                                                                         centre.y + 1))}, headers=off), "4–100000"),
+        (c.post("/api/structures", json={"geometry": to_gj(away.buffer(5, cap_style="square"))}, headers=off),
+         "没有已处理的航次影像"),
+        (c.post("/api/structures", json={"geometry": to_gj(case.geometry)}, headers=off), f"已有案件 {svc.case}"),
+        (c.post(f"/api/cases/{svc.case}/outline", json={"geometry": to_gj(away.buffer(5, cap_style="square"))},
+                headers=off), "请在该建筑上勾绘"),
+        (c.post(f"/api/cases/{svc.case}/outline", json={"geometry": to_gj(case.geometry)}, headers=far),
+         "不在您负责的乡镇/村"),
+    ]
+    for r, zh in cases:
+        assert r.status_code in (404, 409, 422), (r.status_code, r.text)
+        body = r.json()
+        assert zh in body["detail_zh"] and "\n" not in body["detail"], body
+    assert len(store.cases()) == before_cases and len(store.events()) == before_events
+    assert store.cases().set_index("case_no").loc[svc.case].geometry.equals(case.geometry)
