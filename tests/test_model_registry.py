@@ -141,7 +141,7 @@ def test_a_bureaus_first_weeks_teach_the_eye_and_a_worse_candidate_is_refused(tm
     another place with the same look it finds more and raises fewer false alarms than the shipped
     model. A candidate taught that nothing is a structure is refused by promote."""
     from pipeline.evaluate import evaluate_ortho
-    from pipeline.review_data import review_from_truth
+    from pipeline.review_replay import review_from_truth
     from pipeline.run import process_flight, register_flight
     from pipeline.synth import generate_district
 

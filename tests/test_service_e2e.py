@@ -510,7 +510,7 @@ def _click_corners(page, frame, corners):
     box = page.locator("#map").bounding_box()
     lons, lats = [c[0] for c in corners], [c[1] for c in corners]
     page.evaluate("([s, w, n, e]) => document.getElementById('map').contentWindow.patrolReport.map"
-                  ".fitBounds([[s, w], [n, e]], {padding: [120, 120], animate: false})",
+                  ".fitBounds([[s, w], [n, e]], {padding: [260, 260], animate: false})",
                   [min(lats), min(lons), max(lats), max(lons)])
     page.wait_for_timeout(300)
     for lon, lat in corners:
