@@ -509,8 +509,10 @@ def _click_corners(page, frame, corners):
     """Click WGS84 corners (lon, lat) on the review map inside the iframe."""
     box = page.locator("#map").bounding_box()
     lons, lats = [c[0] for c in corners], [c[1] for c in corners]
-    page.evaluate("([s, w, n, e]) => document.getElementById('map').contentWindow.patrolReport.map"
-                  ".fitBounds([[s, w], [n, e]], {padding: [260, 260], animate: false})",
+    page.evaluate("([s, w, n, e]) => { const m = document.getElementById('map').contentWindow.patrolReport.map;"
+                  " const z = m.getSize();"      # the drawing in the middle, clear of every map control
+                  " m.fitBounds([[s, w], [n, e]], {paddingTopLeft: [z.x * 0.45, z.y * 0.4],"
+                  " paddingBottomRight: [z.x * 0.25, z.y * 0.3], animate: false}); }",
                   [min(lats), min(lons), max(lats), max(lons)])
     page.wait_for_timeout(300)
     for lon, lat in corners:
@@ -556,6 +558,7 @@ def test_officer_redraws_an_outline_and_draws_a_missed_structure_admin_promotes_
             # 修正轮廓 from the case's popup
             page.click(f"#cases tr[data-case='{target['case_no']}'] button.show")
             frame.locator("button.redraw-outline").click(timeout=10000)
+            frame.locator(".draw-tools").wait_for(state="visible", timeout=5000)
             _click_corners(page, frame, list(redrawn.exterior.coords)[:-1])
             with page.expect_navigation(timeout=30000):       # the review page lists the change
                 frame.locator(".draw-done").click()
@@ -564,6 +567,7 @@ def test_officer_redraws_an_outline_and_draws_a_missed_structure_admin_promotes_
             page.wait_for_function(f"{MAP_ATTR}('data-patrol-hook') === 'ready'", timeout=30000)
             # two corners are refused in Chinese, nothing stored
             frame.locator(".draw-start").click()
+            frame.locator(".draw-tools").wait_for(state="visible", timeout=5000)
             _click_corners(page, frame, list(drawn.exterior.coords)[:2])
             frame.locator(".draw-done").click()
             assert "至少点击三个角点" in frame.locator(".draw-msg").inner_text()
