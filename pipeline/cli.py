@@ -439,13 +439,20 @@ def cases_photo(ctx, case_no, files, note, actor):
               help="Detections file: .gpkg (layer 'detections') or .parquet (GeoParquet).")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False),
               help="Weights (.pt or .onnx); default: detector.model in the settings.")
+@click.option("--force", is_flag=True, help="Run on imagery outside the model's GSD range (detector.gsd_range_m).")
 @pass_ctx
-def detect(ctx, ortho, out, model_path):
+def detect(ctx, ortho, out, model_path, force):
     """Detect structures on one orthophoto (any CRS) and write them in the store CRS."""
     from pipeline.detect import Detector, detect_ortho, write_detections
-    from pipeline.tiling import open_raster
+    from pipeline.ingest import check_gsd, gsd_outside
+    from pipeline.ingest.raster import shown
+    from pipeline.tiling import ground_pixel_size, open_raster
     settings = ctx.settings
-    open_raster(ortho).close()  # a bad ortho fails before the model loads
+    with open_raster(ortho) as src:     # a bad ortho fails before the model loads
+        gsd = max(ground_pixel_size(src))
+    if check_gsd(shown(ortho), gsd, settings, force):
+        click.echo(f"note: outside the model's GSD range, run because of --force ({gsd_outside(gsd, settings)})",
+                   err=True)
     detector = Detector.from_settings(settings, model_path)
     gdf = detect_ortho(Path(ortho), settings, detector=detector)
     write_detections(gdf, Path(out))
@@ -996,14 +1003,17 @@ def nightly_cmd(ctx, flight_ids, workers, scheduler, summary_dir, checkpoints, c
 @click.option("--team", help="Patrol team that flew it (recorded on the flight).")
 @click.option("--each", is_flag=True,
               help="A batch: every PATH is its own flight (default: all PATHs are one flight).")
+@click.option("--force", is_flag=True,
+              help="Register imagery outside the model's GSD range (detector.gsd_range_m); the flight records it.")
 @pass_ctx
-def ingest_cmd(ctx, paths, team, each):
+def ingest_cmd(ctx, paths, team, each, force):
     """Register a flight: an ortho GeoTIFF, the orthos of one split export (a folder or several
     paths), or a folder/zip of drone photos. Prints the flight id; refused files are listed at
     the end (exit 1 when any was refused). `patrol run`/`patrol nightly` take it from there."""
     from pipeline.ingest.flight import Refusal
     from pipeline.ingest.raster import shown
     from pipeline.run import register_flight
+    from pipeline.values import is_missing
 
     groups = [[p] for p in paths] if each else [list(paths)]
     refused: list[Refusal] = []
@@ -1014,7 +1024,7 @@ def ingest_cmd(ctx, paths, team, each):
             notes: list[str] = []
             try:
                 f = register_flight(store, group if len(group) > 1 else group[0], ctx.settings, team=team,
-                                    refused=mine, notes=notes)
+                                    refused=mine, notes=notes, force=force)
             except PatrolError as e:
                 refused.append(Refusal(", ".join(shown(p) for p in group), one_line(e), one_line(e.zh or e)))
                 refused.extend(mine)
@@ -1026,6 +1036,9 @@ def ingest_cmd(ctx, paths, team, each):
             gsd = f"{f['gsd_m']:.3f} m" if f.get("gsd_m") == f.get("gsd_m") and f.get("gsd_m") else "?"
             click.echo(f"registered {f['flight_id']}: {f.get('source')}, captured {f.get('captured_at')}, "
                        f"GSD {gsd}, status {f['status']}, {shown(f['path'])}", err=True)
+            if not is_missing(f.get("forced")):
+                click.echo(f"note: outside the model's GSD range, registered because of --force ({f['forced']})",
+                           err=True)
             click.echo(f["flight_id"])
     lines = list(dict.fromkeys(r.reason if r.file in r.reason else f"{r.file}: {r.reason}" for r in refused))
     if len(lines) == 1 and not registered:                 # the one file given: one line
@@ -1041,7 +1054,8 @@ def ingest_cmd(ctx, paths, team, each):
 @cli.command("run")
 @click.argument("flight")
 @click.option("--team", help="Patrol team, when FLIGHT is a path registered now.")
-@click.option("--force", is_flag=True, help="Process again even if the flight is done (never duplicates).")
+@click.option("--force", is_flag=True, help="Process again even if the flight is done (never duplicates), and "
+              "run imagery outside the model's GSD range (detector.gsd_range_m; the flight records it).")
 @pass_ctx
 def run_cmd(ctx, flight, team, force):
     """Run one flight through ingest → tile → detect → match → track.
@@ -1056,7 +1070,7 @@ def run_cmd(ctx, flight, team, force):
             if not Path(flight).exists():
                 raise PatrolError(f"'{flight}' is neither a flight id in {ctx.settings.store.url} nor a "
                                   f"file; see `patrol flights list` or give the ortho's path")
-            record = register_flight(store, flight, ctx.settings, team=team)
+            record = register_flight(store, flight, ctx.settings, team=team, force=force)
             click.echo(f"flight {record['flight_id']} ({flight})")
         res = process_flight(store, record["flight_id"], ctx.settings, force=force)
     finally:

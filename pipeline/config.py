@@ -68,6 +68,17 @@ class DetectorSettings(Section):
     classes: list[str] = Field(
         ["building", "steel_shed", "under_construction", "greenhouse"],
         description="class names in the model's index order")
+    gsd_range_m: tuple[float, float] = Field(
+        (0.02, 0.16), description="native ground pixel (m) of the imagery the model was trained and checked on "
+                                  "(its model card); a flight outside it is refused unless forced")
+
+    @field_validator("gsd_range_m")
+    @classmethod
+    def _ordered_gsd_range(cls, v):
+        lo, hi = v
+        if not 0 < lo < hi <= 10:
+            raise ValueError(f"{lo}–{hi} must be two increasing ground pixels in metres (0–10)")
+        return v
 
 
 class TrackingSettings(Section):

@@ -28,12 +28,14 @@ class FlightResult:
 
 
 def register_flight(store, path: str | Path | list, settings, team: str | None = None,
-                    refused: list | None = None, notes: list | None = None) -> dict:
+                    refused: list | None = None, notes: list | None = None, force: bool = False) -> dict:
     """Validate the flight's files (an ortho, a split export, photos: ``pipeline.ingest``), refuse
-    one outside the district, and record it (status 'uploaded' unless already known). Files
+    one outside the district or outside the model's GSD range (``force``: record it as forced
+    instead), and record it (status 'uploaded' unless already known). Files
     refused inside a folder/zip are appended to ``refused`` (``Refusal``: file, reason, zh), remarks (oblique
     photos kept as evidence, …) to ``notes``."""
-    from pipeline.ingest import check_district, ingest_flight
+    from pipeline.ingest import check_district, check_gsd, ingest_flight
+    from pipeline.ingest.raster import shown
 
     result = ingest_flight(path, settings, team)
     if refused is not None:
@@ -42,6 +44,10 @@ def register_flight(store, path: str | Path | list, settings, team: str | None =
         notes.extend(result.notes)
     flight = result.flight
     check_district(flight, store, settings)
+    forced = check_gsd(f"flight {flight['flight_id']} ({shown(flight['path'])})", flight.get("gsd_m"), settings,
+                       force, name_zh=f"航次 {flight['flight_id']}（{shown(flight['path'])}）")
+    if forced:
+        flight["forced"] = forced
     known = store.get_flight(flight["flight_id"])
     if known is not None:                # the same content again: the flight stays whose it was
         flight.pop("status")
@@ -151,8 +157,9 @@ def process_flight(store, flight_id: str, settings, *, detector=None, detections
     'done' is skipped unless ``force``; forced or not, a re-run never duplicates detections,
     findings or cases. ``patrol nightly`` (``pipeline.batch``) runs the same path with claims,
     checkpoints and an executor around it."""
-    from pipeline.detectors import tile_detector
+    from pipeline.detectors import TruthTileDetector, tile_detector
     from pipeline.rules import load_rules
+    from pipeline.values import is_missing
 
     flight = store.get_flight(flight_id)
     if flight is None:
@@ -165,6 +172,14 @@ def process_flight(store, flight_id: str, settings, *, detector=None, detections
     try:
         model_version = "given"
         if detections is None:
+            if not isinstance(detector, TruthTileDetector) and is_missing(flight.get("forced")):
+                from pipeline.ingest import check_gsd
+                from pipeline.ingest.raster import shown
+                why = check_gsd(f"flight {flight_id} ({shown(flight['path'])})", flight.get("gsd_m"), settings, force,
+                                name_zh=f"航次 {flight_id}（{shown(flight['path'])}）")
+                if why:                          # --force: run anyway, and the flight says so
+                    with store.transaction():
+                        store.upsert_flight({"flight_id": flight_id, "forced": why})
             if detector is None:                 # the registry's active model (hash checked)
                 from pipeline.model_registry import active_settings
                 settings = active_settings(store, settings)

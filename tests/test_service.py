@@ -836,7 +836,8 @@ def test_upload_refusals_read_in_chinese(svc, make_raster):
     grey = make_raster("灰度.tif", 64, 64, count=1, crs=svc.store.crs, origin=(minx, maxy)).read_bytes()
     bands = make_raster("多光谱.tif", 64, 64, count=5, crs=svc.store.crs, origin=(minx, maxy)).read_bytes()
     far = make_raster("外区.tif", 64, 64, crs=svc.store.crs, origin=(minx - 90_000, maxy)).read_bytes()
-    uploads = {
+    coarse = make_raster("卫片.tif", 64, 64, res=0.5, crs=svc.store.crs, origin=(minx, maxy)).read_bytes()
+    uploads = {"卫片.tif": coarse,
         "假影像.tif": b"this is not a GeoTIFF at all" * 100, "灰度.tif": grey, "多光谱.tif": bands, "外区.tif": far,
         "照片.zip": zipped({"航片1.JPG": b"\xff\xd8\xff" + b"0" * 100}), "说明.zip": zipped({"说明.txt": b"x"}),
         "两张.zip": zipped({"航片1.JPG": b"\xff\xd8\xff" + b"0" * 100, "航片2.JPG": b"\xff\xd8\xff" + b"1" * 90}),
@@ -849,6 +850,8 @@ def test_upload_refusals_read_in_chinese(svc, make_raster):
         assert re.search(r"[\u4e00-\u9fff]", zh) and "\n" not in zh, (name, r.json())
         assert not {w for w in LATIN.findall(zh) if w not in ALLOWED}, (name, zh)
         assert re.search(r"[0-9a-f]{32}", zh + r.json()["detail"]) is None, r.json()   # no stored name
+        if name == "卫片.tif":                     # outside the model's GSD range: the measured GSD and the range
+            assert "0.500 m" in zh and "0.02–0.16 m" in zh, zh
     assert len(svc.store.list_flights()) == n_flights
 
 

@@ -374,3 +374,30 @@ def _boundary(path: Path, store_crs: str):
         raise InputError(f"ingest.district_boundary {path} has no CRS; save it with its CRS",
                          zh="辖区边界文件没有坐标系，请带坐标系保存")
     return shapely.union_all(gdf.to_crs(store_crs).geometry.values)
+
+
+def gsd_outside(gsd_m, settings) -> str | None:
+    """Why a flight of native ground pixel ``gsd_m`` lies outside the range the model was trained and
+    checked on (``detector.gsd_range_m``), or None when it is inside (or unknown)."""
+    lo, hi = settings.detector.gsd_range_m
+    if gsd_m is None or not gsd_m == gsd_m or lo <= float(gsd_m) <= hi:
+        return None
+    side = "coarser" if float(gsd_m) > hi else "finer"
+    return f"ground pixel {float(gsd_m):.3f} m is {side} than the {lo:g}–{hi:g} m the detector was trained and checked on"
+
+
+def check_gsd(name: str, gsd_m, settings, force: bool = False, name_zh: str | None = None) -> str | None:
+    """Refuse imagery outside the model's GSD range with one line (InputError naming the measured
+    GSD and the range); with ``force`` return what the flight records instead ("0.500 m ∉ 0.02–0.16 m
+    · 2026-12-06 05:10"); None inside the range."""
+    from datetime import datetime
+    why = gsd_outside(gsd_m, settings)
+    lo, hi = settings.detector.gsd_range_m
+    if why is None:
+        return None
+    if force:
+        return f"{float(gsd_m):.3f} m ∉ {lo:g}–{hi:g} m · {datetime.now():%Y-%m-%d %H:%M}"
+    raise InputError(f"{name}: {why} (its model card); its detections would not be trustworthy — use imagery "
+                     f"of {lo:g}–{hi:g} m, or --force to run it anyway",
+                     zh=f"{name_zh or name}：影像分辨率 {float(gsd_m):.3f} m 超出模型适用范围 {lo:g}–{hi:g} m，识别结果不可信；"
+                        f"请使用该范围内的影像（管理员可强制处理）")

@@ -182,7 +182,7 @@ class Service:
         st = self.processor.state(f["flight_id"])
         return {"flight_id": f["flight_id"], "captured_at": text(f.get("captured_at")), "team": text(f.get("team")),
                 "status": text(f.get("status")), "error": text(f.get("error")), "error_zh": text(f.get("error_zh")),
-                "registration": registration_note(f.get("registration")),
+                "registration": registration_note(f.get("registration")), "forced": text(f.get("forced")),
                 "processed_at": text(f.get("processed_at")),
                 "gsd_m": f.get("gsd_m") if pd.notna(f.get("gsd_m")) else None,
                 "model_version": text(f.get("model_version")), "file": Path(text(f.get("path"))).name,

@@ -44,7 +44,7 @@ EN: dict[str, str] = {
     "误报": "false positives", "轮": "epochs", "召回": "recall", "精度": "precision", "通过": "passes",
     "未通过": "refused", "评测": "Compare", "启用此模型": "Promote", "启用模型": "promoted", "记录": "History", "操作": "Action",
     "候选": "candidate", "当前使用": "active", "已替换": "retired", "登记": "registered", "拒绝启用": "refused",
-    "回退": "rolled back",
+    "回退": "rolled back", "超出模型适用分辨率，强制处理": "Outside the model's GSD range, forced",
     # actions (the officer's verbs)
     "确认违法": "Confirm", "制止": "Stop work", "立案": "File", "责令整改/拆除": "Order", "已拆除": "Demolished",
     "已整改": "Rectified", "已复查": "Rechecked", "销号": "Close", "合法（撤销）": "Dismiss: lawful",

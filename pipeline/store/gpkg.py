@@ -27,7 +27,7 @@ from pyproj import CRS
 
 from pipeline.errors import StoreError, one_line
 from pipeline.store.base import Claim, Store
-from pipeline.store.core import add_documents, add_change_columns, add_media, add_model_registry, add_user_guard_columns, from_wkb, multipolygons, projected_crs, q, table_columns
+from pipeline.store.core import add_columns, add_documents, add_change_columns, add_media, add_model_registry, add_user_guard_columns, from_wkb, multipolygons, projected_crs, q, table_columns
 from pipeline.store.schema import TABLES, Table, as_created
 
 APPLICATION_ID = 0x47504B47          # "GPKG"
@@ -415,5 +415,7 @@ MIGRATIONS: list[tuple[int, str, Any]] = [
     (6, "flight: Chinese error, co-registration; cases: change confidence and evidence", lambda s: add_change_columns(s, _sql_type)),
     (7, "model, model_event: the model registry; detection, cases: model version",
      lambda s: add_model_registry(s, _sql_type, lambda t: _attribute_table(s, t), lambda t: _append_only(s, t))),
+    (8, "flight: why it was processed outside the model's GSD range (forced)",
+     lambda s: add_columns(s, _sql_type, "flight", ("forced",))),
 ]
 GpkgStore.MIGRATIONS = MIGRATIONS

@@ -41,7 +41,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from pipeline.errors import StoreError, one_line
 from pipeline.store.base import Claim, Store
-from pipeline.store.core import add_documents, add_change_columns, add_media, add_model_registry, add_user_guard_columns, from_wkb, multipolygons, projected_crs, q, table_columns
+from pipeline.store.core import add_columns, add_documents, add_change_columns, add_media, add_model_registry, add_user_guard_columns, from_wkb, multipolygons, projected_crs, q, table_columns
 from pipeline.store.schema import TABLES, Table, as_created
 
 WRITE_LOCK = 0x4C57_5752          # advisory lock keys ("LWWR", "LWMG")
@@ -433,5 +433,7 @@ MIGRATIONS: list[tuple[int, str, Any]] = [
     (7, "model, model_event: the model registry; detection, cases: model version",
      lambda s: add_model_registry(s, lambda c: _PG_TYPE[c.kind], lambda t: _create_table(s, t),
                                   lambda t: _append_only(s, t))),
+    (8, "flight: why it was processed outside the model's GSD range (forced)",
+     lambda s: add_columns(s, lambda c: _PG_TYPE[c.kind], "flight", ("forced",))),
 ]
 PostgisStore.MIGRATIONS = MIGRATIONS

@@ -45,7 +45,7 @@ FLIGHT = Table("flight", (
     C("flight_id", required=True), C("path"), C("captured_at", "datetime"), C("team"), C("source"),
     C("crs"), C("gsd_m", "real"), C("status", required=True, default="uploaded"), C("error"),
     C("model_version"), C("processed_at", "datetime"), C("footprint", "geometry"), C("error_zh"),
-    C("registration", "json", default={}),
+    C("registration", "json", default={}), C("forced"),
 ), key=("flight_id",), description="drone flights (orthophotos) and their processing status",
     indexes=(("captured_at",),))
 
@@ -125,7 +125,7 @@ CASE_CHANGE_COLUMNS = ("change_confidence", "change_evidence")
 #: added by migration 7: the model version that produced a detection, and a case's latest detection
 MODEL_VERSION_COLUMNS = {"detection": ("model_version",), "cases": ("model_version",)}
 ADDED_LATER = {"cases": CASE_LEDGER_COLUMNS + CASE_PARTY_COLUMNS + CASE_CHANGE_COLUMNS + ("model_version",),
-               "flight": FLIGHT_CHANGE_COLUMNS, "detection": ("model_version",)}
+               "flight": FLIGHT_CHANGE_COLUMNS + ("forced",), "detection": ("model_version",)}
 
 
 def as_created(table: Table) -> Table:
