@@ -610,7 +610,7 @@ def test_officer_redraws_an_outline_and_draws_a_missed_structure_admin_promotes_
     with open_store(server["store"], s.store.crs) as store:
         after = store.cases().set_index("case_no")
         got = gpd.GeoSeries([after.loc[target["case_no"], "geometry"]], crs=store.crs).to_crs("EPSG:4326").iloc[0]
-        assert got.symmetric_difference(redrawn).area < 0.05 * redrawn.area
+        assert got.symmetric_difference(redrawn).area < 0.1 * redrawn.area      # clicked to the pixel
         assert "轮廓修正（off）" in store.events(target["case_no"])["note"].iloc[-1]
         new = after.loc[manual_no]
         assert new["source"] == "manual" and new["first_seen_flight"] == flight["flight_id"]
