@@ -51,23 +51,28 @@ def coverage(pred, truth, share: float = 0.5) -> dict:
     """Figures that do not depend on how footprints were drawn (a house mapped as parts, a row as one).
 
     ``found``: truth footprints at least ``share`` covered by one detection; ``on_target``:
-    detections lying at least ``share`` on truth footprints (summed over footprints).
+    detections lying at least ``share`` on truth footprints (summed over footprints); ``split``:
+    footprints that two or more detections lie on (each at least ``share`` of it on that footprint:
+    one house returned as several structures, so several cases), ``split_share`` of all footprints.
     """
     import shapely
     pred = np.asarray(pred, dtype=object)
     truth = np.asarray(truth, dtype=object)
     covered = np.zeros(len(truth))
     on = np.zeros(len(pred))
+    pieces = np.zeros(len(truth), int)
     if len(pred) and len(truth):
         pi, ti = shapely.STRtree(truth).query(pred, predicate="intersects")
         inter = shapely.area(shapely.intersection(pred[pi], truth[ti]))
         np.maximum.at(covered, ti, inter / np.maximum(shapely.area(truth[ti]), 1e-9))
         np.add.at(on, pi, inter)
+        np.add.at(pieces, ti, (inter / np.maximum(shapely.area(pred[pi]), 1e-9) >= share).astype(int))
         on = on / np.maximum(shapely.area(pred), 1e-9)
-    found, on_target = int((covered >= share).sum()), int((on >= share).sum())
+    found, on_target, split = int((covered >= share).sum()), int((on >= share).sum()), int((pieces >= 2).sum())
     return {"found_recall": round(found / len(truth), 4) if len(truth) else 0.0,
             "on_target_precision": round(on_target / len(pred), 4) if len(pred) else 0.0,
-            "found": found, "on_target": on_target, "cover_share": share}
+            "found": found, "on_target": on_target, "cover_share": share,
+            "split": split, "split_share": round(split / len(truth), 4) if len(truth) else 0.0}
 
 
 def _prf(tp: int, fp: int, fn: int) -> dict:
@@ -261,7 +266,8 @@ def evaluate_suite(suite_dir: str | Path, settings, manifest: str | Path = DEFAU
                      **{k: m[k] for k in ("precision", "recall", "f1", "tp", "fp", "fn", "n_pred", "n_truth",
                                           "valid_ha", "false_per_ha", "by_size")},
                      "found_recall": m["coverage"]["found_recall"],
-                     "on_target_precision": m["coverage"]["on_target_precision"]})
+                     "on_target_precision": m["coverage"]["on_target_precision"],
+                     "split": m["coverage"]["split"], "split_share": m["coverage"]["split_share"]})
     areas = []
     for area in dict.fromkeys(r["area"] for r in rows):
         rs = [r for r in rows if r["area"] == area]
@@ -271,7 +277,9 @@ def evaluate_suite(suite_dir: str | Path, settings, manifest: str | Path = DEFAU
         areas.append({"area": area, "role": "/".join(sorted({r["role"] for r in rs})), **_prf(tp, fp, fn),
                       "n_truth": sum(r["n_truth"] for r in rs), "valid_ha": round(ha, 2),
                       "false_per_ha": round(fp / ha, 2) if ha else None,
-                      "found_recall": round(found / max(sum(r["n_truth"] for r in rs), 1), 4)})
+                      "found_recall": round(found / max(sum(r["n_truth"] for r in rs), 1), 4),
+                      "split": sum(r["split"] for r in rs),
+                      "split_share": round(sum(r["split"] for r in rs) / max(sum(r["n_truth"] for r in rs), 1), 4)})
     return {"model": str(model or settings.model_path), "runtime": settings.detector.runtime, "iou": iou,
             "gsd_m": settings.processing.gsd_m, "suite": suite.name, "crops": rows, "areas": areas}
 
@@ -283,12 +291,14 @@ def suite_markdown(result: dict, command: str = "") -> str:
              f"Model `{Path(result['model']).name}` ({result['runtime']}), processing GSD {result['gsd_m']} m, "
              f"IoU {result['iou']}. Role `eval`: never trained on; `train`: trained on (not a measure of "
              f"generalisation).", "",
-             "| area | role | precision | recall | F1 | TP | FP | FN | footprints found | false / ha |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| area | role | precision | recall | F1 | TP | FP | FN | footprints found | false / ha | split (n) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for a in result["areas"]:
         lines.append(f"| {a['area']} | {a['role']} | {a['precision']:.3f} | {a['recall']:.3f} | {a['f1']:.3f} | "
-                     f"{a['tp']} | {a['fp']} | {a['fn']} | {a['found_recall']:.3f} | {a['false_per_ha']} |")
-    lines += ["", "| crop | role | P | R | found | on footprints | false / ha | "
+                     f"{a['tp']} | {a['fp']} | {a['fn']} | {a['found_recall']:.3f} | {a['false_per_ha']} | "
+                     f"{a['split_share']:.3f} ({a['split']}) |")
+    lines += ["", "`split`: footprints that two or more detections lie on (one house, several cases).", "",
+              "| crop | role | P | R | found | on footprints | false / ha | "
               + " | ".join(f"R {n} (n)" for _, _, n in SIZE_BINS) + " | "
               + " | ".join(f"P {n} (n)" for _, _, n in SIZE_BINS) + " |",
               "| " + " | ".join("---" for _ in range(7 + 2 * len(SIZE_BINS))) + " |"]

@@ -217,6 +217,23 @@ def test_coverage_counts_footprints_drawn_as_parts():
     cov = m["coverage"]
     assert (cov["found"], cov["on_target"]) == (2, 2)
     assert cov["found_recall"] == 0.5 and cov["on_target_precision"] == round(2 / 3, 4)
+    assert cov["split"] == 0
+
+
+def test_a_house_returned_as_two_structures_counts_as_split():
+    """An L-shaped house found as its two wings (two cases for one house) is a split footprint; a
+    box over the whole house and a small shed beside it that touches the house are not."""
+    import geopandas as gpd
+    from shapely.geometry import Polygon
+    ell = Polygon([(0, 0), (20, 0), (20, 8), (8, 8), (8, 18), (0, 18)])
+    truth = gpd.GeoDataFrame(geometry=[ell, box(40, 0, 50, 10)], crs="EPSG:32650")
+    wings = gpd.GeoDataFrame({"class_name": ["building"] * 2, "confidence": [0.9] * 2},
+                             geometry=[box(0, 0, 20, 8), box(0, 8, 8, 18)], crs="EPSG:32650")
+    whole = gpd.GeoDataFrame({"class_name": ["building"] * 3, "confidence": [0.9] * 3},
+                             geometry=[box(0, 0, 20, 18), box(40, 0, 50, 10), box(19, 0, 23, 4)], crs="EPSG:32650")
+    split = score(wings, truth)["coverage"]
+    assert (split["split"], split["split_share"]) == (1, 0.5)
+    assert score(whole, truth)["coverage"]["split"] == 0
 
 
 # ---------------------------------------------------------------- CLI
