@@ -13,6 +13,9 @@ subprocess, so each peak RSS is that variant's alone:
   openvino  the .onnx run by OpenVINO's CPU plugin (``detector.runtime: openvino``, the default)
   sahi  SAHI `get_sliced_prediction` with the same .pt weights on the whole image at its native
         resolution (640 px slices, the same overlap ratio and batch size)
+  geodeep  GeoDeep (`geodeep.detect`, onnxruntime) with the same .onnx, given a static 640 px
+        input, the angle row sliced off and GeoDeep's metadata (`geodeep_model`): its own tiling,
+        resampling to the processing GSD and NMS; axis-aligned boxes (it knows no angle)
 
 Reported per run: tiles (slices) per second, km² per hour (ortho extent / detection wall time,
 model loading excluded, reading the raster included), flown km² per hour (the valid pixels'
@@ -23,7 +26,7 @@ evaluate` (truth clipped to the valid footprint; compared as polygons for an ori
 as axis-aligned envelopes for a plain box model; SAHI's OBB predictions keep their rotation). Ratios against SAHI are
 measured in the same run. SAHI is not a project dependency: install it without its
 opencv-python requirement, which would clash with ultralytics' opencv-python-headless
-(`.venv/bin/pip install --no-deps sahi fire`).
+(`.venv/bin/pip install --no-deps sahi fire`); GeoDeep likewise (`.venv/bin/pip install --no-deps geodeep`).
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = ("pt", "onnx", "int8", "openvino", "sahi")
+VARIANTS = ("pt", "onnx", "int8", "openvino", "sahi", "geodeep")
 #: settings a variant runs with, over the --set ones
 VARIANT_SETTINGS = {"pt": {}, "onnx": {"detector.runtime": "fp32"}, "int8": {"detector.runtime": "int8"},
                     "openvino": {"detector.runtime": "openvino"}}
@@ -111,6 +114,67 @@ def run_sahi(ortho: Path, weights: Path, overrides: dict) -> dict:
     return {"seconds": seconds, "tiles": tiles, "detections": gdf}
 
 
+def geodeep_model(onnx_path: Path, out: Path, s) -> Path:
+    """Our ONNX as GeoDeep reads a YOLOv8-style detector: a static 640 px input (GeoDeep takes the
+    tile size from it), the oriented-box head's last row (the angle) sliced off so that the rows are
+    x, y, w, h and the class scores, and GeoDeep's metadata (det_type YOLO_v8, resolution = the
+    processing GSD, overlap, confidence, IoU). Nothing else of the network changes."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    m = onnx.load(str(onnx_path))
+    p, d = s.processing, s.detector
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    for k, v in ((0, 1), (2, p.tile_px), (3, p.tile_px)):
+        dims[k].ClearField("dim_param")
+        dims[k].dim_value = v
+    raw, nc = m.graph.output[0].name, len(d.classes)
+    m.graph.initializer.extend([helper.make_tensor(n, TensorProto.INT64, [1], [v])
+                                for n, v in (("gd_start", 0), ("gd_end", 4 + nc), ("gd_axis", 1))])
+    m.graph.node.append(helper.make_node("Slice", [raw, "gd_start", "gd_end", "gd_axis"], ["geodeep_out"]))
+    del m.graph.output[:]
+    m.graph.output.append(helper.make_tensor_value_info("geodeep_out", TensorProto.FLOAT, [1, 4 + nc, None]))
+    meta = {"model_type": "Detector", "det_type": "YOLO_v8", "resolution": p.gsd_m * 100,
+            "class_names": {str(i): c for i, c in enumerate(d.classes)}, "det_conf": d.confidence,
+            "det_iou_thresh": d.nms_iou, "tiles_overlap": 100 * p.overlap_px / p.tile_px}
+    for k, v in meta.items():
+        prop = m.metadata_props.add()
+        prop.key, prop.value = k, json.dumps(v)
+    onnx.save(m, str(out))
+    return out
+
+
+def run_geodeep(ortho: Path, weights: Path, overrides: dict) -> dict:
+    """GeoDeep (``geodeep.detect``, onnxruntime) with our exported model (``geodeep_model``): its
+    own tiling, resampling and NMS; axis-aligned boxes (it knows no angle)."""
+    import geopandas as gpd
+    import numpy as np
+    import rasterio
+    import shapely
+    from geodeep import detect
+    from geodeep.slidingwindow import generate_for_size
+
+    from pipeline.config import load_settings
+
+    s = load_settings(overrides=overrides)
+    model = geodeep_model(weights, Path(os.environ.get("TMPDIR", "/tmp")) / f"{weights.stem}.geodeep.onnx", s)
+    with rasterio.open(ortho) as src:
+        transform, crs = src.transform, src.crs
+        res_cm = round(max(abs(transform.a), abs(transform.e)), 4) * 100
+        scale = int(s.processing.gsd_m * 100 // res_cm) if res_cm < s.processing.gsd_m * 100 else 1
+        tiles = len(generate_for_size(src.width, src.height, s.processing.tile_px * scale,
+                                      s.processing.overlap_px / s.processing.tile_px, clip=False))
+    t0 = time.perf_counter()
+    boxes, scores, classes = detect(str(ortho), str(model), max_threads=os.cpu_count())
+    seconds = time.perf_counter() - t0
+    geoms = [shapely.box(transform.c + transform.a * x0, transform.f + transform.e * y1,
+                         transform.c + transform.a * x1, transform.f + transform.e * y0) for x0, y0, x1, y1 in boxes]
+    gdf = gpd.GeoDataFrame({"class_name": [s.detector.classes[int(c[0])] for c in classes] if len(geoms) else [],
+                            "confidence": np.asarray(scores, float) if len(geoms) else []},
+                           geometry=geoms, crs=crs).to_crs(s.store.crs)
+    return {"seconds": seconds, "tiles": tiles, "detections": gdf}
+
+
 def sahi_polygon(o):
     """A SAHI prediction as a polygon in image pixels: the oriented box of an OBB model (its
     segmentation points; after SAHI's merging, the minimum rotated rectangle around them), else
@@ -128,7 +192,7 @@ def sahi_polygon(o):
 def child(args) -> None:
     """Run one variant on one ortho; write its figures as JSON and its detections as GeoParquet."""
     overrides = json.loads(args.overrides)
-    fn = run_sahi if args.variant == "sahi" else run_pipeline
+    fn = {"sahi": run_sahi, "geodeep": run_geodeep}.get(args.variant, run_pipeline)
     out = fn(Path(args.ortho), Path(args.weights), overrides)
     out["detections"].to_parquet(args.result + ".parquet")
     out.pop("detections")
@@ -223,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown variants {sorted(bad)}; choose from {', '.join(VARIANTS)}")
     onnx = args.onnx or args.model.with_suffix(".onnx")
     weights = {"pt": args.model, "sahi": args.model, "onnx": onnx, "int8": onnx.with_suffix(".int8.onnx"),
-               "openvino": onnx}
+               "openvino": onnx, "geodeep": onnx}
     for v in variants:
         if not weights[v].is_file():
             ap.error(f"weights for {v} not found: {weights[v]} (train and export the model first)")
@@ -232,9 +296,14 @@ def main(argv: list[str] | None = None) -> int:
             import sahi  # noqa: F401
         except ImportError:
             ap.error("SAHI is not installed: .venv/bin/pip install --no-deps sahi fire")
+    if "geodeep" in variants:
+        try:
+            import geodeep  # noqa: F401
+        except ImportError:
+            ap.error("GeoDeep is not installed: .venv/bin/pip install --no-deps geodeep")
     overrides = dict(s.split("=", 1) for s in args.sets)
     from pipeline.detect import model_task
-    oriented = model_task(args.model) == "obb"  # truth as polygons for oriented boxes, else envelopes
+    oriented = model_task(args.model)[0] == "obb"  # truth as polygons for oriented boxes, else envelopes
     classes = [c for c in args.classes.split(",") if c]
     args.work.mkdir(parents=True, exist_ok=True)
 
