@@ -51,8 +51,9 @@ def bigtiff(tile: Path, out: Path, n: int) -> Path:
 
 def run(ortho: Path, work: Path) -> dict:
     store = work / f"{ortho.stem}.gpkg"
-    for p in work.glob(f"{ortho.stem}.gpkg*"):
-        p.unlink() if p.is_file() else None
+    for p in work.glob(f"{ortho.stem}.gpkg*"):      # a fresh store each run
+        if p.is_file():
+            p.unlink()
     exe = Path(sys.executable).parent / "patrol"
     cmd = ["/usr/bin/time", "-f", "MAXRSS_KB %M", str(exe), "--store", str(store),
            "--set", f"ingest.work_dir={work / 'flights'}", "run", str(ortho)]

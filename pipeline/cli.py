@@ -444,15 +444,15 @@ def cases_photo(ctx, case_no, files, note, actor):
 def detect(ctx, ortho, out, model_path, force):
     """Detect structures on one orthophoto (any CRS) and write them in the store CRS."""
     from pipeline.detect import Detector, detect_ortho, write_detections
-    from pipeline.ingest import check_gsd, gsd_outside
+    from pipeline.ingest import check_gsd
     from pipeline.ingest.raster import shown
     from pipeline.tiling import ground_pixel_size, open_raster
     settings = ctx.settings
     with open_raster(ortho) as src:     # a bad ortho fails before the model loads
         gsd = max(ground_pixel_size(src))
-    if check_gsd(shown(ortho), gsd, settings, force):
-        click.echo(f"note: outside the model's GSD range, run because of --force ({gsd_outside(gsd, settings)})",
-                   err=True)
+    forced = check_gsd(shown(ortho), gsd, settings, force)
+    if forced:
+        click.echo(f"note: outside the model's GSD range, run because of --force ({forced})", err=True)
     detector = Detector.from_settings(settings, model_path)
     gdf = detect_ortho(Path(ortho), settings, detector=detector)
     write_detections(gdf, Path(out))

@@ -274,12 +274,12 @@ def evaluate_suite(suite_dir: str | Path, settings, manifest: str | Path = DEFAU
         tp, fp, fn = (sum(r[k] for r in rs) for k in ("tp", "fp", "fn"))
         ha = sum(r["valid_ha"] for r in rs)
         found = sum(r["found_recall"] * r["n_truth"] for r in rs)
+        n_truth, split = sum(r["n_truth"] for r in rs), sum(r["split"] for r in rs)
         areas.append({"area": area, "role": "/".join(sorted({r["role"] for r in rs})), **_prf(tp, fp, fn),
-                      "n_truth": sum(r["n_truth"] for r in rs), "valid_ha": round(ha, 2),
+                      "n_truth": n_truth, "valid_ha": round(ha, 2),
                       "false_per_ha": round(fp / ha, 2) if ha else None,
-                      "found_recall": round(found / max(sum(r["n_truth"] for r in rs), 1), 4),
-                      "split": sum(r["split"] for r in rs),
-                      "split_share": round(sum(r["split"] for r in rs) / max(sum(r["n_truth"] for r in rs), 1), 4)})
+                      "found_recall": round(found / max(n_truth, 1), 4),
+                      "split": split, "split_share": round(split / max(n_truth, 1), 4)})
     return {"model": str(model or settings.model_path), "runtime": settings.detector.runtime, "iou": iou,
             "gsd_m": settings.processing.gsd_m, "suite": suite.name, "crops": rows, "areas": areas}
 

@@ -240,4 +240,3 @@ def generated_district(settings, seed: int) -> Path:
     if not (out / "district.gpkg").is_file():
         generate_district(out, seed=seed, size_m=size, epochs=1, gsd_m=settings.processing.gsd_m, progress=False)
     return out
-

@@ -34,8 +34,7 @@ def register_flight(store, path: str | Path | list, settings, team: str | None =
     instead), and record it (status 'uploaded' unless already known). Files
     refused inside a folder/zip are appended to ``refused`` (``Refusal``: file, reason, zh), remarks (oblique
     photos kept as evidence, …) to ``notes``."""
-    from pipeline.ingest import check_district, check_gsd, ingest_flight
-    from pipeline.ingest.raster import shown
+    from pipeline.ingest import check_district, check_flight_gsd, ingest_flight
 
     result = ingest_flight(path, settings, team)
     if refused is not None:
@@ -44,8 +43,7 @@ def register_flight(store, path: str | Path | list, settings, team: str | None =
         notes.extend(result.notes)
     flight = result.flight
     check_district(flight, store, settings)
-    forced = check_gsd(f"flight {flight['flight_id']} ({shown(flight['path'])})", flight.get("gsd_m"), settings,
-                       force, name_zh=f"航次 {flight['flight_id']}（{shown(flight['path'])}）")
+    forced = check_flight_gsd(flight, settings, force)
     if forced:
         flight["forced"] = forced
     known = store.get_flight(flight["flight_id"])
@@ -113,9 +111,8 @@ def commit_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, m
                 from pipeline.track import note_events
                 events += note_events(cases.loc[mine, "case_no"], cases.loc[mine, "status"],
                                       f"航次 {flight_id} 以模型 {model_version} 重新识别（原模型 {earlier_model}）", now)
-            cases = cases.copy()
-            cases["model_version"] = cases.get("model_version", None)
-            cases["model_version"] = cases["model_version"].astype(object)     # all-empty reads back as float
+            # an all-empty model_version column comes back as float: make it hold text
+            cases = cases.assign(model_version=cases.get("model_version")).astype({"model_version": object})
             cases.loc[mine, "model_version"] = model_version
             store.save_cases(cases)
         store.append_events(events)
@@ -173,10 +170,8 @@ def process_flight(store, flight_id: str, settings, *, detector=None, detections
         model_version = "given"
         if detections is None:
             if not isinstance(detector, TruthTileDetector) and is_missing(flight.get("forced")):
-                from pipeline.ingest import check_gsd
-                from pipeline.ingest.raster import shown
-                why = check_gsd(f"flight {flight_id} ({shown(flight['path'])})", flight.get("gsd_m"), settings, force,
-                                name_zh=f"航次 {flight_id}（{shown(flight['path'])}）")
+                from pipeline.ingest import check_flight_gsd
+                why = check_flight_gsd(flight, settings, force)
                 if why:                          # --force: run anyway, and the flight says so
                     with store.transaction():
                         store.upsert_flight({"flight_id": flight_id, "forced": why})

@@ -379,8 +379,9 @@ def _boundary(path: Path, store_crs: str):
 def gsd_outside(gsd_m, settings) -> str | None:
     """Why a flight of native ground pixel ``gsd_m`` lies outside the range the model was trained and
     checked on (``detector.gsd_range_m``), or None when it is inside (or unknown)."""
+    from pipeline.values import is_missing
     lo, hi = settings.detector.gsd_range_m
-    if gsd_m is None or not gsd_m == gsd_m or lo <= float(gsd_m) <= hi:
+    if is_missing(gsd_m) or lo <= float(gsd_m) <= hi:
         return None
     side = "coarser" if float(gsd_m) > hi else "finer"
     return f"ground pixel {float(gsd_m):.3f} m is {side} than the {lo:g}–{hi:g} m the detector was trained and checked on"
@@ -401,3 +402,9 @@ def check_gsd(name: str, gsd_m, settings, force: bool = False, name_zh: str | No
                      f"of {lo:g}–{hi:g} m, or --force to run it anyway",
                      zh=f"{name_zh or name}：影像分辨率 {float(gsd_m):.3f} m 超出模型适用范围 {lo:g}–{hi:g} m，识别结果不可信；"
                         f"请使用该范围内的影像（管理员可强制处理）")
+
+
+def check_flight_gsd(flight: dict, settings, force: bool = False) -> str | None:
+    """``check_gsd`` for a registered (or being registered) flight, named by its id and file."""
+    return check_gsd(f"flight {flight['flight_id']} ({shown(flight['path'])})", flight.get("gsd_m"), settings, force,
+                     name_zh=f"航次 {flight['flight_id']}（{shown(flight['path'])}）")

@@ -68,6 +68,11 @@ def without_server_paths(message: str) -> str:
     return SERVER_PATH.sub("", str(message))
 
 
+def event_json(ev: dict) -> dict:
+    """A case event as the API answers it (its time as text)."""
+    return {k: text(v) if k == "at" else v for k, v in ev.items()}
+
+
 def is_api(request: Request) -> bool:
     return request.url.path.startswith("/api/") or request.url.path == "/api"
 
@@ -271,13 +276,12 @@ class Service:
         from pipeline.track import redraw_outline
         self.one_case(user, case_no)
         ev = redraw_outline(self.store, case_no, outline_from_geojson(geometry, self.settings), user.username)
-        return {k: text(v) if k == "at" else v for k, v in ev.items()}
+        return event_json(ev)
 
     def draw_structure(self, user: A.User, geometry: dict, detector_class: str = "building",
                        note: str = "") -> dict:
         """人工补录: a structure the model missed, drawn on the ortho of the latest processed flight
         that covers it, becomes a case (source ``manual``) through the rules."""
-        from pipeline.errors import InputError
         from pipeline.run import add_manual_case, outline_from_geojson
         outline = outline_from_geojson(geometry, self.settings)
         done = self.store.list_flights(status="done")
@@ -383,7 +387,7 @@ class Service:
                                 ("demolished_area_m2", ch.demolished_area_m2)) if v is not None}
         ev = change_status(self.store, case_no, ch.to_status, user.username, (ch.note or "").strip(), self.lifecycle,
                            **kw)
-        return {k: text(v) if k == "at" else v for k, v in ev.items()}
+        return event_json(ev)
 
     def export(self, user: A.User, fmt: str, status: str | None) -> FileResponse:
         from starlette.background import BackgroundTask

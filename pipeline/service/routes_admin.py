@@ -59,8 +59,7 @@ def models_page(request: Request, a: Auth = Depends(admin), svc: Service = Depen
     rows = listing(svc.store, svc.settings)
     for r in rows:
         comp = (r.get("metrics") or {}).get("comparison") or {}
-        r["figures"], r["compared_with"] = _figures(comp), comp.get("active")
-        r["passes"] = comp.get("passes")
+        r["figures"], r["passes"] = _figures(comp), comp.get("passes")
     events = svc.store.model_events().tail(20).iloc[::-1].to_dict("records")
     return svc.render(request, "models.html", {"models": rows, "active": active_model(svc.store, svc.settings),
                                                "events": events})
