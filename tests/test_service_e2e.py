@@ -522,7 +522,16 @@ def _click_corners(page, frame, corners):
         page.wait_for_timeout(100)
 
 
-def test_officer_redraws_an_outline_and_draws_a_missed_structure_admin_promotes_and_rolls_back(server, tmp_path):
+#: buttons and links of the map's controls that another element covers at their centre
+_COVERED_CONTROLS = """() => Array.from(document.querySelectorAll('.leaflet-control a, .leaflet-control button'))
+  .filter(el => { const r = el.getBoundingClientRect(); if (!r.width || !r.height || el.offsetParent === null) return false;
+    const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+    return !(hit && (hit === el || el.contains(hit) || hit.contains(el))); })
+  .map(el => (el.className || el.textContent).toString().slice(0, 40))"""
+
+
+def test_officer_redraws_an_outline_and_draws_a_missed_structure_admin_promotes_and_rolls_back(server, tmp_path,
+                                                                                                make_raster):
     """Corrections in the desktop review (issue 20): 修正轮廓 on a case's popup replaces its outline,
     勾绘漏检建筑 on the ortho makes a manual case; fewer than three corners is one Chinese line. The
     admin's 模型 page compares a candidate, promotes it and rolls back."""
@@ -534,6 +543,11 @@ def test_officer_redraws_an_outline_and_draws_a_missed_structure_admin_promotes_
     ARTIFACTS.mkdir(exist_ok=True)
     base, problems, s = server["base"], [], server["settings"]
     flight = _done_flight(server)
+    from pipeline.run import register_flight
+    with open_store(server["store"], s.store.crs) as store:       # a 0.5 m ortho registered with --force
+        minx, _, _, maxy = store.parcels().total_bounds
+        coarse = make_raster("卫片.tif", 64, 64, res=0.5, crs=s.store.crs, origin=(minx, maxy))
+        coarse_id = register_flight(store, coarse, s, team="pat", force=True)["flight_id"]
     with open_store(server["store"], s.store.crs) as store:
         cases = store.cases()
         mine = cases[(cases["town"] == server["town"]) & (cases["status"] == "suspected")]
@@ -604,6 +618,29 @@ def test_officer_redraws_an_outline_and_draws_a_missed_structure_admin_promotes_
             page.wait_for_url("**/admin/models", timeout=60000)
             assert model.stem in page.inner_text("#active-model")
             assert "回退" in page.inner_text("#model-events")
+            # the same pages on a phone: nothing wider than the screen, no button under another
+            page.set_viewport_size({"width": 390, "height": 844})
+            for url, shot in (("/admin/models", "service_models_phone.png"), ("/flights", "service_flights_phone.png")):
+                page.goto(url)
+                assert _fits(page), f"{url} scrolls sideways on a phone"
+                assert _uncovered(page) == [], url
+                page.screenshot(path=str(ARTIFACTS / shot), full_page=True)
+            forced = page.locator(f"tr[data-flight='{coarse_id}'] [data-forced]")
+            assert forced.is_visible() and "超出模型适用分辨率，强制处理" in forced.inner_text()
+            ctx.close()
+
+            # the officer's review map on a phone: the draw tool covers none of the map's controls
+            ctx, page = _login(browser, base, "off", problems)
+            page.set_viewport_size({"width": 390, "height": 844})
+            page.goto("/review")
+            page.wait_for_function(f"{MAP_ATTR}('data-patrol-hook') === 'ready'", timeout=30000)
+            frame = page.frame_locator("#map")
+            frame.locator(".draw-start").click()
+            frame.locator(".draw-tools").wait_for(state="visible", timeout=5000)
+            assert _fits(page) and _uncovered(page) == []
+            covered = page.frames[1].evaluate(_COVERED_CONTROLS)
+            assert covered == [], covered
+            page.screenshot(path=str(ARTIFACTS / "service_review_draw_phone.png"))
             ctx.close()
         finally:
             browser.close()
