@@ -238,7 +238,7 @@ def test_pt_and_onnx_give_the_same_boxes_offline_on_cpu(tiny_models, make_raster
     a = Detector(pt, CLASSES, confidence=0.001, imgsz=TILE, batch_size=2).predict(images)
     det = Detector(onnx, CLASSES, confidence=0.001, imgsz=TILE, batch_size=2)
     b = det.predict(images)
-    session = det.model.predictor.model.backend.session
+    session = det.model.session                      # onnxruntime, no torch on this path
     assert session.get_providers() == ["CPUExecutionProvider"]
     from ultralytics.utils import NUM_THREADS  # cpu_count - 1: a core stays free for tile reading
     assert session.get_session_options().intra_op_num_threads == NUM_THREADS

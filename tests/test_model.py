@@ -114,6 +114,32 @@ def test_the_openvino_runtime_gives_the_boxes_onnxruntime_gives(scenes):
         assert conf.max() <= 0.01, conf.max()
 
 
+def test_the_torch_free_onnx_path_gives_the_boxes_ultralytics_gives(scenes):
+    """ONNX weights run without torch (pipeline.yolo.OnnxYolo: numpy decoding, probabilistic-IoU
+    fast NMS); ultralytics' own predictor on the same graph and tiles gives the same oriented boxes,
+    confidences and classes."""
+    import rasterio
+
+    from pipeline.yolo import Detector, MAX_DET, offline_ultralytics
+    offline_ultralytics()
+    from ultralytics import YOLO
+    with rasterio.open(scenes[0][0]) as src:
+        rgb = src.read([1, 2, 3]).transpose(1, 2, 0)[::2, ::2]  # 5 cm → the model's 10 cm
+    tiles = [np.ascontiguousarray(rgb[r:r + 640, c:c + 640]) for r in (0, 640) for c in (0, 640)]
+    for conf in (0.4, 0.05):
+        ours = Detector(MODEL, ["building", "steel_shed", "under_construction", "greenhouse"],
+                        confidence=conf, nms_iou=0.5, runtime="fp32").predict(tiles)
+        theirs = YOLO(str(MODEL), task="obb").predict([t[..., ::-1] for t in tiles], imgsz=640, conf=conf,
+                                                      iou=0.5, agnostic_nms=True, device="cpu",
+                                                      max_det=MAX_DET, verbose=False)
+        assert sum(len(q) for q, _, _ in ours) > 20
+        for (quads, c, k), r in zip(ours, theirs):
+            assert len(quads) == len(r.obb), (conf, len(quads), len(r.obb))
+            assert np.allclose(quads, r.obb.xyxyxyxy.numpy(), atol=0.05)
+            assert np.allclose(c, r.obb.conf.numpy(), atol=1e-5)
+            assert np.array_equal(k, r.obb.cls.numpy().astype(int))
+
+
 def test_the_real_imagery_suite_scores_every_evaluation_crop(scenes, tmp_path):
     """`patrol evaluate --suite DIR` (pipeline.evaluate.evaluate_suite) on a folder laid out like
     ../shared/realdata: only the manifest's eval crops unless asked, the same figures as scoring the
