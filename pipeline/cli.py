@@ -484,14 +484,30 @@ def dataset_group():
 @click.option("--real", multiple=True, metavar="ORTHO:LABELS", help="A labelled real flight for training; repeatable.")
 @click.option("--real-val", multiple=True, metavar="ORTHO:LABELS", help="A labelled real flight for validation.")
 @click.option("--real-stride", type=int, default=None, help="Step between real training chips (px; default chip edge).")
+@click.option("--suite", "suite_dir", type=click.Path(file_okay=False),
+              help="Also every training crop of the real-imagery suite in this folder (laid out like "
+                   "../shared/realdata; roles from --manifest): evaluation crops and parts are never chipped.")
+@click.option("--manifest", type=click.Path(dir_okay=False), help="Suite manifest (default: config/realdata_suite.yaml).")
+@click.option("--coarse", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of scenes rendered at a coarse native GSD (0.15-0.30 m) and resampled to the "
+                   "processing GSD, as the tiler resamples a coarse survey.")
 @pass_ctx
-def dataset_build(ctx, out_dir, scenes, val_scenes, seed, size_m, chip_px, real, real_val, real_stride):
+def dataset_build(ctx, out_dir, scenes, val_scenes, seed, size_m, chip_px, real, real_val, real_stride,
+                  suite_dir, manifest, coarse):
     """Render randomised synthetic scenes (split by scene) and import real flights into OUT."""
+    from pipeline.evaluate import DEFAULT_SUITE, read_suite
     from pipeline.train import build_dataset
+    suite_real = []
+    if suite_dir:
+        if not Path(suite_dir).is_dir():
+            raise InputError(f"suite folder {Path(suite_dir).name} not found; pass the folder of the labelled real areas")
+        for c in read_suite(manifest or DEFAULT_SUITE):
+            if c["role"] == "train":
+                suite_real.append((Path(suite_dir) / c["ortho"], Path(suite_dir) / c["truth"], c["holdout"]))
     res = build_dataset(Path(out_dir), scenes=scenes, val_scenes=val_scenes, seed=seed, size_m=size_m,
-                        chip_px=chip_px, real=[_split_pair(r) for r in real],
+                        chip_px=chip_px, real=[_split_pair(r) for r in real] + suite_real,
                         real_val=[_split_pair(r) for r in real_val], gsd_m=ctx.settings.processing.gsd_m,
-                        real_stride_px=real_stride)
+                        real_stride_px=real_stride, coarse=(coarse, 0.15, 0.30) if coarse else None)
     for split in ("train", "val"):
         st = res[split]
         click.echo(f"{split}: {st.chips} chips, {st.boxes} boxes "

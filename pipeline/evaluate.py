@@ -162,11 +162,13 @@ def gpd_series(geoms, crs, index):
 
 def detect_against_truth(ortho: str | Path, truth: str | Path, settings, model: str | Path | None = None,
                          truth_layer: str | None = None, epoch: int | None = None, min_inside: float = 0.5,
-                         progress: bool = True):
-    """(detections, truth clipped to the valid footprint, that footprint), in the ortho's local UTM."""
+                         progress: bool = True, part: Sequence[float] | None = None):
+    """(detections, truth clipped to the valid footprint, that footprint), in the ortho's local UTM.
+    With ``part`` (left, top, right, bottom fractions of the raster) only that part counts: the
+    footprint is cut to it, truth is clipped to it and detections whose centre lies outside go."""
     from pipeline.detect import Detector, detect_ortho
     from pipeline.ingest import valid_footprint
-    from pipeline.tiling import open_raster
+    from pipeline.tiling import open_raster, part_polygon
     from pipeline.train import local_utm
     ortho = Path(ortho)
     if not ortho.is_file():
@@ -177,24 +179,30 @@ def detect_against_truth(ortho: str | Path, truth: str | Path, settings, model: 
     with open_raster(ortho) as src:
         crs = local_utm(src.crs, src.bounds)
         foot = valid_footprint(src, crs.to_string())
+        if part is not None:
+            foot = foot.intersection(part_polygon(src, part, crs))
     gt = clip_truth(gt.to_crs(crs), foot, min_inside)
     det = Detector.from_settings(settings, model) if model else None
     pred = detect_ortho(ortho, settings, store_crs=crs.to_string(), detector=det, progress=progress)
+    if part is not None:
+        pred = pred[pred.geometry.centroid.within(foot)].reset_index(drop=True)
     return pred, gt, foot
 
 
 def evaluate_ortho(ortho: str | Path, truth: str | Path, settings, classes: Sequence[str] | None = None,
                    model: str | Path | None = None, iou: float = 0.5, truth_layer: str | None = None,
                    epoch: int | None = None, envelope: bool = False, min_inside: float = 0.5,
-                   progress: bool = True) -> dict:
-    """Detect on an ortho (any CRS, RGB/RGBA) and score against a footprint file, in local metres.
+                   progress: bool = True, part: Sequence[float] | None = None) -> dict:
+    """Detect on an ortho (any CRS, RGB/RGBA) and score against a footprint file, in local metres
+    (only its ``part``, fractions left, top, right, bottom, when given).
 
     Truth is clipped to the ortho's valid-data footprint (footprints less than ``min_inside``
     inside are dropped). Detections (oriented boxes) are compared with the footprint polygons;
     with ``envelope`` (for a model of axis-aligned boxes) with their axis-aligned envelopes.
     """
 
-    pred, gt, foot = detect_against_truth(ortho, truth, settings, model, truth_layer, epoch, min_inside, progress)
+    pred, gt, foot = detect_against_truth(ortho, truth, settings, model, truth_layer, epoch, min_inside, progress,
+                                          part)
     if envelope:
         gt = gt.set_geometry(gt.geometry.envelope)
     out = score(pred, gt, classes, iou)
@@ -234,16 +242,33 @@ def size_split(pred, truth, iou: float = 0.5) -> dict:
 
 
 def read_suite(manifest: str | Path = DEFAULT_SUITE) -> list[dict]:
-    """The suite's crops: area, ortho and truth paths (relative to the suite folder), role."""
+    """The suite's crops: area, ortho and truth paths (relative to the suite folder), role, and
+    ``part``: None for a whole crop, or the (left, top, right, bottom) fractions of the crop held
+    out for evaluation (``CROP: {eval: [l, t, r, b]}``); the rest of that crop is a ``train`` entry
+    whose ``holdout`` is that part."""
     import yaml
     path = Path(manifest)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        return [{"area": area, "ortho": str(Path(area) / crop), "truth": spec["truth"], "role": role}
-                for area, spec in (data.get("areas") or {}).items() for crop, role in spec["crops"].items()]
-    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        out = []
+        for area, spec in (data.get("areas") or {}).items():
+            for crop, role in spec["crops"].items():
+                base = {"area": area, "ortho": str(Path(area) / crop), "truth": spec["truth"]}
+                if isinstance(role, dict):
+                    part = [float(f) for f in role["eval"]]
+                    if len(part) != 4:
+                        raise TypeError("part")
+                    out += [{**base, "role": "eval", "part": part, "holdout": None},
+                            {**base, "role": "train", "part": None, "holdout": part}]
+                elif role in ("eval", "train"):
+                    out.append({**base, "role": role, "part": None, "holdout": None})
+                else:
+                    raise TypeError("role")
+        return out
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError):
         raise InputError(f"suite manifest {path.name} cannot be read (areas: AREA: {{truth: FILE, crops: "
-                         f"{{CROP: eval|train}}}}); fix it or pass another with --manifest") from None
+                         f"{{CROP: eval|train|{{eval: [left, top, right, bottom]}}}}}}); fix it or pass "
+                         f"another with --manifest") from None
 
 
 def evaluate_suite(suite_dir: str | Path, settings, manifest: str | Path = DEFAULT_SUITE,
@@ -261,8 +286,13 @@ def evaluate_suite(suite_dir: str | Path, settings, manifest: str | Path = DEFAU
                          f"suite manifest names; pass the folder laid out like ../shared/realdata")
     rows = []
     for c in crops:
-        m = evaluate_ortho(suite / c["ortho"], suite / c["truth"], settings, model=model, iou=iou, progress=progress)
-        rows.append({"area": c["area"], "crop": Path(c["ortho"]).name, "role": c["role"],
+        if c["role"] == "train" and c["holdout"] is not None:
+            continue                          # a crop's training part: not scored (its figures say nothing)
+        m = evaluate_ortho(suite / c["ortho"], suite / c["truth"], settings, model=model, iou=iou, progress=progress,
+                           part=c["part"])
+        crop = Path(c["ortho"]).name + (" [{:g}–{:g} × {:g}–{:g}]".format(c["part"][0], c["part"][2], c["part"][1],
+                                                                      c["part"][3]) if c["part"] else "")
+        rows.append({"area": c["area"], "crop": crop, "role": c["role"],
                      **{k: m[k] for k in ("precision", "recall", "f1", "tp", "fp", "fn", "n_pred", "n_truth",
                                           "valid_ha", "false_per_ha", "by_size")},
                      "found_recall": m["coverage"]["found_recall"],

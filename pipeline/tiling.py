@@ -248,6 +248,26 @@ def _dilate(mask: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- reading
+def part_polygon(src, fractions: Sequence[float], crs=None):
+    """The part ``(left, top, right, bottom)`` of a raster, as fractions of its width and height,
+    as a polygon in ``crs`` (default: the raster's own)."""
+    import shapely
+    from rasterio.warp import transform_geom
+
+    left, top, right, bottom = (float(f) for f in fractions)
+    if not (0 <= left < right <= 1 and 0 <= top < bottom <= 1):
+        raise InputError(f"part {list(fractions)} is not left, top, right, bottom fractions of the "
+                         f"raster (0 <= left < right <= 1, 0 <= top < bottom <= 1)")
+    c = np.array([left, right, right, left]) * src.width
+    r = np.array([top, top, bottom, bottom]) * src.height
+    xs, ys = src.transform * (c, r)
+    poly = shapely.Polygon(np.c_[xs, ys])
+    if crs is None or crs == src.crs:
+        return poly
+    dense = shapely.segmentize(poly, max(poly.length / 400, 1e-9))      # straight here, curved there
+    return shapely.geometry.shape(transform_geom(src.crs, crs, shapely.geometry.mapping(dense)))
+
+
 def rgb_bands(src) -> list[int]:
     """Band indexes (1-based) read as R, G, B: colour interpretation first, else the first bands."""
     ci = list(src.colorinterp)

@@ -243,7 +243,8 @@ def import_labelled(ortho: str | Path, labels, out_dir: str | Path, gsd_m: float
                     class_column: str | None = None, default_class: str = "building",
                     layer: str | None = None, min_valid: float = 0.6, prefix: str | None = None,
                     classes: Sequence[str] = CLASSES, near=None, blank=None, val_region=None,
-                    gap_m: float = 0.0) -> ChipStats:
+                    gap_m: float = 0.0, holdout: Sequence[float] | None = None,
+                    holdout_gap_m: float = 20.0) -> ChipStats:
     """Chips at ``gsd_m`` + YOLO labels from an ortho (any CRS, RGB/RGBA) and labelled polygons
     (a vector file, or a GeoDataFrame).
 
@@ -254,6 +255,8 @@ def import_labelled(ortho: str | Path, labels, out_dir: str | Path, gsd_m: float
     ``near`` keeps only chips touching one of them; ``blank`` polygons are painted over with the
     chip's mean colour (what may or may not be a structure teaches nothing); with ``val_region``
     chips touching it go to val, chips within ``gap_m`` of it are left out, the rest to ``split``.
+    ``holdout`` (left, top, right, bottom fractions of the ortho: an evaluation part) is never
+    chipped: chips touching it or within ``holdout_gap_m`` of it are left out.
     """
     import geopandas as gpd
     from rasterio.enums import Resampling
@@ -306,6 +309,9 @@ def import_labelled(ortho: str | Path, labels, out_dir: str | Path, gsd_m: float
             return shapely.make_valid(gpd.GeoSeries(list(geoms), crs=gdf.crs).to_crs(dst_crs).to_numpy())
         near_l, blank_l = local(near), local(blank)
         region_l = None if val_region is None else shapely.union_all(local([val_region]))
+        if holdout is not None:
+            from pipeline.tiling import part_polygon
+            held_l = part_polygon(src, holdout, dst_crs).buffer(holdout_gap_m)
         near_tree = shapely.STRtree(near_l) if near_l is not None and len(near_l) else None
         blank_tree = shapely.STRtree(blank_l) if blank_l is not None and len(blank_l) else None
         stretch = None
@@ -340,6 +346,8 @@ def import_labelled(ortho: str | Path, labels, out_dir: str | Path, gsd_m: float
                 left, top = tr.c + c * gsd_m, tr.f - r * gsd_m
                 bounds = (left, top - chip_px * gsd_m, left + chip_px * gsd_m, top)
                 chip_box = shapely.box(*bounds)
+                if holdout is not None and chip_box.intersects(held_l):
+                    continue
                 if near is not None and (near_tree is None or not len(near_tree.query(chip_box, "intersects"))):
                     continue
                 chip_split = split
@@ -458,15 +466,32 @@ def truth_arrays(truth, classes: Sequence[str] = CLASSES) -> tuple[np.ndarray, n
 
 
 def render_chips(seed: int, out_dir: Path, split: str, size_m: float, chip_px: int,
-                 gsd_range: tuple[float, float], classes: Sequence[str] = CLASSES) -> ChipStats:
-    """Render one randomised scene and cut it into chips at the scene's (jittered) GSD."""
+                 gsd_range: tuple[float, float], classes: Sequence[str] = CLASSES,
+                 coarse: tuple[float, float, float] | None = None, gsd_m: float = 0.10) -> ChipStats:
+    """Render one randomised scene and cut it into chips at the scene's (jittered) GSD.
+
+    ``coarse`` (share, finest, coarsest): that share of scenes is rendered at a native GSD drawn in
+    finest–coarsest (e.g. a 0.3 m aerial survey) and resampled to ``gsd_m`` bilinearly, as the tiler
+    resamples such imagery; the model then sees the blur of coarse flights."""
+    import cv2
+    from affine import Affine
+
     from pipeline.synth import render_scene
     from pipeline.synth.randomisation import Randomisation
     rng = np.random.default_rng(seed)
     rnd = Randomisation.sample(rng, gsd_range=gsd_range)
-    scene = render_scene(seed, size_m, rnd.gsd_m, rnd)
+    native = rnd.gsd_m
+    if coarse is not None and rng.random() < coarse[0]:
+        native = float(rng.uniform(coarse[1], coarse[2]))
+    scene = render_scene(seed, size_m, native, rnd)
+    rgb, valid, transform = scene.rgb, np.asarray(scene.valid, bool), scene.transform
+    if native != rnd.gsd_m:                    # coarse: up to the processing GSD, as the tiler would
+        n = int(round(size_m / gsd_m))
+        rgb = cv2.resize(rgb, (n, n), interpolation=cv2.INTER_LINEAR)
+        valid = cv2.resize(valid.astype(np.uint8), (n, n), interpolation=cv2.INTER_NEAREST).astype(bool)
+        transform = Affine(gsd_m, 0, transform.c, 0, -gsd_m, transform.f)
     polys, cls = truth_arrays(scene.truth, classes)
-    stats = chips_from_array(scene.rgb, np.asarray(scene.valid, bool), scene.transform, polys, cls,
+    stats = chips_from_array(rgb, valid, transform, polys, cls,
                              out_dir, split, f"syn{seed:07d}", chip_px=chip_px, min_valid=0.5,
                              classes=classes, keep_empty=0.3, rng=rng)
     stats.footprints = len(polys)
@@ -475,9 +500,12 @@ def render_chips(seed: int, out_dir: Path, split: str, size_m: float, chip_px: i
 
 def build_dataset(out_dir: str | Path, scenes: int = 100, val_scenes: int = 20, seed: int = 1,
                   size_m: float = 96.0, chip_px: int = 320, gsd_range: tuple[float, float] = (0.08, 0.14),
-                  real: Sequence[tuple[str | Path, str | Path]] = (), real_val: Sequence[tuple] = (),
-                  gsd_m: float = 0.10, real_stride_px: int | None = None, progress: bool = True) -> dict:
-    """A YOLO dataset of synthetic scenes (split by scene seed) plus labelled real flights.
+                  real: Sequence[tuple] = (), real_val: Sequence[tuple] = (),
+                  gsd_m: float = 0.10, real_stride_px: int | None = None, progress: bool = True,
+                  coarse: tuple[float, float, float] | None = None) -> dict:
+    """A YOLO dataset of synthetic scenes (split by scene seed) plus labelled real flights
+    (``(ortho, labels)`` or ``(ortho, labels, holdout)``: see ``import_labelled``); ``coarse``: see
+    ``render_chips``.
 
     Returns a summary that is also written to DIR/manifest.json (seeds per split, chips, boxes).
     """
@@ -498,16 +526,18 @@ def build_dataset(out_dir: str | Path, scenes: int = 100, val_scenes: int = 20, 
     totals = {"train": ChipStats(), "val": ChipStats()}
     jobs = [(s, "train") for s in train_seeds] + [(s, "val") for s in val_seeds]
     for s, split in tqdm(jobs, desc="render scenes", unit="scene", disable=not progress):
-        totals[split].add(render_chips(s, out_dir, split, size_m, chip_px, gsd_range))
+        totals[split].add(render_chips(s, out_dir, split, size_m, chip_px, gsd_range, coarse=coarse, gsd_m=gsd_m))
         manifest["synthetic"][split].append(s)
         manifest_path.write_text(json.dumps(manifest, indent=1))
     for items, split in ((real, "train"), (real_val, "val")):
-        for ortho, labels in items:
+        for ortho, labels, *holdout in items:    # (ortho, labels[, evaluation part never chipped])
+            held = holdout[0] if holdout else None
             st = import_labelled(ortho, labels, out_dir, gsd_m=gsd_m, chip_px=chip_px, split=split,
-                                 stride_px=real_stride_px if split == "train" else None)
+                                 stride_px=real_stride_px if split == "train" else None, holdout=held)
             totals[split].add(st)
             manifest["real"].append({"ortho": str(ortho), "labels": str(labels), "split": split,
-                                     "chips": st.chips, "boxes": st.boxes, "footprints": st.footprints})
+                                     "holdout": held, "chips": st.chips, "boxes": st.boxes,
+                                     "footprints": st.footprints})
     manifest_path.write_text(json.dumps(manifest, indent=1))
     return {"out_dir": str(out_dir), "train_seeds": train_seeds, "val_seeds": val_seeds,
             "train": totals["train"], "val": totals["val"]}

@@ -34,8 +34,9 @@ def _quiet_worker() -> None:
 
 def _render(job):
     from pipeline.train import render_chips
-    seed, split, data, size_m, chip_px = job
-    st = render_chips(seed, Path(data), split, size_m, chip_px, (0.08, 0.14))
+    seed, split, data, size_m, chip_px, coarse = job
+    st = render_chips(seed, Path(data), split, size_m, chip_px, (0.08, 0.14),
+                      coarse=(coarse, 0.15, 0.30) if coarse else None)
     return split, st.chips, st.boxes
 
 
@@ -78,6 +79,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=200_000, help="first training scene seed")
     ap.add_argument("--size-m", type=float, default=128.0)
     ap.add_argument("--chip-px", type=int, default=640)
+    ap.add_argument("--coarse", type=float, default=0.0,
+                    help="share of scenes rendered at 0.15-0.30 m and resampled to 0.10 m (coarse surveys)")
     ap.add_argument("--real-repeat", type=int, default=4)
     ap.add_argument("--minutes", type=float, default=6.0, help="training time budget")
     ap.add_argument("--weights", type=Path, help="initial weights (.pt)")
@@ -93,8 +96,8 @@ def main() -> None:
     write_data_yaml(data)
     real = add_real(a.real_chips, data, a.real_repeat)
     train_seeds, val_seeds = scene_seeds(a.seed, a.scenes, a.val_scenes)
-    jobs = [(s, "train", str(data), a.size_m, a.chip_px) for s in train_seeds]
-    jobs += [(s, "val", str(data), a.size_m, a.chip_px) for s in val_seeds]
+    jobs = [(s, "train", str(data), a.size_m, a.chip_px, a.coarse) for s in train_seeds]
+    jobs += [(s, "val", str(data), a.size_m, a.chip_px, a.coarse) for s in val_seeds]
     chips = {"train": 0, "val": 0}
     with Pool(os.cpu_count(), initializer=_quiet_worker) as pool:
         for split, n, _ in pool.imap_unordered(_render, jobs, chunksize=4):

@@ -66,3 +66,12 @@ python3 -c "import cv2, glob; [cv2.imwrite(p, cv2.imread(p), [cv2.IMWRITE_JPEG_Q
 #        --minutes 6.8 --weights models/lianwei-yolo11n.pt
 #    back here: ship best.pt (strips the optimizer, exports ONNX)
 #    python -c "from pipeline.train import ship_model; ship_model('best.pt', 'models/lianwei-yolo11n.pt')"
+
+# 6. the next from-scratch run (issue 16), for a session lent a GPU: real chips from the training
+#    crops of config/realdata_suite.yaml only (its eval crops and parts are never chipped), synthetic
+#    scenes with L / T-plan houses (Randomisation.l_houses) and a quarter of them drawn at a coarse
+#    0.15-0.30 m and resampled to 0.10 m (--coarse), no initial weights:
+#    patrol dataset build --out .gpu/real --scenes 0 --val-scenes 0 --chip-px 640 --real-stride 400 --suite "$REAL"
+#    python3 scripts/train_gpu.py --real-chips .gpu/real --out "$OUT" --scenes 1200 --val-scenes 40 \
+#        --coarse 0.25 --minutes 7
+#    then `patrol evaluate --suite "$REAL"` on the result: every eval figure is honest for it.

@@ -174,3 +174,59 @@ def test_the_real_imagery_suite_scores_every_evaluation_crop(scenes, tmp_path):
     (suite / "south" / "ortho.tif").unlink()
     with pytest.raises(InputError, match="lacks south/ortho.tif"):
         evaluate_suite(suite, settings, manifest, roles=("eval", "train"))
+
+
+def test_a_split_crop_is_scored_on_its_evaluation_part_and_never_chipped_there(scenes, tmp_path, capsys):
+    """A crop split in the manifest (`{eval: [left, top, right, bottom]}`): the suite scores only
+    that part (truth and detections inside it); `patrol dataset build --suite` chips the rest and no
+    chip comes within 20 m of the part; a part that is not four ordered fractions is one line."""
+    import shutil
+
+    import geopandas as gpd
+    import rasterio
+    import shapely
+
+    from pipeline.cli import main
+    from pipeline.config import load_settings
+    from pipeline.errors import InputError
+    from pipeline.evaluate import evaluate_ortho, evaluate_suite, read_suite
+    from pipeline.tiling import part_polygon
+    path, truth = scenes[0]
+    suite = tmp_path / "realdata"
+    (suite / "town").mkdir(parents=True)
+    shutil.copy(path, suite / "town" / "ortho.tif")
+    truth.to_file(suite / "town" / "footprints.geojson", driver="GeoJSON")
+    manifest = tmp_path / "suite.yaml"
+    manifest.write_text("areas:\n  town: {truth: town/footprints.geojson, crops: {ortho.tif: {eval: [0.5, 0, 1, 1]}}}\n")
+    assert [(c["role"], c["part"], c["holdout"]) for c in read_suite(manifest)] == [
+        ("eval", [0.5, 0.0, 1.0, 1.0], None), ("train", None, [0.5, 0.0, 1.0, 1.0])]
+    settings = load_settings(overrides={"detector.model": str(MODEL)})
+    res = evaluate_suite(suite, settings, manifest, roles=("eval", "train"))
+    (row,) = res["crops"]                       # the training part is not scored
+    whole = evaluate_ortho(suite / "town" / "ortho.tif", suite / "town" / "footprints.geojson", settings,
+                           progress=False)
+    assert row["role"] == "eval" and "[0.5–1 × 0–1]" in row["crop"]
+    assert 0 < row["n_truth"] < whole["n_truth"] and 0 < row["n_pred"] < whole["n_pred"]
+    assert row["valid_ha"] == pytest.approx(whole["valid_ha"] / 2, rel=0.05)
+    with rasterio.open(suite / "town" / "ortho.tif") as src:
+        east = part_polygon(src, [0.5, 0, 1, 1])
+    inside = truth[truth.geometry.centroid.within(east)]
+    assert abs(len(inside) - row["n_truth"]) <= 3           # footprints across the cut: half in or out
+
+    out = tmp_path / "ds"
+    assert main(["dataset", "build", "--out", str(out), "--scenes", "0", "--val-scenes", "0", "--chip-px", "256",
+                 "--suite", str(suite), "--manifest", str(manifest)]) == 0
+    chips = sorted((out / "images" / "train").glob("*.jpg"))
+    assert chips, "the western half gives chips"
+    # stems end _c{col}: the chip's left edge in 0.10 m pixels from the crop's west edge (a local
+    # UTM grid; the scene is 128 m, north up): every chip ends 20 m short of the part at 64 m
+    right_edges = [int(chip.stem.rsplit("_c", 1)[1]) * 0.10 + 25.6 for chip in chips]
+    assert max(right_edges) <= 64 - 20 + 1.0, right_edges
+    import json
+    meta = json.loads((out / "manifest.json").read_text())
+    assert meta["real"][0]["holdout"] == [0.5, 0.0, 1.0, 1.0]
+    capsys.readouterr()
+    manifest.write_text("areas:\n  town: {truth: town/footprints.geojson, crops: {ortho.tif: {eval: [0.6, 0, 0.2, 1]}}}\n")
+    with pytest.raises(InputError, match="not left, top, right, bottom fractions"):
+        evaluate_suite(suite, settings, manifest)
+

@@ -197,6 +197,34 @@ def test_render_scene_for_training():
     assert len(looks) > 1
 
 
+def test_l_and_t_plan_houses_are_one_structure_with_one_footprint():
+    """`Randomisation.l_houses`: a share of houses get a second wing at right angles (L or T plan).
+    The wing touches the house, has its roof, and the truth holds one footprint for the two; with
+    the default share (0) no house has a wing and the demo district's layout is unchanged."""
+    from pipeline.synth.layout import build_layout
+    for palette in ("china", "global"):
+        lay = build_layout(7_000_101, 128.0, 1, Randomisation(palette=palette, l_houses=1.0), full_region=True)
+        winged = [st for st in lay.structures if len(st.parts) == 2]
+        assert len(winged) >= 5, palette
+        for st in winged:
+            house, wing = st.parts
+            assert st.cls == "building" and wing.roof == house.roof
+            joint = house.polygon().intersection(wing.polygon()).area               # 0.1 m into the house
+            assert 0 < joint <= 0.11 * wing.width                                  # (across the wing)
+            a = abs((wing.angle - house.angle) % np.pi - np.pi / 2)
+            assert a < 1e-6                                                         # at right angles
+            fp = st.footprint(1)
+            assert fp.geom_type == "Polygon" and fp.area == pytest.approx(
+                house.polygon().area + wing.polygon().area - joint, rel=1e-6)
+        scene = render_scene(7_000_101, 128.0, 0.2, Randomisation(palette=palette, l_houses=1.0,
+                                                                    nodata_edges=False))
+        ids = {st.sid for st in scene.layout.structures if len(st.parts) == 2}
+        rows = scene.truth[scene.truth.structure_id.isin(ids)]
+        assert len(rows) == len(ids) and (rows.geom_type == "Polygon").all()
+    plain = build_layout(7_000_101, 128.0, 1, Randomisation(), full_region=True)
+    assert not any(len(st.parts) > 1 for st in plain.structures)
+
+
 @pytest.mark.parametrize("kw", [{"size_m": 5}, {"epochs": 0}, {"gsd_m": 0}])
 def test_bad_parameters_raise_one_line_error(tmp_path, kw):
     with pytest.raises(InputError) as err:

@@ -62,6 +62,26 @@ def test_dataset_build_splits_by_scene(tmp_path):
         build_dataset(out, scenes=1, val_scenes=0, seed=12, size_m=40.0, chip_px=160, progress=False)
 
 
+def test_coarse_scenes_are_rendered_coarse_and_resampled_to_the_processing_gsd(tmp_path):
+    """`render_chips(coarse=…)` (`patrol dataset build --coarse`): a scene drawn at a 0.25 m native
+    GSD comes out at 0.10 m like a coarse survey through the tiler: the same chip grid and objects
+    as the scene drawn at 0.10 m, but blurred (far less fine detail)."""
+    import cv2
+
+    from pipeline.train import render_chips, write_data_yaml
+    out = {}
+    for name, coarse in (("sharp", None), ("coarse", (1.0, 0.25, 0.25))):
+        d = tmp_path / name
+        write_data_yaml(d)
+        st = render_chips(21, d, "train", 64.0, 320, (0.10, 0.10), coarse=coarse)
+        chips = sorted((d / "images" / "train").glob("*.jpg"))
+        detail = np.mean([cv2.Laplacian(cv2.imread(str(c), cv2.IMREAD_GRAYSCALE), cv2.CV_64F).var() for c in chips])
+        out[name] = (st.chips, st.boxes, [c.name for c in chips], detail)
+    (n_s, boxes_s, names_s, detail_s), (n_c, boxes_c, names_c, detail_c) = out["sharp"], out["coarse"]
+    assert n_s == n_c > 0 and names_s == names_c and boxes_c == boxes_s > 0
+    assert detail_c < 0.5 * detail_s, (detail_c, detail_s)
+
+
 # ---------------------------------------------------------------- real import
 def _bright_rect_ortho(make_raster, name, crs, origin, res, rect_px, alpha_mask=None, res_y=None,
                        size=(200, 200)):

@@ -545,6 +545,28 @@ def _car(ground, rng, cx, cy, ang):
     ground.cars.append((part, int(rng.integers(1 << 30))))
 
 
+def wing(fr, rng, rnd: Randomisation, u0, v0, u1, v1, height, roof, look, toward_high_v: bool,
+         dtheta=0.0) -> list[Part]:
+    """With probability ``rnd.l_houses`` (no random draw when it is 0), a second wing at right angles
+    to the house ``u0..u1 × v0..v1`` (turned by ``dtheta`` about its centre, as the house is), at one
+    end (L plan) or the middle (T plan), on the side ``toward_high_v``: the same roof and look, 0.1 m
+    into the house so that the two are one house with one outline."""
+    if rnd.l_houses <= 0 or rng.random() >= rnd.l_houses:
+        return []
+    L, W = u1 - u0, v1 - v0
+    ww = min(float(rng.uniform(0.3, 0.5)) * L, 0.9 * W + 2.0)     # the wing's width (along u)
+    wl = float(rng.uniform(0.6, 1.3)) * W                        # how far it reaches out (along v)
+    at = str(rng.choice(["start", "end", "middle"], p=[0.4, 0.4, 0.2]))
+    a = u0 if at == "start" else u1 - ww if at == "end" else (u0 + u1 - ww) / 2
+    b0, b1 = (v1 - 0.1, v1 + wl) if toward_high_v else (v0 - wl, v0 + 0.1)
+    p = fr.part(a, b0, a + ww, b1, height, roof, dict(look, seed=look.get("seed", 0) + 7), along_u=False,
+                dtheta=dtheta)
+    hx, hy = fr.xy((u0 + u1) / 2, (v0 + v1) / 2)                  # turned with the house about its centre
+    dx, dy, c, s = p.cx - float(hx), p.cy - float(hy), math.cos(dtheta), math.sin(dtheta)
+    p.cx, p.cy = float(hx) + c * dx - s * dy, float(hy) + s * dx + c * dy
+    return [p]
+
+
 def _informal_block(fr, rng, rnd, u0, v0, u1, v1, dens, ground, new_structure):
     """Dense, irregular peri-urban houses (no registered parcels): varied sizes and orientations."""
     area = (u1 - u0) * (v1 - v0)
@@ -556,8 +578,11 @@ def _informal_block(fr, rng, rnd, u0, v0, u1, v1, dens, ground, new_structure):
         uu, vv = float(rng.uniform(u0 + 1 + L / 2, u1 - 1 - L / 2)), float(rng.uniform(v0 + 1 + W / 2, v1 - 1 - W / 2))
         roof, look, h = house_look(rng, rnd, int(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15])))
         dth = math.radians(float(rng.normal(0, jit)))
-        new_structure("building", [fr.part(uu - L / 2, vv - W / 2, uu + L / 2, vv + W / 2, h, roof, look,
-                                           dtheta=dth)], "illegal_informal")
+        extra = wing(fr, rng, rnd, uu - L / 2, vv - W / 2, uu + L / 2, vv + W / 2, h, roof, look,
+                     bool(rng.random() < 0.5) if rnd.l_houses > 0 else True, dtheta=dth)
+        main = fr.part(uu - L / 2, vv - W / 2, uu + L / 2, vv + W / 2, h, roof, look, dtheta=dth)
+        if new_structure("building", [main, *extra], "illegal_informal") is None and extra:
+            new_structure("building", [main], "illegal_informal")   # no room for the wing
     n = int(rng.poisson(area / 250))
     x, y = fr.xy(rng.uniform(u0 + 1, u1 - 1, n), rng.uniform(v0 + 1, v1 - 1, n))
     _add_trees(ground, rng, x, y, (1.2, 3.2), (4, 9))
@@ -668,8 +693,14 @@ def _village_block(fr, rng, rnd, u0, v0, u1, v1, ri, dens, town, village, vcode,
                                      n_tanks=0, solar=False, stair=False, rebar=False, clutter=0)
                         elook.setdefault("pitch", 8.0)
                     ext = [fr.part(*er, 3.4, eroof, elook, dtheta=jit)]
-                new_structure("building", [fr.part(*house_rect(d), h, roof, look, dtheta=jit)], "legal",
-                              ext=ext, parcel_id=parcel_id)
+                r = house_rect(d)       # a wing reaches into the yard, in front of the house
+                extra = wing(fr, rng, rnd, *r, h, roof, look, not front_low, dtheta=jit)
+                if extra:               # where the later extension would stand: this house keeps its plan
+                    ext = []
+                main = fr.part(*r, h, roof, look, dtheta=jit)
+                if new_structure("building", [main, *extra], "legal", ext=ext, parcel_id=parcel_id) is None \
+                        and extra:                                        # no room for the wing
+                    new_structure("building", [main], "legal", ext=ext, parcel_id=parcel_id)
             elif role == "over":
                 d = min(0.86 * parcel_area / hw, depth - 0.6)
                 new_structure("building", [fr.part(*house_rect(d), h, roof, look, dtheta=jit)], "over",

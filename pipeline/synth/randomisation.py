@@ -36,6 +36,7 @@ class Randomisation:
     nodata_edges: bool = True
     lean: float = 0.02  # relief displacement (m per m of height) at the scene edge: facades show
     cars: float = 1.0  # how many parked/moving cars (hard negatives)
+    l_houses: float = 0.0  # share of houses with a second wing at right angles (L / T plan): one structure
 
     @classmethod
     def sample(cls, rng: np.random.Generator, gsd_range: tuple[float, float] = (0.08, 0.15)
@@ -61,6 +62,7 @@ class Randomisation:
             nodata_edges=bool(rng.random() < 0.3),
             lean=float(rng.uniform(0.0, 0.08)),
             cars=float(rng.uniform(0.3, 2.0)),
+            l_houses=float(rng.uniform(0.2, 0.6)),
         )
 
     def with_(self, **kw) -> "Randomisation":
