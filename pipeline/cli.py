@@ -684,11 +684,14 @@ def model_rollback(ctx):
 @click.option("--exclude-data", type=click.Path(file_okay=False), help="Refuse seeds used by this dataset.")
 @click.option("--size-m", default=128.0, show_default=True, help="With --scenes: scene side in metres.")
 @click.option("--chip-px", type=int, help="With --scenes: chip size (default: processing.tile_px).")
+@click.option("--l-houses/--no-l-houses", default=True, show_default=True,
+              help="With --scenes: houses with a second wing (L / T plan) among them; --no-l-houses draws "
+                   "the scenes of the figures made before (2026-11-26).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the figures as JSON.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a Markdown report.")
 @pass_ctx
 def evaluate_cmd(ctx, ortho, truth, truth_layer, epoch, classes, iou, envelopes, model_path, suite_dir, manifest,
-                 roles, scenes, seed, exclude_data, size_m, chip_px, json_path, report_path):
+                 roles, scenes, seed, exclude_data, size_m, chip_px, l_houses, json_path, report_path):
     """Precision/recall/F1 at IoU 0.5 on an ortho with truth, on a suite of real areas, or mAP on
     held-out generated scenes."""
     from pipeline import evaluate as ev
@@ -715,7 +718,7 @@ def evaluate_cmd(ctx, ortho, truth, truth_layer, epoch, classes, iou, envelopes,
     if scenes:
         m = ev.evaluate_scenes(Path(model_path) if model_path else ctx.settings.model_path.with_suffix(".pt"),
                                scenes=scenes, seed=seed, exclude_data=exclude_data, size_m=size_m,
-                               chip_px=chip_px or ctx.settings.processing.tile_px)
+                               chip_px=chip_px or ctx.settings.processing.tile_px, l_houses=l_houses)
         click.echo(f"mAP50 {m['mAP50']:.3f}  mAP50-95 {m['mAP50-95']:.3f}  "
                    f"({m['chips']} chips, {m['objects']} objects, seeds {seed}…{seed + scenes - 1})")
         for c, v in m["per_class_yolo"].items():

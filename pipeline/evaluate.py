@@ -401,8 +401,9 @@ def write_report(metrics: dict, path: str | Path, title: str = "Detector evaluat
 def evaluate_scenes(model: str | Path, scenes: int = 10, seed: int = 1_000_000, size_m: float = 96.0,
                     chip_px: int = 320, gsd_range: tuple[float, float] = (0.08, 0.14),
                     work_dir: str | Path | None = None, exclude_data: str | Path | None = None,
-                    conf: float = 0.001, progress: bool = True) -> dict:
-    """mAP50, mAP50-95 and per-class P/R (ultralytics val) on freshly rendered held-out scenes.
+                    conf: float = 0.001, progress: bool = True, l_houses: bool = True) -> dict:
+    """mAP50, mAP50-95 and per-class P/R (ultralytics val) on freshly rendered held-out scenes
+    (``l_houses`` False: without L / T-plan houses, the scenes of the 2026-11-26 figures).
 
     Scene seeds are ``seed … seed+scenes-1``; with ``exclude_data`` (a dataset folder with a
     manifest.json) any seed that was used for training or validation there is refused.
@@ -430,7 +431,7 @@ def evaluate_scenes(model: str | Path, scenes: int = 10, seed: int = 1_000_000, 
     work_dir = Path(work_dir)
     try:
         build_dataset(work_dir, scenes=0, val_scenes=scenes, seed=seed, size_m=size_m, chip_px=chip_px,
-                      gsd_range=gsd_range, progress=progress)
+                      gsd_range=gsd_range, progress=progress, l_houses=l_houses)
         offline_ultralytics()
         from ultralytics import YOLO
         yolo = YOLO(str(model))
@@ -444,7 +445,8 @@ def evaluate_scenes(model: str | Path, scenes: int = 10, seed: int = 1_000_000, 
                                    "mAP50": float(r.box.ap50[k]), "mAP50-95": float(r.box.ap[k])}
         n_chips = len(list((work_dir / "images" / "val").glob("*.jpg")))
         n_obj = sum(len(p.read_text().splitlines()) for p in (work_dir / "labels" / "val").glob("*.txt"))
-        return {"model": str(model), "scenes": scenes, "seed": seed, "chips": n_chips, "objects": n_obj,
+        return {"model": str(model), "scenes": scenes, "seed": seed, "l_houses": l_houses, "chips": n_chips,
+                "objects": n_obj,
                 "mAP50": float(r.box.map50), "mAP50-95": float(r.box.map),
                 "precision": float(r.box.mp), "recall": float(r.box.mr), "per_class_yolo": per}
     finally:

@@ -467,19 +467,21 @@ def truth_arrays(truth, classes: Sequence[str] = CLASSES) -> tuple[np.ndarray, n
 
 def render_chips(seed: int, out_dir: Path, split: str, size_m: float, chip_px: int,
                  gsd_range: tuple[float, float], classes: Sequence[str] = CLASSES,
-                 coarse: tuple[float, float, float] | None = None, gsd_m: float = 0.10) -> ChipStats:
+                 coarse: tuple[float, float, float] | None = None, gsd_m: float = 0.10,
+                 l_houses: bool = True) -> ChipStats:
     """Render one randomised scene and cut it into chips at the scene's (jittered) GSD.
 
     ``coarse`` (share, finest, coarsest): that share of scenes is rendered at a native GSD drawn in
     finest–coarsest (e.g. a 0.3 m aerial survey) and resampled to ``gsd_m`` bilinearly, as the tiler
-    resamples such imagery; the model then sees the blur of coarse flights."""
+    resamples such imagery; the model then sees the blur of coarse flights. ``l_houses`` False: no
+    L / T-plan houses (the scenes as drawn before they existed)."""
     import cv2
     from affine import Affine
 
     from pipeline.synth import render_scene
     from pipeline.synth.randomisation import Randomisation
     rng = np.random.default_rng(seed)
-    rnd = Randomisation.sample(rng, gsd_range=gsd_range)
+    rnd = Randomisation.sample(rng, gsd_range=gsd_range, **({} if l_houses else {"l_houses": None}))
     native = rnd.gsd_m
     if coarse is not None and rng.random() < coarse[0]:
         native = float(rng.uniform(coarse[1], coarse[2]))
@@ -502,10 +504,10 @@ def build_dataset(out_dir: str | Path, scenes: int = 100, val_scenes: int = 20, 
                   size_m: float = 96.0, chip_px: int = 320, gsd_range: tuple[float, float] = (0.08, 0.14),
                   real: Sequence[tuple] = (), real_val: Sequence[tuple] = (),
                   gsd_m: float = 0.10, real_stride_px: int | None = None, progress: bool = True,
-                  coarse: tuple[float, float, float] | None = None) -> dict:
+                  coarse: tuple[float, float, float] | None = None, l_houses: bool = True) -> dict:
     """A YOLO dataset of synthetic scenes (split by scene seed) plus labelled real flights
-    (``(ortho, labels)`` or ``(ortho, labels, holdout)``: see ``import_labelled``); ``coarse``: see
-    ``render_chips``.
+    (``(ortho, labels)`` or ``(ortho, labels, holdout)``: see ``import_labelled``); ``coarse`` and
+    ``l_houses``: see ``render_chips``.
 
     Returns a summary that is also written to DIR/manifest.json (seeds per split, chips, boxes).
     """
@@ -526,7 +528,8 @@ def build_dataset(out_dir: str | Path, scenes: int = 100, val_scenes: int = 20, 
     totals = {"train": ChipStats(), "val": ChipStats()}
     jobs = [(s, "train") for s in train_seeds] + [(s, "val") for s in val_seeds]
     for s, split in tqdm(jobs, desc="render scenes", unit="scene", disable=not progress):
-        totals[split].add(render_chips(s, out_dir, split, size_m, chip_px, gsd_range, coarse=coarse, gsd_m=gsd_m))
+        totals[split].add(render_chips(s, out_dir, split, size_m, chip_px, gsd_range, coarse=coarse, gsd_m=gsd_m,
+                                       l_houses=l_houses))
         manifest["synthetic"][split].append(s)
         manifest_path.write_text(json.dumps(manifest, indent=1))
     for items, split in ((real, "train"), (real_val, "val")):

@@ -65,16 +65,18 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
     ap.add_argument("--roles", default="eval,train")
     ap.add_argument("--width", type=int, default=1000)
+    ap.add_argument("--model", type=Path, help="weights (default: detector.model)")
     a = ap.parse_args()
     from pipeline.config import load_settings
     from pipeline.evaluate import detect_against_truth, read_suite
 
     settings = load_settings()
     for c in read_suite():
-        if c["role"] not in a.roles.split(","):
+        if c["role"] not in a.roles.split(",") or c["holdout"] is not None:   # a split crop: its eval part only
             continue
-        pred, gt, _ = detect_against_truth(a.suite / c["ortho"], a.suite / c["truth"], settings, progress=False)
-        name = f"real_{c['area']}_{Path(c['ortho']).stem}.jpg"
+        pred, gt, _ = detect_against_truth(a.suite / c["ortho"], a.suite / c["truth"], settings, a.model,
+                                           progress=False, part=c["part"])
+        name = f"real_{c['area']}_{Path(c['ortho']).stem}{'_eval' if c['part'] else ''}.jpg"
         n = draw(a.suite / c["ortho"], pred, gt, a.out / name, a.width)
         print(f"{name}: {c['role']}, {n['tp']} found (green), {n['fp']} false (red), {n['fn']} missed (yellow)")
 

@@ -223,6 +223,11 @@ def test_l_and_t_plan_houses_are_one_structure_with_one_footprint():
         assert len(rows) == len(ids) and (rows.geom_type == "Polygon").all()
     plain = build_layout(7_000_101, 128.0, 1, Randomisation(), full_region=True)
     assert not any(len(st.parts) > 1 for st in plain.structures)
+    # training looks draw a share of them last; without it a seed draws the look it drew before
+    with_l = Randomisation.sample(np.random.default_rng(3))
+    without = Randomisation.sample(np.random.default_rng(3), l_houses=None)
+    assert 0.2 <= with_l.l_houses <= 0.6 and without.l_houses == 0.0
+    assert with_l.with_(l_houses=0.0) == without
 
 
 @pytest.mark.parametrize("kw", [{"size_m": 5}, {"epochs": 0}, {"gsd_m": 0}])

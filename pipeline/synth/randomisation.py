@@ -39,9 +39,10 @@ class Randomisation:
     l_houses: float = 0.0  # share of houses with a second wing at right angles (L / T plan): one structure
 
     @classmethod
-    def sample(cls, rng: np.random.Generator, gsd_range: tuple[float, float] = (0.08, 0.15)
-               ) -> "Randomisation":
-        """Draw a varied look for one training scene."""
+    def sample(cls, rng: np.random.Generator, gsd_range: tuple[float, float] = (0.08, 0.15),
+               l_houses: tuple[float, float] | None = (0.2, 0.6)) -> "Randomisation":
+        """Draw a varied look for one training scene; ``l_houses`` None: no L / T-plan houses and
+        the draws of the scenes made before they existed (2026-11-26), seed for seed."""
         palette = str(rng.choice(PALETTES, p=[0.4, 0.3, 0.3]))
         wb = tuple(float(v) for v in rng.normal(1.0, 0.04, 3).clip(0.88, 1.12))
         return cls(
@@ -62,7 +63,7 @@ class Randomisation:
             nodata_edges=bool(rng.random() < 0.3),
             lean=float(rng.uniform(0.0, 0.08)),
             cars=float(rng.uniform(0.3, 2.0)),
-            l_houses=float(rng.uniform(0.2, 0.6)),
+            l_houses=float(rng.uniform(*l_houses)) if l_houses else 0.0,
         )
 
     def with_(self, **kw) -> "Randomisation":
