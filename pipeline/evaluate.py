@@ -210,6 +210,8 @@ def evaluate_ortho(ortho: str | Path, truth: str | Path, settings, classes: Sequ
     out["by_size"] = size_split(kept, gt, iou)
     out["valid_ha"] = round(float(foot.area) / 1e4, 3)
     out["false_per_ha"] = round(out["fp"] / out["valid_ha"], 2) if out["valid_ha"] else None
+    out["off"] = out["n_pred"] - out["coverage"]["on_target"]      # less than half on any footprint
+    out["off_per_ha"] = round(out["off"] / out["valid_ha"], 2) if out["valid_ha"] else None
     out["truth_geometry"] = "envelope" if envelope else "polygon"
     out["ortho"] = str(ortho)
     out["truth"] = str(truth)
@@ -294,20 +296,21 @@ def evaluate_suite(suite_dir: str | Path, settings, manifest: str | Path = DEFAU
                                                                       c["part"][3]) if c["part"] else "")
         rows.append({"area": c["area"], "crop": crop, "role": c["role"],
                      **{k: m[k] for k in ("precision", "recall", "f1", "tp", "fp", "fn", "n_pred", "n_truth",
-                                          "valid_ha", "false_per_ha", "by_size")},
+                                          "valid_ha", "false_per_ha", "off", "off_per_ha", "by_size")},
                      "found_recall": m["coverage"]["found_recall"],
                      "on_target_precision": m["coverage"]["on_target_precision"],
                      "split": m["coverage"]["split"], "split_share": m["coverage"]["split_share"]})
     areas = []
     for area in dict.fromkeys(r["area"] for r in rows):
         rs = [r for r in rows if r["area"] == area]
-        tp, fp, fn = (sum(r[k] for r in rs) for k in ("tp", "fp", "fn"))
+        tp, fp, fn, off = (sum(r[k] for r in rs) for k in ("tp", "fp", "fn", "off"))
         ha = sum(r["valid_ha"] for r in rs)
         found = sum(r["found_recall"] * r["n_truth"] for r in rs)
         n_truth, split = sum(r["n_truth"] for r in rs), sum(r["split"] for r in rs)
         areas.append({"area": area, "role": "/".join(sorted({r["role"] for r in rs})), **_prf(tp, fp, fn),
                       "n_truth": n_truth, "valid_ha": round(ha, 2),
                       "false_per_ha": round(fp / ha, 2) if ha else None,
+                      "off": off, "off_per_ha": round(off / ha, 2) if ha else None,
                       "found_recall": round(found / max(n_truth, 1), 4),
                       "split": split, "split_share": round(split / max(n_truth, 1), 4)})
     return {"model": str(model or settings.model_path), "runtime": settings.detector.runtime, "iou": iou,
@@ -321,13 +324,17 @@ def suite_markdown(result: dict, command: str = "") -> str:
              f"Model `{Path(result['model']).name}` ({result['runtime']}), processing GSD {result['gsd_m']} m, "
              f"IoU {result['iou']}. Role `eval`: never trained on; `train`: trained on (not a measure of "
              f"generalisation).", "",
-             "| area | role | precision | recall | F1 | TP | FP | FN | footprints found | false / ha | split (n) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| area | role | precision | recall | F1 | TP | FP | FN | footprints found | false / ha | "
+             "off footprints / ha (n) | split (n) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for a in result["areas"]:
         lines.append(f"| {a['area']} | {a['role']} | {a['precision']:.3f} | {a['recall']:.3f} | {a['f1']:.3f} | "
                      f"{a['tp']} | {a['fp']} | {a['fn']} | {a['found_recall']:.3f} | {a['false_per_ha']} | "
-                     f"{a['split_share']:.3f} ({a['split']}) |")
-    lines += ["", "`split`: footprints that two or more detections lie on (one house, several cases).", "",
+                     f"{a['off_per_ha']} ({a['off']}) | {a['split_share']:.3f} ({a['split']}) |")
+    lines += ["", "`false`: detections matching no footprint at IoU 0.5 (many lie on real roofs: one box over a house "
+              "mapped in parts, or a loose outline); `off footprints`: detections less than half on any footprint "
+              "(an unmapped structure or a false alarm: look at them). `split`: footprints that two or more "
+              "detections lie on (one house, several cases).", "",
               "| crop | role | P | R | found | on footprints | false / ha | "
               + " | ".join(f"R {n} (n)" for _, _, n in SIZE_BINS) + " | "
               + " | ".join(f"P {n} (n)" for _, _, n in SIZE_BINS) + " |",

@@ -5,6 +5,10 @@
 Each crop of ``config/realdata_suite.yaml`` (``pipeline.evaluate``) is detected as ``patrol evaluate``
 does and drawn at most 1000 px wide: detections matching a footprint at IoU 0.5 in green, false
 detections in red, footprints nobody found in yellow. Writes ``real_<area>_<crop>.jpg``.
+
+With ``--look DIR`` it also draws, for looking at one by one, every detection lying less than half
+on any footprint (the suite's "off footprints": an unmapped structure or a false alarm), 8 m around
+it, numbered, 24 to a sheet: ``DIR/off_<area>_<crop>_<k>.jpg``.
 """
 from __future__ import annotations
 
@@ -59,6 +63,44 @@ def draw(ortho: Path, pred, gt, out: Path, width: int = 1000) -> dict:
     return {"tp": len(pi), "fp": len(pred) - len(pi), "fn": len(gt) - len(ti)}
 
 
+def off_footprint_sheets(ortho: Path, pred, gt, out_dir: Path, name: str, px: int = 200) -> int:
+    """Sheets of crops around the detections less than half on any footprint; returns how many."""
+    import rasterio
+    import shapely
+    from PIL import Image, ImageDraw
+    from rasterio.vrt import WarpedVRT
+    from rasterio.windows import from_bounds
+
+    from pipeline.report.common import to_uint8
+
+    pg, tg = pred.geometry.to_numpy(), gt.geometry.to_numpy()
+    on = shapely.area(shapely.intersection(pg, shapely.union_all(tg))) / np.maximum(shapely.area(pg), 1e-9)
+    crops = []
+    with rasterio.open(ortho) as src, WarpedVRT(src, crs=gt.crs) as vrt:
+        for k in np.flatnonzero(on < 0.5):
+            x0, y0, x1, y1 = pg[k].buffer(8).bounds
+            rgb = vrt.read([1, 2, 3], window=from_bounds(x0, y0, x1, y1, vrt.transform), out_shape=(3, px, px))
+            im = Image.fromarray(np.moveaxis(to_uint8(rgb), 0, -1).copy())
+            d = ImageDraw.Draw(im)
+
+            def ring(poly):
+                return [((x - x0) * px / (x1 - x0), (y1 - y) * px / (y1 - y0)) for x, y in
+                        np.asarray(poly.exterior.coords)[:, :2]]
+            for t in tg[shapely.intersects(tg, pg[k].buffer(8))]:
+                for poly in getattr(t, "geoms", [t]):
+                    d.line(ring(poly), fill=YELLOW, width=1)
+            d.line(ring(pg[k]), fill=RED, width=2)
+            d.text((3, 3), f"{len(crops)} {pred['class_name'].iloc[k]}", fill=(255, 255, 255))
+            crops.append(im)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for s in range(0, len(crops), 24):
+        sheet = Image.new("RGB", (6 * (px + 2), 4 * (px + 2)))
+        for i, im in enumerate(crops[s:s + 24]):
+            sheet.paste(im, ((i % 6) * (px + 2), (i // 6) * (px + 2)))
+        sheet.save(out_dir / f"off_{name}_{s // 24}.jpg", quality=85)
+    return len(crops)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("suite", type=Path)
@@ -66,6 +108,7 @@ def main() -> None:
     ap.add_argument("--roles", default="eval,train")
     ap.add_argument("--width", type=int, default=1000)
     ap.add_argument("--model", type=Path, help="weights (default: detector.model)")
+    ap.add_argument("--look", type=Path, help="also draw the off-footprint detections here, to look at")
     a = ap.parse_args()
     from pipeline.config import load_settings
     from pipeline.evaluate import detect_against_truth, read_suite
@@ -79,6 +122,9 @@ def main() -> None:
         name = f"real_{c['area']}_{Path(c['ortho']).stem}{'_eval' if c['part'] else ''}.jpg"
         n = draw(a.suite / c["ortho"], pred, gt, a.out / name, a.width)
         print(f"{name}: {c['role']}, {n['tp']} found (green), {n['fp']} false (red), {n['fn']} missed (yellow)")
+        if a.look:
+            k = off_footprint_sheets(a.suite / c["ortho"], pred, gt, a.look, Path(name).stem)
+            print(f"  {k} detections less than half on any footprint: {a.look}/off_{Path(name).stem}_*.jpg")
 
 
 if __name__ == "__main__":

@@ -167,10 +167,13 @@ def test_the_real_imagery_suite_scores_every_evaluation_crop(scenes, tmp_path):
     assert sum(b["footprints"] for b in row["by_size"].values()) == row["n_truth"]
     assert sum(b["detections"] for b in row["by_size"].values()) == row["n_pred"]
     assert row["false_per_ha"] == round(row["fp"] / row["valid_ha"], 2)
+    assert row["off"] == row["n_pred"] - alone["coverage"]["on_target"] and 0 <= row["off"] <= row["fp"]
     both = evaluate_suite(suite, settings, manifest, roles=("eval", "train"))
     assert [a["area"] for a in both["areas"]] == ["north", "south"]
     text = suite_markdown(both)
     assert "| north | eval |" in text and "| south | train |" in text and "R < 30 m² (n)" in text
+    north = both["areas"][0]
+    assert f"| {north['off_per_ha']} ({north['off']}) |" in text
     (suite / "south" / "ortho.tif").unlink()
     with pytest.raises(InputError, match="lacks south/ortho.tif"):
         evaluate_suite(suite, settings, manifest, roles=("eval", "train"))
