@@ -200,7 +200,8 @@ class OnnxYolo:
 
 
 def _openvino_runner(path: Path, threads: int):
-    """The ONNX graph compiled by OpenVINO for this CPU with ``threads`` inference threads."""
+    """The ONNX graph compiled by OpenVINO for this CPU with ``threads`` inference threads, in FP32
+    (on a CPU with AMX or AVX-512 BF16 the plugin would otherwise run in bfloat16 and move boxes)."""
     try:
         import openvino as ov
     except ImportError:
@@ -208,7 +209,8 @@ def _openvino_runner(path: Path, threads: int):
                          "or set detector.runtime: fp32", zh="识别运行时 openvino 未安装，请安装或改用 fp32") from None
     try:
         compiled = ov.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY",
-                                                              "INFERENCE_NUM_THREADS": int(threads)})
+                                                              "INFERENCE_NUM_THREADS": int(threads),
+                                                              "INFERENCE_PRECISION_HINT": "f32"})
     except Exception as e:
         raise ModelError(f"model {path.name} cannot be compiled by OpenVINO ({one_line(e, 120)}); "
                          f"set detector.runtime: fp32") from None

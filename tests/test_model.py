@@ -92,8 +92,9 @@ def test_the_int8_runtime_finds_what_fp32_finds_on_held_out_scenes(scenes):
 
 def test_the_openvino_runtime_gives_the_boxes_onnxruntime_gives(scenes):
     """`detector.runtime: openvino` (the default) runs the same ONNX graph as `fp32`: on the held-out
-    scenes every box of one has its twin in the other (IoU ≥ 0.9: float noise turns an
-    oriented box a little), confidences within 0.01."""
+    scenes every box of one has its twin in the other, confidences within 0.01: nearly all at
+    IoU ≥ 0.99, and a box joined across a tile seam at IoU ≥ 0.8 (float noise can move a piece
+    across the merge's threshold: one box of 28, IoU 0.85, on an AMX Xeon)."""
     import shapely
 
     from pipeline.config import load_settings
@@ -109,7 +110,8 @@ def test_the_openvino_runtime_gives_the_boxes_onnxruntime_gives(scenes):
         inter = shapely.area(shapely.intersection(ga[ia], gb[ib]))
         iou = inter / (shapely.area(ga[ia]) + shapely.area(gb[ib]) - inter)
         best = pd.DataFrame({"a": ia, "b": ib, "iou": iou}).sort_values("iou").groupby("a").last()
-        assert len(best) == len(a) and (best["iou"] >= 0.9).all(), best["iou"].min()
+        assert len(best) == len(a) and (best["iou"] >= 0.8).all(), best["iou"].min()
+        assert (best["iou"] >= 0.99).mean() >= 0.95, best["iou"].describe()
         conf = np.abs(a["confidence"].to_numpy()[best.index] - b["confidence"].to_numpy()[best["b"]])
         assert conf.max() <= 0.01, conf.max()
 
