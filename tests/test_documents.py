@@ -262,3 +262,28 @@ def test_a_document_issued_before_a_field_existed_prints_again(doc_store):
     issue = issue_document(store, s, rules, "stop_notice", no, "t", fields=old)[0]
     _, again, same = reprint_document(store, s, issue["doc_no"])
     assert again[:5] == b"%PDF-" and same                   # stored without them: re-printed the same way
+
+
+@pytest.mark.skipif(shutil.which("fc-list") is None, reason="fontconfig's fc-list is not installed")
+def test_no_chinese_font_is_one_line_and_nothing_is_numbered(doc_store, tmp_path, monkeypatch, capsys):
+    """Where fontconfig knows no Chinese font (here: a fontconfig file with no font folder) a
+    document would print as empty boxes: `patrol docs` refuses with one line naming the package,
+    and no number is used up."""
+    from pipeline.cli import main
+    from pipeline.report.documents import check_chinese_font
+    store, s, no = doc_store
+    before = len(store.documents())
+    conf = tmp_path / "fonts.conf"
+    conf.write_text('<?xml version="1.0"?><!DOCTYPE fontconfig SYSTEM "fonts.dtd"><fontconfig>'
+                    f'<cachedir>{tmp_path / "cache"}</cachedir></fontconfig>')
+    monkeypatch.setenv("FONTCONFIG_FILE", str(conf))
+    check_chinese_font.cache_clear()
+    try:
+        assert main(["--store", s.store.url, "docs", "stop_notice", no, "--out", str(tmp_path / "n.pdf")]) == 2
+    finally:
+        monkeypatch.delenv("FONTCONFIG_FILE")
+        check_chinese_font.cache_clear()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fonts-noto-cjk" in err[0] and "Traceback" not in err[0], err
+    assert len(store.documents()) == before and not (tmp_path / "n.pdf").exists()
+    assert main(["--store", s.store.url, "docs", "stop_notice", no, "--out", str(tmp_path / "n.pdf")]) == 0

@@ -281,11 +281,27 @@ def _empty(field: str) -> Any:
         "before", "after", "location", "site_photo") else ""
 
 
+@lru_cache(maxsize=1)
+def check_chinese_font() -> None:
+    """Refuse to print where fontconfig knows no Chinese font: every character would print as an
+    empty box (checked once it passes; without ``fc-list`` nothing can be told and nothing is refused)."""
+    import subprocess
+    try:
+        found = subprocess.run(["fc-list", ":lang=zh", "family"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return
+    if not found.strip():
+        raise ConfigError("no Chinese font is installed here, so documents would print as empty boxes; install "
+                          "fonts-noto-cjk (bash tools/system-deps.sh) and print again",
+                          zh="服务器未安装中文字体，文书无法打印；请管理员安装 fonts-noto-cjk 后重试")
+
+
 def render_pdf(settings, kind: str, fields: dict[str, Any]) -> tuple[bytes, int]:
     """The PDF of a filled document and its page count. Same fields, same template: same bytes."""
     import weasyprint
     from jinja2 import UndefinedError
     folder = check_templates(settings)
+    check_chinese_font()
     env = _environment(str(folder), _stamp(folder))
     try:     # a document issued before a field existed prints with that field empty
         html = env.get_template(f"{kind}.html").render(**{**{f: _empty(f) for f in FIELDS}, **fields})
