@@ -237,8 +237,8 @@ def test_a_split_crop_is_scored_on_its_evaluation_part_and_never_chipped_there(s
 
 
 @pytest.mark.xfail(strict=True, reason="issue 16 open: the shipped model finds all 48 L / T-plan houses of these "
-                   "scenes but returns 23 of them as two boxes (a 2026-12-07 CPU fine-tune with L / T houses "
-                   "gets 0 of 48 split but loses generated mAP50, so it was not shipped: model card)")
+                   "scenes but returns 23 of them as two boxes (2026-12-07 CPU fine-tunes with L / T houses "
+                   "split 0-1 of 48 but showed no gain on real imagery they had not seen: not shipped, model card)")
 def test_one_l_or_t_plan_house_gives_one_detection(tmp_path):
     """Held-out generated scenes where every house that has room gets a second wing at right angles
     (`Randomisation.l_houses`): each such house is found (at least half covered by one detection)
