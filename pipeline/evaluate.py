@@ -47,6 +47,26 @@ def match_footprints(pred, truth, iou: float = 0.5) -> tuple[np.ndarray, np.ndar
     return pi[keep], ti[keep], ious[keep]
 
 
+def _overlaps(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every intersecting (detection, footprint) pair and the area they share."""
+    import shapely
+    if not (len(pred) and len(truth)):
+        return np.zeros(0, int), np.zeros(0, int), np.zeros(0)
+    pi, ti = shapely.STRtree(truth).query(pred, predicate="intersects")
+    return pi, ti, shapely.area(shapely.intersection(pred[pi], truth[ti]))
+
+
+def on_footprint_share(pred, truth) -> np.ndarray:
+    """The share of each detection's area lying on truth footprints (summed over footprints);
+    below one half it is "off footprints": an unmapped structure or a false alarm."""
+    import shapely
+    pred, truth = np.asarray(pred, dtype=object), np.asarray(truth, dtype=object)
+    on = np.zeros(len(pred))
+    pi, _, inter = _overlaps(pred, truth)
+    np.add.at(on, pi, inter)
+    return on / np.maximum(shapely.area(pred), 1e-9) if len(pred) else on
+
+
 def coverage(pred, truth, share: float = 0.5) -> dict:
     """Figures that do not depend on how footprints were drawn (a house mapped as parts, a row as one).
 
@@ -59,15 +79,12 @@ def coverage(pred, truth, share: float = 0.5) -> dict:
     pred = np.asarray(pred, dtype=object)
     truth = np.asarray(truth, dtype=object)
     covered = np.zeros(len(truth))
-    on = np.zeros(len(pred))
     pieces = np.zeros(len(truth), int)
-    if len(pred) and len(truth):
-        pi, ti = shapely.STRtree(truth).query(pred, predicate="intersects")
-        inter = shapely.area(shapely.intersection(pred[pi], truth[ti]))
+    pi, ti, inter = _overlaps(pred, truth)
+    if len(pi):
         np.maximum.at(covered, ti, inter / np.maximum(shapely.area(truth[ti]), 1e-9))
-        np.add.at(on, pi, inter)
         np.add.at(pieces, ti, (inter / np.maximum(shapely.area(pred[pi]), 1e-9) >= share).astype(int))
-        on = on / np.maximum(shapely.area(pred), 1e-9)
+    on = on_footprint_share(pred, truth)
     found, on_target, split = int((covered >= share).sum()), int((on >= share).sum()), int((pieces >= 2).sum())
     return {"found_recall": round(found / len(truth), 4) if len(truth) else 0.0,
             "on_target_precision": round(on_target / len(pred), 4) if len(pred) else 0.0,

@@ -24,6 +24,13 @@ sys.path.insert(0, str(ROOT))
 GREEN, RED, YELLOW = (40, 220, 60), (255, 40, 40), (255, 220, 0)
 
 
+def pixel_rings(geom, x0: float, y1: float, sx: float, sy: float):
+    """The exterior rings of a (multi)polygon in pixels of an image whose top-left is (x0, y1)."""
+    for poly in getattr(geom, "geoms", [geom]):
+        if hasattr(poly, "exterior"):
+            yield [((x - x0) * sx, (y1 - y) * sy) for x, y in np.asarray(poly.exterior.coords)[:, :2]]
+
+
 def draw(ortho: Path, pred, gt, out: Path, width: int = 1000) -> dict:
     import rasterio
     from PIL import Image, ImageDraw
@@ -43,20 +50,14 @@ def draw(ortho: Path, pred, gt, out: Path, width: int = 1000) -> dict:
     img[~valid] = 200
     im = Image.fromarray(img)
     d = ImageDraw.Draw(im)
-    sx = width / (x1 - x0)
-
-    def ring(g):
-        for poly in getattr(g, "geoms", [g]):
-            if hasattr(poly, "exterior"):
-                yield [((x - x0) * sx, (y1 - y) * sx) for x, y in np.asarray(poly.exterior.coords)[:, :2]]
-
+    scale = (x0, y1, width / (x1 - x0), width / (x1 - x0))
     matched_t, matched_p = set(ti.tolist()), set(pi.tolist())
     for k, g in enumerate(gt.geometry):
         if k not in matched_t:
-            for r in ring(g):
+            for r in pixel_rings(g, *scale):
                 d.line(r, fill=YELLOW, width=2)
     for k, g in enumerate(pred.geometry):
-        for r in ring(g):
+        for r in pixel_rings(g, *scale):
             d.line(r, fill=GREEN if k in matched_p else RED, width=2)
     out.parent.mkdir(parents=True, exist_ok=True)
     im.save(out, quality=82)
@@ -71,25 +72,24 @@ def off_footprint_sheets(ortho: Path, pred, gt, out_dir: Path, name: str, px: in
     from rasterio.vrt import WarpedVRT
     from rasterio.windows import from_bounds
 
+    from pipeline.evaluate import on_footprint_share
     from pipeline.report.common import to_uint8
 
     pg, tg = pred.geometry.to_numpy(), gt.geometry.to_numpy()
-    on = shapely.area(shapely.intersection(pg, shapely.union_all(tg))) / np.maximum(shapely.area(pg), 1e-9)
     crops = []
     with rasterio.open(ortho) as src, WarpedVRT(src, crs=gt.crs) as vrt:
-        for k in np.flatnonzero(on < 0.5):
-            x0, y0, x1, y1 = pg[k].buffer(8).bounds
+        for k in np.flatnonzero(on_footprint_share(pg, tg) < 0.5):
+            around = pg[k].buffer(8)
+            x0, y0, x1, y1 = around.bounds
             rgb = vrt.read([1, 2, 3], window=from_bounds(x0, y0, x1, y1, vrt.transform), out_shape=(3, px, px))
             im = Image.fromarray(np.moveaxis(to_uint8(rgb), 0, -1).copy())
             d = ImageDraw.Draw(im)
-
-            def ring(poly):
-                return [((x - x0) * px / (x1 - x0), (y1 - y) * px / (y1 - y0)) for x, y in
-                        np.asarray(poly.exterior.coords)[:, :2]]
-            for t in tg[shapely.intersects(tg, pg[k].buffer(8))]:
-                for poly in getattr(t, "geoms", [t]):
-                    d.line(ring(poly), fill=YELLOW, width=1)
-            d.line(ring(pg[k]), fill=RED, width=2)
+            scale = (x0, y1, px / (x1 - x0), px / (y1 - y0))
+            for t in tg[shapely.intersects(tg, around)]:
+                for r in pixel_rings(t, *scale):
+                    d.line(r, fill=YELLOW, width=1)
+            for r in pixel_rings(pg[k], *scale):
+                d.line(r, fill=RED, width=2)
             d.text((3, 3), f"{len(crops)} {pred['class_name'].iloc[k]}", fill=(255, 255, 255))
             crops.append(im)
     out_dir.mkdir(parents=True, exist_ok=True)
