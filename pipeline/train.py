@@ -554,7 +554,7 @@ def paste_roofs(rgb: np.ndarray, valid: np.ndarray, transform, polys, cls: np.nd
 def render_chips(seed: int, out_dir: Path, split: str, size_m: float, chip_px: int,
                  gsd_range: tuple[float, float], classes: Sequence[str] = CLASSES,
                  coarse: tuple[float, float, float] | None = None, gsd_m: float = 0.10,
-                 l_houses: bool = True, paste: tuple[str, int] | None = None) -> ChipStats:
+                 l_houses: bool = True, paste: tuple[str, int] | None = None, terraces: float = 0.0) -> ChipStats:
     """Render one randomised scene and cut it into chips at the scene's (jittered) GSD.
 
     ``coarse`` (share, finest, coarsest): that share of scenes is rendered at a native GSD drawn in
@@ -562,7 +562,8 @@ def render_chips(seed: int, out_dir: Path, split: str, size_m: float, chip_px: i
     resamples such imagery; the model then sees the blur of coarse flights. ``l_houses`` False: no
     L / T-plan houses (the scenes as drawn before they existed). ``paste`` (dataset folder, most):
     half to ``most`` real roofs cut from that dataset's real training chips are pasted on the
-    scene's open ground (``paste_roofs``; its own random stream, so the scene is otherwise the same)."""
+    scene's open ground (``paste_roofs``; its own random stream, so the scene is otherwise the same).
+    ``terraces``: that share of village blocks built as rows of adjoining houses (one structure each)."""
     import cv2
     from affine import Affine
 
@@ -570,6 +571,8 @@ def render_chips(seed: int, out_dir: Path, split: str, size_m: float, chip_px: i
     from pipeline.synth.randomisation import Randomisation
     rng = np.random.default_rng(seed)
     rnd = Randomisation.sample(rng, gsd_range=gsd_range, **({} if l_houses else {"l_houses": None}))
+    if terraces:
+        rnd = rnd.with_(terraces=terraces)
     native = rnd.gsd_m
     if coarse is not None and rng.random() < coarse[0]:
         native = float(rng.uniform(coarse[1], coarse[2]))
@@ -599,11 +602,12 @@ def build_dataset(out_dir: str | Path, scenes: int = 100, val_scenes: int = 20, 
                   real: Sequence[tuple] = (), real_val: Sequence[tuple] = (),
                   gsd_m: float = 0.10, real_stride_px: int | None = None, progress: bool = True,
                   coarse: tuple[float, float, float] | None = None, l_houses: bool = True,
-                  paste_roofs: int = 0) -> dict:
+                  paste_roofs: int = 0, terraces: float = 0.0) -> dict:
     """A YOLO dataset of labelled real flights (``(ortho, labels)`` or ``(ortho, labels, holdout)``:
     see ``import_labelled``) plus synthetic scenes (split by scene seed); ``coarse`` and
     ``l_houses``: see ``render_chips``; ``paste_roofs``: up to that many real roofs cut from the
-    dataset's real training chips pasted into each synthetic training scene.
+    dataset's real training chips pasted into each synthetic training scene; ``terraces``: see
+    ``render_chips``.
 
     Returns a summary that is also written to DIR/manifest.json (seeds per split, chips, boxes).
     """
@@ -637,10 +641,13 @@ def build_dataset(out_dir: str | Path, scenes: int = 100, val_scenes: int = 20, 
             raise ConfigError(f"--paste-roofs needs real training chips in {out_dir.name}; add --real or --suite")
         paste = (str(out_dir), paste_roofs)
         manifest["paste_roofs"] = paste_roofs
+    if terraces:
+        manifest["terraces"] = terraces
     jobs = [(s, "train") for s in train_seeds] + [(s, "val") for s in val_seeds]
     for s, split in tqdm(jobs, desc="render scenes", unit="scene", disable=not progress):
         totals[split].add(render_chips(s, out_dir, split, size_m, chip_px, gsd_range, coarse=coarse, gsd_m=gsd_m,
-                                       l_houses=l_houses, paste=paste if split == "train" else None))
+                                       l_houses=l_houses, paste=paste if split == "train" else None,
+                                       terraces=terraces))
         manifest["synthetic"][split].append(s)
         manifest_path.write_text(json.dumps(manifest, indent=1))
     manifest_path.write_text(json.dumps(manifest, indent=1))

@@ -230,6 +230,32 @@ def test_l_and_t_plan_houses_are_one_structure_with_one_footprint():
     assert with_l.with_(l_houses=0.0) == without
 
 
+
+def test_terraced_blocks_put_houses_wall_to_wall_each_its_own_footprint():
+    """`Randomisation.terraces` (`patrol dataset build --terraces`): village blocks built as rows of
+    adjoining houses, each its own structure and footprint; the default (0) keeps every structure
+    at least 0.6 m from the next, so the demo district and the scenes drawn before are unchanged."""
+    import shapely
+
+    from pipeline.synth.layout import build_layout
+
+    def touching_pairs(lay):
+        fps = np.array([st.footprint(1) for st in lay.structures if st.cls == "building"], dtype=object)
+        tree = shapely.STRtree(fps)
+        a, b = tree.query(fps, predicate="dwithin", distance=0.05)
+        pairs = a < b
+        overlap = shapely.area(shapely.intersection(fps[a[pairs]], fps[b[pairs]]))
+        return int(pairs.sum()), float(overlap.max()) if pairs.any() else 0.0
+
+    for palette in ("china", "global"):
+        lay = build_layout(7_000_101, 128.0, 1, Randomisation(palette=palette, terraces=1.0), full_region=True)
+        n, overlap = touching_pairs(lay)
+        assert n >= 10 and overlap < 0.01, (palette, n, overlap)      # wall to wall, never one inside another
+        plain = build_layout(7_000_101, 128.0, 1, Randomisation(palette=palette), full_region=True)
+        assert touching_pairs(plain)[0] == 0
+        scene = render_scene(7_000_101, 96.0, 0.2, Randomisation(palette=palette, terraces=1.0, nodata_edges=False))
+        assert len(scene.truth) == len(scene.layout.structures)            # one footprint per house
+
 @pytest.mark.parametrize("kw", [{"size_m": 5}, {"epochs": 0}, {"gsd_m": 0}])
 def test_bad_parameters_raise_one_line_error(tmp_path, kw):
     with pytest.raises(InputError) as err:

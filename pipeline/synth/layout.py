@@ -342,14 +342,15 @@ def build_layout(seed: int, size_m: float, n_epochs: int = 3, rnd: Randomisation
     zid = [0]
     occupied: list[Polygon] = []
 
-    def new_structure(cls, parts, role, ext=None, parcel_id=""):
+    def new_structure(cls, parts, role, ext=None, parcel_id="", gap=0.6):
         s = Structure(f"S{sid[0] + 1:04d}", cls, parts, ext or [], parcel_id, role)
         ext_geom = s.full_extent()
         if not region.buffer(-0.3).contains(ext_geom):
             return None
-        if any(o.intersects(ext_geom) for o in occupied):
+        probe = ext_geom if gap >= 0.6 else ext_geom.buffer(-0.05)     # gap 0: wall to wall
+        if any(o.intersects(probe) for o in occupied):
             return None
-        occupied.append(ext_geom.buffer(0.6))
+        occupied.append(ext_geom.buffer(gap))
         sid[0] += 1
         structures.append(s)
         return s
@@ -402,6 +403,10 @@ def build_layout(seed: int, size_m: float, n_epochs: int = 3, rnd: Randomisation
     for (u0, v0, u1, v1, t, ri) in blocks:
         poly = fr.rect(u0, v0, u1, v1)
         if not poly.intersects(bounds):
+            continue
+        if t == "village" and rnd.terraces > 0 and rng.random() < rnd.terraces:
+            ground.patches.append((poly, "village"))
+            _terrace_block(fr, rng, rnd, u0, v0, u1, v1, new_structure)
             continue
         if t == "village" and rnd.palette != "china" and rng.random() < 0.5:
             t = "informal"
@@ -586,6 +591,24 @@ def _informal_block(fr, rng, rnd, u0, v0, u1, v1, dens, ground, new_structure):
     n = int(rng.poisson(area / 250))
     x, y = fr.xy(rng.uniform(u0 + 1, u1 - 1, n), rng.uniform(v0 + 1, v1 - 1, n))
     _add_trees(ground, rng, x, y, (1.2, 3.2), (4, 9))
+
+
+def _terrace_block(fr, rng, rnd, u0, v0, u1, v1, new_structure):
+    """Rows of adjoining houses (a dense settlement, an old village core): each house its own
+    structure, wall to wall with its neighbours or a narrow gap apart, in its own roof, colour and
+    height; rows back to back or across an alley."""
+    v = v0 + 1.0
+    while v1 - 1.0 - v >= 4.5:
+        vb = min(v + float(rng.uniform(5.5, 11.0)), v1 - 1.0)
+        u = u0 + float(rng.uniform(1.0, 4.0))
+        while u1 - 1.0 - u >= 3.0:
+            ub = min(u + float(rng.uniform(3.5, 9.0)), u1 - 1.0)
+            front, back = (float(x) for x in rng.uniform(0.0, 0.6, 2))      # fronts not quite in line
+            roof, look, h = house_look(rng, rnd, int(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15])))
+            new_structure("building", [fr.part(u, v + front, ub, vb - back, h, roof, look,
+                                               along_u=bool(rng.random() < 0.5))], "illegal_informal", gap=0.0)
+            u = ub + float(rng.choice([0.0, 0.0, 0.15, 0.4, 1.2]))
+        v = vb + float(rng.choice([0.0, 0.8, 1.5, 2.5]))
 
 
 def _field_strips(fr: _Frame, rng, ground: Ground, u0, v0, u1, v1, poly):

@@ -37,6 +37,7 @@ class Randomisation:
     lean: float = 0.02  # relief displacement (m per m of height) at the scene edge: facades show
     cars: float = 1.0  # how many parked/moving cars (hard negatives)
     l_houses: float = 0.0  # share of houses with a second wing at right angles (L / T plan): one structure
+    terraces: float = 0.0  # share of village blocks built as rows of adjoining houses, each roof its own structure
 
     @classmethod
     def sample(cls, rng: np.random.Generator, gsd_range: tuple[float, float] = (0.08, 0.15),
