@@ -595,16 +595,23 @@ def _informal_block(fr, rng, rnd, u0, v0, u1, v1, dens, ground, new_structure):
 
 def _terrace_block(fr, rng, rnd, u0, v0, u1, v1, new_structure):
     """Rows of adjoining houses (a dense settlement, an old village core): each house its own
-    structure, wall to wall with its neighbours or a narrow gap apart, in its own roof, colour and
-    height; rows back to back or across an alley."""
+    structure, wall to wall with its neighbours or a narrow gap apart; half of them in their
+    neighbour's roofing (the same material, a shade apart: only the seam tells them apart), the
+    rest in their own roof, colour and height; rows back to back or across an alley."""
     v = v0 + 1.0
     while v1 - 1.0 - v >= 4.5:
         vb = min(v + float(rng.uniform(5.5, 11.0)), v1 - 1.0)
         u = u0 + float(rng.uniform(1.0, 4.0))
+        prev = None
         while u1 - 1.0 - u >= 3.0:
             ub = min(u + float(rng.uniform(3.5, 9.0)), u1 - 1.0)
             front, back = (float(x) for x in rng.uniform(0.0, 0.6, 2))      # fronts not quite in line
-            roof, look, h = house_look(rng, rnd, int(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15])))
+            if prev is not None and rng.random() < 0.5:
+                roof, look, h = prev
+                look = dict(look, colour=jitter(rng, look["colour"], 5), seed=int(rng.integers(1 << 30)))
+            else:
+                roof, look, h = house_look(rng, rnd, int(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15])))
+            prev = (roof, look, h)
             new_structure("building", [fr.part(u, v + front, ub, vb - back, h, roof, look,
                                                along_u=bool(rng.random() < 0.5))], "illegal_informal", gap=0.0)
             u = ub + float(rng.choice([0.0, 0.0, 0.15, 0.4, 1.2]))
