@@ -14,7 +14,6 @@ a train chip.
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
@@ -466,104 +465,17 @@ def truth_arrays(truth, classes: Sequence[str] = CLASSES) -> tuple[np.ndarray, n
     return geoms[ok], idx[ok]
 
 
-@functools.lru_cache(maxsize=2)
-def real_roofs(dataset: str, edge_px: int = 3, min_side_px: int = 20) -> tuple:
-    """Roofs cut out of the real training chips of a YOLO dataset (``images/train``, stems not
-    starting ``syn``): one (RGB patch, mask) per labelled building whose box lies whole inside its
-    chip, away from no-data, at the chips' GSD (the processing GSD). For ``paste_roofs``."""
-    import cv2
-    roofs = []
-    for img_path in sorted((Path(dataset) / "images" / "train").glob("*.jpg")):
-        label = Path(dataset) / "labels" / "train" / f"{img_path.stem}.txt"
-        if img_path.stem.startswith("syn") or not label.is_file():
-            continue
-        rows = np.array(label.read_text().split(), float).reshape(-1, 9)
-        rows = rows[rows[:, 0] == CLASSES.index("building")]
-        if not len(rows):
-            continue
-        img = cv2.cvtColor(cv2.imread(str(img_path)), cv2.COLOR_BGR2RGB)
-        h, w = img.shape[:2]
-        for r in rows:
-            corners = r[1:9].reshape(4, 2) * (w, h)
-            x0, y0 = np.floor(corners.min(axis=0)).astype(int)
-            x1, y1 = np.ceil(corners.max(axis=0)).astype(int)
-            if x0 < edge_px or y0 < edge_px or x1 > w - edge_px or y1 > h - edge_px:
-                continue                            # cut by the chip's edge
-            if min(np.hypot(*(corners - np.roll(corners, 1, axis=0)).T)) < min_side_px:
-                continue
-            mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
-            cv2.fillPoly(mask, [np.round(corners - (x0, y0)).astype(np.int32)], 1)
-            patch = img[y0:y1, x0:x1]
-            if (patch[mask > 0].max(axis=1) < 8).mean() > 0.02:
-                continue                            # no-data inside the roof
-            roofs.append((patch.copy(), mask))
-    return tuple(roofs)
-
-
-def paste_roofs(rgb: np.ndarray, valid: np.ndarray, transform, polys, cls: np.ndarray, roofs, n: int,
-                rng: np.random.Generator, roofs_gsd_m: float = 0.10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Paste ``n`` real roofs (``real_roofs``) on open, valid ground of a rendered scene (1 m clear of
-    every structure), each turned by quarter turns, maybe mirrored, scaled to the scene's GSD and
-    edge-feathered; returns the image, footprints and classes with the pasted buildings added."""
-    import cv2
-    import shapely
-    rgb = rgb.copy()
-    gsd = float(transform.a)
-    h, w = rgb.shape[:2]
-    taken = np.zeros((h, w), np.uint8)
-    for part in shapely.get_parts(np.asarray(polys, dtype=object)):
-        ring = shapely.get_coordinates(shapely.get_exterior_ring(part))
-        if len(ring):
-            px = np.c_[(ring[:, 0] - transform.c) / gsd, (transform.f - ring[:, 1]) / gsd]
-            cv2.fillPoly(taken, [np.round(px).astype(np.int32)], 1)
-    clear = max(1, int(round(1.0 / gsd)))
-    taken = cv2.dilate(taken, np.ones((2 * clear + 1, 2 * clear + 1), np.uint8))
-    new = []
-    for _ in range(n):
-        patch, mask = roofs[int(rng.integers(len(roofs)))]
-        k = int(rng.integers(4))
-        patch, mask = np.rot90(patch, k), np.rot90(mask, k)
-        if rng.random() < 0.5:
-            patch, mask = patch[:, ::-1], mask[:, ::-1]
-        f = roofs_gsd_m / gsd
-        size = (max(2, round(patch.shape[1] * f)), max(2, round(patch.shape[0] * f)))
-        patch = cv2.resize(np.ascontiguousarray(patch), size, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
-        mask = cv2.resize(np.ascontiguousarray(mask), size, interpolation=cv2.INTER_NEAREST)
-        ph, pw = mask.shape
-        if ph >= h or pw >= w:
-            continue
-        for _try in range(40):
-            y, x = int(rng.integers(h - ph)), int(rng.integers(w - pw))
-            inside = mask > 0
-            if taken[y:y + ph, x:x + pw][inside].any() or not valid[y:y + ph, x:x + pw][inside].all():
-                continue
-            alpha = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 0.8)[..., None]
-            region = rgb[y:y + ph, x:x + pw].astype(np.float32)
-            rgb[y:y + ph, x:x + pw] = (region * (1 - alpha) + patch * alpha).round().astype(np.uint8)
-            taken[max(0, y - clear):y + ph + clear, max(0, x - clear):x + pw + clear] = 1
-            contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-            box = cv2.boxPoints(cv2.minAreaRect(max(contours, key=cv2.contourArea))) + (x, y)
-            new.append(shapely.Polygon(np.c_[transform.c + box[:, 0] * gsd, transform.f - box[:, 1] * gsd]))
-            break
-    if not new:
-        return rgb, np.asarray(polys, dtype=object), cls
-    return (rgb, np.concatenate([np.asarray(polys, dtype=object), np.array(new, dtype=object)]),
-            np.concatenate([cls, np.full(len(new), CLASSES.index("building"))]).astype(int))
-
-
 def render_chips(seed: int, out_dir: Path, split: str, size_m: float, chip_px: int,
                  gsd_range: tuple[float, float], classes: Sequence[str] = CLASSES,
                  coarse: tuple[float, float, float] | None = None, gsd_m: float = 0.10,
-                 l_houses: bool = True, paste: tuple[str, int] | None = None, terraces: float = 0.0) -> ChipStats:
+                 l_houses: bool = True, terraces: float = 0.0) -> ChipStats:
     """Render one randomised scene and cut it into chips at the scene's (jittered) GSD.
 
     ``coarse`` (share, finest, coarsest): that share of scenes is rendered at a native GSD drawn in
     finest–coarsest (e.g. a 0.3 m aerial survey) and resampled to ``gsd_m`` bilinearly, as the tiler
     resamples such imagery; the model then sees the blur of coarse flights. ``l_houses`` False: no
-    L / T-plan houses (the scenes as drawn before they existed). ``paste`` (dataset folder, most):
-    half to ``most`` real roofs cut from that dataset's real training chips are pasted on the
-    scene's open ground (``paste_roofs``; its own random stream, so the scene is otherwise the same).
-    ``terraces``: that share of village blocks built as rows of adjoining houses (one structure each)."""
+    L / T-plan houses (the scenes as drawn before they existed). ``terraces``: that share of village
+    blocks built as rows of adjoining houses (one structure each)."""
     import cv2
     from affine import Affine
 
@@ -584,12 +496,6 @@ def render_chips(seed: int, out_dir: Path, split: str, size_m: float, chip_px: i
         valid = cv2.resize(valid.astype(np.uint8), (n, n), interpolation=cv2.INTER_NEAREST).astype(bool)
         transform = Affine(gsd_m, 0, transform.c, 0, -gsd_m, transform.f)
     polys, cls = truth_arrays(scene.truth, classes)
-    if paste is not None and paste[1] > 0:
-        roofs = real_roofs(str(paste[0]))
-        if roofs:
-            prng = np.random.default_rng([seed, 1])
-            n = int(prng.integers(paste[1] // 2, paste[1] + 1))
-            rgb, polys, cls = paste_roofs(rgb, valid, transform, polys, cls, roofs, n, prng, roofs_gsd_m=gsd_m)
     stats = chips_from_array(rgb, valid, transform, polys, cls,
                              out_dir, split, f"syn{seed:07d}", chip_px=chip_px, min_valid=0.5,
                              classes=classes, keep_empty=0.3, rng=rng)
@@ -602,12 +508,10 @@ def build_dataset(out_dir: str | Path, scenes: int = 100, val_scenes: int = 20, 
                   real: Sequence[tuple] = (), real_val: Sequence[tuple] = (),
                   gsd_m: float = 0.10, real_stride_px: int | None = None, progress: bool = True,
                   coarse: tuple[float, float, float] | None = None, l_houses: bool = True,
-                  paste_roofs: int = 0, terraces: float = 0.0) -> dict:
-    """A YOLO dataset of labelled real flights (``(ortho, labels)`` or ``(ortho, labels, holdout)``:
-    see ``import_labelled``) plus synthetic scenes (split by scene seed); ``coarse`` and
-    ``l_houses``: see ``render_chips``; ``paste_roofs``: up to that many real roofs cut from the
-    dataset's real training chips pasted into each synthetic training scene; ``terraces``: see
-    ``render_chips``.
+                  terraces: float = 0.0) -> dict:
+    """A YOLO dataset of synthetic scenes (split by scene seed) plus labelled real flights
+    (``(ortho, labels)`` or ``(ortho, labels, holdout)``: see ``import_labelled``); ``coarse``,
+    ``l_houses`` and ``terraces``: see ``render_chips``.
 
     Returns a summary that is also written to DIR/manifest.json (seeds per split, chips, boxes).
     """
@@ -626,6 +530,14 @@ def build_dataset(out_dir: str | Path, scenes: int = 100, val_scenes: int = 20, 
         raise ConfigError(f"dataset {out_dir} already holds scene seeds {sorted(clash)[:3]}…; "
                           f"pick another --seed or a new --out")
     totals = {"train": ChipStats(), "val": ChipStats()}
+    if terraces:
+        manifest["terraces"] = terraces
+    jobs = [(s, "train") for s in train_seeds] + [(s, "val") for s in val_seeds]
+    for s, split in tqdm(jobs, desc="render scenes", unit="scene", disable=not progress):
+        totals[split].add(render_chips(s, out_dir, split, size_m, chip_px, gsd_range, coarse=coarse, gsd_m=gsd_m,
+                                       l_houses=l_houses, terraces=terraces))
+        manifest["synthetic"][split].append(s)
+        manifest_path.write_text(json.dumps(manifest, indent=1))
     for items, split in ((real, "train"), (real_val, "val")):
         for ortho, labels, *holdout in items:    # (ortho, labels[, evaluation part never chipped])
             held = holdout[0] if holdout else None
@@ -635,21 +547,6 @@ def build_dataset(out_dir: str | Path, scenes: int = 100, val_scenes: int = 20, 
             manifest["real"].append({"ortho": str(ortho), "labels": str(labels), "split": split,
                                      "holdout": held, "chips": st.chips, "boxes": st.boxes,
                                      "footprints": st.footprints})
-    paste = None
-    if paste_roofs > 0:
-        if not real_roofs(str(out_dir)):
-            raise ConfigError(f"--paste-roofs needs real training chips in {out_dir.name}; add --real or --suite")
-        paste = (str(out_dir), paste_roofs)
-        manifest["paste_roofs"] = paste_roofs
-    if terraces:
-        manifest["terraces"] = terraces
-    jobs = [(s, "train") for s in train_seeds] + [(s, "val") for s in val_seeds]
-    for s, split in tqdm(jobs, desc="render scenes", unit="scene", disable=not progress):
-        totals[split].add(render_chips(s, out_dir, split, size_m, chip_px, gsd_range, coarse=coarse, gsd_m=gsd_m,
-                                       l_houses=l_houses, paste=paste if split == "train" else None,
-                                       terraces=terraces))
-        manifest["synthetic"][split].append(s)
-        manifest_path.write_text(json.dumps(manifest, indent=1))
     manifest_path.write_text(json.dumps(manifest, indent=1))
     return {"out_dir": str(out_dir), "train_seeds": train_seeds, "val_seeds": val_seeds,
             "train": totals["train"], "val": totals["val"]}

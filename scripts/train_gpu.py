@@ -34,9 +34,9 @@ def _quiet_worker() -> None:
 
 def _render(job):
     from pipeline.train import render_chips
-    seed, split, data, size_m, chip_px, coarse, paste, terraces = job
+    seed, split, data, size_m, chip_px, coarse, terraces = job
     st = render_chips(seed, Path(data), split, size_m, chip_px, (0.08, 0.14),
-                      coarse=(coarse, 0.15, 0.30) if coarse else None, paste=paste, terraces=terraces)
+                      coarse=(coarse, 0.15, 0.30) if coarse else None, terraces=terraces)
     return split, st.chips, st.boxes
 
 
@@ -81,8 +81,6 @@ def main() -> None:
     ap.add_argument("--chip-px", type=int, default=640)
     ap.add_argument("--coarse", type=float, default=0.0,
                     help="share of scenes rendered at 0.15-0.30 m and resampled to 0.10 m (coarse surveys)")
-    ap.add_argument("--paste-roofs", type=int, default=0,
-                    help="paste up to this many real roofs cut from --real-chips into each training scene")
     ap.add_argument("--terraces", type=float, default=0.0,
                     help="share of village blocks built as rows of adjoining houses (one structure each)")
     ap.add_argument("--real-repeat", type=int, default=4)
@@ -102,9 +100,8 @@ def main() -> None:
     write_data_yaml(data)
     real = add_real(a.real_chips, data, a.real_repeat)
     train_seeds, val_seeds = scene_seeds(a.seed, a.scenes, a.val_scenes)
-    paste = (str(a.real_chips), a.paste_roofs) if a.paste_roofs else None
-    jobs = [(s, "train", str(data), a.size_m, a.chip_px, a.coarse, paste, a.terraces) for s in train_seeds]
-    jobs += [(s, "val", str(data), a.size_m, a.chip_px, a.coarse, None, a.terraces) for s in val_seeds]
+    jobs = [(s, "train", str(data), a.size_m, a.chip_px, a.coarse, a.terraces) for s in train_seeds]
+    jobs += [(s, "val", str(data), a.size_m, a.chip_px, a.coarse, a.terraces) for s in val_seeds]
     chips = {"train": 0, "val": 0}
     with Pool(os.cpu_count(), initializer=_quiet_worker) as pool:
         for split, n, _ in pool.imap_unordered(_render, jobs, chunksize=4):
@@ -124,7 +121,7 @@ def main() -> None:
     manifest = {"train_seeds": [train_seeds[0], train_seeds[-1]] if train_seeds else [],
                 "val_seeds": [val_seeds[0], val_seeds[-1]] if val_seeds else [],
                 "size_m": a.size_m, "chip_px": a.chip_px, "synthetic_chips": chips, "real_chips": real,
-                "real_repeat": a.real_repeat, "paste_roofs": a.paste_roofs, "terraces": a.terraces, "model": a.model, "render_s": round(t_render), "minutes": a.minutes,
+                "real_repeat": a.real_repeat, "terraces": a.terraces, "model": a.model, "render_s": round(t_render), "minutes": a.minutes,
                 "total_s": round(time.time() - t0), "weights": str(a.weights) if a.weights else None}
     (a.out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     print(json.dumps(manifest), flush=True)

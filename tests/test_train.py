@@ -82,58 +82,6 @@ def test_coarse_scenes_are_rendered_coarse_and_resampled_to_the_processing_gsd(t
     assert detail_c < 0.5 * detail_s, (detail_c, detail_s)
 
 
-def test_real_roofs_are_pasted_into_synthetic_training_scenes_with_their_labels(tmp_path, make_raster):
-    """`patrol dataset build --paste-roofs N`: roofs cut from the dataset's real training chips (here
-    magenta roofs, a colour the generator never draws) appear on the ground of the synthetic
-    training scenes, each inside a building label; validation scenes stay purely synthetic; without
-    real chips the option is refused with one line."""
-    import cv2
-    import geopandas as gpd
-
-    from pipeline.errors import ConfigError
-    data = np.full((3, 400, 400), 90, np.uint8)
-    roofs = [(40, 40, 100, 80), (150, 60, 200, 130), (60, 170, 140, 220), (200, 200, 260, 250)]
-    for c0, r0, c1, r1 in roofs:
-        data[:, r0:r1, c0:c1] = np.array([250, 0, 250], np.uint8)[:, None, None]
-    origin = (500000.0, 3400000.0)
-    ortho = make_raster("real.tif", width=400, height=400, res=0.10, data=data, origin=origin)
-    labels = tmp_path / "roofs.geojson"
-    gpd.GeoDataFrame(geometry=[_rect_polygon(origin, 0.10, 0.10, r) for r in roofs],
-                     crs="EPSG:32650").to_file(labels)
-
-    def magenta(img):
-        return (img[..., 2] > 180) & (img[..., 1] < 90) & (img[..., 0] > 180)   # BGR
-
-    out = tmp_path / "ds"
-    res = build_dataset(out, scenes=2, val_scenes=1, seed=31, size_m=64.0, chip_px=320, progress=False,
-                        real=[(ortho, labels)], real_stride_px=320, paste_roofs=4)
-    build_dataset(tmp_path / "plain", scenes=2, val_scenes=1, seed=31, size_m=64.0, chip_px=320,
-                          progress=False)
-    assert json.loads((out / "manifest.json").read_text())["paste_roofs"] == 4
-    pasted = inside = 0
-    for split in ("train", "val"):
-        for chip in sorted((out / "images" / split).glob("syn*.jpg")):
-            img = cv2.imread(str(chip))
-            m = magenta(img)
-            if split == "val":
-                assert not m.any(), chip.name
-                continue
-            boxes = np.zeros(m.shape, np.uint8)
-            for r in read_labels(out / "labels" / split / f"{chip.stem}.txt"):
-                if int(r[0]) == CLASSES.index("building"):
-                    cv2.fillPoly(boxes, [np.round(r[1:].reshape(4, 2) * m.shape[::-1]).astype(np.int32)], 1)
-            pasted += int(m.sum())
-            inside += int((m & (boxes > 0)).sum())
-    assert pasted > 4 * 30 * 20, pasted            # at least a few roofs of 6 x 4 m at 0.08-0.14 m
-    assert inside >= 0.97 * pasted, (inside, pasted)
-    def synthetic_boxes(root):
-        return sum(len(read_labels(p)) for p in (root / "labels" / "train").glob("syn*.txt"))
-    assert res["train"].boxes > synthetic_boxes(out) > synthetic_boxes(tmp_path / "plain")   # the pasted roofs
-    with pytest.raises(ConfigError, match="--paste-roofs needs real training chips"):
-        build_dataset(tmp_path / "none", scenes=1, val_scenes=0, seed=41, size_m=40.0, chip_px=160,
-                      progress=False, paste_roofs=3)
-
-
 # ---------------------------------------------------------------- real import
 def _bright_rect_ortho(make_raster, name, crs, origin, res, rect_px, alpha_mask=None, res_y=None,
                        size=(200, 200)):
