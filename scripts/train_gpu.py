@@ -112,8 +112,8 @@ def main() -> None:
     patch_ultralytics_for_offline_gpu()
     a.out.mkdir(parents=True, exist_ok=True)
     run = train(data=data, weights=a.weights, name="gpu", hours=a.minutes / 60, epochs=1000,
-                settings={"model": a.model, "device": a.device, "imgsz": a.chip_px, "batch": a.batch, "workers": a.workers,
-                          "threads": 8, "cache": "ram", "project": str(a.work / "runs"),
+                settings={"model": a.model, "device": a.device, "imgsz": a.chip_px, "batch": a.batch,
+                          "workers": a.workers, "threads": 8, "cache": "ram", "project": str(a.work / "runs"),
                           "save_period": -1, "patience": 1000})
     for name in ("weights/best.pt", "weights/last.pt", "results.csv", "args.yaml"):
         if (run / name).is_file():
@@ -121,7 +121,8 @@ def main() -> None:
     manifest = {"train_seeds": [train_seeds[0], train_seeds[-1]] if train_seeds else [],
                 "val_seeds": [val_seeds[0], val_seeds[-1]] if val_seeds else [],
                 "size_m": a.size_m, "chip_px": a.chip_px, "synthetic_chips": chips, "real_chips": real,
-                "real_repeat": a.real_repeat, "terraces": a.terraces, "model": a.model, "render_s": round(t_render), "minutes": a.minutes,
+                "real_repeat": a.real_repeat, "terraces": a.terraces, "model": a.model,
+                "render_s": round(t_render), "minutes": a.minutes,
                 "total_s": round(time.time() - t0), "weights": str(a.weights) if a.weights else None}
     (a.out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     print(json.dumps(manifest), flush=True)
