@@ -73,23 +73,32 @@ def coverage(pred, truth, share: float = 0.5) -> dict:
     ``found``: truth footprints at least ``share`` covered by one detection; ``on_target``:
     detections lying at least ``share`` on truth footprints (summed over footprints); ``split``:
     footprints that two or more detections lie on (each at least ``share`` of it on that footprint:
-    one house returned as several structures, so several cases), ``split_share`` of all footprints.
+    one house returned as several structures, so several cases), ``split_share`` of all footprints;
+    ``merged``: footprints at least ``share`` covered by a detection that covers as much of another
+    footprint too (adjoining houses returned as one structure, one case for several), ``merged_share``.
     """
     import shapely
     pred = np.asarray(pred, dtype=object)
     truth = np.asarray(truth, dtype=object)
     covered = np.zeros(len(truth))
     pieces = np.zeros(len(truth), int)
+    spans = np.zeros(len(pred), int)
+    merged = np.zeros(len(truth), bool)
     pi, ti, inter = _overlaps(pred, truth)
     if len(pi):
-        np.maximum.at(covered, ti, inter / np.maximum(shapely.area(truth[ti]), 1e-9))
+        of_truth = inter / np.maximum(shapely.area(truth[ti]), 1e-9)
+        np.maximum.at(covered, ti, of_truth)
         np.add.at(pieces, ti, (inter / np.maximum(shapely.area(pred[pi]), 1e-9) >= share).astype(int))
+        np.add.at(spans, pi, (of_truth >= share).astype(int))
+        merged[ti[(of_truth >= share) & (spans[pi] >= 2)]] = True
     on = on_footprint_share(pred, truth)
     found, on_target, split = int((covered >= share).sum()), int((on >= share).sum()), int((pieces >= 2).sum())
+    n_merged = int(merged.sum())
     return {"found_recall": round(found / len(truth), 4) if len(truth) else 0.0,
             "on_target_precision": round(on_target / len(pred), 4) if len(pred) else 0.0,
             "found": found, "on_target": on_target, "cover_share": share,
-            "split": split, "split_share": round(split / len(truth), 4) if len(truth) else 0.0}
+            "split": split, "split_share": round(split / len(truth), 4) if len(truth) else 0.0,
+            "merged": n_merged, "merged_share": round(n_merged / len(truth), 4) if len(truth) else 0.0}
 
 
 def _prf(tp: int, fp: int, fn: int) -> dict:
@@ -316,20 +325,21 @@ def evaluate_suite(suite_dir: str | Path, settings, manifest: str | Path = DEFAU
                                           "valid_ha", "false_per_ha", "off", "off_per_ha", "by_size")},
                      "found_recall": m["coverage"]["found_recall"],
                      "on_target_precision": m["coverage"]["on_target_precision"],
-                     "split": m["coverage"]["split"], "split_share": m["coverage"]["split_share"]})
+                     **{k: m["coverage"][k] for k in ("split", "split_share", "merged", "merged_share")}})
     areas = []
     for area in dict.fromkeys(r["area"] for r in rows):
         rs = [r for r in rows if r["area"] == area]
         tp, fp, fn, off = (sum(r[k] for r in rs) for k in ("tp", "fp", "fn", "off"))
         ha = sum(r["valid_ha"] for r in rs)
         found = sum(r["found_recall"] * r["n_truth"] for r in rs)
-        n_truth, split = sum(r["n_truth"] for r in rs), sum(r["split"] for r in rs)
+        n_truth, split, merged = (sum(r[k] for r in rs) for k in ("n_truth", "split", "merged"))
         areas.append({"area": area, "role": "/".join(sorted({r["role"] for r in rs})), **_prf(tp, fp, fn),
                       "n_truth": n_truth, "valid_ha": round(ha, 2),
                       "false_per_ha": round(fp / ha, 2) if ha else None,
                       "off": off, "off_per_ha": round(off / ha, 2) if ha else None,
                       "found_recall": round(found / max(n_truth, 1), 4),
-                      "split": split, "split_share": round(split / max(n_truth, 1), 4)})
+                      "split": split, "split_share": round(split / max(n_truth, 1), 4),
+                      "merged": merged, "merged_share": round(merged / max(n_truth, 1), 4)})
     return {"model": str(model or settings.model_path), "runtime": settings.detector.runtime, "iou": iou,
             "gsd_m": settings.processing.gsd_m, "suite": suite.name, "crops": rows, "areas": areas}
 
@@ -342,16 +352,18 @@ def suite_markdown(result: dict, command: str = "") -> str:
              f"IoU {result['iou']}. Role `eval`: never trained on; `train`: trained on (not a measure of "
              f"generalisation).", "",
              "| area | role | precision | recall | F1 | TP | FP | FN | footprints found | false / ha | "
-             "off footprints / ha (n) | split (n) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "off footprints / ha (n) | split (n) | merged (n) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for a in result["areas"]:
         lines.append(f"| {a['area']} | {a['role']} | {a['precision']:.3f} | {a['recall']:.3f} | {a['f1']:.3f} | "
                      f"{a['tp']} | {a['fp']} | {a['fn']} | {a['found_recall']:.3f} | {a['false_per_ha']} | "
-                     f"{a['off_per_ha']} ({a['off']}) | {a['split_share']:.3f} ({a['split']}) |")
+                     f"{a['off_per_ha']} ({a['off']}) | {a['split_share']:.3f} ({a['split']}) | "
+                     f"{a['merged_share']:.3f} ({a['merged']}) |")
     lines += ["", "`false`: detections matching no footprint at IoU 0.5 (many lie on real roofs: one box over a house "
               "mapped in parts, or a loose outline); `off footprints`: detections less than half on any footprint "
               "(an unmapped structure or a false alarm: look at them). `split`: footprints that two or more "
-              "detections lie on (one house, several cases).", "",
+              "detections lie on (one house, several cases); `merged`: footprints under a detection that covers "
+              "another footprint as well (several houses, one case; or one house mapped in parts).", "",
               "| crop | role | P | R | found | on footprints | false / ha | "
               + " | ".join(f"R {n} (n)" for _, _, n in SIZE_BINS) + " | "
               + " | ".join(f"P {n} (n)" for _, _, n in SIZE_BINS) + " |",

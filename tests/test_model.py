@@ -176,6 +176,8 @@ def test_the_real_imagery_suite_scores_every_evaluation_crop(scenes, tmp_path):
     assert "| north | eval |" in text and "| south | train |" in text and "R < 30 m² (n)" in text
     north = both["areas"][0]
     assert f"| {north['off_per_ha']} ({north['off']}) |" in text
+    assert row["merged"] == alone["coverage"]["merged"] and 0 <= row["merged"] <= row["n_truth"]
+    assert f"| {north['merged_share']:.3f} ({north['merged']}) |" in text
     (suite / "south" / "ortho.tif").unlink()
     with pytest.raises(InputError, match="lacks south/ortho.tif"):
         evaluate_suite(suite, settings, manifest, roles=("eval", "train"))

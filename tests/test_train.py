@@ -256,6 +256,25 @@ def test_a_house_returned_as_two_structures_counts_as_split():
     assert score(whole, truth)["coverage"]["split"] == 0
 
 
+def test_adjoining_houses_returned_as_one_structure_count_as_merged():
+    """Three houses wall to wall found as one box (one case for three houses) are merged footprints,
+    even though the box covers each of them; a box per house, or one box over a house and the
+    corner of its neighbour, merge nothing."""
+    import geopandas as gpd
+    row = [box(0, 0, 6, 9), box(6, 0, 13, 9), box(13, 0, 18, 9)]
+    truth = gpd.GeoDataFrame(geometry=row + [box(40, 0, 50, 10)], crs="EPSG:32650")
+
+    def dets(geoms):
+        return gpd.GeoDataFrame({"class_name": ["building"] * len(geoms), "confidence": [0.9] * len(geoms)},
+                                geometry=geoms, crs="EPSG:32650")
+    one_box = score(dets([box(0, 0, 18, 9), box(40, 0, 50, 10)]), truth)
+    assert (one_box["coverage"]["merged"], one_box["coverage"]["merged_share"]) == (3, 0.75)
+    assert one_box["coverage"]["found"] == 4 and one_box["tp"] == 1           # found, but not matched at IoU 0.5
+    each = score(dets(row + [box(40, 0, 50, 10)]), truth)["coverage"]
+    corner = score(dets([box(0, 0, 8, 9), box(40, 0, 50, 10)]), truth)["coverage"]
+    assert each["merged"] == 0 and corner["merged"] == 0 and each["split"] == 0
+
+
 # ---------------------------------------------------------------- CLI
 @pytest.fixture(scope="module")
 def untrained_model(tmp_path_factory):
