@@ -491,12 +491,14 @@ def dataset_group():
 @click.option("--coarse", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Share of scenes rendered at a coarse native GSD (0.15-0.30 m) and resampled to the "
                    "processing GSD, as the tiler resamples a coarse survey.")
+@click.option("--l-houses/--no-l-houses", default=True, show_default=True,
+              help="Houses with a second wing (L / T plan) among the scenes' houses.")
 @click.option("--terraces", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Share of village blocks built as rows of adjoining houses, each roof its own structure "
                    "(dense settlements, old village cores).")
 @pass_ctx
 def dataset_build(ctx, out_dir, scenes, val_scenes, seed, size_m, chip_px, real, real_val, real_stride,
-                  suite_dir, manifest, coarse, terraces):
+                  suite_dir, manifest, coarse, l_houses, terraces):
     """Render randomised synthetic scenes (split by scene) and import real flights into OUT."""
     from pipeline.evaluate import DEFAULT_SUITE, read_suite
     from pipeline.train import build_dataset
@@ -511,7 +513,7 @@ def dataset_build(ctx, out_dir, scenes, val_scenes, seed, size_m, chip_px, real,
                         chip_px=chip_px, real=[_split_pair(r) for r in real] + suite_real,
                         real_val=[_split_pair(r) for r in real_val], gsd_m=ctx.settings.processing.gsd_m,
                         real_stride_px=real_stride, coarse=(coarse, 0.15, 0.30) if coarse else None,
-                        terraces=terraces)
+                        l_houses=l_houses, terraces=terraces)
     for split in ("train", "val"):
         st = res[split]
         click.echo(f"{split}: {st.chips} chips, {st.boxes} boxes "

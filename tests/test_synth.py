@@ -256,6 +256,24 @@ def test_terraced_blocks_put_houses_wall_to_wall_each_its_own_footprint():
         scene = render_scene(7_000_101, 96.0, 0.2, Randomisation(palette=palette, terraces=1.0, nodata_edges=False))
         assert len(scene.truth) == len(scene.layout.structures)            # one footprint per house
 
+
+def test_dataset_build_passes_the_generator_levers_on(tmp_path):
+    """`patrol dataset build --terraces 1 --no-l-houses` gives the chips and labels of
+    `build_dataset(terraces=1.0, l_houses=False)`, and records the share in the manifest."""
+    from pipeline.cli import main
+    from pipeline.train import build_dataset
+    args = dict(scenes=1, val_scenes=0, seed=7_000_101, size_m=64.0, chip_px=320)
+    assert main(["dataset", "build", "--out", str(tmp_path / "cli"), "--scenes", "1", "--val-scenes", "0",
+                 "--seed", "7000101", "--size-m", "64", "--chip-px", "320", "--terraces", "1",
+                 "--no-l-houses"]) == 0
+    build_dataset(tmp_path / "api", progress=False, terraces=1.0, l_houses=False, **args)
+    build_dataset(tmp_path / "default", progress=False, **args)
+
+    def labels(name):
+        return {p.name: p.read_text() for p in (tmp_path / name / "labels" / "train").glob("*.txt")}
+    assert labels("cli") == labels("api") != labels("default")
+    assert json.loads((tmp_path / "cli" / "manifest.json").read_text())["terraces"] == 1.0
+
 @pytest.mark.parametrize("kw", [{"size_m": 5}, {"epochs": 0}, {"gsd_m": 0}])
 def test_bad_parameters_raise_one_line_error(tmp_path, kw):
     with pytest.raises(InputError) as err:
