@@ -240,7 +240,7 @@ def test_a_split_crop_is_scored_on_its_evaluation_part_and_never_chipped_there(s
 
 @pytest.mark.xfail(strict=True, reason="issue 16 open: the shipped model finds all 48 L / T-plan houses of these "
                    "scenes but returns 23 of them as two boxes (2026-12-07 CPU fine-tunes with L / T houses "
-                   "split 0-1 of 48 but showed no gain on real imagery they had not seen: not shipped, model card)")
+                   "split 0-1 of 48 but put adjoining houses under one box, the test below; none shipped, model card)")
 def test_one_l_or_t_plan_house_gives_one_detection(tmp_path):
     """Held-out generated scenes where every house that has room gets a second wing at right angles
     (`Randomisation.l_houses`): each such house is found (at least half covered by one detection)
@@ -262,3 +262,29 @@ def test_one_l_or_t_plan_house_gives_one_detection(tmp_path):
         found, split, n = found + cov["found"], split + cov["split"], n + len(houses)
     assert n >= 30, n
     assert found / n >= 0.9 and split / n <= 0.05, f"{n} L/T houses: found {found}, split {split}"
+
+
+@pytest.mark.xfail(strict=True, reason="issue 16 open: the shipped model puts 44 of 173 houses of these terraced "
+                   "blocks under one box over several (25 %); a CPU fine-tune with terraced blocks brought it to "
+                   "4 but split L / T-plan houses again (26 of 48): not shipped, model card")
+def test_adjoining_houses_give_one_detection_each(tmp_path):
+    """Held-out generated scenes whose village blocks are rows of adjoining houses, half of them in
+    their neighbour's roofing (`Randomisation.terraces`): each house is found (at least half
+    covered by one detection) and at most 5 % of them lie under a detection that covers another
+    house as well (several houses, one case) — the converse of the L / T rule above."""
+    from pipeline.config import load_settings
+    from pipeline.detect import detect_ortho
+    from pipeline.evaluate import coverage
+    from pipeline.synth import Randomisation, render_scene
+    settings = load_settings(overrides={"detector.model": str(MODEL)})
+    found = merged = n = 0
+    for seed, palette in ((8_000_101, "china"), (8_000_102, "global"), (8_000_103, "mixed")):
+        scene = render_scene(seed, size_m=128.0, gsd_m=0.05,
+                             randomisation=Randomisation(palette=palette, terraces=1.0, nodata_edges=False))
+        houses = scene.truth[scene.truth.class_name == "building"]
+        pred = detect_ortho(write_scene(scene, tmp_path / f"t_{seed}.tif"), settings,
+                            store_crs=scene.truth.crs.to_string(), progress=False)
+        cov = coverage(pred.geometry.to_numpy(), houses.geometry.to_numpy())
+        found, merged, n = found + cov["found"], merged + cov["merged"], n + len(houses)
+    assert n >= 100, n
+    assert found / n >= 0.9 and merged / n <= 0.05, f"{n} adjoining houses: found {found}, merged {merged}"
