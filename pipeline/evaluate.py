@@ -56,15 +56,20 @@ def _overlaps(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return pi, ti, shapely.area(shapely.intersection(pred[pi], truth[ti]))
 
 
+def _share_on(pred: np.ndarray, pi: np.ndarray, inter: np.ndarray) -> np.ndarray:
+    """Each detection's area on footprints (the ``_overlaps`` pairs summed) over its own area."""
+    import shapely
+    on = np.zeros(len(pred))
+    np.add.at(on, pi, inter)
+    return on / np.maximum(shapely.area(pred), 1e-9) if len(pred) else on
+
+
 def on_footprint_share(pred, truth) -> np.ndarray:
     """The share of each detection's area lying on truth footprints (summed over footprints);
     below one half it is "off footprints": an unmapped structure or a false alarm."""
-    import shapely
     pred, truth = np.asarray(pred, dtype=object), np.asarray(truth, dtype=object)
-    on = np.zeros(len(pred))
     pi, _, inter = _overlaps(pred, truth)
-    np.add.at(on, pi, inter)
-    return on / np.maximum(shapely.area(pred), 1e-9) if len(pred) else on
+    return _share_on(pred, pi, inter)
 
 
 def coverage(pred, truth, share: float = 0.5) -> dict:
@@ -91,7 +96,7 @@ def coverage(pred, truth, share: float = 0.5) -> dict:
         np.add.at(pieces, ti, (inter / np.maximum(shapely.area(pred[pi]), 1e-9) >= share).astype(int))
         np.add.at(spans, pi, (of_truth >= share).astype(int))
         merged[ti[(of_truth >= share) & (spans[pi] >= 2)]] = True
-    on = on_footprint_share(pred, truth)
+    on = _share_on(pred, pi, inter)
     found, on_target, split = int((covered >= share).sum()), int((on >= share).sum()), int((pieces >= 2).sum())
     n_merged = int(merged.sum())
     return {"found_recall": round(found / len(truth), 4) if len(truth) else 0.0,

@@ -483,8 +483,7 @@ def render_chips(seed: int, out_dir: Path, split: str, size_m: float, chip_px: i
     from pipeline.synth.randomisation import Randomisation
     rng = np.random.default_rng(seed)
     rnd = Randomisation.sample(rng, gsd_range=gsd_range, **({} if l_houses else {"l_houses": None}))
-    if terraces:
-        rnd = rnd.with_(terraces=terraces)
+    rnd = rnd.with_(terraces=terraces)
     native = rnd.gsd_m
     if coarse is not None and rng.random() < coarse[0]:
         native = float(rng.uniform(coarse[1], coarse[2]))

@@ -230,7 +230,6 @@ def test_l_and_t_plan_houses_are_one_structure_with_one_footprint():
     assert with_l.with_(l_houses=0.0) == without
 
 
-
 def test_terraced_blocks_put_houses_wall_to_wall_each_its_own_footprint():
     """`Randomisation.terraces` (`patrol dataset build --terraces`): village blocks built as rows of
     adjoining houses, each its own structure and footprint; the default (0) keeps every structure
@@ -273,6 +272,7 @@ def test_dataset_build_passes_the_generator_levers_on(tmp_path):
         return {p.name: p.read_text() for p in (tmp_path / name / "labels" / "train").glob("*.txt")}
     assert labels("cli") == labels("api") != labels("default")
     assert json.loads((tmp_path / "cli" / "manifest.json").read_text())["terraces"] == 1.0
+
 
 @pytest.mark.parametrize("kw", [{"size_m": 5}, {"epochs": 0}, {"gsd_m": 0}])
 def test_bad_parameters_raise_one_line_error(tmp_path, kw):
