@@ -571,6 +571,9 @@ def dataset_from_reviews_cmd(ctx, out_dir, since, flight_ids):
 @click.option("--epochs", type=int, help="Epochs (default: from the training config).")
 @click.option("--resume", is_flag=True, help="Resume the interrupted run from its last.pt.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Start from these weights (fine-tuning).")
+@click.option("--pretrained", type=click.Path(dir_okay=False),
+              help="Initialise from a detection checkpoint of another task (e.g. COCO YOLO11n): matching "
+                   "tensors transfer, the class and angle outputs start fresh.")
 @click.option("--name", help="Run name under the project folder.")
 @click.option("--hours", type=float, help="Time budget: fit the epochs and LR schedule into this many hours.")
 @click.option("--train-config", type=click.Path(dir_okay=False), help="Training settings (default: config/train.yaml).")
@@ -578,7 +581,8 @@ def dataset_from_reviews_cmd(ctx, out_dir, since, flight_ids):
               help="After training, copy best.pt here (optimizer stripped) and export .onnx beside it.")
 @click.option("--ship-only", is_flag=True, help="Skip training; ship the run's best.pt.")
 @pass_ctx
-def train_cmd(ctx, from_reviews, device, data, epochs, resume, weights, name, hours, train_config, ship_to, ship_only):
+def train_cmd(ctx, from_reviews, device, data, epochs, resume, weights, pretrained, name, hours, train_config,
+              ship_to, ship_only):
     """Train the detector with ultralytics on a dataset from `patrol dataset`."""
     from pipeline.train import load_train_config, ship_model, train
     if from_reviews:
@@ -596,7 +600,7 @@ def train_cmd(ctx, from_reviews, device, data, epochs, resume, weights, name, ho
         run_dir = Path(cfg["project"]) / cfg["name"]
     else:
         run_dir = train(train_config, data=data, epochs=epochs, resume=resume, weights=weights, name=name,
-                        hours=hours)
+                        hours=hours, pretrained=pretrained)
     click.echo(f"run {run_dir}")
     if ship_to:
         pt, onnx = ship_model(run_dir / "weights" / "best.pt", Path(ship_to), imgsz=ctx.settings.processing.tile_px)

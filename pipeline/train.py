@@ -393,16 +393,59 @@ def _set_threads(n: int) -> None:
     torch.set_num_threads(int(n))
 
 
+def transfer_pretrained(model, path: str | Path, nc: int | None = None) -> dict:
+    """Initialise ``model`` (an ultralytics ``YOLO``; rebuilt for ``nc`` classes when given) from a
+    detection checkpoint at ``path``.
+
+    Every tensor whose name and shape match is copied (backbone, neck, box regression); the class
+    and angle outputs, whose shapes differ, stay fresh. Returns what transferred (also written
+    beside the run as ``pretrained.json``): file, sha256, tensors transferred of the model's total.
+    """
+    import hashlib
+
+    import torch
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"pretrained weights {path.name} not found; pass the path of a detection checkpoint (.pt)")
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception:
+        raise ModelError(f"pretrained weights {path.name} cannot be read as a PyTorch checkpoint; "
+                         f"pass an ultralytics .pt") from None
+    source = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
+    if source is None or not hasattr(source, "state_dict"):
+        raise ModelError(f"pretrained weights {path.name} hold no model; pass an ultralytics detection checkpoint")
+    theirs = source.float().state_dict()
+    if nc is not None and nc != model.model.yaml.get("nc"):
+        model.model = model.task_map[model.task]["model"](cfg=model.model.yaml, nc=nc, verbose=False)
+    ours = model.model.state_dict()
+    match = {k: v for k, v in theirs.items() if k in ours and v.shape == ours[k].shape}
+    if not match:
+        raise ModelError(f"pretrained weights {path.name} share no layer with {model.model.yaml.get('yaml_file')}; "
+                         f"pass a checkpoint of the same family")
+    model.model.load_state_dict(match, strict=False)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    fresh = sorted({".".join(k.split(".")[:3]) for k in ours if k not in match})
+    return {"file": str(path), "sha256": digest, "transferred": len(match), "total": len(ours),
+            "fresh": fresh}
+
+
 def train(config: str | Path | None = None, data: str | Path | None = None, epochs: int | None = None,
           resume: bool = False, weights: str | Path | None = None, name: str | None = None,
-          hours: float | None = None, settings: dict | None = None) -> Path:
+          hours: float | None = None, settings: dict | None = None,
+          pretrained: str | Path | None = None) -> Path:
     """Train (or resume) with ultralytics; returns the run folder (weights/best.pt, results.csv).
 
+    ``weights``: a model of ours to fine-tune; ``pretrained``: a detection checkpoint of another
+    task (e.g. COCO YOLO11n) whose matching tensors initialise the model (``transfer_pretrained``).
     ``settings`` override keys of the training config (e.g. ``device``, ``batch``, ``workers``).
     """
     cfg = load_train_config(config, {"data": str(data) if data else None, "epochs": epochs,
                                      "weights": str(weights) if weights else None, "name": name,
-                                     "time": hours, **(settings or {})})
+                                     "time": hours, "pretrained": str(pretrained) if pretrained else None,
+                                     **(settings or {})})
+    if cfg.get("weights") and cfg.get("pretrained"):
+        raise ConfigError("give either weights (fine-tune a model of ours) or pretrained (another task's start), not both")
     from pipeline.detect import offline_ultralytics
     offline_ultralytics()
     _set_threads(int(cfg.get("threads", 2)))
@@ -420,18 +463,27 @@ def train(config: str | Path | None = None, data: str | Path | None = None, epoc
     if not data_yaml.is_file():
         raise InputError(f"dataset {data_yaml} not found; build one with `patrol dataset build`")
     model = YOLO(str(cfg["model"]))
-    pretrained: bool | str = False  # never fetch pretrained weights
+    seed_from: bool | str = False  # never fetch pretrained weights
     if cfg.get("weights"):
         w = Path(cfg["weights"])
         if not w.is_file():
             raise ModelError(f"weights {w} not found; fix 'weights' in the training config")
         model.load(str(w))
-        pretrained = str(w)  # the trainer re-seeds the new model from this local file
+        seed_from = str(w)  # the trainer re-seeds the new model from this local file
+    elif cfg.get("pretrained"):
+        import yaml
+        names = (yaml.safe_load(data_yaml.read_text(encoding="utf-8")) or {}).get("names") or CLASSES
+        transfer = transfer_pretrained(model, cfg["pretrained"], nc=len(names))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "pretrained.json").write_text(json.dumps(transfer, indent=1))
+        print(f"pretrained start {Path(transfer['file']).name}: {transfer['transferred']} of "
+              f"{transfer['total']} tensors transferred; fresh: {', '.join(transfer['fresh'])}")
+        model.ckpt, seed_from = {"model": model.model}, True  # the trainer copies its model from this one
     cache = cfg.get("cache", False)
     device = str(cfg.get("device", "cpu"))
     args = dict(data=str(data_yaml), imgsz=int(cfg["imgsz"]), epochs=int(cfg["epochs"]),
                 batch=int(cfg["batch"]), project=str(cfg["project"]), name=str(cfg["name"]),
-                exist_ok=True, device=device, amp=device != "cpu", plots=False, pretrained=pretrained,
+                exist_ok=True, device=device, amp=device != "cpu", plots=False, pretrained=seed_from,
                 workers=int(cfg.get("workers", 1)), cache=cache if cache in ("ram", "disk") else False,
                 save_period=int(cfg.get("save_period", -1)), seed=int(cfg.get("seed", 0)),
                 optimizer=cfg.get("optimizer", "auto"), lr0=float(cfg.get("lr0", 0.01)),
