@@ -35,10 +35,10 @@ def main() -> None:
 
     import geopandas as gpd
 
-    from pipeline.change import coregister
-    from pipeline.config import load_settings
-    from pipeline.detectors import ModelTileDetector
-    from pipeline.run import commit_flight, detect_flight, register_flight
+    from pipeline.cases.change import coregister
+    from pipeline.core.config import load_settings
+    from pipeline.detection.detectors import ModelTileDetector
+    from pipeline.process.run import commit_flight, detect_flight, register_flight
     from pipeline.store import open_store
     from pipeline.synth import generate_district
 

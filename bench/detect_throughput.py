@@ -56,9 +56,9 @@ def peak_rss_mb() -> float:
 def run_pipeline(ortho: Path, weights: Path, overrides: dict) -> dict:
     import numpy as np
 
-    from pipeline.config import load_settings
-    from pipeline.detect import Detector, detect_ortho
-    from pipeline.tiling import open_raster, plan_windows
+    from pipeline.core.config import load_settings
+    from pipeline.detection.detect import Detector, detect_ortho
+    from pipeline.detection.tiling import open_raster, plan_windows
 
     s = load_settings(overrides=overrides)
     p = s.processing
@@ -77,9 +77,9 @@ def run_sahi(ortho: Path, weights: Path, overrides: dict) -> dict:
     import rasterio
     import shapely
 
-    from pipeline.config import load_settings
-    from pipeline.detect import offline_ultralytics
-    from pipeline.tiling import rgb_bands
+    from pipeline.core.config import load_settings
+    from pipeline.detection.detect import offline_ultralytics
+    from pipeline.detection.tiling import rgb_bands
 
     offline_ultralytics()
     from sahi import AutoDetectionModel
@@ -154,7 +154,7 @@ def run_geodeep(ortho: Path, weights: Path, overrides: dict) -> dict:
     from geodeep import detect
     from geodeep.slidingwindow import generate_for_size
 
-    from pipeline.config import load_settings
+    from pipeline.core.config import load_settings
 
     s = load_settings(overrides=overrides)
     model = geodeep_model(weights, Path(os.environ.get("TMPDIR", "/tmp")) / f"{weights.stem}.geodeep.onnx", s)
@@ -217,7 +217,7 @@ def district(work: Path, size_m: float, seed: int, gsd_m: float) -> tuple[Path, 
 
 
 def extent_km2(ortho: Path) -> float:
-    from pipeline.tiling import ground_pixel_size, open_raster
+    from pipeline.detection.tiling import ground_pixel_size, open_raster
     with open_raster(ortho) as src:
         gx, gy = ground_pixel_size(src)
         return src.width * gx * src.height * gy / 1e6
@@ -226,7 +226,7 @@ def extent_km2(ortho: Path) -> float:
 def flown_km2(ortho: Path) -> float:
     """The area of the ortho's valid pixels (what was flown), km²."""
     from pipeline.ingest import valid_footprint
-    from pipeline.tiling import open_raster
+    from pipeline.detection.tiling import open_raster
     with open_raster(ortho) as src:
         return float(valid_footprint(src, "EPSG:4547").area) / 1e6
 
@@ -236,9 +236,9 @@ def score_run(result: str, ortho: Path, vectors: Path, classes: list[str], envel
     compared as polygons (oriented-box model) or as axis-aligned envelopes (plain box model), IoU 0.5."""
     import geopandas as gpd
 
-    from pipeline.evaluate import clip_truth, score
+    from pipeline.model.evaluate import clip_truth, score
     from pipeline.ingest import valid_footprint
-    from pipeline.tiling import open_raster
+    from pipeline.detection.tiling import open_raster
 
     pred = gpd.read_parquet(result + ".parquet")
     truth = gpd.read_file(vectors, layer="truth")
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             ap.error("GeoDeep is not installed: .venv/bin/pip install --no-deps geodeep")
     overrides = dict(s.split("=", 1) for s in args.sets)
-    from pipeline.detect import model_task
+    from pipeline.detection.detect import model_task
     oriented = model_task(args.model)[0] == "obb"  # truth as polygons for oriented boxes, else envelopes
     classes = [c for c in args.classes.split(",") if c]
     args.work.mkdir(parents=True, exist_ok=True)

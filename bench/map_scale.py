@@ -46,7 +46,7 @@ def measure(n: int, tmp: Path) -> dict:
     from playwright.sync_api import sync_playwright
 
     from browser import launch_chromium
-    from pipeline.config import load_settings
+    from pipeline.core.config import load_settings
     from pipeline.report.map import build_map
     from pipeline.store import open_store
 

@@ -5,10 +5,10 @@
     .venv/bin/python bench/match_scale.py --parcels 100000 --detections 10000   # a quick look
 
 Both sides compute the same two things, timed apart: the intersecting (detection, parcel)
-pairs, then those pairs with their intersection areas (what ``pipeline.match`` needs
+pairs, then those pairs with their intersection areas (what ``pipeline.cases.match`` needs
 before its rules; pairs that only touch, area 0, are dropped).
 
-- Python: ``pipeline.match.intersecting_pairs`` = shapely STRtree built over the parcels, one bulk
+- Python: ``pipeline.cases.match.intersecting_pairs`` = shapely STRtree built over the parcels, one bulk
   ``query(predicate="intersects")``, vectorised intersection areas.
 - PostGIS: the parcels and detections loaded with COPY (hex EWKB) into two tables,
   GiST indexes built, ANALYZE, then one ``JOIN … ON ST_Intersects`` with
@@ -70,7 +70,7 @@ def _peak_mb() -> float:
 
 
 def python_side(n_parcels: int, n_dets: int, out: mp.Queue) -> None:
-    from pipeline.match import intersecting_pairs
+    from pipeline.cases.match import intersecting_pairs
     parcels, dets = generate(n_parcels, n_dets)
     base = _rss_mb()
     t = time.perf_counter()
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"same pairs and areas on both sides: {same}")
     print(f"Python path target <= 10 s: intersecting pairs {py['pairs_s']} s "
           f"({'met' if py['pairs_s'] <= 10 else 'NOT met'}), pairs + intersection areas "
-          f"(pipeline.match.intersecting_pairs) {py['seconds']} s ({'met' if py['seconds'] <= 10 else 'NOT met'}); "
+          f"(pipeline.cases.match.intersecting_pairs) {py['seconds']} s ({'met' if py['seconds'] <= 10 else 'NOT met'}); "
           f"load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     if a.json:
         a.json.write_text(json.dumps(results, indent=2))

@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def prepare(district: Path, size_m: float, epochs: int, settings_over: dict) -> tuple[Path, object]:
-    from pipeline.config import load_settings
-    from pipeline.registry import import_registry
-    from pipeline.run import register_flight
+    from pipeline.core.config import load_settings
+    from pipeline.ingest.parcels import import_registry
+    from pipeline.process.run import register_flight
     from pipeline.store import open_store
     from pipeline.synth import generate_district
 
@@ -53,8 +53,8 @@ def prepare(district: Path, size_m: float, epochs: int, settings_over: dict) -> 
 
 
 def run_one(name: str, base: Path, settings, work: Path, workers: int | None, chunk_tiles: int) -> dict:
-    from pipeline.batch import run_nightly
-    from pipeline.config import load_settings
+    from pipeline.process import run_nightly
+    from pipeline.core.config import load_settings
     from pipeline.store import open_store
 
     path = work / f"{name}.gpkg"
@@ -90,7 +90,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    from pipeline.config import load_settings
+    from pipeline.core.config import load_settings
     over = {"detector.model": str(Path(args.model).resolve())} if args.model else {}
     model = load_settings(overrides=over).model_path
     if not model.is_file():

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import HTML, Image, Markdown, display
 
-from pipeline.config import load_settings
+from pipeline.core.config import load_settings
 
 NOTEBOOK = "{name}"
 WORK = Path(os.environ.get("PATROL_NB_WORK") or Path(tempfile.gettempdir()) / "lianwei-notebooks") / NOTEBOOK
@@ -114,12 +114,12 @@ for ax, ep in zip(axes, meta["epochs"]):
     ax.set_title(f"epoch {ep['epoch']} · {ep['date'][:10]}")
 plt.tight_layout()'''),
         new_markdown_cell("""\
-## 2 · Tiles (`pipeline.tiling.iter_tiles`)
+## 2 · Tiles (`pipeline.detection.tiling.iter_tiles`)
 The tiler streams windows over valid pixels only, resampled to the detector's GSD
 (`processing.gsd_m`), `processing.tile_px` square with `processing.overlap_px` overlap.
 Each tile carries its affine transform, so a box in tile pixels maps back to the ground."""),
         new_code_cell('''\
-from pipeline.tiling import iter_tiles
+from pipeline.detection.tiling import iter_tiles
 
 p = settings.processing
 ORTHO_1 = DISTRICT / meta["epochs"][0]["ortho"]
@@ -133,7 +133,7 @@ axes[1].imshow(tile.valid, cmap="gray")
 axes[1].set_title("valid pixels (black: no-data / padding)")
 plt.tight_layout()'''),
         new_markdown_cell("""\
-## 3 · Detections (`pipeline.detect.detect_ortho`)
+## 3 · Detections (`pipeline.detection.detect.detect_ortho`)
 A GeoDataFrame of `class_name`, `confidence`, `area_m2` and a polygon in the store CRS, seam
 duplicates merged. Below they are drawn back onto the tile: map coordinates → tile pixels
 through the inverse of the tile's transform."""),
@@ -142,7 +142,7 @@ import shapely
 from pipeline.report.common import CLASS_COLOURS
 
 if DETECTIONS == "model":
-    from pipeline.detect import Detector, detect_ortho
+    from pipeline.detection.detect import Detector, detect_ortho
     detector = Detector.from_settings(settings)
     dets_1 = detect_ortho(ORTHO_1, settings, detector=detector, progress=False)
 else:
@@ -172,12 +172,12 @@ ax.legend(handles=[plt.Line2D([], [], color=c, label=k) for k, c in CLASS_COLOUR
 ax.set_title("detections on the tile")
 dets_1.head()'''),
         new_markdown_cell("""\
-## 4 · Parcels and zones (`pipeline.registry`)
+## 4 · Parcels and zones (`pipeline.ingest.parcels`)
 `read_parcels` / `read_zones` check and reproject the registry files (docs/DATA.md); the
 store keeps them. Parcels are registered homesteads (宅基地) with their approved area;
 zones are restricted land: basic farmland 永久基本农田, farmland 耕地, ecological red line 生态保护红线."""),
         new_code_cell('''\
-from pipeline.registry import read_parcels, read_zones
+from pipeline.ingest.parcels import read_parcels, read_zones
 from pipeline.report.common import ZONE_COLOURS
 
 parcels = read_parcels(VECTORS, store_crs=settings.store.crs)
@@ -199,12 +199,12 @@ ax.legend(handles=handles, loc="lower right")
 ax.set_title("zones (filled), parcels (cyan), detections")
 parcels.drop(columns="geometry").head()'''),
         new_markdown_cell("""\
-## 5 · Findings with their reasons (`pipeline.match.find_violations`)
+## 5 · Findings with their reasons (`pipeline.cases.match.find_violations`)
 Every detection that breaks a rule of `config/rules.yaml`, with the rule ids, the numbers
 that fired them (`reasons`), its parcel, the zone overlaps, category and priority."""),
         new_code_cell('''\
-from pipeline.match import find_violations
-from pipeline.rules import load_rules
+from pipeline.cases.match import find_violations
+from pipeline.core.rules import load_rules
 
 rules = load_rules(settings.rules_path)
 findings = find_violations(dets_1, parcels, zones, rules)
@@ -217,16 +217,16 @@ view[["class_name", "area_m2", "category", "rules", "priority", "priority_level"
 # the full reasons of the top finding: each rule with the numbers behind it
 print(json.dumps(view["reasons"].iloc[0], ensure_ascii=False, indent=2))'''),
         new_markdown_cell("""\
-## 6 · Flights → cases (`pipeline.run.register_flight`, `process_flight`)
+## 6 · Flights → cases (`pipeline.process.run.register_flight`, `process_flight`)
 `process_flight` runs detect → match → track for one registered flight and writes detections,
 cases and their events in one store transaction. Between the two flights a simulated officer
-works the cases as a field check against the truth would (`pipeline.demo.officer_actions_from_truth`):
+works the cases as a field check against the truth would (`pipeline.cli.demo.officer_actions_from_truth`):
 illegal ones are verified and ordered, lawful ones dismissed. The second flight then finds new
 builds (新建), sees ordered structures again, or sees them gone (demolition seen)."""),
         new_code_cell('''\
-from pipeline.demo import officer_actions_from_truth
-from pipeline.detectors import TruthTileDetector
-from pipeline.run import process_flight, register_flight
+from pipeline.cli.demo import officer_actions_from_truth
+from pipeline.detection.detectors import TruthTileDetector
+from pipeline.process.run import process_flight, register_flight
 from pipeline.store import open_store
 
 store = open_store(settings.store.url, settings.store.crs, case_prefix=settings.district.case_prefix)
@@ -286,10 +286,10 @@ stands in for a night's processing; its truth layer stands in for the detector."
         new_code_cell(DISTRICT.format(seed=11, size=120)),
         new_code_cell('''\
 # the nightly run, in short: registry in, both flights processed (see 01_walkthrough)
-from pipeline.detectors import TruthTileDetector
-from pipeline.registry import import_registry
-from pipeline.rules import load_rules
-from pipeline.run import process_flight, register_flight
+from pipeline.detection.detectors import TruthTileDetector
+from pipeline.ingest.parcels import import_registry
+from pipeline.core.rules import load_rules
+from pipeline.process.run import process_flight, register_flight
 from pipeline.store import open_store
 
 rules = load_rules(settings.rules_path)
@@ -342,13 +342,13 @@ for row, case_no in zip(axes, shown):
         ax.axis("off")
 plt.tight_layout()'''),
         new_markdown_cell("""\
-## 3 · Decide: change statuses with notes (`pipeline.track.change_status`)
+## 3 · Decide: change statuses with notes (`pipeline.cases.track.change_status`)
 Every change is checked against the lifecycle table of `config/rules.yaml` and written with a
 case_event (who, when, from, to, note) in one transaction; history is append-only.
 `stopped` and `filed` may be skipped (they are `optional` in the table)."""),
         new_code_cell('''\
-from pipeline.errors import TransitionError
-from pipeline.track import assign_case, change_status
+from pipeline.core.errors import TransitionError
+from pipeline.cases.track import assign_case, change_status
 
 lc = rules.lifecycle
 first, *rest = list(cases.sort_values("area_m2", ascending=False)["case_no"])
@@ -404,7 +404,7 @@ The shipped detector (`detector.model`, default `models/lianwei-yolo11n.onnx`) o
 district it has never seen (seed ≥ 1 000 000; training used render_scene seeds 1–128):
 per-class precision–recall curves, the confusion matrix, a gallery of false positives and
 misses, and recall by flight GSD and by structure size. Detections are matched one-to-one to
-the truth footprints at IoU ≥ 0.5 (`pipeline.evaluate.match_footprints`). The district is
+the truth footprints at IoU ≥ 0.5 (`pipeline.model.evaluate.match_footprints`). The district is
 small so that the notebook runs in under a minute: its figures show the method and the kind of
 errors, not numbers to quote (the model card's come from `patrol evaluate`).
 
@@ -413,9 +413,9 @@ For the YOLO metrics (mAP50, mAP50-95 on rendered chips) run
 `patrol evaluate --ortho FLIGHT.tif --truth FOOTPRINTS.gpkg`."""),
         new_code_cell(SETUP.format(name="03_model_evaluation")),
         new_code_cell('''\
-from pipeline.detect import Detector, detect_ortho
-from pipeline.errors import ModelError
-from pipeline.evaluate import clip_truth, match_footprints, report_markdown, score
+from pipeline.detection.detect import Detector, detect_ortho
+from pipeline.core.errors import ModelError
+from pipeline.model.evaluate import clip_truth, match_footprints, report_markdown, score
 
 MODEL = settings.model_path
 if not MODEL.is_file():
@@ -445,7 +445,7 @@ for gsd in GSDS:
 main = runs[GSDS[0]]
 truth, pred = main["truth"], main["pred"]'''),
         new_markdown_cell("""\
-## 1 · Figures at the operating confidence (`pipeline.evaluate.score`)"""),
+## 1 · Figures at the operating confidence (`pipeline.model.evaluate.score`)"""),
         new_code_cell('''\
 metrics = score(pred[pred["confidence"] >= CONF], truth, iou=0.5)
 display(Markdown(report_markdown(metrics, f"{MODEL.name} on held-out district seed {SEED}")))'''),

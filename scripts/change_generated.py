@@ -33,7 +33,7 @@ def main() -> None:
         os.environ["PATROL__CHANGE_CHECK__COREGISTER"] = "false"
     from test_change import Flicker, _truth, replay
 
-    from pipeline.detectors import ModelTileDetector
+    from pipeline.detection.detectors import ModelTileDetector
     from pipeline.synth import generate_district
 
     tot = {"flagged": 0, "right": 0, "new": 0, "found": 0, "standing": 0, "err": []}

@@ -80,9 +80,9 @@ def run(before: Path, after: Path, removed, inside, out: Path, check: bool, stor
     import geopandas as gpd
     import shapely
 
-    from pipeline.config import load_settings
-    from pipeline.detectors import ModelTileDetector
-    from pipeline.run import process_flight, register_flight
+    from pipeline.core.config import load_settings
+    from pipeline.detection.detectors import ModelTileDetector
+    from pipeline.process.run import process_flight, register_flight
     from pipeline.store import open_store
 
     url = out / f"patrol_{'on' if check else 'off'}.gpkg"

@@ -14,9 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.config import load_settings
+from pipeline.core.config import load_settings
 from pipeline.report.documents import KINDS, print_document
-from pipeline.rules import load_rules
+from pipeline.core.rules import load_rules
 from pipeline.store import open_store
 
 

@@ -29,7 +29,7 @@ patrol dataset build --out "$DATA" --scenes "$SCENES" --val-scenes "$VAL" --seed
 # 2. fine-tune from the shipped weights: SGD lr 0.002, mosaic off for the last 5 epochs
 python - "$DATA" "$RUNS" "$EPOCHS" "$NAME" "$CHIP" <<'PY'
 import sys
-from pipeline.train import train
+from pipeline.model.train import train
 data, runs, epochs, name, chip = sys.argv[1:6]
 train(data=f"{data}/data.yaml", epochs=int(epochs), weights="models/lianwei-yolo11n.pt", name=name,
       settings={"imgsz": int(chip), "project": runs, "lr0": 0.002, "optimizer": "SGD", "warmup_epochs": 0,
@@ -37,7 +37,7 @@ train(data=f"{data}/data.yaml", epochs=int(epochs), weights="models/lianwei-yolo
 PY
 
 # 3. measure the candidate (ship_model exports the ONNX beside a stripped .pt)
-python -c "from pipeline.train import ship_model; ship_model('$RUNS/$NAME/weights/last.pt', '$RUNS/$NAME/candidate.pt')"
+python -c "from pipeline.model.train import ship_model; ship_model('$RUNS/$NAME/weights/last.pt', '$RUNS/$NAME/candidate.pt')"
 patrol evaluate --suite "$REAL" --manifest "$MANIFEST" --roles eval,train --model "$RUNS/$NAME/candidate.onnx" \
   --report "$RUNS/$NAME/suite.md" --json "$RUNS/$NAME/suite.json"
 patrol evaluate --model "$RUNS/$NAME/candidate.pt" --scenes 30 --seed 1000000 --report "$RUNS/$NAME/scenes.md"

@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def calibration_tiles(orthos: list[Path], settings, per_ortho: int) -> list[np.ndarray]:
-    from pipeline.tiling import iter_tiles
+    from pipeline.detection.tiling import iter_tiles
     p = settings.processing
     out = []
     for path in orthos:
@@ -67,7 +67,7 @@ def quantize(fp32: Path, out: Path, tiles: list[np.ndarray]) -> Path:
 
 
 def main() -> None:
-    from pipeline.config import load_settings
+    from pipeline.core.config import load_settings
     from pipeline.synth import generate_district
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/real_gallery.py ../shared/realdata --out docs/img --roles eval,train
 
-Each crop of ``config/realdata_suite.yaml`` (``pipeline.evaluate``) is detected as ``patrol evaluate``
+Each crop of ``config/realdata_suite.yaml`` (``pipeline.model.evaluate``) is detected as ``patrol evaluate``
 does and drawn at most 1000 px wide: detections matching a footprint at IoU 0.5 in green, false
 detections in red, footprints nobody found in yellow. Writes ``real_<area>_<crop>.jpg``.
 
@@ -37,7 +37,7 @@ def draw(ortho: Path, pred, gt, out: Path, width: int = 1000) -> dict:
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
 
-    from pipeline.evaluate import match_footprints
+    from pipeline.model.evaluate import match_footprints
     from pipeline.report.common import to_uint8
 
     pi, ti, _ = match_footprints(pred.geometry.to_numpy(), gt.geometry.to_numpy(), 0.5)
@@ -72,7 +72,7 @@ def off_footprint_sheets(ortho: Path, pred, gt, out_dir: Path, name: str, px: in
     from rasterio.vrt import WarpedVRT
     from rasterio.windows import from_bounds
 
-    from pipeline.evaluate import on_footprint_share
+    from pipeline.model.evaluate import on_footprint_share
     from pipeline.report.common import to_uint8
 
     pg, tg = pred.geometry.to_numpy(), gt.geometry.to_numpy()
@@ -110,8 +110,8 @@ def main() -> None:
     ap.add_argument("--model", type=Path, help="weights (default: detector.model)")
     ap.add_argument("--look", type=Path, help="also draw the off-footprint detections here, to look at")
     a = ap.parse_args()
-    from pipeline.config import load_settings
-    from pipeline.evaluate import detect_against_truth, read_suite
+    from pipeline.core.config import load_settings
+    from pipeline.model.evaluate import detect_against_truth, read_suite
 
     settings = load_settings()
     for c in read_suite():

@@ -1,5 +1,5 @@
 """One round of the review loop measured: a flight run with the active model, officers' verdicts
-played from known footprints (``pipeline.review_replay.review_from_truth``: matches confirmed, poor
+played from known footprints (``pipeline.model.review_replay.review_from_truth``: matches confirmed, poor
 outlines redrawn, false positives closed as 误报, misses drawn by hand), ``patrol dataset
 from-reviews`` → ``patrol train --from-reviews`` → ``patrol model compare`` → ``promote``, then
 the shipped and the fine-tuned model scored on a later flight nobody reviewed.
@@ -45,12 +45,12 @@ def main() -> None:
 
     import geopandas as gpd
 
-    from pipeline.config import load_settings
-    from pipeline.evaluate import evaluate_ortho
-    from pipeline.model_registry import compare, promote, train_candidate
-    from pipeline.review_data import dataset_from_reviews
-    from pipeline.review_replay import review_from_truth
-    from pipeline.run import process_flight, register_flight
+    from pipeline.core.config import load_settings
+    from pipeline.model.evaluate import evaluate_ortho
+    from pipeline.model.registry import compare, promote, train_candidate
+    from pipeline.model.review_data import dataset_from_reviews
+    from pipeline.model.review_replay import review_from_truth
+    from pipeline.process.run import process_flight, register_flight
     from pipeline.store import open_store
 
     shutil.rmtree(a.out, ignore_errors=True)

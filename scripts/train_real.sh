@@ -19,7 +19,7 @@ FLIGHTS=(
 )
 
 # 0. warm-up stage on the real flights only (kampala held out as validation), stopped after ~14 epochs
-#    (pipeline.train.import_labelled into /work/datasets/real, stride 240 px), run stageA-real:
+#    (pipeline.model.train.import_labelled into /work/datasets/real, stride 240 px), run stageA-real:
 #    patrol dataset build --out /work/datasets/real --scenes 0 --val-scenes 0 --real-stride 240 --real ... --real-val ...
 #    patrol train --data /work/datasets/real --epochs 60 --name stageA-real   (interrupted by hand)
 
@@ -65,7 +65,7 @@ python3 -c "import cv2, glob; [cv2.imwrite(p, cv2.imread(p), [cv2.IMWRITE_JPEG_Q
 #    python3 scripts/train_gpu.py --real-chips .gpu/real --out "$OUT" --scenes 1200 --val-scenes 40 \
 #        --minutes 6.8 --weights models/lianwei-yolo11n.pt
 #    back here: ship best.pt (strips the optimizer, exports ONNX)
-#    python -c "from pipeline.train import ship_model; ship_model('best.pt', 'models/lianwei-yolo11n.pt')"
+#    python -c "from pipeline.model.train import ship_model; ship_model('best.pt', 'models/lianwei-yolo11n.pt')"
 
 # 6. the next from-scratch run (issue 16), for a session lent a GPU: real chips from the training
 #    crops of config/realdata_suite.yaml only (its eval crops and parts are never chipped), synthetic

@@ -83,10 +83,10 @@ def small_district_store(tmp_path_factory):
     import json
     from pathlib import Path
 
-    from pipeline.config import load_settings
-    from pipeline.detectors import TruthTileDetector
-    from pipeline.registry import import_registry
-    from pipeline.run import process_flight, register_flight
+    from pipeline.core.config import load_settings
+    from pipeline.detection.detectors import TruthTileDetector
+    from pipeline.ingest.parcels import import_registry
+    from pipeline.process.run import process_flight, register_flight
     from pipeline.store import open_store
     from pipeline.synth import generate_district
 

@@ -14,6 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
 def modules() -> dict[str, Path]:
     out = {}
     for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "__main__.py":          # runs the CLI when imported: `python -m` only
+            continue
         parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts = parts[:-1]

@@ -27,9 +27,9 @@ PATROL = [sys.executable, "-m", "pipeline.cli"]
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A 100 m district (3 epochs), parcels/zones imported and flights registered, never processed."""
-    from pipeline.config import load_settings
-    from pipeline.registry import import_registry
-    from pipeline.run import register_flight
+    from pipeline.core.config import load_settings
+    from pipeline.ingest.parcels import import_registry
+    from pipeline.process.run import register_flight
     from pipeline.store import open_store
     from pipeline.synth import generate_district
 
@@ -44,14 +44,14 @@ def base(tmp_path_factory):
 
 def fresh(base, tmp_path, name="patrol.gpkg", **extra):
     """A copy of the base store and settings pointing at it."""
-    from pipeline.config import load_settings
+    from pipeline.core.config import load_settings
     path = tmp_path / name
     shutil.copy(base["store"], path)
     return path, load_settings(overrides={"store.url": str(path), **TRUTH_SET, **extra})
 
 
 def nightly(store_path, settings, **kw):
-    from pipeline.batch import run_nightly
+    from pipeline.process import run_nightly
     from pipeline.store import open_store
     with open_store(store_path, settings.store.crs) as store:
         return run_nightly(store, settings, echo=lambda line: None, progress=False, **kw)
@@ -129,9 +129,9 @@ def test_postgis_claim_is_exclusive_per_store_and_freed_on_close(pg_url):
 
 
 def test_nightly_on_postgis_claims_and_commits_like_the_embedded_store(base, reference, pg_url, tmp_path):
-    from pipeline.config import load_settings
-    from pipeline.registry import import_registry
-    from pipeline.run import register_flight
+    from pipeline.core.config import load_settings
+    from pipeline.ingest.parcels import import_registry
+    from pipeline.process.run import register_flight
     from pipeline.store import open_store
 
     settings = load_settings(overrides={"store.url": pg_url, **TRUTH_SET})
@@ -142,7 +142,7 @@ def test_nightly_on_postgis_claims_and_commits_like_the_embedded_store(base, ref
         held = store.claim_flight(base["ids"][2])             # "another run" holds the last flight
         other = open_store(pg_url, settings.store.crs)
         try:
-            from pipeline.batch import run_nightly
+            from pipeline.process import run_nightly
             s = run_nightly(other, settings, truth=base["vectors"], checkpoints=tmp_path / "ck",
                             echo=lambda line: None, progress=False)
             assert [f.status for f in s.flights] == ["done", "done", "skipped"]
@@ -201,7 +201,7 @@ def test_run_killed_mid_flight_resumes_from_checkpoints_to_the_same_cases(base, 
 
 def test_a_corrupt_flight_fails_alone_and_the_run_exits_nonzero(base, tmp_path, capsys):
     from pipeline.cli import main
-    from pipeline.run import register_flight
+    from pipeline.process.run import register_flight
     from pipeline.store import open_store
 
     path, settings = fresh(base, tmp_path)
@@ -235,8 +235,8 @@ def test_local_dask_cluster_of_two_workers_matches_the_in_process_run(base, refe
 
 
 def test_model_detections_on_dask_match_in_process_and_detect_ortho(base, tmp_path):
-    from pipeline.config import load_settings
-    from pipeline.detect import detect_ortho
+    from pipeline.core.config import load_settings
+    from pipeline.detection.detect import detect_ortho
 
     model = load_settings().model_path
     if not model.is_file():
@@ -262,9 +262,9 @@ def test_a_photo_flight_is_planned_frame_by_frame_and_matches_patrol_run(base, t
     from affine import Affine
     from rasterio.warp import Resampling, reproject
 
-    from pipeline.config import load_settings
+    from pipeline.core.config import load_settings
     from pipeline.ingest.photos import georeference, read_photo
-    from pipeline.run import detect_flight, register_flight
+    from pipeline.process.run import detect_flight, register_flight
     from pipeline.store import open_store
     from test_ingest import LAT, make_photo
 
@@ -310,9 +310,9 @@ def test_a_postgresql_restart_in_the_middle_of_a_nightly_flight_loses_nothing(ba
     never interrupted."""
     from pg import PgServer
 
-    from pipeline.config import load_settings
-    from pipeline.registry import import_registry
-    from pipeline.run import register_flight
+    from pipeline.core.config import load_settings
+    from pipeline.ingest.parcels import import_registry
+    from pipeline.process.run import register_flight
     from pipeline.store import open_store
 
     _, why = PgServer.find_bin()

@@ -1,4 +1,4 @@
-"""Change an officer can trust (pipeline.change): flights lined up on each other, and every
+"""Change an officer can trust (pipeline.cases.change): flights lined up on each other, and every
 新增 / 扩建 / 拆除 flag confirmed in the other flight's image — on generated districts whose
 later flights are georeferenced up to 6 m off and turned up to 0.2°, flown in another season and
 sun, with detector
@@ -14,12 +14,12 @@ import pandas as pd
 import pytest
 import shapely
 
-from pipeline.config import load_settings
-from pipeline.detectors import TileDetector, TruthTileDetector
-from pipeline.rules import load_rules
-from pipeline.run import process_flight, register_flight
+from pipeline.core.config import load_settings
+from pipeline.detection.detectors import TileDetector, TruthTileDetector
+from pipeline.core.rules import load_rules
+from pipeline.process.run import process_flight, register_flight
 from pipeline.store import open_store
-from pipeline.track import set_status
+from pipeline.cases.track import set_status
 
 MODEL = Path(__file__).resolve().parent.parent / "models" / "lianwei-yolo11n.onnx"
 
@@ -214,7 +214,7 @@ def test_without_the_check_flicker_becomes_new(tmp_path_factory, tmp_path, monke
 def test_new_flags_with_the_shipped_model(tmp_path_factory, tmp_path):
     """The shipped detector on the shifted, re-seasoned flights of a held-out district."""
     out = _district(tmp_path_factory, 5)
-    from pipeline.detectors import ModelTileDetector
+    from pipeline.detection.detectors import ModelTileDetector
     t = replay(out, tmp_path / "patrol.gpkg", lambda s, o: ModelTileDetector(s))
     _check(t)
 
@@ -222,7 +222,7 @@ def test_new_flags_with_the_shipped_model(tmp_path_factory, tmp_path):
 def test_coregistration_finds_a_known_shift_and_refuses_to_guess(tmp_path, make_raster):
     """Phase correlation recovers the shift of a textured ortho to a tenth of a metre; a flight
     of noise against it, or too small an overlap, is not shifted and says why."""
-    from pipeline.change import coregister
+    from pipeline.cases.change import coregister
     settings = load_settings(overrides={"store.crs": "EPSG:32650"})
     rng = np.random.default_rng(4)
     base = rng.integers(0, 255, (3, 1200, 1200)).astype(np.uint8)

@@ -1,8 +1,8 @@
 """The settings loader: defaults, overrides, and one clear line for a bad value."""
 import pytest
 
-from pipeline.config import DEFAULT_CONFIG, load_settings, setting_names
-from pipeline.errors import ConfigError
+from pipeline.core.config import DEFAULT_CONFIG, load_settings, setting_names
+from pipeline.core.errors import ConfigError
 
 
 def test_defaults_load_and_resolve_paths():

@@ -11,10 +11,10 @@ import shapely
 from pyproj import Transformer
 
 from pipeline.cli import main
-from pipeline.config import load_settings
-from pipeline.detect import Detector, detect_ortho, merge_seams, quads_to_map, write_detections
-from pipeline.errors import InputError, ModelError
-from pipeline.tiling import iter_tiles
+from pipeline.core.config import load_settings
+from pipeline.detection.detect import Detector, detect_ortho, merge_seams, quads_to_map, write_detections
+from pipeline.core.errors import InputError, ModelError
+from pipeline.detection.tiling import iter_tiles
 
 CLASSES = ["building", "steel_shed", "under_construction", "greenhouse"]
 GSD, TILE, OVERLAP = 0.10, 128, 16
@@ -207,7 +207,7 @@ def tiny_models(tmp_path_factory):
     """An untrained yolo11n (4 classes) as .pt and its ONNX export; builds offline from the yaml."""
     import torch
 
-    from pipeline.detect import offline_ultralytics
+    from pipeline.detection.detect import offline_ultralytics
     offline_ultralytics()
     from ultralytics import YOLO
     from ultralytics.nn.tasks import DetectionModel
@@ -302,7 +302,7 @@ def test_write_detections_geopackage_and_geoparquet(tmp_path):
 
 
 def test_a_box_nested_in_a_bigger_roof_is_dropped():
-    from pipeline.detect import drop_nested
+    from pipeline.detection.detect import drop_nested
     gdf = boxes([("building", 0.8, 0, 0, 0, 10, 10),
                  ("steel_shed", 0.9, 0, 2, 2, 6, 6),        # wholly inside the roof: a piece of it
                  ("steel_shed", 0.7, 0, 8, 0, 14, 4),       # a third inside: a neighbour, kept

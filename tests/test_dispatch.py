@@ -14,9 +14,9 @@ import geopandas as gpd
 import pytest
 import shapely
 
-from pipeline.config import load_settings
-from pipeline.errors import PatrolError
-from pipeline.rules import load_rules
+from pipeline.core.config import load_settings
+from pipeline.core.errors import PatrolError
+from pipeline.core.rules import load_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 TODAY = date(2026, 12, 1)
@@ -88,7 +88,7 @@ def _settings(url=None, **kw):
 
 
 def test_digest_lists_overdue_due_soon_and_new(dispatch_store):
-    from pipeline.dispatch import digest, digest_markdown, work_queue
+    from pipeline.cases.dispatch import digest, digest_markdown, work_queue
     store, _ = dispatch_store
     s = _settings()
     rules = load_rules(s.rules_path)
@@ -112,7 +112,7 @@ def test_digest_lists_overdue_due_soon_and_new(dispatch_store):
 
 @pytest.mark.parametrize("fmt, key", [("wecom", "content"), ("dingtalk", "text")])
 def test_digest_is_delivered_to_the_webhook(dispatch_store, fmt, key):
-    from pipeline.dispatch import digest, send_digest
+    from pipeline.cases.dispatch import digest, send_digest
     store, _ = dispatch_store
     rx = Receiver()
     try:
@@ -127,7 +127,7 @@ def test_digest_is_delivered_to_the_webhook(dispatch_store, fmt, key):
 
 
 def test_a_refused_or_unreachable_webhook_is_one_line(dispatch_store, monkeypatch):
-    from pipeline import dispatch
+    from pipeline.cases import dispatch
     store, _ = dispatch_store
     monkeypatch.setattr(dispatch, "RETRY_S", 0.01)
     rx = Receiver(reply={"errcode": 93000, "errmsg": "invalid webhook url"})

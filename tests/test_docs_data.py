@@ -1,11 +1,11 @@
-"""docs/DATA.md and geodata/ agree with pipeline/registry.py: the documented columns are the
+"""docs/DATA.md and geodata/ agree with pipeline/ingest/parcels.py: the documented columns are the
 ones the reader requires / knows, and the sample files import as they are."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from pipeline.registry import PARCEL_OPTIONAL, PARCEL_REQUIRED, ZONE_OPTIONAL, ZONE_REQUIRED, read_parcels, read_zones
+from pipeline.ingest.parcels import PARCEL_OPTIONAL, PARCEL_REQUIRED, ZONE_OPTIONAL, ZONE_REQUIRED, read_parcels, read_zones
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_settings
-from pipeline.rules import load_rules
+from pipeline.core.config import load_settings
+from pipeline.core.rules import load_rules
 from pipeline.store import open_store
 
 pytestmark = pytest.mark.skipif(shutil.which("pdftotext") is None, reason="poppler-utils missing (make system-deps)")
@@ -75,7 +75,7 @@ def test_every_document_renders_and_is_recorded(doc_store, tmp_path):
         _, again, same = reprint_document(store, s, row["doc_no"])
         assert same and again == pdf
     # an on-site photo joins the sheet, which stays one page
-    from pipeline.media import add_media
+    from pipeline.cases.media import add_media
     from test_media import jpeg
     c = store.cases().set_index("case_no").loc[[no]].to_crs("EPSG:4326").geometry.iloc[0].centroid
     s_media = load_settings(overrides={"store.url": s.store.url, "media.dir": str(tmp_path / "media")})
@@ -95,9 +95,9 @@ def test_every_document_renders_and_is_recorded(doc_store, tmp_path):
 
 
 def test_a_dismissed_case_gets_no_notice(doc_store):
-    from pipeline.errors import InputError
+    from pipeline.core.errors import InputError
     from pipeline.report.documents import issue_document
-    from pipeline.track import change_status
+    from pipeline.cases.track import change_status
     store, s, no = doc_store
     rules = load_rules(s.rules_path)
     change_status(store, no, "false_positive", "t", "a shadow", rules.lifecycle)
@@ -153,7 +153,7 @@ def test_a_bad_template_is_refused_at_start(doc_store, tmp_path, edit, want):
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not (tmp_path / "x.pdf").exists() and len(store.documents()) == 0
     # the web service refuses to start with it too
-    from pipeline.errors import ConfigError
+    from pipeline.core.errors import ConfigError
     from pipeline.service.context import Service
     with pytest.raises(ConfigError, match=re.escape(want)):
         Service.start(load_settings(cfg), store=store)
@@ -181,7 +181,7 @@ def test_the_ledger_has_the_configured_columns_progress_and_documents(doc_store,
 
     from pipeline.cli import main
     from pipeline.report.documents import issue_document
-    from pipeline.track import change_status
+    from pipeline.cases.track import change_status
     store, s, no = doc_store
     rules = load_rules(s.rules_path)
     change_status(store, no, "verified", "t", "现场确认", rules.lifecycle)

@@ -97,7 +97,7 @@ def test_full_disk_and_read_only_store_are_one_line_and_lose_nothing(small_distr
 
 SLOW_UNPACK = """
 import sys, time, zipfile
-from pipeline.config import load_settings
+from pipeline.core.config import load_settings
 from pipeline.ingest.flight import ingest_flight
 read = zipfile.ZipExtFile.read
 def slow(self, n=-1):
@@ -128,7 +128,7 @@ def test_kill_during_unpacking_leaves_nothing_after_gc(tmp_path):
     assert not list(work.glob("*.part-*"))
     # a running unpacking is left alone
     busy = work / f"zip-x.part-{uuid.uuid4().hex[:8]}"
-    from pipeline.storage import unpacking
+    from pipeline.core.disk import unpacking
     with unpacking(busy):
         assert "removed 0 unfinished" in patrol(*sets, "gc").stdout
     assert busy.is_dir()
@@ -164,10 +164,10 @@ def test_kill_inside_a_commit_rolls_everything_back(small_district_store, tmp_pa
 
 
 def test_quotas_refuse_at_the_start_and_gc_removes_abandoned_uploads(tmp_path):
-    from pipeline.config import load_settings
-    from pipeline.errors import InputError
+    from pipeline.core.config import load_settings
+    from pipeline.core.errors import InputError
     from pipeline.service.uploads import Uploads
-    from pipeline.storage import collect_garbage
+    from pipeline.core.disk import collect_garbage
 
     work, uploads = tmp_path / "work", tmp_path / "uploads"
     z = tmp_path / "photos.zip"

@@ -5,15 +5,15 @@ from __future__ import annotations
 import geopandas as gpd
 import pytest
 
-from pipeline.config import load_settings
-from pipeline.errors import InputError
+from pipeline.core.config import load_settings
+from pipeline.core.errors import InputError
 from pipeline.store import open_store
 
 
 @pytest.fixture()
 def fresh_district(small_district_store, tmp_path):
     """The small district's registry in an empty store (no flight processed yet)."""
-    from pipeline.registry import import_registry
+    from pipeline.ingest.parcels import import_registry
     _, _, district = small_district_store
     s = load_settings(overrides={"store.url": str(tmp_path / "g.gpkg"), "media.dir": str(tmp_path / "media")})
     store = open_store(s.store.url, s.store.crs)
@@ -28,8 +28,8 @@ def _truth(district, epoch):
 
 
 def test_a_ground_report_on_farmland_is_a_land_use_case_and_the_flight_matches_it(fresh_district):
-    from pipeline.detectors import TruthTileDetector
-    from pipeline.run import process_flight, register_flight, report_from_ground
+    from pipeline.detection.detectors import TruthTileDetector
+    from pipeline.process.run import process_flight, register_flight, report_from_ground
     store, s, district = fresh_district
     epochs = sorted(district.glob("epoch_*.tif"))
     truth = gpd.read_file(district / "district.gpkg", layer="truth")
@@ -68,7 +68,7 @@ def test_a_ground_report_on_farmland_is_a_land_use_case_and_the_flight_matches_i
     ({"lon": 120.0}, "from every parcel and zone"),
 ])
 def test_bad_ground_reports_are_one_line_and_store_nothing(fresh_district, kw, want):
-    from pipeline.run import report_from_ground
+    from pipeline.process.run import report_from_ground
     store, s, _ = fresh_district
     c = store.parcels().to_crs("EPSG:4326").geometry.iloc[0].centroid
     args = {"lon": c.x, "lat": c.y, "actor": "pat", "note": "x", **kw}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
-from pipeline.config import load_settings
+from pipeline.core.config import load_settings
 from pipeline.store import open_store
 
 
@@ -46,7 +46,7 @@ def test_ingest_refuses_a_coarse_ortho_and_force_records_it(coarse, tmp_path, ca
 def test_run_refuses_a_flight_outside_the_range_then_force_runs_it(coarse, tmp_path, capsys):
     """A flight registered when the range was wider (an older release) is refused by `patrol run`
     with the model, recorded as failed with its Chinese line; `--force` processes it and says so."""
-    from pipeline.run import register_flight
+    from pipeline.process.run import register_flight
     store = str(tmp_path / "s.gpkg")
     wide = load_settings(overrides={"store.url": store, "detector.gsd_range_m": [0.01, 1.0]})
     with open_store(store, wide.store.crs) as s:
@@ -76,6 +76,6 @@ def test_detect_refuses_finer_and_coarser_imagery_unless_forced(coarse, make_ras
 
 
 def test_the_range_must_be_two_increasing_ground_pixels():
-    from pipeline.errors import ConfigError
+    from pipeline.core.errors import ConfigError
     with pytest.raises(ConfigError, match="gsd_range_m"):
         load_settings(overrides={"detector.gsd_range_m": [0.3, 0.1]})

@@ -345,7 +345,7 @@ def test_config_and_store_refuse(world, kind, capsys):
 def web(world):
     from fastapi.testclient import TestClient
 
-    from pipeline.config import load_settings
+    from pipeline.core.config import load_settings
     from pipeline.service import auth as A
     from pipeline.service.app import create_app
     from pipeline.store import open_store

@@ -12,8 +12,8 @@ import shapely
 from shapely.geometry import Point, Polygon, box
 
 from pipeline.cli import main
-from pipeline.errors import InputError
-from pipeline.registry import read_parcels, read_zones
+from pipeline.core.errors import InputError
+from pipeline.ingest.parcels import read_parcels, read_zones
 from pipeline.store import open_store
 
 CRS = "EPSG:4547"

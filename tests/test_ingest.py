@@ -19,8 +19,8 @@ from pyproj import Transformer
 from rasterio.enums import ColorInterp
 from rasterio.transform import Affine, from_origin
 
-from pipeline.config import load_settings
-from pipeline.errors import InputError
+from pipeline.core.config import load_settings
+from pipeline.core.errors import InputError
 from pipeline.ingest import flight_frames, ingest_flight, register_ortho
 from pipeline.ingest.raster import combined_id
 
@@ -172,7 +172,7 @@ def test_zone_prefixed_eastings_under_a_central_meridian_crs_are_refused(tmp_pat
 
 
 def test_rotated_ortho_is_handled_by_footprint_and_tiling(tmp_path):
-    from pipeline.tiling import iter_tiles, open_raster, plan_windows
+    from pipeline.detection.tiling import iter_tiles, open_raster, plan_windows
 
     x0, y0 = site("EPSG:32650")
     ang = math.radians(25)
@@ -221,7 +221,7 @@ def test_a_huge_sparse_bigtiff_is_registered_without_reading_it_whole(tmp_path):
 
 # ================================================================ split exports
 def test_split_export_is_one_flight(tmp_path):
-    from pipeline.tiling import open_raster, plan_windows
+    from pipeline.detection.tiling import open_raster, plan_windows
 
     folder = tmp_path / "export"
     folder.mkdir()
@@ -276,7 +276,7 @@ def test_photo_metadata_and_frame(tmp_path):
 
 
 def test_photo_folder_is_a_flight_of_frames(tmp_path):
-    from pipeline.tiling import open_raster
+    from pipeline.detection.tiling import open_raster
 
     folder = tmp_path / "DCIM"
     folder.mkdir()
@@ -353,7 +353,7 @@ def test_frame_detections_land_on_the_ground_and_merge_across_photos(tmp_path):
     detector (our Detector's interface) finds it in each frame; run.detect_flight maps both to
     the ground within the recorded uncertainty and merges them into one detection."""
     from pipeline.ingest.photos import georeference, read_photo
-    from pipeline.run import detect_flight
+    from pipeline.process.run import detect_flight
 
     s = settings_for(tmp_path, **{"processing.tile_px": 128, "processing.overlap_px": 16,
                                   "processing.gsd_m": 0.4})
@@ -528,7 +528,7 @@ def test_hostile_zips_are_refused_and_nothing_is_unpacked(tmp_path, case, match)
 def _store_with_parcel(s, where: shapely.Geometry):
     import geopandas as gpd
 
-    from pipeline.registry import read_parcels
+    from pipeline.ingest.parcels import read_parcels
     from pipeline.store import open_store
 
     store = open_store(s.store.url, s.store.crs)
@@ -543,7 +543,7 @@ def _store_with_parcel(s, where: shapely.Geometry):
 
 
 def test_flight_outside_the_district_is_refused(tmp_path):
-    from pipeline.run import register_flight
+    from pipeline.process.run import register_flight
 
     s = settings_for(tmp_path)
     far = shapely.Point(site(STORE_CRS)).buffer(10).envelope
@@ -614,8 +614,8 @@ def test_rgba_utm_ortho_with_irregular_alpha_goes_through_the_pipeline(tmp_path)
     import geopandas as gpd
     from rasterio.warp import Resampling, calculate_default_transform, reproject
 
-    from pipeline.registry import import_registry
-    from pipeline.run import process_flight, register_flight
+    from pipeline.ingest.parcels import import_registry
+    from pipeline.process.run import process_flight, register_flight
     from pipeline.store import open_store
     from pipeline.synth import generate_district
 
@@ -671,7 +671,7 @@ def test_rgba_utm_ortho_with_irregular_alpha_goes_through_the_pipeline(tmp_path)
 def test_a_fake_jpeg_is_refused_in_one_line_with_ultralytics_loaded(tmp_path):
     """Once the detector is loaded, ultralytics' PIL.Image.open patch tries an optional HEIC
     plugin on files PIL cannot identify; the ingest still refuses the file in one line."""
-    from pipeline.detect import offline_ultralytics
+    from pipeline.detection.detect import offline_ultralytics
     offline_ultralytics()
     import ultralytics.utils.patches  # noqa: F401  (patches PIL.Image.open, as a loaded detector does)
 

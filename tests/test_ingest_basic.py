@@ -13,7 +13,7 @@ from pyproj import Transformer
 from rasterio.features import rasterize
 from rasterio.transform import from_origin
 
-from pipeline.errors import ConfigError, InputError
+from pipeline.core.errors import ConfigError, InputError
 from pipeline.ingest import register_ortho
 
 # an irregular flight footprint (concave, with a notch) in EPSG:32650 metres

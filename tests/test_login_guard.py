@@ -13,7 +13,7 @@ GOOD = "admin-pass-01"
 
 
 def make_app(small_district_store, tmp_path, **sets):
-    from pipeline.config import load_settings
+    from pipeline.core.config import load_settings
     from pipeline.service import auth as A
     from pipeline.service.app import create_app
     from pipeline.store import open_store

@@ -10,8 +10,8 @@ import geopandas as gpd
 import pytest
 import shapely
 
-from pipeline.config import load_settings
-from pipeline.errors import InputError, StoreError
+from pipeline.core.config import load_settings
+from pipeline.core.errors import InputError, StoreError
 from pipeline.store import open_store
 
 
@@ -56,7 +56,7 @@ def _files(folder):
 def test_a_photo_at_the_case_is_kept_with_a_stamped_copy(media_store):
     from PIL import Image
 
-    from pipeline.media import add_media
+    from pipeline.cases.media import add_media
     store, s, (lon, lat), folder = media_store
     data = jpeg(lon + 0.00005, lat)                              # ≈ 5 m east of the centre
     row = add_media(store, s, "LW2026-000001", data, "IMG_0001.jpg", "off", "东侧加建")
@@ -82,7 +82,7 @@ def test_a_photo_at_the_case_is_kept_with_a_stamped_copy(media_store):
     ("truncated", "cut.jpg", "damaged or cut short"),
 ])
 def test_bad_files_are_refused_in_one_line_and_nothing_is_kept(media_store, data, name, want):
-    from pipeline.media import add_media
+    from pipeline.cases.media import add_media
     store, s, (lon, lat), folder = media_store
     if data is None:
         data = jpeg(exif=False)
@@ -95,7 +95,7 @@ def test_bad_files_are_refused_in_one_line_and_nothing_is_kept(media_store, data
 
 
 def test_oversized_file_and_unknown_case(media_store):
-    from pipeline.media import add_media
+    from pipeline.cases.media import add_media
     store, s, (lon, lat), folder = media_store
     small = load_settings(overrides={"store.url": s.store.url, "media.dir": str(folder), "media.max_mb": "1"})
     with pytest.raises(InputError, match="more than the 1 MiB"):
@@ -106,7 +106,7 @@ def test_oversized_file_and_unknown_case(media_store):
 
 
 def test_a_video_takes_the_phone_position_and_a_failed_record_leaves_no_file(media_store, monkeypatch):
-    from pipeline.media import add_media
+    from pipeline.cases.media import add_media
     store, s, (lon, lat), folder = media_store
     mp4 = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + b"\x00" * 4096
     row = add_media(store, s, "LW2026-000001", mp4, "VID_1.mp4", "off", device_lon=lon, device_lat=lat)

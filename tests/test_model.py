@@ -44,9 +44,9 @@ def scenes(tmp_path_factory):
 def measured(scenes):
     """Recall: buildings and steel sheds matched one-to-one at IoU 0.5 by a detection (any class;
     class mix-ups are a separate matter). False detections: detections that match no structure."""
-    from pipeline.config import load_settings
-    from pipeline.detect import detect_ortho
-    from pipeline.evaluate import score
+    from pipeline.core.config import load_settings
+    from pipeline.detection.detect import detect_ortho
+    from pipeline.model.evaluate import score
     settings = load_settings(overrides={"detector.model": str(MODEL)})
     keep = ["building", "steel_shed"]
     tp = fn = fp = n_pred = 0
@@ -75,9 +75,9 @@ def test_false_detections_at_most_ten_percent(measured):
 def test_the_int8_runtime_finds_what_fp32_finds_on_held_out_scenes(scenes):
     """`detector.runtime: int8` (the quantised copy beside the model) on the same held-out scenes:
     the same recall and false-detection bars as FP32."""
-    from pipeline.config import load_settings
-    from pipeline.detect import detect_ortho
-    from pipeline.evaluate import score
+    from pipeline.core.config import load_settings
+    from pipeline.detection.detect import detect_ortho
+    from pipeline.model.evaluate import score
     settings = load_settings(overrides={"detector.model": str(MODEL), "detector.runtime": "int8"})
     if not settings.model_path.is_file():
         pytest.skip(f"{settings.model_path.name} not made (scripts/quantize_int8.py)")
@@ -97,8 +97,8 @@ def test_the_openvino_runtime_gives_the_boxes_onnxruntime_gives(scenes):
     across the merge's threshold: one box of 28, IoU 0.85, on an AMX Xeon)."""
     import shapely
 
-    from pipeline.config import load_settings
-    from pipeline.detect import detect_ortho
+    from pipeline.core.config import load_settings
+    from pipeline.detection.detect import detect_ortho
     assert load_settings().detector.runtime == "openvino"
     runs = {rt: load_settings(overrides={"detector.model": str(MODEL), "detector.runtime": rt})
             for rt in ("fp32", "openvino")}
@@ -117,12 +117,12 @@ def test_the_openvino_runtime_gives_the_boxes_onnxruntime_gives(scenes):
 
 
 def test_the_torch_free_onnx_path_gives_the_boxes_ultralytics_gives(scenes):
-    """ONNX weights run without torch (pipeline.yolo.OnnxYolo: numpy decoding, probabilistic-IoU
+    """ONNX weights run without torch (pipeline.detection.yolo.OnnxYolo: numpy decoding, probabilistic-IoU
     fast NMS); ultralytics' own predictor on the same graph and tiles gives the same oriented boxes,
     confidences and classes."""
     import rasterio
 
-    from pipeline.yolo import Detector, MAX_DET, offline_ultralytics
+    from pipeline.detection.yolo import Detector, MAX_DET, offline_ultralytics
     offline_ultralytics()
     from ultralytics import YOLO
     with rasterio.open(scenes[0][0]) as src:
@@ -143,14 +143,14 @@ def test_the_torch_free_onnx_path_gives_the_boxes_ultralytics_gives(scenes):
 
 
 def test_the_real_imagery_suite_scores_every_evaluation_crop(scenes, tmp_path):
-    """`patrol evaluate --suite DIR` (pipeline.evaluate.evaluate_suite) on a folder laid out like
+    """`patrol evaluate --suite DIR` (pipeline.model.evaluate.evaluate_suite) on a folder laid out like
     ../shared/realdata: only the manifest's eval crops unless asked, the same figures as scoring the
     crop alone, the size split adding up, one clear line for a missing file."""
     import shutil
 
-    from pipeline.config import load_settings
-    from pipeline.errors import InputError
-    from pipeline.evaluate import evaluate_ortho, evaluate_suite, suite_markdown
+    from pipeline.core.config import load_settings
+    from pipeline.core.errors import InputError
+    from pipeline.model.evaluate import evaluate_ortho, evaluate_suite, suite_markdown
     suite = tmp_path / "realdata"
     for area, (path, truth) in zip(("north", "south"), scenes):
         (suite / area).mkdir(parents=True)
@@ -194,10 +194,10 @@ def test_a_split_crop_is_scored_on_its_evaluation_part_and_never_chipped_there(s
     import shapely
 
     from pipeline.cli import main
-    from pipeline.config import load_settings
-    from pipeline.errors import InputError
-    from pipeline.evaluate import evaluate_ortho, evaluate_suite, read_suite
-    from pipeline.tiling import part_polygon
+    from pipeline.core.config import load_settings
+    from pipeline.core.errors import InputError
+    from pipeline.model.evaluate import evaluate_ortho, evaluate_suite, read_suite
+    from pipeline.detection.tiling import part_polygon
     path, truth = scenes[0]
     suite = tmp_path / "realdata"
     (suite / "town").mkdir(parents=True)
@@ -242,9 +242,9 @@ def coverage_on_houses(tmp_path, first_seed: int, look: dict, which) -> tuple[in
     """(found, split, merged, houses) of the shipped model over three held-out generated scenes of 128 m
     at 5 cm (palettes china, global, mixed; seeds from ``first_seed``) drawn with the ``look``
     settings of `Randomisation`, counted on the truth rows ``which(scene)`` picks."""
-    from pipeline.config import load_settings
-    from pipeline.detect import detect_ortho
-    from pipeline.evaluate import coverage
+    from pipeline.core.config import load_settings
+    from pipeline.detection.detect import detect_ortho
+    from pipeline.model.evaluate import coverage
     from pipeline.synth import Randomisation, render_scene
     settings = load_settings(overrides={"detector.model": str(MODEL)})
     found = split = merged = n = 0

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli, main
-from pipeline.config import load_settings
-from pipeline.errors import ModelError
+from pipeline.core.config import load_settings
+from pipeline.core.errors import ModelError
 from pipeline.store import open_store
 
 #: a county of red soil in autumn: strong warm cast, saturated (the shipped model's recall drops to ~0.6)
@@ -36,14 +36,14 @@ def _copy_of_shipped(settings, tmp_path, name: str) -> tuple[Path, Path]:
 
 
 def _register_copy(store, settings, tmp_path, name: str) -> dict:
-    from pipeline.model_registry import active_model, register
+    from pipeline.model.registry import active_model, register
     pt, onnx = _copy_of_shipped(settings, tmp_path, name)
     return register(store, settings, pt, onnx, parent=active_model(store, settings)["version"],
                     data={"note": "copy"}, actor="admin")
 
 
 def test_promote_and_rollback_are_recorded_and_a_changed_file_is_refused(tmp_path, capsys):
-    from pipeline.model_registry import active_model, active_settings, promote, rollback
+    from pipeline.model.registry import active_model, active_settings, promote, rollback
     s = _settings(tmp_path)
     store = open_store(s.store.url, s.store.crs)
     configured = active_model(store, s)["version"]
@@ -74,7 +74,7 @@ def test_promote_and_rollback_are_recorded_and_a_changed_file_is_refused(tmp_pat
 
 
 def test_the_gate_needs_an_evaluation_set(tmp_path):
-    from pipeline.model_registry import promote
+    from pipeline.model.registry import promote
     s = _settings(tmp_path, **{"models.eval_generated": []})
     store = open_store(s.store.url, s.store.crs)
     cand = _register_copy(store, s, tmp_path, "cand")
@@ -84,7 +84,7 @@ def test_the_gate_needs_an_evaluation_set(tmp_path):
 
 
 def _promote_in_process(url, overrides, version, expected, barrier, out):
-    from pipeline.model_registry import promote
+    from pipeline.model.registry import promote
     s = load_settings(overrides=overrides)
     store = open_store(url, s.store.crs)
     barrier.wait()
@@ -98,7 +98,7 @@ def _promote_in_process(url, overrides, version, expected, barrier, out):
 
 
 def test_two_promotions_at_once_cannot_both_win(tmp_path):
-    from pipeline.model_registry import active_model, compare
+    from pipeline.model.registry import active_model, compare
     s = _settings(tmp_path)
     store = open_store(s.store.url, s.store.crs)
     first = _register_copy(store, s, tmp_path, "a")
@@ -140,9 +140,9 @@ def test_a_bureaus_first_weeks_teach_the_eye_and_a_worse_candidate_is_refused(tm
     training chips; the fine-tuned candidate passes the gate and is promoted; on a later flight of
     another place with the same look it finds more and raises fewer false alarms than the shipped
     model. A candidate taught that nothing is a structure is refused by promote."""
-    from pipeline.evaluate import evaluate_ortho
-    from pipeline.review_replay import review_from_truth
-    from pipeline.run import process_flight, register_flight
+    from pipeline.model.evaluate import evaluate_ortho
+    from pipeline.model.review_replay import review_from_truth
+    from pipeline.process.run import process_flight, register_flight
     from pipeline.synth import generate_district
 
     first = generate_district(tmp_path / "week1", seed=41, size_m=240, epochs=1, look=RED_AUTUMN, progress=False)
@@ -184,7 +184,7 @@ def test_a_bureaus_first_weeks_teach_the_eye_and_a_worse_candidate_is_refused(tm
     assert "is not promoted" in err and "loses recall" in err and len(err.splitlines()) == 1, err
 
     store = open_store(s.store.url, s.store.crs)
-    from pipeline.model_registry import active_model
+    from pipeline.model.registry import active_model
     assert active_model(store, s)["version"] == good
     actions = list(store.model_events()["action"])
     assert actions.count("promoted") == 1 and actions[-1] == "refused"

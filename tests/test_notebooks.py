@@ -19,7 +19,7 @@ MODEL_NOTEBOOKS = {"03_model_evaluation.ipynb"}
 
 
 def _model_path() -> Path:
-    from pipeline.config import load_settings
+    from pipeline.core.config import load_settings
     return load_settings().model_path
 
 

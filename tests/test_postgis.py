@@ -19,7 +19,7 @@ import pytest
 import shapely
 from shapely.geometry import box
 
-from pipeline.errors import StoreError
+from pipeline.core.errors import StoreError
 from pipeline.store import open_store
 
 CRS = "EPSG:4547"
@@ -165,8 +165,8 @@ def test_connection_killed_in_the_middle_of_a_write_leaves_nothing(pg_server, pg
 
 
 def test_process_flight_killed_mid_flight_is_marked_failed_with_nothing_half_written(pg_server, pg_url):
-    from pipeline.config import load_settings
-    from pipeline.run import process_flight
+    from pipeline.core.config import load_settings
+    from pipeline.process.run import process_flight
 
     settings = load_settings(None, {"store.url": pg_url, "store.crs": CRS}, environ={})
     with open_store(pg_url, CRS) as s:
@@ -200,8 +200,8 @@ RUNNER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     import geopandas as gpd
-    from pipeline.config import load_settings
-    from pipeline.run import process_flight
+    from pipeline.core.config import load_settings
+    from pipeline.process.run import process_flight
     from pipeline.store import open_store
     url, vectors, go, jobs = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4:]
     settings = load_settings(None, {"store.url": url}, environ={})
@@ -227,9 +227,9 @@ RUNNER = textwrap.dedent("""
 
 
 def test_two_concurrent_runs_on_overlapping_flights(pg_url, district, tmp_path):
-    from pipeline.config import load_settings
-    from pipeline.registry import import_registry
-    from pipeline.run import register_flight
+    from pipeline.core.config import load_settings
+    from pipeline.ingest.parcels import import_registry
+    from pipeline.process.run import register_flight
 
     settings = load_settings(None, {"store.url": pg_url}, environ={})
     vectors = district / "district.gpkg"
@@ -265,7 +265,7 @@ def test_two_concurrent_runs_on_overlapping_flights(pg_url, district, tmp_path):
 # ------------------------------------------------------------------ the demo on both stores
 def _demo(district: Path, url: str):
     from pipeline.cli import Context
-    from pipeline.demo import run_demo
+    from pipeline.cli.demo import run_demo
     run_demo(Context(None, url, (NO_MODEL,)), district, seed=3, size_m=120, epochs=3, echo=lambda *a: None)
     with open_store(url, CRS) as s:
         return s.cases(), s.events(), s.list_flights(), len(s.detections())

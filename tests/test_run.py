@@ -1,4 +1,4 @@
-"""One flight through every stage (pipeline/run.py): idempotent re-runs, and a crash
+"""One flight through every stage (pipeline/process/run.py): idempotent re-runs, and a crash
 in the middle of a run leaves nothing half-written and the re-run completes."""
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import geopandas as gpd
 import pytest
 
-from pipeline.config import load_settings
-from pipeline.registry import import_registry
-from pipeline.run import process_flight, register_flight
+from pipeline.core.config import load_settings
+from pipeline.ingest.parcels import import_registry
+from pipeline.process.run import process_flight, register_flight
 from pipeline.store import open_store
 from pipeline.synth import generate_district
 

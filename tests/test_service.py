@@ -16,7 +16,7 @@ import pytest
 warnings.filterwarnings("ignore", message=".*httpx.*", category=DeprecationWarning)
 from fastapi.testclient import TestClient  # noqa: E402
 
-from pipeline.config import load_settings  # noqa: E402
+from pipeline.core.config import load_settings  # noqa: E402
 from pipeline.service import auth as A  # noqa: E402
 from pipeline.store import open_store  # noqa: E402
 
@@ -329,7 +329,7 @@ def test_print_button_issues_a_numbered_pdf_and_reprints_it(svc):
 
 
 def test_admin_dispatches_and_the_officer_sees_deadlines(svc):
-    from pipeline.track import change_status
+    from pipeline.cases.track import change_status
     cases = svc.store.cases()
     mine = [c for c in cases[cases["town"] == svc.town]["case_no"] if c not in (svc.case, svc.xss_case)]
     assert mine, "the district needs a third case in the officer's town"
@@ -803,7 +803,7 @@ def test_no_english_word_reaches_an_officer_in_chinese(svc):
 
 
 def test_the_flights_page_says_how_a_flight_was_lined_up(svc):
-    """A flight's co-registration note (pipeline.change) is on the 航线 page, in Chinese."""
+    """A flight's co-registration note (pipeline.cases.change) is on the 航线 page, in Chinese."""
     fid = svc.store.list_flights()["flight_id"].iloc[-1]
     note = "相对前期航次 X 位移 东 +1.64 m、北 +1.44 m（7 个区块一致），检测结果已改正"
     with svc.store.transaction():

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from browser import CHROMIUM, launch_chromium
-from pipeline.config import DEFAULT_CONFIG, load_settings
+from pipeline.core.config import DEFAULT_CONFIG, load_settings
 from pipeline.service import auth as A
 from pipeline.store import open_store
 
@@ -39,7 +39,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(small_district_store, tmp_path_factory):
     """`patrol serve` over a fresh store holding the district's parcels and zones and three accounts."""
-    from pipeline.registry import read_parcels, read_zones
+    from pipeline.ingest.parcels import read_parcels, read_zones
 
     _, _, district = small_district_store
     root = tmp_path_factory.mktemp("serve")
@@ -462,8 +462,8 @@ def test_offline_on_a_phone_queues_photo_and_status_and_shows_a_conflict(server)
             page.fill("#note", "复查")
             page.click("button[data-to='rechecked']")
             page.wait_for_selector("#outbox .waiting:text('离线待发送 1 项')", timeout=5000)
-            from pipeline.track import change_status
-            from pipeline.rules import load_rules
+            from pipeline.cases.track import change_status
+            from pipeline.core.rules import load_rules
             with open_store(server["store"], server["settings"].store.crs) as store:   # meanwhile, at the office
                 change_status(store, no, "rechecked", "adm", "办公室复查", load_rules(server["settings"].rules_path).lifecycle)
             ctx.set_offline(False)
@@ -492,8 +492,8 @@ def _wait_drawn(page, frame, test: str) -> None:
 def _done_flight(server) -> dict:
     """A processed flight in the server's store (the district's first epoch, truth as detections
     when no earlier test processed one)."""
-    from pipeline.detectors import TruthTileDetector
-    from pipeline.run import process_flight, register_flight
+    from pipeline.detection.detectors import TruthTileDetector
+    from pipeline.process.run import process_flight, register_flight
     s = server["settings"]
     with open_store(server["store"], s.store.crs) as store:
         done = store.list_flights(status="done")
@@ -538,12 +538,12 @@ def test_officer_redraws_an_outline_and_draws_a_missed_structure_admin_promotes_
     import geopandas as gpd
     import shapely
 
-    from pipeline.model_registry import register
+    from pipeline.model.registry import register
     sync_api = pytest.importorskip("playwright.sync_api")
     ARTIFACTS.mkdir(exist_ok=True)
     base, problems, s = server["base"], [], server["settings"]
     flight = _done_flight(server)
-    from pipeline.run import register_flight
+    from pipeline.process.run import register_flight
     with open_store(server["store"], s.store.crs) as store:       # a 0.5 m ortho registered with --force
         minx, _, _, maxy = store.parcels().total_bounds
         coarse = make_raster("卫片.tif", 64, 64, res=0.5, crs=s.store.crs, origin=(minx, maxy))

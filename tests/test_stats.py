@@ -6,8 +6,8 @@ import geopandas as gpd
 import pytest
 import shapely
 
-from pipeline.config import load_settings
-from pipeline.rules import load_rules
+from pipeline.core.config import load_settings
+from pipeline.core.rules import load_rules
 
 M2_PER_MU = 666.67
 

@@ -20,7 +20,7 @@ import pytest
 import shapely
 from shapely.geometry import MultiPolygon, Polygon, box
 
-from pipeline.errors import StoreError
+from pipeline.core.errors import StoreError
 from pipeline.store import CASE_COLUMNS, Store, open_store
 
 BACKENDS = ["gpkg", "postgis"]

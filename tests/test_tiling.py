@@ -6,8 +6,8 @@ import pytest
 import rasterio
 from pyproj import Geod
 
-from pipeline.errors import InputError
-from pipeline.tiling import ground_pixel_size, iter_tiles, plan_windows
+from pipeline.core.errors import InputError
+from pipeline.detection.tiling import ground_pixel_size, iter_tiles, plan_windows
 
 GSD, TILE, OVERLAP = 0.10, 128, 16
 

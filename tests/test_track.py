@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from shapely.geometry import box
 
-from pipeline.config import TrackingSettings
-from pipeline.match import find_violations, load_rules
-from pipeline.track import set_status, track_flight
+from pipeline.core.config import TrackingSettings
+from pipeline.cases.match import find_violations, load_rules
+from pipeline.cases.track import set_status, track_flight
 
 RULES = load_rules(Path(__file__).resolve().parent.parent / "config" / "rules.yaml")
 TRACK = TrackingSettings()
@@ -416,8 +416,8 @@ MODEL = Path(__file__).resolve().parent.parent / "models" / "lianwei-yolo11n.onn
 def test_cases_agree_with_the_truth_with_the_shipped_model(tmp_path_factory):
     """The same check with the shipped detector on the flights of a held-out district (a seed
     never used in training), flown at the 10 cm processing GSD."""
-    from pipeline.config import load_settings
-    from pipeline.detect import Detector, detect_ortho
+    from pipeline.core.config import load_settings
+    from pipeline.detection.detect import Detector, detect_ortho
     from pipeline.synth import generate_district
     res = generate_district(tmp_path_factory.mktemp("model-district"), seed=7_100_002, size_m=300, epochs=3,
                             gsd_m=0.10, progress=False)

@@ -10,8 +10,8 @@ import shapely
 import shapely.affinity
 from shapely.geometry import box
 
-from pipeline.evaluate import match_footprints, score
-from pipeline.train import CLASSES, build_dataset, chip_labels, import_labelled
+from pipeline.model.evaluate import match_footprints, score
+from pipeline.model.train import CLASSES, build_dataset, chip_labels, import_labelled
 
 
 def read_labels(path: Path) -> np.ndarray:
@@ -57,7 +57,7 @@ def test_dataset_build_splits_by_scene(tmp_path):
     data = (out / "data.yaml").read_text()
     assert "images/train" in data and "steel_shed" in data
     # the same seeds cannot be added again to the same dataset
-    from pipeline.errors import ConfigError
+    from pipeline.core.errors import ConfigError
     with pytest.raises(ConfigError):
         build_dataset(out, scenes=1, val_scenes=0, seed=12, size_m=40.0, chip_px=160, progress=False)
 
@@ -68,7 +68,7 @@ def test_coarse_scenes_are_rendered_coarse_and_resampled_to_the_processing_gsd(t
     as the scene drawn at 0.10 m, but blurred (far less fine detail)."""
     import cv2
 
-    from pipeline.train import render_chips, write_data_yaml
+    from pipeline.model.train import render_chips, write_data_yaml
     out = {}
     for name, coarse in (("sharp", None), ("coarse", (1.0, 0.25, 0.25))):
         d = tmp_path / name
@@ -180,7 +180,7 @@ def test_chip_labels_drop_slivers_and_keep_orientation():
 
 
 def test_import_rejects_bad_inputs(tmp_path, make_raster):
-    from pipeline.errors import InputError
+    from pipeline.core.errors import InputError
     ortho = make_raster("a.tif", width=64, height=64)
     with pytest.raises(InputError, match="not found"):
         import_labelled(ortho, tmp_path / "missing.geojson", tmp_path / "ds")
@@ -279,7 +279,7 @@ def test_adjoining_houses_returned_as_one_structure_count_as_merged():
 @pytest.fixture(scope="module")
 def untrained_model(tmp_path_factory):
     """A yolo11n with random weights (no detections above the threshold), built offline."""
-    from pipeline.detect import offline_ultralytics
+    from pipeline.detection.detect import offline_ultralytics
     offline_ultralytics()
     from ultralytics import YOLO
     path = tmp_path_factory.mktemp("model") / "untrained.pt"

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from pipeline.errors import InputError, one_line
+from pipeline.core.errors import InputError, one_line
 from pipeline.ingest.raster import (
     RASTER_KINDS,
     check_name,
@@ -87,7 +87,7 @@ def _atomic_write(path: Path, text: str) -> None:
 def _collect(paths: list[Path], settings, refused: list) -> list[_Item]:
     """Files to consider, with zips unpacked safely; unusable ones go to ``refused``."""
     from pipeline.ingest.archive import safe_extract
-    from pipeline.storage import unpacking
+    from pipeline.core.disk import unpacking
 
     items: list[_Item] = []
 
@@ -379,7 +379,7 @@ def _boundary(path: Path, store_crs: str):
 def gsd_outside(gsd_m, settings) -> str | None:
     """Why a flight of native ground pixel ``gsd_m`` lies outside the range the model was trained and
     checked on (``detector.gsd_range_m``), or None when it is inside (or unknown)."""
-    from pipeline.values import is_missing
+    from pipeline.core.values import is_missing
     lo, hi = settings.detector.gsd_range_m
     if is_missing(gsd_m) or lo <= float(gsd_m) <= hi:
         return None

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from affine import Affine
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from pipeline.ingest.raster import shown
 
 XMP_SCAN_BYTES = 1 << 20  # DJI writes the XMP packet near the start of the file

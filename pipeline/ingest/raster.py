@@ -5,7 +5,7 @@ Checks, each a one-line InputError naming the file: empty or not a TIFF, unreada
 absurdly large (``ingest.max_raster_mpix``), not imagery (float/complex rasters such as a DSM),
 Gauss-Krüger eastings that carry the zone number under a central-meridian CRS, geographic
 coordinates out of range, no valid pixels. Masks: internal mask, alpha band, nodata, or an
-implicit 0/255 last band (``pipeline.tiling``). Nothing is read whole: the footprint is traced
+implicit 0/255 last band (``pipeline.detection.tiling``). Nothing is read whole: the footprint is traced
 on a decimated mask (overviews when present) and data is only touched block by block.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-from pipeline.errors import ConfigError, InputError
+from pipeline.core.errors import ConfigError, InputError
 
 HASH_CHUNK = 4 << 20
 FOOTPRINT_MAX_PX = 1024  # long side of the decimated mask the footprint is traced on
@@ -117,7 +117,7 @@ def valid_footprint(src, store_crs: str, max_px: int = FOOTPRINT_MAX_PX):
     from rasterio.features import shapes
     from rasterio.transform import Affine
 
-    from pipeline.tiling import ground_pixel_size, low_res_valid
+    from pipeline.detection.tiling import ground_pixel_size, low_res_valid
 
     f = max(1.0, max(src.width, src.height) / max_px)
     h, w = max(1, round(src.height / f)), max(1, round(src.width / f))
@@ -166,7 +166,7 @@ def check_ortho(src, path: Path, max_mpix: float = DEFAULT_MAX_MPIX) -> None:
     import shapely
     from rasterio.windows import Window
 
-    from pipeline.registry import check_gauss_kruger
+    from pipeline.ingest.parcels import check_gauss_kruger
 
     name = shown(path)
     if src.width < 1 or src.height < 1:
@@ -189,7 +189,7 @@ def check_ortho(src, path: Path, max_mpix: float = DEFAULT_MAX_MPIX) -> None:
                          zh=f"{name} 有 {src.count} 个波段（多光谱？），请上传 RGB 或 RGBA 正射影像")
     from rasterio.enums import ColorInterp
 
-    from pipeline.tiling import implicit_alpha
+    from pipeline.detection.tiling import implicit_alpha
     masks = sum(c == ColorInterp.alpha for c in src.colorinterp) or (1 if implicit_alpha(src) else 0)
     if src.count - masks < 3:
         raise InputError(f"{name} has {src.count - masks} colour band(s) (grey or panchromatic?), the "
@@ -221,7 +221,7 @@ def describe_ortho(path: Path, store_crs: str, max_mpix: float = DEFAULT_MAX_MPI
     """CRS, ground GSD, capture time, footprint (store CRS) and format facts of one ortho."""
     import rasterio
 
-    from pipeline.tiling import BLOCK_CACHE_BYTES
+    from pipeline.detection.tiling import BLOCK_CACHE_BYTES
 
     check_name(path)
     kind = sniff(path)
@@ -241,7 +241,7 @@ def describe_ortho(path: Path, store_crs: str, max_mpix: float = DEFAULT_MAX_MPI
 def _describe(path: Path, store_crs: str, max_mpix: float) -> dict:
     import rasterio
 
-    from pipeline.tiling import ground_pixel_size, open_raster
+    from pipeline.detection.tiling import ground_pixel_size, open_raster
 
     src = open_raster(path)
     try:
@@ -288,7 +288,7 @@ def write_mosaic_vrt(members: list[Path], out: Path) -> Path:
     import rasterio
     from pyproj import CRS
 
-    from pipeline.tiling import implicit_alpha, rgb_bands
+    from pipeline.detection.tiling import implicit_alpha, rgb_bands
 
     infos = []
     for p in members:

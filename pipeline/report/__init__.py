@@ -20,8 +20,8 @@ def write_reports(store, settings, out_dir: str | Path, flight_id: str | None = 
     cases it covers; without: the district map plus one map per flight. Filters narrow the
     cases listed and mapped (statistics always cover every case of the period)."""
 
-    from pipeline.errors import PatrolError
-    from pipeline.rules import load_rules
+    from pipeline.core.errors import PatrolError
+    from pipeline.core.rules import load_rules
     from pipeline.report.evidence import make_chips, write_evidence_sheets
     from pipeline.report.lists import write_csv, write_geojson, write_gpkg, write_kml, write_kmz, write_xlsx
     from pipeline.report.map import build_map

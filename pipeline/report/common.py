@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.labels import CLASSES  # noqa: F401  (the reports' name for it)
-from pipeline.values import is_missing as missing  # noqa: F401  (the reports' name for it)
+from pipeline.core.labels import CLASSES  # noqa: F401  (the reports' name for it)
+from pipeline.core.values import is_missing as missing  # noqa: F401  (the reports' name for it)
 
 # field id -> (zh, en)
 FIELDS: dict[str, tuple[str, str]] = {
@@ -319,7 +319,7 @@ def to_wgs84_points(gdf, crs: str) -> np.ndarray:
 
 
 def change_text(c: Mapping[str, Any], lang: str) -> str:
-    """What the change check saw (``pipeline.change``): the change confidence and its evidence in
+    """What the change check saw (``pipeline.cases.change``): the change confidence and its evidence in
     one line ('' when the case was not checked)."""
     import json
     conf = c.get("change_confidence")

@@ -24,12 +24,12 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from pipeline.errors import ConfigError, InputError, PatrolError
+from pipeline.core.errors import ConfigError, InputError, PatrolError
 from pipeline.report.common import (CATEGORIES, CLASSES, STOCK, change_text, label, missing, rule_texts,
                                     status_label, text, to_wgs84_points)
 from pipeline.report.evidence import scale_and_north
 from pipeline.report.ledger import M2_PER_MU, land_class, parcel_facts, progress_text
-from pipeline.track import get_case, mask_id
+from pipeline.cases.track import get_case, mask_id
 
 KINDS: dict[str, tuple[str, str]] = {
     "sheet": ("案件证据单", "Evidence sheet"),
@@ -386,7 +386,7 @@ def latest_document(store, case_no: str, kind: str) -> str | None:
 
 
 def write_pdf(path: Path, pdf: bytes) -> Path:
-    from pipeline.storage import os_error_line
+    from pipeline.core.disk import os_error_line
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -170,7 +170,7 @@ def make_chips(store, cases, flights, out_dir: Path, margin_m: float = 8.0,
     chip_dir = Path(out_dir) / "chips"
     geoms = np.asarray(cases.geometry.values, dtype=object)
     centroids = shapely.centroid(geoms)
-    from pipeline.change import flight_shift
+    from pipeline.cases.change import flight_shift
 
     for _, fl in flights.sort_values("captured_at").iterrows():
         flight = fl.to_dict()

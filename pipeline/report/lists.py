@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from pipeline.report.common import (CATEGORIES, CLASSES, FIELDS, FLAGS, STATUS_COLOURS, STOCK, as_list,
                                     label, missing, rule_texts, status_label, text)
 

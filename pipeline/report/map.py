@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from pipeline.errors import ConfigError, PatrolError
+from pipeline.core.errors import ConfigError, PatrolError
 from pipeline.report.common import (CATEGORIES, CLASS_COLOURS, CLASSES, FIELDS, LAYERS, STATUS_COLOURS,
                                     ZONE_COLOURS, ZONE_KINDS, js_json, label, missing, rule_texts,
                                     shift_gcj02, status_label, text, to_uint8, to_wgs84_points, wgs84_to_gcj02,

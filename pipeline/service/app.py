@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from pipeline.errors import PatrolError, TransitionError
+from pipeline.core.errors import PatrolError, TransitionError
 from pipeline.service import routes_admin, routes_api, routes_auth, routes_flights, routes_review, routes_work
 from pipeline.service.context import HTTPProblem, Service, is_api
 from pipeline.service.auth import LoginRefused
@@ -23,7 +23,7 @@ log = logging.getLogger("pipeline.service")
 
 def create_app(settings, *, detector: Any = None, store=None) -> FastAPI:
     """The service over the store of ``settings``; ``detector`` (a tile detector of
-    ``pipeline.detectors``, or a loaded model) replaces the model built from the settings."""
+    ``pipeline.detection.detectors``, or a loaded model) replaces the model built from the settings."""
     svc = Service.start(settings, detector, store)
     app = FastAPI(title="Lianwei Patrol 两违巡查", version="1",
                   description="Flight upload, case review and case work. Bearer tokens from POST /api/token.",
@@ -45,7 +45,7 @@ def create_app(settings, *, detector: Any = None, store=None) -> FastAPI:
 
     @app.exception_handler(OSError)
     async def _os(request: Request, e: OSError):
-        from pipeline.storage import os_error_line
+        from pipeline.core.disk import os_error_line
         log.error("%s %s: %s", request.method, request.url.path, e)
         full = e.errno in (errno.ENOSPC, errno.EDQUOT)
         return svc.problem(request, 507 if full else 500, os_error_line(e, "the request"),

@@ -28,8 +28,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError, InputError
-from pipeline.values import is_missing
+from pipeline.core.errors import ConfigError, InputError
+from pipeline.core.values import is_missing
 
 ROLES = ("patrol", "officer", "admin")
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{2,40}$")

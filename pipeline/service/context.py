@@ -27,12 +27,12 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
-from pipeline.change import registration_note
-from pipeline.errors import InputError, PatrolError
+from pipeline.cases.change import registration_note
+from pipeline.core.errors import InputError, PatrolError
 from pipeline.report.common import CATEGORIES, STOCK, label, rule_texts, status_label, text
 from pipeline.service import auth as A
 from pipeline.service.jobs import Processor
-from pipeline.service.messages import FLIGHT_STATUS, MODEL_ACTIONS, MODEL_STATES, ROLE_LABELS, translate
+from pipeline.core.words import FLIGHT_STATUS, MODEL_ACTIONS, MODEL_STATES, ROLE_LABELS, translate
 from pipeline.service.uploads import Uploads
 
 HERE = Path(__file__).parent
@@ -112,7 +112,7 @@ class Service:
     @classmethod
     def start(cls, settings, detector: Any = None, store=None) -> "Service":
         from pipeline.report.documents import check_templates
-        from pipeline.rules import load_rules
+        from pipeline.core.rules import load_rules
         from pipeline.store import open_store
 
         svc = settings.service
@@ -240,7 +240,7 @@ class Service:
                   lon: Any = None, lat: Any = None) -> dict:
         """Attach a photo or video to a case the account sees; the phone's position (lon/lat
         as text, may be empty) stands in when the photo has no GPS."""
-        from pipeline.media import add_media
+        from pipeline.cases.media import add_media
         self.one_case(user, case_no)
         try:
             dlon = float(lon) if lon not in (None, "") else None
@@ -255,8 +255,8 @@ class Service:
     def ground_report(self, user: A.User, lat: Any, lon: Any, detector_class: str, area_m2: Any, note: str,
                       photo: bytes | None = None, filename: str = "") -> dict:
         """地面巡查上报 (any signed-in account): a case from a position on the ground, with its photo."""
-        from pipeline.media import add_media
-        from pipeline.run import report_from_ground
+        from pipeline.cases.media import add_media
+        from pipeline.process.run import report_from_ground
         try:
             la, lo, area = float(lat), float(lon), float(area_m2)
         except (TypeError, ValueError):
@@ -272,8 +272,8 @@ class Service:
 
     def redraw_outline(self, user: A.User, case_no: str, geometry: dict) -> dict:
         """轮廓修正: the officer's outline (GeoJSON, WGS84) replaces the case's; the event."""
-        from pipeline.run import outline_from_geojson
-        from pipeline.track import redraw_outline
+        from pipeline.process.run import outline_from_geojson
+        from pipeline.cases.track import redraw_outline
         self.one_case(user, case_no)
         ev = redraw_outline(self.store, case_no, outline_from_geojson(geometry, self.settings), user.username)
         return event_json(ev)
@@ -282,7 +282,7 @@ class Service:
                        note: str = "") -> dict:
         """人工补录: a structure the model missed, drawn on the ortho of the latest processed flight
         that covers it, becomes a case (source ``manual``) through the rules."""
-        from pipeline.run import add_manual_case, outline_from_geojson
+        from pipeline.process.run import add_manual_case, outline_from_geojson
         outline = outline_from_geojson(geometry, self.settings)
         done = self.store.list_flights(status="done")
         done = done[done.geometry.notna()]
@@ -344,7 +344,7 @@ class Service:
                     "from_label": self.slabel(e["from_status"]) if text(e["from_status"]) else "",
                     "to_label": self.slabel(e["to_status"]), "note": text(e["note"])} for e in ev.to_dict("records")]
         centre = g.to_crs("EPSG:4326").geometry.iloc[0].centroid
-        from pipeline.track import CASE_FACTS
+        from pipeline.cases.track import CASE_FACTS
         site = {k: "" if pd.isna(c.get(k)) else (str(int(c[k])) if k == "floors" else text(c[k])) for k in CASE_FACTS}
         media = [{"media_id": m["media_id"], "kind": m["kind"], "filename": text(m["filename"]),
                   "taken_at": text(m["taken_at"])[:16], "lon": None if pd.isna(m["lon"]) else float(m["lon"]),
@@ -381,7 +381,7 @@ class Service:
         return out
 
     def apply_status(self, user: A.User, case_no: str, ch: StatusChange) -> dict:
-        from pipeline.track import change_status
+        from pipeline.cases.track import change_status
         self.one_case(user, case_no)
         kw = {k: v for k, v in (("order_no", ch.order_no), ("deadline", ch.deadline),
                                 ("demolished_area_m2", ch.demolished_area_m2)) if v is not None}

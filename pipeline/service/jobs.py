@@ -2,9 +2,9 @@
 
 An admin's "process now" queues the flight here; everything else stays 'uploaded' for the
 nightly run (`patrol nightly`). The thread opens its own store connection and calls
-``pipeline.run.process_flight`` (which marks the flight processing → done, or failed with
+``pipeline.process.run.process_flight`` (which marks the flight processing → done, or failed with
 the reason). The detector is injectable (``create_app(..., detector=)``: a tile detector of
-``pipeline.detectors``, e.g. a generated district's truth layer via ``patrol serve --truth-layer``).
+``pipeline.detection.detectors``, e.g. a generated district's truth layer via ``patrol serve --truth-layer``).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import queue
 import threading
 from typing import Any
 
-from pipeline.errors import PatrolError
+from pipeline.core.errors import PatrolError
 
 log = logging.getLogger("pipeline.service")
 
@@ -71,7 +71,7 @@ class Processor:
                     self.current = None
 
     def process(self, flight_id: str) -> None:
-        from pipeline.run import process_flight
+        from pipeline.process.run import process_flight
         from pipeline.store import open_store
 
         s = self.settings
@@ -101,7 +101,7 @@ class Processor:
 
     @staticmethod
     def _fail(store, flight_id: str, error: BaseException) -> None:
-        from pipeline.run import fail_flight
+        from pipeline.process.run import fail_flight
         try:
             f = store.get_flight(flight_id)
             if f is not None and f["status"] != "failed":

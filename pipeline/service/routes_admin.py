@@ -7,7 +7,7 @@ import re
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from pipeline.service import auth as A
 from pipeline.service.context import Auth, Service, admin, service
 
@@ -55,7 +55,7 @@ def _figures(comparison: dict) -> list[dict]:
 
 @router.get("/admin/models", response_class=HTMLResponse)
 def models_page(request: Request, a: Auth = Depends(admin), svc: Service = Depends(service)):
-    from pipeline.model_registry import active_model, listing
+    from pipeline.model.registry import active_model, listing
     rows = listing(svc.store, svc.settings)
     for r in rows:
         comp = (r.get("metrics") or {}).get("comparison") or {}
@@ -67,7 +67,7 @@ def models_page(request: Request, a: Auth = Depends(admin), svc: Service = Depen
 
 @router.post("/admin/models/{version}/compare")
 def models_compare(version: str, a: Auth = Depends(admin), svc: Service = Depends(service)):
-    from pipeline.model_registry import compare
+    from pipeline.model.registry import compare
     compare(svc.store, svc.settings, version, actor=a.user.username)
     return RedirectResponse("/admin/models", status_code=303)
 
@@ -75,13 +75,13 @@ def models_compare(version: str, a: Auth = Depends(admin), svc: Service = Depend
 @router.post("/admin/models/{version}/promote")
 def models_promote(version: str, a: Auth = Depends(admin), expected_active: str = Form(..., max_length=100),
                    svc: Service = Depends(service)):
-    from pipeline.model_registry import promote
+    from pipeline.model.registry import promote
     promote(svc.store, svc.settings, version, actor=a.user.username, expected_active=expected_active)
     return RedirectResponse("/admin/models", status_code=303)
 
 
 @router.post("/admin/models/rollback")
 def models_rollback(a: Auth = Depends(admin), svc: Service = Depends(service)):
-    from pipeline.model_registry import rollback
+    from pipeline.model.registry import rollback
     rollback(svc.store, svc.settings, actor=a.user.username)
     return RedirectResponse("/admin/models", status_code=303)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from pipeline.errors import PatrolError
+from pipeline.core.errors import PatrolError
 from pipeline.service.context import (FLIGHT_ID_RE, Auth, HTTPProblem, Service, StatusChange, admin, anyone,
                                       officer, patrol, service)
 
@@ -62,7 +62,7 @@ async def api_upload_put(request: Request, upload_id: str, offset: int = Query(.
 @router.post("/uploads/{upload_id}/finish", tags=["uploads"],
              summary="Check the complete upload with the ingest checks and register its flight")
 def api_upload_finish(upload_id: str, a: Auth = Depends(patrol), svc: Service = Depends(service)) -> dict:
-    from pipeline.run import register_flight
+    from pipeline.process.run import register_flight
     path = svc.uploads.finish(upload_id, a.user.username, a.user.is_admin)
     try:
         flight = register_flight(svc.store, path, svc.settings, team=a.user.username)

@@ -9,7 +9,7 @@ import pandas as pd
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from pipeline.report.documents import KINDS, kind_label
 from pipeline.service.context import (CHIP_RE, EXPORT_FORMATS, NAME_RE, Auth, HTTPProblem, Service, StatusChange,
                                       officer, service)
@@ -124,7 +124,7 @@ def case_facts_form(case_no: str, a: Auth = Depends(officer), party: str = Form(
                     floor_area_m2: str = Form("", max_length=20), unit: str = Form("", max_length=100),
                     remark: str = Form("", max_length=2000), svc: Service = Depends(service)):
     """当事人与建筑: what the officer found on site, for the 台账 and the documents."""
-    from pipeline.track import set_facts
+    from pipeline.cases.track import set_facts
     svc.one_case(a.user, case_no)
     set_facts(svc.store, case_no, {"party": party, "phone": phone, "id_number": id_number, "address": address,
                                    "floors": floors, "floor_area_m2": floor_area_m2, "unit": unit, "remark": remark},

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from starlette.background import BackgroundTask
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from pipeline.service.context import Auth, Service, admin, anyone, officer, service
 
 router = APIRouter(include_in_schema=False)
@@ -21,7 +21,7 @@ router = APIRouter(include_in_schema=False)
 
 @router.get("/tasks", response_class=HTMLResponse)
 def tasks_page(request: Request, a: Auth = Depends(officer), svc: Service = Depends(service)):
-    from pipeline.dispatch import digest, work_queue
+    from pipeline.cases.dispatch import digest, work_queue
     dg = digest(svc.store, svc.rules, svc.settings)
     if a.user.is_admin:
         cases = svc.store.cases()
@@ -46,7 +46,7 @@ def tasks_page(request: Request, a: Auth = Depends(officer), svc: Service = Depe
 
 
 def _assign(svc: Service, a: Auth, case_no: str, username: str) -> None:
-    from pipeline.track import assign_case
+    from pipeline.cases.track import assign_case
     g = svc.one_case(a.user, case_no)
     who = [u for u in svc.officers_for(g["town"].iloc[0], g["village"].iloc[0]) if u.username == username]
     if not who:

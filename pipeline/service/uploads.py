@@ -21,8 +21,8 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 
-from pipeline.errors import InputError
-from pipeline.storage import check_room, unpacking
+from pipeline.core.errors import InputError
+from pipeline.core.disk import check_room, unpacking
 
 UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".img", ".vrt")

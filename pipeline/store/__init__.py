@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.errors import StoreError
+from pipeline.core.errors import StoreError
 from pipeline.store.base import FLIGHT_STATUSES, BBox, Store
 from pipeline.store.schema import CASE_COLUMNS, TABLES
 

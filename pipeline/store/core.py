@@ -11,9 +11,9 @@ import pandas as pd
 import shapely
 from pyproj import CRS
 
-from pipeline.errors import InputError, StoreError
+from pipeline.core.errors import InputError, StoreError
 from pipeline.store.schema import Table
-from pipeline.values import is_missing, json_text, timestamp
+from pipeline.core.values import is_missing, json_text, timestamp
 
 _GEOMETRY_NAMES = ("Point LineString LinearRing Polygon MultiPoint MultiLineString MultiPolygon "
                    "GeometryCollection").split()

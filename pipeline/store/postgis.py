@@ -39,7 +39,7 @@ import shapely
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from pipeline.errors import StoreError, one_line
+from pipeline.core.errors import StoreError, one_line
 from pipeline.store.base import Claim, Store
 from pipeline.store.core import add_columns, add_documents, add_change_columns, add_media, add_model_registry, add_user_guard_columns, from_wkb, multipolygons, projected_crs, q, table_columns
 from pipeline.store.schema import TABLES, Table, as_created

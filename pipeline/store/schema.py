@@ -119,7 +119,7 @@ CASE_LEDGER_COLUMNS = ("floors", "floor_area_m2", "unit", "remark")
 CASE_PARTY_COLUMNS = ("id_number", "address")
 #: columns each table got after migration 1 (which creates the tables without them)
 #: added by migration 6: a failed flight's error in Chinese and the flight's co-registration;
-#: a case's change confidence and the evidence behind it (``pipeline.change``)
+#: a case's change confidence and the evidence behind it (``pipeline.cases.change``)
 FLIGHT_CHANGE_COLUMNS = ("error_zh", "registration")
 CASE_CHANGE_COLUMNS = ("change_confidence", "change_evidence")
 #: added by migration 7: the model version that produced a detection, and a case's latest detection
@@ -147,7 +147,7 @@ DOCUMENT = Table("document", (
 
 #: the migration that adds the media table
 MEDIA_VERSION = 5
-#: on-site photos and videos of a case (pipeline/media.py), added by migration 5: the original
+#: on-site photos and videos of a case (pipeline/cases/media.py), added by migration 5: the original
 #: file is kept as it came (named by its sha256), photos get a stamped copy
 MEDIA = Table("media", (
     C("media_id", required=True), C("case_no", required=True), C("kind", required=True), C("filename"),
@@ -158,7 +158,7 @@ MEDIA = Table("media", (
 
 #: the migration that adds the model registry
 MODEL_VERSION = 7
-#: detector weights of the model registry (pipeline/model_registry.py), added by migration 7: the
+#: detector weights of the model registry (pipeline/model/registry.py), added by migration 7: the
 #: file the detector runs (``path``, its sha256 ``file_hash``; ``pt_path`` the weights training starts
 #: from), what it was trained from, its figures; ``state`` candidate | active | retired
 MODEL = Table("model", (

@@ -14,7 +14,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from pipeline.synth.layout import build_layout, structures_at, violation_of
 from pipeline.synth.randomisation import Randomisation
 from pipeline.synth.render import Look, Renderer, View

@@ -1,9 +1,0 @@
-"""Nightly batch runs (``patrol nightly``): the one processing path with claims (``nightly``),
-tile checkpoints (``checkpoints``), an executor (``executors``: in-process or Dask) and a run
-summary (``summary``) around it."""
-from pipeline.batch.checkpoints import Checkpoint, checkpoint_root
-from pipeline.batch.nightly import PENDING, run_nightly, select_flights
-from pipeline.batch.summary import FlightOutcome, NightlySummary
-
-__all__ = ["run_nightly", "select_flights", "PENDING", "Checkpoint", "checkpoint_root", "FlightOutcome",
-           "NightlySummary"]

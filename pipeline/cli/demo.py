@@ -1,0 +1,153 @@
+"""`patrol demo`: the generated district through every stage, epoch after epoch.
+
+Between flights a simulated officer acts as the truth layer implies (illegal cases
+verified and ordered, lawful ones dismissed, demolition seen → demolished), so the
+lifecycle of a real campaign shows up in the store and the reports.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+
+DEMO_ACTOR = "demo-officer"
+
+
+def officer_actions_from_truth(store, truth: gpd.GeoDataFrame, rules, actor: str = DEMO_ACTOR,
+                               now=None) -> dict[str, int]:
+    """Act on the store's cases as a field check against ``truth`` (one epoch) would.
+
+    A suspected case whose footprint is mostly an illegal truth structure is verified and
+    ordered; one over a legal structure is closed as lawful; one over nothing is a false
+    positive. An ordered case flagged demolition_seen is marked demolished."""
+    from pipeline.cases.track import transition
+
+    lc = rules.lifecycle
+    cases = store.cases()
+    if not len(cases):
+        return {}
+    truth = truth.to_crs(cases.crs)
+    cg = np.asarray(cases.geometry.values, dtype=object)
+    tg = np.asarray(truth.geometry.values, dtype=object)
+    ci, ti = shapely.STRtree(tg).query(cg, predicate="intersects")
+    share = shapely.area(shapely.intersection(cg[ci], tg[ti])) / np.maximum(shapely.area(cg[ci]), 1e-9)
+    pairs = pd.DataFrame({"c": ci, "t": ti, "share": share}).sort_values("share", ascending=False)
+    best = pairs[pairs["share"] >= 0.3].drop_duplicates("c").set_index("c")["t"]
+    violation = truth["violation"].fillna("").to_numpy(dtype=object)
+
+    counts: dict[str, int] = {}
+    events, changed = [], []
+    for i in range(len(cases)):
+        row = cases.iloc[i].to_dict()
+        steps: list[tuple[str, str]] = []
+        if row["status"] == lc.initial:
+            if i in best.index and violation[best[i]]:
+                steps = [("verified", "现场核查：确认违法"),
+                         ("ordered", "下达限期拆除通知书")]
+            elif i in best.index:
+                steps = [("lawful", "现场核查：合法建筑")]
+            else:
+                steps = [("false_positive", "现场核查：无建筑，误报")]
+        elif row["status"] in lc.demolition_watch and "demolition_seen" in (row["flags"] or []):
+            steps = [("demolished", "复查：航拍显示已拆除")]
+        for to, note in steps:
+            events.append(transition(row, to, actor, note, lc, now))
+            counts[to] = counts.get(to, 0) + 1
+        if steps:
+            changed.append(row)
+    if changed:
+        with store.transaction():
+            store.save_cases(gpd.GeoDataFrame(changed, geometry="geometry", crs=cases.crs))
+            store.append_events(events)
+    return counts
+
+
+#: the documents the demo prints: for the first case in each status, these kinds
+DEMO_DOCUMENTS = {"suspected": ("inspection",), "ordered": ("sheet", "inspection", "stop_notice", "demolition_notice"),
+                  "demolished": ("recheck",)}
+
+
+def demo_documents(store, settings, rules, out_dir: Path) -> list[Path]:
+    """Print the first case of each status in DEMO_DOCUMENTS its documents, as an officer would."""
+    from pipeline.report.documents import print_document, write_pdf
+    cases = store.cases()
+    out = []
+    for status, kinds in DEMO_DOCUMENTS.items():
+        hit = cases[cases["status"] == status]
+        if not len(hit):
+            continue
+        no = hit["case_no"].iloc[0]
+        for kind in kinds:
+            row, pdf, _ = print_document(store, settings, rules, kind, no, DEMO_ACTOR)
+            out.append(write_pdf(out_dir / f"{no}_{kind}.pdf", pdf))
+    return out
+
+
+def run_demo(ctx, out_dir: Path, seed: int = 1, size_m: float = 400.0, epochs: int = 3, echo=print) -> dict:
+    """Generate the district once, then ingest, detect, match and track every epoch."""
+    from pipeline.detection.detectors import ModelTileDetector, TruthTileDetector
+    from pipeline.core.rules import load_rules
+    from pipeline.ingest.parcels import import_registry
+    from pipeline.report import write_reports
+    from pipeline.process.run import process_flight, register_flight
+    from pipeline.store import open_store
+    from pipeline.synth import generate_district
+
+    out_dir = Path(out_dir)
+    if "store.url" not in ctx.overrides and not os.environ.get("PATROL_STORE"):
+        ctx.overrides["store.url"] = str(out_dir / "patrol.gpkg")
+        ctx._settings = None
+    settings = ctx.settings          # a bad config fails here, before any work
+    meta_path = out_dir / "district.json"
+    if meta_path.exists():
+        echo(f"using the district already in {out_dir}")
+    else:
+        echo(f"generating the demo district (seed {seed}, {size_m:g} m, {epochs} epochs) into {out_dir} ...")
+        generate_district(out_dir, seed=seed, size_m=size_m, epochs=epochs)
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    vectors = out_dir / "district.gpkg"
+
+    rules = load_rules(settings.rules_path)
+    store = open_store(settings.store.url, settings.store.crs, case_prefix=settings.district.case_prefix)
+    import_registry(store, vectors, replace=True)
+
+    truth_all = gpd.read_file(vectors, layer="truth")
+    if not settings.model_path.exists():
+        echo(f"no detector weights at {settings.model_path}: using the truth layer as detections "
+             f"(rules and tracking only)")
+        detector = TruthTileDetector(vectors, settings.detector.classes)
+    else:
+        detector = ModelTileDetector(settings)
+        echo(f"detector: {settings.model_path.name}")
+    summary = {"store": settings.store.url, "flights": []}
+    for ep in meta["epochs"]:
+        truth = truth_all[truth_all["epoch"] == ep["epoch"]]
+        flight = register_flight(store, out_dir / ep["ortho"], settings, team="demo")
+        res = process_flight(store, flight["flight_id"], settings, detector=detector, force=True)
+        acted = officer_actions_from_truth(store, truth, rules)
+        echo(f"epoch {ep['epoch']} ({ep['date']}): flight {res.flight_id}: {res.detections} detections, "
+             f"{res.findings} findings, {res.new_cases} new cases; simulated officer: "
+             + (", ".join(f"{k} {v}" for k, v in sorted(acted.items())) or "nothing to do"))
+        summary["flights"].append(res.__dict__)
+    cases = store.cases()
+    echo(f"cases: {len(cases)} ({', '.join(f'{k} {v}' for k, v in cases['status'].value_counts().items())})")
+    echo("writing reports ...")
+    paths = write_reports(store, settings, out_dir / "reports")
+    documents = demo_documents(store, settings, rules, out_dir / "reports" / "documents")
+    store.close()
+    echo(f"map:        {paths['map']}")
+    echo(f"case list:  {paths['cases_xlsx']}  (also .csv .geojson .kml .kmz .gpkg beside it)")
+    echo(f"evidence:   {paths['evidence_index']}")
+    for key in ("stats_md", "stats_xlsx", "stats_png"):
+        if key in paths:
+            echo(f"statistics: {paths[key]}")
+    if documents:
+        echo(f"documents:  {len(documents)} PDFs in {documents[0].parent} (patrol docs KIND CASE_NO)")
+    echo(f"store:      {settings.store.url}")
+    summary["reports"] = {k: str(v) for k, v in paths.items()}
+    return summary
