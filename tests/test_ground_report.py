@@ -29,7 +29,8 @@ def _truth(district, epoch):
 
 def test_a_ground_report_on_farmland_is_a_land_use_case_and_the_flight_matches_it(fresh_district):
     from pipeline.detection.detectors import TruthTileDetector
-    from pipeline.process.run import process_flight, register_flight, report_from_ground
+    from pipeline.cases.manual import report_from_ground
+    from pipeline.process.run import process_flight, register_flight
     store, s, district = fresh_district
     epochs = sorted(district.glob("epoch_*.tif"))
     truth = gpd.read_file(district / "district.gpkg", layer="truth")
@@ -68,7 +69,7 @@ def test_a_ground_report_on_farmland_is_a_land_use_case_and_the_flight_matches_i
     ({"lon": 120.0}, "from every parcel and zone"),
 ])
 def test_bad_ground_reports_are_one_line_and_store_nothing(fresh_district, kw, want):
-    from pipeline.process.run import report_from_ground
+    from pipeline.cases.manual import report_from_ground
     store, s, _ = fresh_district
     c = store.parcels().to_crs("EPSG:4326").geometry.iloc[0].centroid
     args = {"lon": c.x, "lat": c.y, "actor": "pat", "note": "x", **kw}

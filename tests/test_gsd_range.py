@@ -79,3 +79,23 @@ def test_the_range_must_be_two_increasing_ground_pixels():
     from pipeline.core.errors import ConfigError
     with pytest.raises(ConfigError, match="gsd_range_m"):
         load_settings(overrides={"detector.gsd_range_m": [0.3, 0.1]})
+
+
+def test_nightly_refuses_a_flight_outside_the_range_as_run_does(coarse, tmp_path, capsys):
+    """The flight engine's start is shared: `patrol nightly` with the model refuses the same flight
+    as `patrol run` (recorded failed, nothing detected) and goes on; `--force` runs it."""
+    from pipeline.process.run import register_flight
+    store = str(tmp_path / "s.gpkg")
+    wide = load_settings(overrides={"store.url": store, "detector.gsd_range_m": [0.01, 1.0]})
+    with open_store(store, wide.store.crs) as s:
+        fid = register_flight(s, coarse, wide)["flight_id"]
+    assert main(["--store", store, "nightly"]) == 1
+    assert "0.500 m is coarser than the 0.02–0.16 m" in capsys.readouterr().out
+    with open_store(store, wide.store.crs) as s:
+        f = s.get_flight(fid)
+        assert f["status"] == "failed" and "超出模型适用范围 0.02–0.16 m" in f["error_zh"]
+        assert len(s.detections(fid)) == 0
+    assert main(["--store", store, "nightly", "--flights", fid, "--force"]) == 0
+    with open_store(store, wide.store.crs) as s:
+        f = s.get_flight(fid)
+        assert f["status"] == "done" and f["forced"].startswith("0.500 m ∉ 0.02–0.16 m")

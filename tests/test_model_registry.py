@@ -43,7 +43,8 @@ def _register_copy(store, settings, tmp_path, name: str) -> dict:
 
 
 def test_promote_and_rollback_are_recorded_and_a_changed_file_is_refused(tmp_path, capsys):
-    from pipeline.model.registry import active_model, active_settings, promote, rollback
+    from pipeline.model.active import active_model, active_settings
+    from pipeline.model.registry import promote, rollback
     s = _settings(tmp_path)
     store = open_store(s.store.url, s.store.crs)
     configured = active_model(store, s)["version"]

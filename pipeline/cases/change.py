@@ -478,8 +478,7 @@ def check_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, de
             new.add(i)
     # grown: a detection larger than its case by the rules' margin; looked at on the case's last flight
     if rules is None:
-        from pipeline.core.rules import load_rules
-        rules = load_rules(settings.rules_path)
+        rules = settings.rules
     rules_change = rules.change
     for i, ci in case_of.items():
         old = float(cases["area_m2"].iloc[ci] or 0.0)
@@ -538,3 +537,16 @@ def _evidence(lk: Look, reg: Registration) -> dict:
             "redetected_area_m2": round(lk.best_area_m2, 2), "redetected_cover": round(lk.cover, 3),
             "appearance_change": None if lk.appearance is None else round(lk.appearance, 3),
             "shift_m": [round(reg.dx_total, 2), round(reg.dy_total, 2)] if reg.applied else None}
+
+
+def prior_coverage(store, flight: dict):
+    """Union of the footprints of flights captured before this one, each moved by its
+    co-registration into the reference frame (None if none)."""
+    flights = store.list_flights(status="done")
+    if not len(flights):
+        return None
+    earlier = flights[(flights["flight_id"] != flight["flight_id"])
+                      & (flights["captured_at"] < flight["captured_at"])]
+    geoms = [g for g in (corrected_footprint({**r, "footprint": r[flights.geometry.name]})
+                         for r in earlier.to_dict("records")) if g is not None]
+    return shapely.union_all(geoms) if geoms else None

@@ -215,8 +215,7 @@ def flights_show(ctx, flight_id):
 
 # ---------------------------------------------------------------- cases
 def _ctx_rules(ctx: Context):
-    from pipeline.core.rules import load_rules
-    return load_rules(ctx.settings.rules_path)
+    return ctx.settings.rules
 
 
 def _width(text: str) -> int:
@@ -787,11 +786,10 @@ def report_cmd(ctx, flight_id, out_dir, status, category, town, village, since, 
 def stats_cmd(ctx, since, until, out_dir):
     """Campaign figures reported upward, by the date each action happened: 本期 and 累计,
     整改率, 销号率, by month, town, village and category."""
-    from pipeline.core.rules import load_rules
     from pipeline.report.stats import write_stats
     _check_dates(since, until)
     with open_ctx_store(ctx) as store:
-        paths = write_stats(store, ctx.settings, load_rules(ctx.settings.rules_path), Path(out_dir), since, until)
+        paths = write_stats(store, ctx.settings, ctx.settings.rules, Path(out_dir), since, until)
     click.echo(paths["stats_md"].read_text(encoding="utf-8"))
     for name, path in paths.items():
         click.echo(f"{name:<12}{path}")

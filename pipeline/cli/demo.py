@@ -91,7 +91,6 @@ def demo_documents(store, settings, rules, out_dir: Path) -> list[Path]:
 def run_demo(ctx, out_dir: Path, seed: int = 1, size_m: float = 400.0, epochs: int = 3, echo=print) -> dict:
     """Generate the district once, then ingest, detect, match and track every epoch."""
     from pipeline.detection.detectors import ModelTileDetector, TruthTileDetector
-    from pipeline.core.rules import load_rules
     from pipeline.ingest.parcels import import_registry
     from pipeline.report import write_reports
     from pipeline.process.run import process_flight, register_flight
@@ -112,7 +111,7 @@ def run_demo(ctx, out_dir: Path, seed: int = 1, size_m: float = 400.0, epochs: i
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     vectors = out_dir / "district.gpkg"
 
-    rules = load_rules(settings.rules_path)
+    rules = settings.rules
     store = open_store(settings.store.url, settings.store.crs, case_prefix=settings.district.case_prefix)
     import_registry(store, vectors, replace=True)
 

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from pipeline.core.errors import ConfigError
+from pipeline.core.rules import Rules, load_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / "config" / "default.yaml"
@@ -306,6 +307,7 @@ class Settings(Section):
     rules_file: Path = Field(Path("rules.yaml"), description="violation rules and lifecycle table")
 
     source: Path | None = Field(None, exclude=True, description="the config file these came from")
+    _rules: tuple[Path, Rules] | None = PrivateAttr(None)
 
     def resolve(self, p: Path) -> Path:
         """A path from the config file, made absolute against the file's folder."""
@@ -323,6 +325,15 @@ class Settings(Section):
     @property
     def rules_path(self) -> Path:
         return self.resolve(self.rules_file)
+
+    @property
+    def rules(self) -> Rules:
+        """The rules of ``rules_file``, read and validated once (``load_rules``: ConfigError naming the
+        file and the key); read again only when ``rules_file`` points elsewhere."""
+        path = self.rules_path
+        if self._rules is None or self._rules[0] != path:
+            self._rules = (path, load_rules(path))
+        return self._rules[1]
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:

@@ -39,8 +39,7 @@ HELD_OUT_SHARE = 0.3
 
 def verdicts(store, settings, flight: dict) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
     """(positives, negatives) of one flight: the cases it saw that officers judged, in the store CRS."""
-    from pipeline.core.rules import load_rules
-    initial = load_rules(settings.rules_path).lifecycle.initial
+    initial = settings.rules.lifecycle.initial
     fid = flight["flight_id"]
     foot = flight.get("footprint")
     cases = store.cases(bbox=foot.bounds) if foot is not None else store.cases()

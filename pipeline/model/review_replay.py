@@ -16,11 +16,10 @@ def review_from_truth(store, settings, flight_id: str, truth: gpd.GeoDataFrame, 
     误报 when it covers none; every footprint the flight's detections missed is drawn as a manual
     case. Returns the counts ``{"confirmed", "redrawn", "false_positive", "drawn"}``."""
     from pipeline.core.errors import PatrolError
-    from pipeline.core.rules import load_rules
-    from pipeline.process.run import add_manual_case
+    from pipeline.cases.manual import add_manual_case
     from pipeline.cases.track import change_status, redraw_outline
 
-    lifecycle = load_rules(settings.rules_path).lifecycle
+    lifecycle = settings.rules.lifecycle
     flight = store.get_flight(flight_id)
     foot = flight.get("footprint")
     truth = truth.to_crs(store.crs)

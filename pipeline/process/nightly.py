@@ -10,7 +10,7 @@
   as a checkpoint file (``<store>.checkpoints/<flight_id>.<key>/part-<first tile>.npz``, the
   key hashing the tile detector and the tiling), written atomically. A re-run
   detects only the tiles without a checkpoint. Everything the flight writes to the store goes
-  in ONE transaction (``pipeline.process.run.commit_flight``), after which its checkpoints are removed;
+  in ONE transaction (``pipeline.process.engine.commit_flight``), after which its checkpoints are removed;
   a run killed at any point leaves no half-written flight.
 - **Scale-out**: chunks are tasks for a Dask cluster (``--workers N`` starts a local one,
   ``--scheduler`` joins an existing one). A worker loads the model once (module cache) and
@@ -31,11 +31,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.process.checkpoints import Checkpoint, checkpoint_root, sweep
-from pipeline.process.executors import DaskExecutor, InlineExecutor
-from pipeline.process.summary import FlightOutcome, NightlySummary
 from pipeline.core.errors import ConfigError, InputError, PatrolError, error_line
 from pipeline.detection.flightplan import CHUNK_TILES
+from pipeline.process.checkpoints import Checkpoint, checkpoint_root, sweep
+from pipeline.process.engine import commit_flight, fail_flight, flight_detector, start_flight
+from pipeline.process.executors import DaskExecutor, InlineExecutor
+from pipeline.process.summary import FlightOutcome, NightlySummary
 
 PENDING = ("uploaded", "processing")
 
@@ -74,19 +75,14 @@ def run_nightly(store, settings, flight_ids: list[str] | None = None, *, workers
     """Process the pending flights (or ``flight_ids``) of ``store``; see the module docstring.
     ``detector``: a tile detector (default: the settings' model, or the truth layer of ``truth``).
     Returns the summary (not yet written); flights that failed are recorded on the flight."""
-    from pipeline.detection.detectors import tile_detector
     from pipeline.detection.flightplan import Tiling, run_chunk
-    from pipeline.core.rules import load_rules
 
     if chunk_tiles < 1:
         raise ConfigError(f"--chunk-tiles {chunk_tiles} must be 1 or more")
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers {workers} must be 1 or more")
-    if detector is None and truth is None:      # the registry's active model (hash checked)
-        from pipeline.model.registry import active_settings
-        settings = active_settings(store, settings)
-    detector = tile_detector(settings, detector, truth)
-    rules = load_rules(settings.rules_path)
+    settings, detector = flight_detector(store, settings, detector, truth)
+    rules = settings.rules
     key = hashlib.sha256(f"{detector.key()}:{Tiling.from_settings(settings)}".encode()).hexdigest()[:12]
     root = checkpoint_root(store, checkpoints)
     started = datetime.now(timezone.utc).replace(microsecond=0)
@@ -133,7 +129,7 @@ def run_nightly(store, settings, flight_ids: list[str] | None = None, *, workers
                     summary.flights.append(FlightOutcome(row["flight_id"], str(row["path"]), str(row["captured_at"]),
                                                          "skipped", "taken by another run"))
                     continue
-                job = _start(store, settings, row["flight_id"], claim, root, key, force, echo)
+                job = _start(store, settings, detector, row["flight_id"], claim, root, key, force, echo)
                 if job is None:
                     continue
                 summary.flights.append(job.outcome)
@@ -181,8 +177,9 @@ def run_nightly(store, settings, flight_ids: list[str] | None = None, *, workers
     return summary
 
 
-def _start(store, settings, flight_id, claim, root, key, force, echo) -> _Job:
-    """Under the claim: re-read the flight, check its files, plan its tiles, load its checkpoint."""
+def _start(store, settings, detector, flight_id, claim, root, key, force, echo) -> _Job:
+    """Under the claim: re-read the flight, start it (``engine.start_flight``), plan its tiles, load its
+    checkpoint."""
     from pipeline.detection.flightplan import plan_registered_flight
 
     flight = store.get_flight(flight_id)
@@ -194,8 +191,7 @@ def _start(store, settings, flight_id, claim, root, key, force, echo) -> _Job:
         outcome.status, outcome.note = "skipped", "already done"
         return job
     try:
-        with store.transaction():
-            store.set_flight_status(flight_id, "processing")
+        start_flight(store, flight, settings, detector, force)
         job.plan = plan_registered_flight(flight, settings)
         job.parts = job.checkpoint.load(job.plan.n)
         reused = sum(len(p["indices"]) for p in job.parts.values())
@@ -239,7 +235,6 @@ def _wait_for_earlier(store, job: _Job, ours: set[str], echo, poll_s: float = 0.
 
 def _commit(store, settings, detector, rules, job: _Job, reports, echo) -> None:
     from pipeline.detection.flightplan import finish
-    from pipeline.process.run import commit_flight
 
     fid = job.flight["flight_id"]
     o = job.outcome
@@ -268,8 +263,6 @@ def _commit(store, settings, detector, rules, job: _Job, reports, echo) -> None:
 
 
 def _fail(store, job: _Job, e: BaseException, echo) -> None:
-    from pipeline.process.run import fail_flight
-
     fid = job.flight["flight_id"]
     try:
         line = fail_flight(store, fid, e)

@@ -1,4 +1,5 @@
-"""One flight through every stage: ingest → tile → detect → match → track.
+"""One flight through every stage: ingest → tile → detect → match → track, in this process
+(the flight engine, ``engine.py``, over one flight).
 
 Detection runs outside any write transaction (it is slow and needs no lock); everything
 the flight writes — detections, cases, events, its status — then goes in ONE store
@@ -7,24 +8,15 @@ re-run completes it. Re-running a finished flight is idempotent.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import geopandas as gpd
-import shapely
 
-from pipeline.core.errors import PatrolError, error_line, one_line
+from pipeline.core.errors import PatrolError
+from pipeline.process.engine import FlightResult, commit_flight, fail_flight, flight_detector, start_flight
 
-
-@dataclass
-class FlightResult:
-    flight_id: str
-    detections: int
-    findings: int
-    new_cases: int
-    events: int
-    skipped: bool = False
+__all__ = ["FlightResult", "register_flight", "detect_flight", "process_flight", "commit_flight", "fail_flight"]
 
 
 def register_flight(store, path: str | Path | list, settings, team: str | None = None,
@@ -58,80 +50,6 @@ def register_flight(store, path: str | Path | list, settings, team: str | None =
     return store.get_flight(flight["flight_id"])
 
 
-def prior_coverage(store, flight: dict):
-    """Union of the footprints of flights captured before this one, each moved by its
-    co-registration into the reference frame (None if none)."""
-    from pipeline.cases.change import corrected_footprint
-
-    flights = store.list_flights(status="done")
-    if not len(flights):
-        return None
-    earlier = flights[(flights["flight_id"] != flight["flight_id"])
-                      & (flights["captured_at"] < flight["captured_at"])]
-    geoms = [g for g in (corrected_footprint({**r, "footprint": r[flights.geometry.name]})
-                         for r in earlier.to_dict("records")) if g is not None]
-    return shapely.union_all(geoms) if geoms else None
-
-
-def commit_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, model_version: str,
-                  *, rules=None, now: datetime | None = None, detector=None) -> FlightResult:
-    """Line the flight up on the earlier ones and confirm its change candidates in their images
-    (``pipeline.cases.change``; ``detector`` re-examines them, None: appearance only), then match and
-    track its detections and write everything it produces — detections, cases, events, the
-    registration, status 'done' — in ONE store transaction (all or nothing)."""
-    from pipeline.cases.change import check_flight
-    from pipeline.cases.match import find_violations
-    from pipeline.core.rules import load_rules
-    from pipeline.cases.track import track_flight
-
-    rules = rules if rules is not None else load_rules(settings.rules_path)
-    flight_id = flight["flight_id"]
-    if store.backend == "gpkg":           # a full disk is refused before the transaction, not inside it
-        from pipeline.core.disk import check_room
-        check_room(Path(store.url).parent, 8 << 20, f"writing flight {flight_id} into the store")
-    detections = detections.to_crs(settings.store.crs)
-    check = check_flight(store, flight, detections, settings, detector, rules)    # reads images: before the lock
-    detections = check.detections
-    footprint = check.footprint
-    bbox = footprint.bounds if footprint is not None else tuple(detections.total_bounds)
-    earlier_model = flight.get("model_version") if flight.get("status") in ("done", "processing") else None
-    with store.transaction():
-        store.replace_detections(flight_id, detections[["class_name", "confidence", "area_m2", "geometry"]]
-                                 .assign(model_version=model_version))
-        findings = find_violations(detections, store.parcels(bbox), store.zones(bbox), rules)
-        result = track_flight(store.cases(bbox), findings, detections, {**flight, "footprint": footprint},
-                              settings.tracking, rules, now, prior_coverage=prior_coverage(store, flight),
-                              allocate=store.allocate_case_numbers, prefix=store.case_prefix,
-                              demolition=check.demolition)
-        events = list(result.events)
-        if len(result.cases):
-            cases = result.cases
-            mine = (cases["last_seen_flight"] == flight_id) & (cases["source"] != MANUAL_SOURCE)
-            if earlier_model and earlier_model != model_version:
-                from pipeline.cases.track import note_events
-                events += note_events(cases.loc[mine, "case_no"], cases.loc[mine, "status"],
-                                      f"航次 {flight_id} 以模型 {model_version} 重新识别（原模型 {earlier_model}）", now)
-            # an all-empty model_version column comes back as float: make it hold text
-            cases = cases.assign(model_version=cases.get("model_version")).astype({"model_version": object})
-            cases.loc[mine, "model_version"] = model_version
-            store.save_cases(cases)
-        store.append_events(events)
-        store.upsert_flight({"flight_id": flight_id, "registration": check.registration.as_dict()})
-        store.set_flight_status(flight_id, "done", model_version=model_version)
-    return FlightResult(flight_id, len(detections), len(findings), result.new_case_count, len(result.events))
-
-
-def fail_flight(store, flight_id: str, error: BaseException | str) -> str:
-    """Record the flight as failed with a one-line error (and its Chinese line when the error has
-    one, else a Chinese line that says where the details are); returns the line."""
-    line = error_line(error)
-    zh = getattr(error, "zh", None)
-    zh = one_line(zh) if zh else "处理失败，请联系管理员（技术信息可展开查看）"
-    with store.transaction():
-        store.set_flight_status(flight_id, "failed", error=line[:500], error_zh=zh[:500])
-    return line
-
-
 def detect_flight(flight: dict, settings, detector=None, progress: bool = True) -> gpd.GeoDataFrame:
     """Detections of a registered flight through the one processing path (``pipeline.detection.flightplan``):
     its ortho, or every photo frame with duplicates across tiles and frames merged in one pass.
@@ -154,189 +72,22 @@ def process_flight(store, flight_id: str, settings, *, detector=None, detections
     'done' is skipped unless ``force``; forced or not, a re-run never duplicates detections,
     findings or cases. ``patrol nightly`` (``pipeline.process``) runs the same path with claims,
     checkpoints and an executor around it."""
-    from pipeline.detection.detectors import TruthTileDetector, tile_detector
-    from pipeline.core.rules import load_rules
-    from pipeline.core.values import is_missing
-
     flight = store.get_flight(flight_id)
     if flight is None:
         raise PatrolError(f"flight {flight_id} is not registered; run `patrol ingest PATH` first")
     if flight["status"] == "done" and not force:
         return FlightResult(flight_id, 0, 0, 0, 0, skipped=True)
-    rules = load_rules(settings.rules_path)
-    with store.transaction():
-        store.set_flight_status(flight_id, "processing")
+    rules = settings.rules
     try:
-        model_version = "given"
+        model_version, tiles = "given", None
         if detections is None:
-            if not isinstance(detector, TruthTileDetector) and is_missing(flight.get("forced")):
-                from pipeline.ingest import check_flight_gsd
-                why = check_flight_gsd(flight, settings, force)
-                if why:                          # --force: run anyway, and the flight says so
-                    with store.transaction():
-                        store.upsert_flight({"flight_id": flight_id, "forced": why})
-            if detector is None:                 # the registry's active model (hash checked)
-                from pipeline.model.registry import active_settings
-                settings = active_settings(store, settings)
-            detector = tile_detector(settings, detector)
-            model_version = detector.version
-            detections = detect_flight(flight, settings, detector, progress)
+            settings, tiles = flight_detector(store, settings, detector)
+            model_version = tiles.version
+        start_flight(store, flight, settings, tiles, force)
+        if detections is None:
+            detections = detect_flight(flight, settings, tiles, progress)
         return commit_flight(store, flight, detections, settings, model_version, rules=rules, now=now,
-                             detector=detector if model_version != "given" else None)
+                             detector=tiles)
     except PatrolError as e:
         fail_flight(store, flight_id, e)
         raise
-
-
-GROUND_SOURCE = "ground_patrol"
-MANUAL_SOURCE = "manual"
-
-
-def report_from_ground(store, settings, lon: float, lat: float, actor: str, note: str, *,
-                       detector_class: str = "building", area_m2: float = 50.0,
-                       now: datetime | None = None) -> dict:
-    """地面巡查上报: a structure a patrol found on the ground becomes a case like a flight's:
-    a square of ``area_m2`` at the WGS84 point runs through the same parcel and zone rules and
-    the same tracking (a report within ``tracking.centroid_m`` of a case is that case, seen
-    again); source ``ground_patrol``. Returns the case row and its events."""
-    import math
-    import uuid
-
-    import geopandas as gpd
-    import pandas as pd
-
-    from pipeline.core.errors import InputError
-    from pipeline.cases.match import find_violations
-    from pipeline.core.rules import load_rules
-    from pipeline.cases.track import add_note, track_flight
-
-    rules = load_rules(settings.rules_path)
-    if not (math.isfinite(lon) and math.isfinite(lat) and -180 <= lon <= 180 and -90 <= lat <= 90):
-        raise InputError(f"position {lat}, {lon} is not latitude and longitude in degrees; let the phone locate you",
-                         zh=f"位置 {lat}, {lon} 不是有效的经纬度，请让手机定位")
-    if detector_class not in rules.classes:
-        raise InputError(f"'{detector_class}' is not a kind of structure; one of {', '.join(rules.classes)}",
-                         zh="请选择建筑类型")
-    if not (math.isfinite(area_m2) and 4 <= area_m2 <= 100_000):
-        raise InputError(f"area {area_m2} m² is not 4–100000 m²; give the size you see (a guess is fine)",
-                         zh=f"面积 {area_m2} m² 应在 4–100000 m² 之间，估计即可")
-    if not note.strip():
-        raise InputError("say what you found (the note goes in the case history)", zh="请填写发现情况（记入处置记录）")
-    at = pd.Timestamp(now or datetime.now()).floor("s")
-    centre = gpd.GeoSeries([shapely.Point(lon, lat)], crs="EPSG:4326").to_crs(settings.store.crs).iloc[0]
-    if not (math.isfinite(centre.x) and math.isfinite(centre.y)):
-        raise InputError(f"position {lat}, {lon} lies outside the district's coordinate system; check the position",
-                         zh=f"位置 {lat}, {lon} 不在本辖区范围，请检查定位")
-    margin = settings.ingest.district_margin_m
-    near = shapely.box(centre.x - margin, centre.y - margin, centre.x + margin, centre.y + margin).bounds
-    if not (len(store.parcels(near)) or len(store.zones(near))) and (len(store.parcels()) or len(store.zones())):
-        raise InputError(f"position {lat:.6f}, {lon:.6f} is more than {margin:g} m from every parcel and zone of "
-                         f"the district; check the position",
-                         zh=f"位置 {lat:.6f}, {lon:.6f} 距辖区任何地块和管控区都超过 {margin:g} m，请检查定位")
-    half = math.sqrt(area_m2) / 2
-    square = shapely.box(centre.x - half, centre.y - half, centre.x + half, centre.y + half)
-    det = gpd.GeoDataFrame({"class_name": [detector_class], "confidence": [None], "area_m2": [area_m2]},
-                           geometry=[square], crs=settings.store.crs)
-    report = {"flight_id": f"ground-{uuid.uuid4().hex[:12]}", "source": GROUND_SOURCE, "captured_at": at,
-              "footprint": None}
-    bbox = tuple(shapely.buffer(square, 300).bounds)
-    with store.transaction():
-        findings = find_violations(det, store.parcels(bbox), store.zones(bbox), rules, keep_all=True)
-        result = track_flight(store.cases(bbox), findings, det, report, settings.tracking, rules, at,
-                              prior_coverage=prior_coverage(store, report), allocate=store.allocate_case_numbers,
-                              prefix=store.case_prefix)
-        if len(result.cases):
-            store.save_cases(result.cases)
-        store.append_events(result.events)
-        hit = result.cases[result.cases["last_seen_flight"] == report["flight_id"]] if len(result.cases) \
-            else result.cases
-        if not len(hit):
-            raise InputError("the report matched no case and made none; report a structure of at least "
-                             f"{rules.min_structure_area_m2:g} m² of a kind the rules look at",
-                             zh=f"未能形成案件：请上报不小于 {rules.min_structure_area_m2:g} m² 的建筑")
-        case_no = hit["case_no"].iloc[0]
-        add_note(store, case_no, f"地面巡查上报（{actor}）：{note.strip()}", actor, at)
-    from pipeline.core.values import jsonable
-    case = store.cases().set_index("case_no").loc[case_no]
-    return jsonable({"case_no": case_no, "new": bool(result.new_case_count), "status": case["status"],
-                     "category": case["category"], "rules": list(case["rules"] or []), "source": case["source"],
-                     "reasons": case["reasons"] if isinstance(case["reasons"], dict) else {}})
-
-
-def outline_from_geojson(geometry: dict, settings):
-    """A polygon drawn on the map (GeoJSON in WGS84) in the store CRS, or one clear InputError."""
-    from shapely.geometry import shape
-
-    from pipeline.core.errors import InputError
-    try:
-        geom = shape(geometry)
-    except Exception:
-        raise InputError("the outline is not a GeoJSON polygon; draw it again on the map",
-                         zh="轮廓不是有效的多边形，请在地图上重新勾绘") from None
-    if geom.geom_type not in ("Polygon", "MultiPolygon") or geom.is_empty:
-        raise InputError("the outline is not a polygon; click at least three corners, then 完成",
-                         zh="请至少点击三个角点后再点“完成”")
-    out = gpd.GeoSeries([shapely.make_valid(geom)], crs="EPSG:4326").to_crs(settings.store.crs).iloc[0]
-    out = shapely.union_all([g for g in shapely.get_parts(out) if g.geom_type == "Polygon"])
-    if out.is_empty or not 4 <= out.area <= 100_000:
-        raise InputError(f"the outline covers {out.area:.1f} m²; draw a structure of 4–100000 m²",
-                         zh=f"勾绘面积 {out.area:.1f} m²，应在 4–100000 m² 之间")
-    return out
-
-
-def add_manual_case(store, settings, flight_id: str, outline, actor: str, note: str = "",
-                    detector_class: str = "building", now: datetime | None = None) -> dict:
-    """人工补录: a structure the model missed, drawn on a flight's ortho (``outline`` in the store CRS),
-    becomes a case with source ``manual`` through the same rules; one that breaks none is recorded
-    as 合法 (a real structure, lawful). Refused where a case already covers it."""
-    import pandas as pd
-
-    from pipeline.core.errors import InputError
-    from pipeline.cases.match import find_violations
-    from pipeline.core.rules import load_rules
-    from pipeline.cases.track import add_note, track_flight, transition
-
-    rules = load_rules(settings.rules_path)
-    flight = store.get_flight(flight_id)
-    if flight is None:
-        raise InputError(f"flight {flight_id} is not in the store; draw on a processed flight's ortho",
-                         zh="请在已处理航次的影像上勾绘")
-    if detector_class not in rules.classes:
-        raise InputError(f"'{detector_class}' is not a kind of structure; one of {', '.join(rules.classes)}",
-                         zh="请选择建筑类型")
-    near = store.cases(bbox=outline.bounds)
-    if len(near):
-        share = shapely.area(shapely.intersection(near.geometry.to_numpy(), outline)) / outline.area
-        if share.max() >= 0.3:
-            no = near["case_no"].iloc[int(share.argmax())]
-            raise InputError(f"case {no} already covers this structure; correct its outline on its page instead",
-                             zh=f"该建筑已有案件 {no}，请在案件页修正轮廓")
-    at = pd.Timestamp(now or datetime.now()).floor("s")
-    det = gpd.GeoDataFrame({"class_name": [detector_class], "confidence": [None], "area_m2": [outline.area]},
-                           geometry=[outline], crs=settings.store.crs)
-    report = {"flight_id": flight_id, "source": MANUAL_SOURCE, "captured_at": flight.get("captured_at") or at,
-              "footprint": None}
-    bbox = tuple(shapely.buffer(outline, 300).bounds)
-    with store.transaction():
-        findings = find_violations(det, store.parcels(bbox), store.zones(bbox), rules, keep_all=True)
-        result = track_flight(store.cases(bbox).iloc[0:0], findings, det, report, settings.tracking, rules, at,
-                              prior_coverage=prior_coverage(store, flight), allocate=store.allocate_case_numbers,
-                              prefix=store.case_prefix)
-        if not len(result.cases):
-            raise InputError(f"the outline makes no case: draw a structure of at least "
-                             f"{rules.min_structure_area_m2:g} m²", zh=f"未能形成案件：请勾绘不小于 "
-                                                                    f"{rules.min_structure_area_m2:g} m² 的建筑")
-        case = result.cases.iloc[[0]].copy()
-        events = list(result.events)
-        case_no = case["case_no"].iloc[0]
-        if not list(case["rules"].iloc[0] or []):
-            row = case.iloc[0].to_dict()
-            events.append(transition(row, "lawful", actor, "人工补录：未违反规则，记为合法（真实建筑）",
-                                     rules.lifecycle, at))
-            case["status"], case["closed_date"] = row["status"], row.get("closed_date")
-        store.save_cases(case)
-        store.append_events(events)
-        add_note(store, case_no, f"人工补录漏检结构（{actor}）{'：' + note.strip() if note.strip() else ''}", actor, at)
-    out = store.cases().set_index("case_no").loc[case_no]
-    return {"case_no": case_no, "status": out["status"], "rules": list(out["rules"] or []),
-            "area_m2": round(float(outline.area), 1)}

@@ -21,7 +21,6 @@ def write_reports(store, settings, out_dir: str | Path, flight_id: str | None = 
     cases listed and mapped (statistics always cover every case of the period)."""
 
     from pipeline.core.errors import PatrolError
-    from pipeline.core.rules import load_rules
     from pipeline.report.evidence import make_chips, write_evidence_sheets
     from pipeline.report.lists import write_csv, write_geojson, write_gpkg, write_kml, write_kmz, write_xlsx
     from pipeline.report.map import build_map
@@ -29,7 +28,7 @@ def write_reports(store, settings, out_dir: str | Path, flight_id: str | None = 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rules = load_rules(settings.rules_path)
+    rules = settings.rules
     lang = settings.report.language
     flights = store.list_flights()
     scope = flights

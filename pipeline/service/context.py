@@ -112,11 +112,10 @@ class Service:
     @classmethod
     def start(cls, settings, detector: Any = None, store=None) -> "Service":
         from pipeline.report.documents import check_templates
-        from pipeline.core.rules import load_rules
         from pipeline.store import open_store
 
         svc = settings.service
-        rules = load_rules(settings.rules_path)
+        rules = settings.rules
         check_templates(settings)
         if store is None:
             store = open_store(settings.store.url, settings.store.crs, case_prefix=settings.district.case_prefix)
@@ -256,7 +255,7 @@ class Service:
                       photo: bytes | None = None, filename: str = "") -> dict:
         """地面巡查上报 (any signed-in account): a case from a position on the ground, with its photo."""
         from pipeline.cases.media import add_media
-        from pipeline.process.run import report_from_ground
+        from pipeline.cases.manual import report_from_ground
         try:
             la, lo, area = float(lat), float(lon), float(area_m2)
         except (TypeError, ValueError):
@@ -272,7 +271,7 @@ class Service:
 
     def redraw_outline(self, user: A.User, case_no: str, geometry: dict) -> dict:
         """轮廓修正: the officer's outline (GeoJSON, WGS84) replaces the case's; the event."""
-        from pipeline.process.run import outline_from_geojson
+        from pipeline.cases.manual import outline_from_geojson
         from pipeline.cases.track import redraw_outline
         self.one_case(user, case_no)
         ev = redraw_outline(self.store, case_no, outline_from_geojson(geometry, self.settings), user.username)
@@ -282,7 +281,7 @@ class Service:
                        note: str = "") -> dict:
         """人工补录: a structure the model missed, drawn on the ortho of the latest processed flight
         that covers it, becomes a case (source ``manual``) through the rules."""
-        from pipeline.process.run import add_manual_case, outline_from_geojson
+        from pipeline.cases.manual import add_manual_case, outline_from_geojson
         outline = outline_from_geojson(geometry, self.settings)
         done = self.store.list_flights(status="done")
         done = done[done.geometry.notna()]

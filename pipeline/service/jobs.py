@@ -101,7 +101,7 @@ class Processor:
 
     @staticmethod
     def _fail(store, flight_id: str, error: BaseException) -> None:
-        from pipeline.process.run import fail_flight
+        from pipeline.process.engine import fail_flight
         try:
             f = store.get_flight(flight_id)
             if f is not None and f["status"] != "failed":

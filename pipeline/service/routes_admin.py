@@ -55,7 +55,8 @@ def _figures(comparison: dict) -> list[dict]:
 
 @router.get("/admin/models", response_class=HTMLResponse)
 def models_page(request: Request, a: Auth = Depends(admin), svc: Service = Depends(service)):
-    from pipeline.model.registry import active_model, listing
+    from pipeline.model.active import active_model
+    from pipeline.model.registry import listing
     rows = listing(svc.store, svc.settings)
     for r in rows:
         comp = (r.get("metrics") or {}).get("comparison") or {}

@@ -1,0 +1,119 @@
+"""The flight engine: the steps every runner of a flight takes, each written once.
+
+    start ──> (the runner detects: chunks through an executor) ──> commit, or fail
+
+- ``flight_detector``: the tile detector a run uses: the one given, the truth layer, or the
+  registry's active model (its sha256 checked);
+- ``start_flight``: status 'processing', and the GSD range of the model checked again for a flight
+  registered without ``--force`` (``force``: run it anyway, and the flight records it);
+- ``commit_flight``: change check, match, track, everything written in ONE transaction;
+- ``fail_flight``: the error recorded on the flight, in English and Chinese.
+
+``process_flight`` (``run.py``) is the engine over one flight, its chunks detected in this process;
+``run_nightly`` (``nightly.py``) is the same engine over a queue, under claims, with checkpoints
+and an executor (in-process or Dask).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import geopandas as gpd
+
+from pipeline.cases.change import check_flight, prior_coverage
+from pipeline.cases.manual import MANUAL_SOURCE
+from pipeline.cases.match import find_violations
+from pipeline.cases.track import note_events, track_flight
+from pipeline.core.errors import error_line, one_line
+from pipeline.core.values import is_missing
+from pipeline.detection.detectors import TruthTileDetector, tile_detector
+from pipeline.ingest import check_flight_gsd
+from pipeline.model.active import active_settings
+
+
+@dataclass
+class FlightResult:
+    flight_id: str
+    detections: int
+    findings: int
+    new_cases: int
+    events: int
+    skipped: bool = False
+
+
+def flight_detector(store, settings, detector=None, truth=None):
+    """(settings, tile detector) of a run: ``detector`` (a tile detector or a loaded model) or the
+    truth layer ``truth`` when given, else the registry's active model (hash checked; the settings
+    returned point at it)."""
+    if detector is None and truth is None:
+        settings = active_settings(store, settings)
+    return settings, tile_detector(settings, detector, truth)
+
+
+def start_flight(store, flight: dict, settings, detector, force: bool = False) -> None:
+    """Mark the flight 'processing' and, for a model (not the truth layer) and a flight registered
+    without ``--force``, check its GSD against the model's range again (InputError outside it;
+    ``force``: the flight records that it ran forced)."""
+    flight_id = flight["flight_id"]
+    with store.transaction():
+        store.set_flight_status(flight_id, "processing")
+    if detector is None or isinstance(detector, TruthTileDetector) or not is_missing(flight.get("forced")):
+        return
+    why = check_flight_gsd(flight, settings, force)
+    if why:
+        with store.transaction():
+            store.upsert_flight({"flight_id": flight_id, "forced": why})
+
+
+def commit_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, model_version: str,
+                  *, rules=None, now: datetime | None = None, detector=None) -> FlightResult:
+    """Line the flight up on the earlier ones and confirm its change candidates in their images
+    (``pipeline.cases.change``; ``detector`` re-examines them, None: appearance only), then match and
+    track its detections and write everything it produces — detections, cases, events, the
+    registration, status 'done' — in ONE store transaction (all or nothing)."""
+    rules = rules if rules is not None else settings.rules
+    flight_id = flight["flight_id"]
+    if store.backend == "gpkg":           # a full disk is refused before the transaction, not inside it
+        from pipeline.core.disk import check_room
+        check_room(Path(store.url).parent, 8 << 20, f"writing flight {flight_id} into the store")
+    detections = detections.to_crs(settings.store.crs)
+    check = check_flight(store, flight, detections, settings, detector, rules)    # reads images: before the lock
+    detections = check.detections
+    footprint = check.footprint
+    bbox = footprint.bounds if footprint is not None else tuple(detections.total_bounds)
+    earlier_model = flight.get("model_version") if flight.get("status") in ("done", "processing") else None
+    with store.transaction():
+        store.replace_detections(flight_id, detections[["class_name", "confidence", "area_m2", "geometry"]]
+                                 .assign(model_version=model_version))
+        findings = find_violations(detections, store.parcels(bbox), store.zones(bbox), rules)
+        result = track_flight(store.cases(bbox), findings, detections, {**flight, "footprint": footprint},
+                              settings.tracking, rules, now, prior_coverage=prior_coverage(store, flight),
+                              allocate=store.allocate_case_numbers, prefix=store.case_prefix,
+                              demolition=check.demolition)
+        events = list(result.events)
+        if len(result.cases):
+            cases = result.cases
+            mine = (cases["last_seen_flight"] == flight_id) & (cases["source"] != MANUAL_SOURCE)
+            if earlier_model and earlier_model != model_version:
+                events += note_events(cases.loc[mine, "case_no"], cases.loc[mine, "status"],
+                                      f"航次 {flight_id} 以模型 {model_version} 重新识别（原模型 {earlier_model}）", now)
+            # an all-empty model_version column comes back as float: make it hold text
+            cases = cases.assign(model_version=cases.get("model_version")).astype({"model_version": object})
+            cases.loc[mine, "model_version"] = model_version
+            store.save_cases(cases)
+        store.append_events(events)
+        store.upsert_flight({"flight_id": flight_id, "registration": check.registration.as_dict()})
+        store.set_flight_status(flight_id, "done", model_version=model_version)
+    return FlightResult(flight_id, len(detections), len(findings), result.new_case_count, len(result.events))
+
+
+def fail_flight(store, flight_id: str, error: BaseException | str) -> str:
+    """Record the flight as failed with a one-line error (and its Chinese line when the error has
+    one, else a Chinese line that says where the details are); returns the line."""
+    line = error_line(error)
+    zh = getattr(error, "zh", None)
+    zh = one_line(zh) if zh else "处理失败，请联系管理员（技术信息可展开查看）"
+    with store.transaction():
+        store.set_flight_status(flight_id, "failed", error=line[:500], error_zh=zh[:500])
+    return line
