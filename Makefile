@@ -21,6 +21,7 @@ system-deps:
 	bash tools/system-deps.sh
 
 test: $(STAMP) system-deps
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 clean:

@@ -225,8 +225,8 @@ def extent_km2(ortho: Path) -> float:
 
 def flown_km2(ortho: Path) -> float:
     """The area of the ortho's valid pixels (what was flown), km²."""
-    from pipeline.ingest import valid_footprint
     from pipeline.detection.tiling import open_raster
+    from pipeline.ingest import valid_footprint
     with open_raster(ortho) as src:
         return float(valid_footprint(src, "EPSG:4547").area) / 1e6
 
@@ -236,9 +236,9 @@ def score_run(result: str, ortho: Path, vectors: Path, classes: list[str], envel
     compared as polygons (oriented-box model) or as axis-aligned envelopes (plain box model), IoU 0.5."""
     import geopandas as gpd
 
-    from pipeline.model.evaluate import clip_truth, score
-    from pipeline.ingest import valid_footprint
     from pipeline.detection.tiling import open_raster
+    from pipeline.ingest import valid_footprint
+    from pipeline.model.evaluate import clip_truth, score
 
     pred = gpd.read_parquet(result + ".parquet")
     truth = gpd.read_file(vectors, layer="truth")

@@ -43,9 +43,9 @@ def cases_frame(n: int, seed: int = 0):
 
 def measure(n: int, tmp: Path) -> dict:
     import pandas as pd
+    from browser import launch_chromium
     from playwright.sync_api import sync_playwright
 
-    from browser import launch_chromium
     from pipeline.core.config import load_settings
     from pipeline.report.map import build_map
     from pipeline.store import open_store

@@ -89,6 +89,7 @@ def python_side(n_parcels: int, n_dets: int, out: mp.Queue) -> None:
 
 def postgis_side(url: str, n_parcels: int, n_dets: int, parallel: int, out: mp.Queue) -> None:
     import psycopg
+
     from pipeline.store.postgis import ewkb_hex
     parcels, dets = generate(n_parcels, n_dets)
     base = _rss_mb()

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from pipeline.core.config import load_settings
-from pipeline.report.documents import KINDS, print_document
 from pipeline.core.rules import load_rules
+from pipeline.report.documents import KINDS, print_document
 from pipeline.store import open_store
 
 

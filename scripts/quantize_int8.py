@@ -8,8 +8,8 @@ classes) copied, so ``detector.runtime: int8`` picks it up.
 from __future__ import annotations
 
 import argparse
-import sys
 import contextlib
+import sys
 import tempfile
 from pathlib import Path
 
@@ -33,7 +33,12 @@ def calibration_tiles(orthos: list[Path], settings, per_ortho: int) -> list[np.n
 def quantize(fp32: Path, out: Path, tiles: list[np.ndarray]) -> Path:
     import onnx
     import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     name = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).get_inputs()[0].name

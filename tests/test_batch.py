@@ -261,12 +261,12 @@ def test_a_photo_flight_is_planned_frame_by_frame_and_matches_patrol_run(base, t
     import rasterio
     from affine import Affine
     from rasterio.warp import Resampling, reproject
+    from test_ingest import LAT, make_photo
 
     from pipeline.core.config import load_settings
     from pipeline.ingest.photos import georeference, read_photo
     from pipeline.process.run import detect_flight, register_flight
     from pipeline.store import open_store
-    from test_ingest import LAT, make_photo
 
     if not load_settings().model_path.is_file():
         pytest.skip("the shipped model is needed to detect on the photos")

@@ -14,12 +14,12 @@ import pandas as pd
 import pytest
 import shapely
 
+from pipeline.cases.track import set_status
 from pipeline.core.config import load_settings
-from pipeline.detection.detectors import TileDetector, TruthTileDetector
 from pipeline.core.rules import load_rules
+from pipeline.detection.detectors import TileDetector, TruthTileDetector
 from pipeline.process.run import process_flight, register_flight
 from pipeline.store import open_store
-from pipeline.cases.track import set_status
 
 MODEL = Path(__file__).resolve().parent.parent / "models" / "lianwei-yolo11n.onnx"
 

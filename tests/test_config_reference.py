@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.cases.match import load_rules, rule_setting_names
 from pipeline.core.config import load_settings, setting_names
 from pipeline.core.errors import ConfigError
-from pipeline.cases.match import load_rules, rule_setting_names
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "CONFIG.md"

@@ -12,8 +12,14 @@ from pyproj import Transformer
 
 from pipeline.cli import main
 from pipeline.core.config import load_settings
-from pipeline.detection.detect import Detector, detect_ortho, merge_seams, quads_to_map, write_detections
 from pipeline.core.errors import InputError, ModelError
+from pipeline.detection.detect import (
+    Detector,
+    detect_ortho,
+    merge_seams,
+    quads_to_map,
+    write_detections,
+)
 from pipeline.detection.tiling import iter_tiles
 
 CLASSES = ["building", "steel_shed", "under_construction", "greenhouse"]

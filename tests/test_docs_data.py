@@ -5,7 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pipeline.ingest.parcels import PARCEL_OPTIONAL, PARCEL_REQUIRED, ZONE_OPTIONAL, ZONE_REQUIRED, read_parcels, read_zones
+from pipeline.ingest.parcels import (
+    PARCEL_OPTIONAL,
+    PARCEL_REQUIRED,
+    ZONE_OPTIONAL,
+    ZONE_REQUIRED,
+    read_parcels,
+    read_zones,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 

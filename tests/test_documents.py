@@ -75,8 +75,9 @@ def test_every_document_renders_and_is_recorded(doc_store, tmp_path):
         _, again, same = reprint_document(store, s, row["doc_no"])
         assert same and again == pdf
     # an on-site photo joins the sheet, which stays one page
-    from pipeline.cases.media import add_media
     from test_media import jpeg
+
+    from pipeline.cases.media import add_media
     c = store.cases().set_index("case_no").loc[[no]].to_crs("EPSG:4326").geometry.iloc[0].centroid
     s_media = load_settings(overrides={"store.url": s.store.url, "media.dir": str(tmp_path / "media")})
     add_media(store, s_media, no, jpeg(c.x, c.y), "IMG_5.jpg", "officer1")
@@ -95,9 +96,9 @@ def test_every_document_renders_and_is_recorded(doc_store, tmp_path):
 
 
 def test_a_dismissed_case_gets_no_notice(doc_store):
+    from pipeline.cases.track import change_status
     from pipeline.core.errors import InputError
     from pipeline.report.documents import issue_document
-    from pipeline.cases.track import change_status
     store, s, no = doc_store
     rules = load_rules(s.rules_path)
     change_status(store, no, "false_positive", "t", "a shadow", rules.lifecycle)
@@ -179,9 +180,9 @@ def test_cli_docs_batch_and_reprint(doc_store, tmp_path):
 def test_the_ledger_has_the_configured_columns_progress_and_documents(doc_store, tmp_path):
     from openpyxl import load_workbook
 
+    from pipeline.cases.track import change_status
     from pipeline.cli import main
     from pipeline.report.documents import issue_document
-    from pipeline.cases.track import change_status
     store, s, no = doc_store
     rules = load_rules(s.rules_path)
     change_status(store, no, "verified", "t", "现场确认", rules.lifecycle)

@@ -165,9 +165,9 @@ def test_kill_inside_a_commit_rolls_everything_back(small_district_store, tmp_pa
 
 def test_quotas_refuse_at_the_start_and_gc_removes_abandoned_uploads(tmp_path):
     from pipeline.core.config import load_settings
+    from pipeline.core.disk import collect_garbage
     from pipeline.core.errors import InputError
     from pipeline.service.uploads import Uploads
-    from pipeline.core.disk import collect_garbage
 
     work, uploads = tmp_path / "work", tmp_path / "uploads"
     z = tmp_path / "photos.zip"

@@ -28,8 +28,8 @@ def _truth(district, epoch):
 
 
 def test_a_ground_report_on_farmland_is_a_land_use_case_and_the_flight_matches_it(fresh_district):
-    from pipeline.detection.detectors import TruthTileDetector
     from pipeline.cases.manual import report_from_ground
+    from pipeline.detection.detectors import TruthTileDetector
     from pipeline.process.run import process_flight, register_flight
     store, s, district = fresh_district
     epochs = sorted(district.glob("epoch_*.tif"))

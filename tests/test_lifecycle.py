@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.core.errors import TransitionError
 from pipeline.cases.match import load_rules
 from pipeline.cases.track import transition
+from pipeline.core.errors import TransitionError
 
 RULES_PATH = Path(__file__).resolve().parent.parent / "config" / "rules.yaml"
 NOW = datetime(2026, 5, 4, 9, 30)

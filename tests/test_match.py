@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from shapely.geometry import box
 
-from pipeline.core.errors import ConfigError
 from pipeline.cases.match import find_violations, load_rules
+from pipeline.core.errors import ConfigError
 
 RULES_PATH = Path(__file__).resolve().parent.parent / "config" / "rules.yaml"
 CRS = "EPSG:4547"

@@ -3,7 +3,6 @@ stamped copy kept, nothing stored half; through the store, the web page and the 
 from __future__ import annotations
 
 import io
-import shutil
 from datetime import datetime
 
 import geopandas as gpd

@@ -122,7 +122,7 @@ def test_the_torch_free_onnx_path_gives_the_boxes_ultralytics_gives(scenes):
     confidences and classes."""
     import rasterio
 
-    from pipeline.detection.yolo import Detector, MAX_DET, offline_ultralytics
+    from pipeline.detection.yolo import MAX_DET, Detector, offline_ultralytics
     offline_ultralytics()
     from ultralytics import YOLO
     with rasterio.open(scenes[0][0]) as src:
@@ -189,15 +189,13 @@ def test_a_split_crop_is_scored_on_its_evaluation_part_and_never_chipped_there(s
     chip comes within 20 m of the part; a part that is not four ordered fractions is one line."""
     import shutil
 
-    import geopandas as gpd
     import rasterio
-    import shapely
 
     from pipeline.cli import main
     from pipeline.core.config import load_settings
     from pipeline.core.errors import InputError
-    from pipeline.model.evaluate import evaluate_ortho, evaluate_suite, read_suite
     from pipeline.detection.tiling import part_polygon
+    from pipeline.model.evaluate import evaluate_ortho, evaluate_suite, read_suite
     path, truth = scenes[0]
     suite = tmp_path / "realdata"
     (suite / "town").mkdir(parents=True)

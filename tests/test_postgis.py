@@ -317,7 +317,7 @@ def test_cli_db_and_import_commands_against_postgis(pg_url, district, capsys, mo
         assert n["parcel"] > 0 and n["zone"] > 0
         assert len(s.parcels()) == len(gpd.read_file(vectors, layer="parcels"))
     code, out, err = patrol("db", "status", env_store=pg_url)
-    assert code == 0 and f"parcel" in out and str(n["parcel"]) in out, out
+    assert code == 0 and "parcel" in out and str(n["parcel"]) in out, out
     bad = pg_url.rsplit("/", 1)[0] + "/no_such_db"
     code, out, err = patrol("--store", bad, "db", "status")
     assert code == 2 and err.count("\n") == 1 and "cannot connect" in err and "no_such_db" in err, err

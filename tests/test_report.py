@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.cases.match import load_rules
 from pipeline.core.config import load_settings
 from pipeline.core.errors import ConfigError
-from pipeline.cases.match import load_rules
 from pipeline.store import open_store
 
 XSS = "<script>alert(1)</script>"
@@ -274,8 +274,8 @@ def test_case_lists_round_trip(reports):
 
 # ---------------------------------------------------------------- statistics
 def test_stats_agree_with_the_store(small_district_store, tmp_path):
-    from pipeline.report.stats import campaign_stats, write_stats
     from pipeline.cases.track import change_status
+    from pipeline.report.stats import campaign_stats, write_stats
 
     store, s = _copy_store(small_district_store, tmp_path)
     rules = load_rules(s.rules_path)

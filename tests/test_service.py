@@ -470,8 +470,9 @@ def test_ground_report_from_the_page_and_the_api(svc):
 
 
 def test_stats_page_counts_by_event_date_and_downloads(svc):
-    from openpyxl import load_workbook
     import io
+
+    from openpyxl import load_workbook
     off, _ = _session(svc.app, "off")
     page = off.get("/stats")
     assert page.status_code == 200 and 'id="figures"' in page.text and "统计期：全部" in page.text
@@ -740,7 +741,6 @@ def test_a_zip_of_drone_photos_uploads_as_one_photo_flight(svc, tmp_path):
     import zipfile
 
     from pyproj import Transformer
-
     from test_ingest import make_photo
     c, t = svc.client, svc.tokens["pat"]
     files = _flight_files(svc)

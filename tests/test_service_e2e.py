@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from browser import CHROMIUM, launch_chromium
+
 from pipeline.core.config import DEFAULT_CONFIG, load_settings
 from pipeline.service import auth as A
 from pipeline.store import open_store

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from shapely.geometry import box
 
-from pipeline.core.config import TrackingSettings
 from pipeline.cases.match import find_violations, load_rules
 from pipeline.cases.track import set_status, track_flight
+from pipeline.core.config import TrackingSettings
 
 RULES = load_rules(Path(__file__).resolve().parent.parent / "config" / "rules.yaml")
 TRACK = TrackingSettings()

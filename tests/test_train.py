@@ -293,6 +293,7 @@ def untrained_model(tmp_path_factory):
 
 def test_cli_evaluate_json(make_raster, tmp_path, untrained_model):
     import geopandas as gpd
+
     from pipeline.cli import main
     origin, res = (500000.0, 3400000.0), 0.1
     ortho = _bright_rect_ortho(make_raster, "utm.tif", "EPSG:32650", origin, res, (40, 40, 120, 100))

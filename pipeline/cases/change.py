@@ -22,6 +22,17 @@ import pandas as pd
 import shapely
 import shapely.affinity
 
+from pipeline.cases.track import covered_by, match_pairs
+from pipeline.detection.flightplan import (
+    Chunk,
+    FlightPlan,
+    Tiling,
+    finish,
+    run_chunk,
+    window_extent,
+)
+from pipeline.ingest import flight_frames
+
 BLOCK_PX = 128                       # phase-correlation block edge at the coarse GSD
 MAX_BLOCKS = 9
 CONTEXT_M = 12.0                     # the surroundings an outline's colour is measured against
@@ -55,8 +66,8 @@ def read_bands(path: str, bounds: tuple[float, float, float, float], gsd: float,
     overviews; any other is warped)."""
     import rasterio
     from rasterio.enums import Resampling
-    from rasterio.vrt import WarpedVRT
     from rasterio.errors import WindowError
+    from rasterio.vrt import WarpedVRT
     from rasterio.windows import Window, from_bounds
 
     x0, y0, x1, y1 = bounds
@@ -140,8 +151,6 @@ def coregister(flight: dict, reference: dict | None, settings, ref_shift: tuple[
                ) -> Registration:
     """The new flight's shift against ``reference`` (an earlier flight it overlaps), or why none
     is applied (``applied`` False, ``note`` in Chinese)."""
-    from pipeline.ingest import flight_frames
-
     ch = settings.change_check
     if reference is None:
         return Registration(None, note="无可对照的前期航次，未做配准")
@@ -268,8 +277,7 @@ def look_again(geoms: list, other: dict, other_shift: tuple[float, float], this_
     against this flight's ortho (``this_path``; None: no comparison)."""
     from rasterio.errors import RasterioError
 
-    from pipeline.detection.flightplan import Chunk, FlightPlan, Tiling, finish, run_chunk, window_extent
-    from pipeline.ingest import flight_frames
+    # lazy: loads rasterio only when used
     from pipeline.detection.tiling import open_raster
 
     fid = other["flight_id"]
@@ -331,7 +339,7 @@ def look_again(geoms: list, other: dict, other_shift: tuple[float, float], this_
 def _covering_windows(src, tiling, geoms: np.ndarray) -> list:
     """Few tile windows that hold every outline whole (with a margin): one centred on an outline
     not yet held, which holds the others it happens to contain."""
-    from pipeline.detection.flightplan import window_extent
+    # lazy: loads rasterio only when used
     from pipeline.detection.tiling import windows_at
 
     margin = 4.0
@@ -426,9 +434,6 @@ def check_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, de
     Adds the columns before_present (the earlier image shows it), change_confirmed (the images
     show the change: False when they contradict it or show none), before_area_m2,
     change_confidence and change_evidence."""
-    from pipeline.ingest import flight_frames
-    from pipeline.cases.track import covered_by, match_pairs
-
     ch = settings.change_check
     earlier = _earlier(store, flight)
     det = detections.copy()

@@ -19,7 +19,14 @@ from typing import Any
 import pandas as pd
 
 from pipeline.core.errors import PatrolError
-from pipeline.report.common import CATEGORIES, label, status_label, text
+from pipeline.report.common import (
+    CATEGORIES,
+    label,
+    navigation_links,
+    status_label,
+    text,
+    to_wgs84_points,
+)
 
 ATTEMPTS = 3
 RETRY_S = 1.0
@@ -68,7 +75,6 @@ def work_queue(cases, rules, settings, today: date | None = None) -> dict[str, A
     """An officer's 待办: the open ``cases`` ordered by what needs doing (overdue, most days
     first; then by deadline; then by priority; then suspected cases, newest first), each with
     its WGS84 point and 导航 links; ``counts`` per queue state."""
-    from pipeline.report.common import navigation_links, to_wgs84_points
     lc = rules.lifecycle
     day = pd.Timestamp(today or date.today()).normalize()
     open_ = cases[cases["status"].isin(lc.open)]

@@ -3,12 +3,20 @@ report at a phone's position) and 人工补录 (a structure the model missed, dr
 run through the same rules and the same tracking as a flight's detections."""
 from __future__ import annotations
 
+import math
+import uuid
 from datetime import datetime
 
 import geopandas as gpd
+import pandas as pd
 import shapely
+from shapely.geometry import shape
 
 from pipeline.cases.change import prior_coverage
+from pipeline.cases.match import find_violations
+from pipeline.cases.track import add_note, track_flight, transition
+from pipeline.core.errors import InputError
+from pipeline.core.values import jsonable
 
 GROUND_SOURCE = "ground_patrol"
 MANUAL_SOURCE = "manual"
@@ -21,16 +29,6 @@ def report_from_ground(store, settings, lon: float, lat: float, actor: str, note
     a square of ``area_m2`` at the WGS84 point runs through the same parcel and zone rules and
     the same tracking (a report within ``tracking.centroid_m`` of a case is that case, seen
     again); source ``ground_patrol``. Returns the case row and its events."""
-    import math
-    import uuid
-
-    import geopandas as gpd
-    import pandas as pd
-
-    from pipeline.core.errors import InputError
-    from pipeline.cases.match import find_violations
-    from pipeline.cases.track import add_note, track_flight
-
     rules = settings.rules
     if not (math.isfinite(lon) and math.isfinite(lat) and -180 <= lon <= 180 and -90 <= lat <= 90):
         raise InputError(f"position {lat}, {lon} is not latitude and longitude in degrees; let the phone locate you",
@@ -77,7 +75,6 @@ def report_from_ground(store, settings, lon: float, lat: float, actor: str, note
                              zh=f"未能形成案件：请上报不小于 {rules.min_structure_area_m2:g} m² 的建筑")
         case_no = hit["case_no"].iloc[0]
         add_note(store, case_no, f"地面巡查上报（{actor}）：{note.strip()}", actor, at)
-    from pipeline.core.values import jsonable
     case = store.cases().set_index("case_no").loc[case_no]
     return jsonable({"case_no": case_no, "new": bool(result.new_case_count), "status": case["status"],
                      "category": case["category"], "rules": list(case["rules"] or []), "source": case["source"],
@@ -86,9 +83,6 @@ def report_from_ground(store, settings, lon: float, lat: float, actor: str, note
 
 def outline_from_geojson(geometry: dict, settings):
     """A polygon drawn on the map (GeoJSON in WGS84) in the store CRS, or one clear InputError."""
-    from shapely.geometry import shape
-
-    from pipeline.core.errors import InputError
     try:
         geom = shape(geometry)
     except Exception:
@@ -110,12 +104,6 @@ def add_manual_case(store, settings, flight_id: str, outline, actor: str, note: 
     """人工补录: a structure the model missed, drawn on a flight's ortho (``outline`` in the store CRS),
     becomes a case with source ``manual`` through the same rules; one that breaks none is recorded
     as 合法 (a real structure, lawful). Refused where a case already covers it."""
-    import pandas as pd
-
-    from pipeline.core.errors import InputError
-    from pipeline.cases.match import find_violations
-    from pipeline.cases.track import add_note, track_flight, transition
-
     rules = settings.rules
     flight = store.get_flight(flight_id)
     if flight is None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.core.disk import check_room, os_error_line
 from pipeline.core.errors import InputError
 
 PHOTO_MAGIC = {b"\xff\xd8\xff": ("photo", "jpg"), b"\x89PNG\r\n\x1a\n": ("photo", "png")}
@@ -104,7 +105,7 @@ def add_media(store, settings, case_no: str, data: bytes, filename: str, actor: 
               device_lon: float | None = None, device_lat: float | None = None,
               now: datetime | None = None) -> dict[str, Any]:
     """Check, keep and record one photo or video of a case; returns the media row."""
-    from pipeline.core.disk import check_room, os_error_line
+    # lazy: loads geopandas, shapely only when used
     from pipeline.cases.track import add_note, get_case
     m = settings.media
     name = Path(filename or "photo").name[:200]

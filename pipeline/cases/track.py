@@ -636,3 +636,13 @@ def set_facts(store: Any, case_no: str, facts: Mapping[str, Any], actor: str, no
         ev = _event(case_no, at, actor or SYSTEM_ACTOR, st, st, note)
         store.append_events([ev])
     return ev
+
+
+def with_change(cases, flags=(), min_change_confidence: float | None = None):
+    """The cases carrying any of ``flags`` (new, grown, rebuilt, demolition_seen) and, with
+    ``min_change_confidence``, whose change the images confirmed at least that surely."""
+    if flags:
+        cases = cases[cases["flags"].map(lambda f: bool(set(f or []) & set(flags)))]
+    if min_change_confidence is not None:
+        cases = cases[cases["change_confidence"].astype(float).fillna(-1) >= min_change_confidence]
+    return cases

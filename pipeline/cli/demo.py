@@ -17,6 +17,8 @@ import shapely
 
 DEMO_ACTOR = "demo-officer"
 
+# lazy imports: the stages load when the demo runs, so that `patrol --help` stays quick
+
 
 def officer_actions_from_truth(store, truth: gpd.GeoDataFrame, rules, actor: str = DEMO_ACTOR,
                                now=None) -> dict[str, int]:
@@ -92,8 +94,8 @@ def run_demo(ctx, out_dir: Path, seed: int = 1, size_m: float = 400.0, epochs: i
     """Generate the district once, then ingest, detect, match and track every epoch."""
     from pipeline.detection.detectors import ModelTileDetector, TruthTileDetector
     from pipeline.ingest.parcels import import_registry
-    from pipeline.report import write_reports
     from pipeline.process.run import process_flight, register_flight
+    from pipeline.report import write_reports
     from pipeline.store import open_store
     from pipeline.synth import generate_district
 

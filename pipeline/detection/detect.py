@@ -4,12 +4,12 @@ the one processing path (``pipeline.detection.flightplan``) run in this process,
 """
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from pipeline.detection.detectors import tile_detector
 from pipeline.core.errors import ConfigError, InputError, one_line
+from pipeline.detection.detectors import tile_detector
 from pipeline.detection.flightplan import Tiling, detect_plan, plan_flight
 from pipeline.detection.postprocess import drop_nested, merge_seams, quads_to_map  # noqa: F401  (the stage's names)
 from pipeline.detection.yolo import Detector, model_task, offline_ultralytics  # noqa: F401

@@ -20,6 +20,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.errors import InputError, ModelError
+from pipeline.detection.flightplan import chunk_tiles
+from pipeline.detection.postprocess import empty_detections, one_box_per_roof, tile_detections
+from pipeline.detection.yolo import Detector
 
 _MODELS: dict[tuple, Any] = {}
 _MODEL_LOCK = threading.RLock()
@@ -116,7 +119,6 @@ class ModelTileDetector(TileDetector):
                self.tile_px, self.batch_size, threads, self.runtime)
         with _MODEL_LOCK:
             if key not in _MODELS:
-                from pipeline.detection.yolo import Detector
                 _MODELS.clear()
                 t0 = time.perf_counter()
                 model = Detector(self.model_path, list(self.classes), self.confidence, self.nms_iou,
@@ -139,9 +141,6 @@ class ModelTileDetector(TileDetector):
         return float(model.load_s)
 
     def detect_chunk(self, chunk, progress=None) -> dict[str, np.ndarray]:
-        from pipeline.detection.flightplan import chunk_tiles
-        from pipeline.detection.postprocess import tile_detections
-
         model = self.predictor
         index_of = {(w.row, w.col): i for i, w in zip(chunk.indices, chunk.windows)}
         bounds, confs, classes, tile_ids, infer = [], [], [], [], 0.0
@@ -172,8 +171,6 @@ class ModelTileDetector(TileDetector):
         """Map corners of every tile → polygons, one box per roof across tiles, best first."""
         import geopandas as gpd
         import shapely
-
-        from pipeline.detection.postprocess import empty_detections, one_box_per_roof
 
         if sum(len(p["conf"]) for p in parts) == 0:
             return empty_detections(store_crs)
@@ -227,7 +224,7 @@ class TruthTileDetector(TileDetector):
         them (and not used), so a damaged file fails as it would with the model."""
         import shapely
 
-        from pipeline.detection.flightplan import chunk_tiles
+        # lazy: loads rasterio only when used
         from pipeline.detection.tiling import open_raster
 
         for batch in chunk_tiles(chunk, 8):
@@ -265,8 +262,6 @@ class TruthTileDetector(TileDetector):
     def finish(self, parts, raster_crs, store_crs, detector_settings):
         import geopandas as gpd
         import shapely
-
-        from pipeline.detection.postprocess import empty_detections
 
         wkb = np.concatenate([p["wkb"] for p in parts]) if parts else np.zeros(0, dtype=str)
         if not len(wkb):

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.errors import InputError
+from pipeline.ingest import file_id, flight_frames
 
 CHUNK_TILES = 16                       # tiles per task / checkpoint
 
@@ -92,6 +93,7 @@ def plan_flight(frames: Sequence[str | Path], tiling: Tiling, flight_id: str = "
                 captured_at: Any = None) -> FlightPlan:
     """Plan the tiles of every frame (one ortho, or each photo of a flight); the frames must
     share one CRS."""
+    # lazy: loads rasterio only when used
     from pipeline.detection.tiling import open_raster, plan_windows
 
     plan = FlightPlan(flight_id, captured_at, tiling, [str(f) for f in frames])
@@ -111,8 +113,6 @@ def plan_flight(frames: Sequence[str | Path], tiling: Tiling, flight_id: str = "
 
 def plan_registered_flight(flight: dict, settings) -> FlightPlan:
     """The plan of a stored flight, after checking its files are still the ones registered."""
-    from pipeline.ingest import file_id, flight_frames
-
     fid, path = flight["flight_id"], Path(flight["path"])
     if not path.exists():
         raise InputError(f"flight {fid}: its file {path.name} is gone; restore it or register the "
@@ -126,6 +126,7 @@ def plan_registered_flight(flight: dict, settings) -> FlightPlan:
 
 def chunk_tiles(chunk: Chunk, batch_size: int) -> Iterator[list]:
     """The chunk's tiles, read ahead in a thread, in batches of ``batch_size``."""
+    # lazy: loads rasterio only when used
     from pipeline.detection.tiling import iter_tiles
 
     t = chunk.tiling

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+
 def quads_to_map(tile, quads: np.ndarray) -> np.ndarray:
     """Pixel corners (n,4,2) of a tile -> map corners (n,8) in the raster CRS (pixel (col,row) is the
     top-left corner of that pixel, so no half-pixel shift)."""

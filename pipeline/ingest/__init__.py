@@ -9,8 +9,15 @@
 """
 from __future__ import annotations
 
-from pipeline.ingest.flight import (IngestResult, check_district, check_flight_gsd, check_gsd, flight_frames,
-                                   gsd_outside, ingest_flight)
+from pipeline.ingest.flight import (
+                                   IngestResult,
+                                   check_district,
+                                   check_flight_gsd,
+                                   check_gsd,
+                                   flight_frames,
+                                   gsd_outside,
+                                   ingest_flight,
+)
 from pipeline.ingest.raster import capture_time, file_id, register_ortho, valid_footprint
 
 __all__ = ["IngestResult", "capture_time", "check_district", "check_flight_gsd", "check_gsd", "file_id",

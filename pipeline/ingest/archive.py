@@ -18,6 +18,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from pipeline.core.disk import check_room, os_error_line
 from pipeline.core.errors import InputError, one_line
 from pipeline.ingest.raster import shown
 
@@ -106,7 +107,6 @@ def safe_extract(zip_path: Path, dest: Path, limits, suffixes: tuple[str, ...] =
             raise InputError(f"{name} expands {total / max(packed, 1):,.0f} times as a whole (over "
                              f"ingest.max_zip_ratio {limits.max_zip_ratio:g}); refused as a zip bomb",
                          zh=f"{name} 整体解压后膨胀 {total / max(packed, 1):,.0f} 倍，超过上限，疑似压缩炸弹，已拒收")
-        from pipeline.core.disk import check_room
         check_room(dest.parent, total, f"unpacking {name}", quota_mb=limits.work_quota_mb)
         dest.mkdir(parents=True, exist_ok=True)
         out: list[Member] = []
@@ -136,7 +136,6 @@ def safe_extract(zip_path: Path, dest: Path, limits, suffixes: tuple[str, ...] =
                          zh=f"{name} 已损坏，请重新压缩") from None
         except OSError as e:
             shutil.rmtree(dest, ignore_errors=True)
-            from pipeline.core.disk import os_error_line
             raise InputError(os_error_line(e, f"unpacking {name}"),
                          zh=f"解压 {name} 失败（磁盘或权限问题），请联系管理员") from None
         except BaseException:

@@ -29,7 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from pipeline.core.disk import unpacking
 from pipeline.core.errors import InputError, one_line
+from pipeline.ingest.archive import safe_extract
+from pipeline.ingest.photos import georeference, read_photo, write_frame_vrt
 from pipeline.ingest.raster import (
     RASTER_KINDS,
     check_name,
@@ -86,9 +89,6 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def _collect(paths: list[Path], settings, refused: list) -> list[_Item]:
     """Files to consider, with zips unpacked safely; unusable ones go to ``refused``."""
-    from pipeline.ingest.archive import safe_extract
-    from pipeline.core.disk import unpacking
-
     items: list[_Item] = []
 
     def add_file(p: Path, name: str, direct: bool) -> None:
@@ -230,8 +230,6 @@ def _orthos(items: list[_Item], settings, team, refused) -> IngestResult:
 
 def _photos(items: list[_Item], settings, team, refused) -> IngestResult:
     import shapely
-
-    from pipeline.ingest.photos import georeference, read_photo, write_frame_vrt
 
     store_crs = settings.store.crs
     frames, evidence, notes = [], [], []
@@ -379,6 +377,7 @@ def _boundary(path: Path, store_crs: str):
 def gsd_outside(gsd_m, settings) -> str | None:
     """Why a flight of native ground pixel ``gsd_m`` lies outside the range the model was trained and
     checked on (``detector.gsd_range_m``), or None when it is inside (or unknown)."""
+    # lazy: loads pandas only when used
     from pipeline.core.values import is_missing
     lo, hi = settings.detector.gsd_range_m
     if is_missing(gsd_m) or lo <= float(gsd_m) <= hi:

@@ -117,6 +117,7 @@ def valid_footprint(src, store_crs: str, max_px: int = FOOTPRINT_MAX_PX):
     from rasterio.features import shapes
     from rasterio.transform import Affine
 
+    # lazy: loads rasterio only when used
     from pipeline.detection.tiling import ground_pixel_size, low_res_valid
 
     f = max(1.0, max(src.width, src.height) / max_px)
@@ -166,6 +167,7 @@ def check_ortho(src, path: Path, max_mpix: float = DEFAULT_MAX_MPIX) -> None:
     import shapely
     from rasterio.windows import Window
 
+    # lazy: loads geopandas, pandas, shapely only when used
     from pipeline.ingest.parcels import check_gauss_kruger
 
     name = shown(path)
@@ -189,6 +191,7 @@ def check_ortho(src, path: Path, max_mpix: float = DEFAULT_MAX_MPIX) -> None:
                          zh=f"{name} 有 {src.count} 个波段（多光谱？），请上传 RGB 或 RGBA 正射影像")
     from rasterio.enums import ColorInterp
 
+    # lazy: loads rasterio only when used
     from pipeline.detection.tiling import implicit_alpha
     masks = sum(c == ColorInterp.alpha for c in src.colorinterp) or (1 if implicit_alpha(src) else 0)
     if src.count - masks < 3:
@@ -221,6 +224,7 @@ def describe_ortho(path: Path, store_crs: str, max_mpix: float = DEFAULT_MAX_MPI
     """CRS, ground GSD, capture time, footprint (store CRS) and format facts of one ortho."""
     import rasterio
 
+    # lazy: loads rasterio only when used
     from pipeline.detection.tiling import BLOCK_CACHE_BYTES
 
     check_name(path)
@@ -241,6 +245,7 @@ def describe_ortho(path: Path, store_crs: str, max_mpix: float = DEFAULT_MAX_MPI
 def _describe(path: Path, store_crs: str, max_mpix: float) -> dict:
     import rasterio
 
+    # lazy: loads rasterio only when used
     from pipeline.detection.tiling import ground_pixel_size, open_raster
 
     src = open_raster(path)
@@ -288,6 +293,7 @@ def write_mosaic_vrt(members: list[Path], out: Path) -> Path:
     import rasterio
     from pyproj import CRS
 
+    # lazy: loads rasterio only when used
     from pipeline.detection.tiling import implicit_alpha, rgb_bands
 
     infos = []

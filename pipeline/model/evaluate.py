@@ -13,7 +13,10 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.core.errors import InputError
+from pipeline.core.errors import ConfigError, InputError, ModelError
+from pipeline.detection.detect import Detector, detect_ortho, offline_ultralytics
+from pipeline.ingest import valid_footprint
+from pipeline.model.train import build_dataset, local_utm
 
 CLASSES = ["building", "steel_shed", "under_construction", "greenhouse"]
 
@@ -197,10 +200,8 @@ def detect_against_truth(ortho: str | Path, truth: str | Path, settings, model: 
     """(detections, truth clipped to the valid footprint, that footprint), in the ortho's local UTM.
     With ``part`` (left, top, right, bottom fractions of the raster) only that part counts: the
     footprint is cut to it, truth is clipped to it and detections whose centre lies outside go."""
-    from pipeline.detection.detect import Detector, detect_ortho
-    from pipeline.ingest import valid_footprint
+    # lazy: loads rasterio only when used
     from pipeline.detection.tiling import open_raster, part_polygon
-    from pipeline.model.train import local_utm
     ortho = Path(ortho)
     if not ortho.is_file():
         raise InputError(f"ortho {ortho} not found; pass an existing GeoTIFF")
@@ -451,9 +452,6 @@ def evaluate_scenes(model: str | Path, scenes: int = 10, seed: int = 1_000_000, 
     """
     import tempfile
 
-    from pipeline.core.errors import ConfigError, ModelError
-    from pipeline.detection.detect import offline_ultralytics
-    from pipeline.model.train import build_dataset
     model = Path(model)
     if not model.is_file():
         raise ModelError(f"model {model} not found; pass --model with .pt or .onnx weights")

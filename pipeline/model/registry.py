@@ -19,6 +19,7 @@ from typing import Any
 from pipeline.core.errors import ModelError
 from pipeline.core.values import plain
 from pipeline.model.active import active_model, file_hash, get_model, verified_path
+from pipeline.model.train import ship_model, train
 
 STATES = ("candidate", "active", "retired")
 METRICS = ("recall", "precision")
@@ -74,6 +75,7 @@ def compare(store, settings, candidate: str, *, actor: str = "system", progress:
     """Candidate and active model side by side on the frozen evaluation set: ``{"candidate",
     "active", "parts": {part: {"candidate": {recall, precision, …}, "active": {…}}}, "margin",
     "losses": [(part, metric, loss)], "passes"}``; recorded on the candidate and in the history."""
+    # lazy: loads geopandas, shapely only when used
     from pipeline.model.review_data import evaluate_model
 
     cand = get_model(store, candidate)
@@ -193,8 +195,6 @@ def train_candidate(store, settings, data_dir: str | Path, *, actor: str, epochs
     result as a candidate whose parent is the active model; the row."""
     import json
     import tempfile
-
-    from pipeline.model.train import ship_model, train
 
     data_dir = Path(data_dir)
     summary_path = data_dir / "summary.json"

@@ -29,7 +29,12 @@ import pandas as pd
 import shapely
 
 from pipeline.core.errors import InputError
-from pipeline.model.evaluate import match_footprints
+from pipeline.detection.detectors import ModelTileDetector
+from pipeline.detection.flightplan import detect_plan, plan_registered_flight
+from pipeline.ingest import flight_frames
+from pipeline.model.evaluate import evaluate_ortho, evaluate_suite, match_footprints
+from pipeline.model.train import ChipStats, import_labelled
+from pipeline.synth import generate_district
 
 NEGATIVE = ("false_positive",)
 EXCLUDED = ("unfounded",)
@@ -116,9 +121,6 @@ def dataset_from_reviews(store, settings, out_dir: str | Path, since=None, fligh
     ``out_dir``: positives labelled, false positives left as background, unjudged detections
     painted over; evaluation flights (or their held-out part) to val, never to train. Writes and
     returns ``summary.json``."""
-    from pipeline.ingest import flight_frames
-    from pipeline.model.train import ChipStats, import_labelled
-
     out_dir = Path(out_dir)
     frozen = evaluation_set(store, settings, create=True)
     chosen = reviewed_flights(store, settings, since, flights)
@@ -194,10 +196,6 @@ def evaluate_model(store, settings, model_path: Path, progress: bool = False) ->
     """Recall and precision of the weights at ``model_path`` on each part of the evaluation set:
     ``reviewed`` (the frozen flights, scored on their verdicts), ``generated`` (``models.eval_generated``
     districts against their truth), ``real`` (``models.eval_suite``'s evaluation crops)."""
-    from pipeline.detection.detectors import ModelTileDetector
-    from pipeline.model.evaluate import evaluate_ortho, evaluate_suite
-    from pipeline.detection.flightplan import detect_plan, plan_registered_flight
-
     parts: dict[str, dict] = {}
     frozen = evaluation_set(store, settings)
     if frozen["flights"]:
@@ -233,7 +231,6 @@ def evaluate_model(store, settings, model_path: Path, progress: bool = False) ->
 
 def generated_district(settings, seed: int) -> Path:
     """The generated district of the evaluation set (rendered once into ``models.dir``/eval)."""
-    from pipeline.synth import generate_district
     size = float(settings.models.eval_generated_size_m)
     out = Path(settings.models.dir) / "eval" / f"generated-{seed}-{size:g}m"
     if not (out / "district.gpkg").is_file():

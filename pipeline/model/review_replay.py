@@ -5,6 +5,9 @@ from __future__ import annotations
 import geopandas as gpd
 import shapely
 
+from pipeline.cases.manual import add_manual_case
+from pipeline.cases.track import change_status, redraw_outline
+from pipeline.core.errors import PatrolError
 from pipeline.model.evaluate import match_footprints
 
 
@@ -15,10 +18,6 @@ def review_from_truth(store, settings, flight_id: str, truth: gpd.GeoDataFrame, 
     at ``iou`` (its outline redrawn to the footprint when it overlaps one less well) or closed as
     误报 when it covers none; every footprint the flight's detections missed is drawn as a manual
     case. Returns the counts ``{"confirmed", "redrawn", "false_positive", "drawn"}``."""
-    from pipeline.core.errors import PatrolError
-    from pipeline.cases.manual import add_manual_case
-    from pipeline.cases.track import change_status, redraw_outline
-
     lifecycle = settings.rules.lifecycle
     flight = store.get_flight(flight_id)
     foot = flight.get("footprint")

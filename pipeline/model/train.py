@@ -24,6 +24,9 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from pipeline.core.errors import ConfigError, InputError, ModelError
+from pipeline.detection.detect import offline_ultralytics
+from pipeline.synth import render_scene
+from pipeline.synth.randomisation import Randomisation
 
 CLASSES = ["building", "steel_shed", "under_construction", "greenhouse"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -286,6 +289,7 @@ def import_labelled(ortho: str | Path, labels, out_dir: str | Path, gsd_m: float
     write_data_yaml(out_dir, classes)
     stem_base = prefix or re.sub(r"[^A-Za-z0-9_-]+", "_", f"{ortho.parent.name}_{ortho.stem}")
     stats = ChipStats()
+    # lazy: loads rasterio only when used
     from pipeline.detection.tiling import open_raster
     with open_raster(ortho) as src:
         if src.count < 3 and src.count != 1:
@@ -310,6 +314,7 @@ def import_labelled(ortho: str | Path, labels, out_dir: str | Path, gsd_m: float
         near_l, blank_l = local(near), local(blank)
         region_l = None if val_region is None else shapely.union_all(local([val_region]))
         if holdout is not None:
+            # lazy: loads rasterio only when used
             from pipeline.detection.tiling import part_polygon
             held_l = part_polygon(src, holdout, dst_crs).buffer(holdout_gap_m)
         near_tree = shapely.STRtree(near_l) if near_l is not None and len(near_l) else None
@@ -446,7 +451,6 @@ def train(config: str | Path | None = None, data: str | Path | None = None, epoc
                                      **(settings or {})})
     if cfg.get("weights") and cfg.get("pretrained"):
         raise ConfigError("give either weights (fine-tune a model of ours) or pretrained (another task's start), not both")
-    from pipeline.detection.detect import offline_ultralytics
     offline_ultralytics()
     _set_threads(int(cfg.get("threads", 2)))
     from ultralytics import YOLO
@@ -531,8 +535,6 @@ def render_chips(seed: int, out_dir: Path, split: str, size_m: float, chip_px: i
     import cv2
     from affine import Affine
 
-    from pipeline.synth import render_scene
-    from pipeline.synth.randomisation import Randomisation
     rng = np.random.default_rng(seed)
     rnd = Randomisation.sample(rng, gsd_range=gsd_range, **({} if l_houses else {"l_houses": None}))
     rnd = rnd.with_(terraces=terraces)
@@ -613,7 +615,6 @@ def ship_model(best: str | Path, dest: str | Path, imgsz: int = 640, opset: int 
     best, dest = Path(best), Path(dest)
     if not best.is_file():
         raise ModelError(f"weights {best} not found; train first or pass an existing .pt")
-    from pipeline.detection.detect import offline_ultralytics
     offline_ultralytics()
     from ultralytics import YOLO
     from ultralytics.utils.torch_utils import strip_optimizer

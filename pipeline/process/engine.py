@@ -25,6 +25,7 @@ from pipeline.cases.change import check_flight, prior_coverage
 from pipeline.cases.manual import MANUAL_SOURCE
 from pipeline.cases.match import find_violations
 from pipeline.cases.track import note_events, track_flight
+from pipeline.core.disk import check_room
 from pipeline.core.errors import error_line, one_line
 from pipeline.core.values import is_missing
 from pipeline.detection.detectors import TruthTileDetector, tile_detector
@@ -75,7 +76,6 @@ def commit_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, m
     rules = rules if rules is not None else settings.rules
     flight_id = flight["flight_id"]
     if store.backend == "gpkg":           # a full disk is refused before the transaction, not inside it
-        from pipeline.core.disk import check_room
         check_room(Path(store.url).parent, 8 << 20, f"writing flight {flight_id} into the store")
     detections = detections.to_crs(settings.store.crs)
     check = check_flight(store, flight, detections, settings, detector, rules)    # reads images: before the lock

@@ -5,6 +5,7 @@ import os
 from collections import deque
 
 from pipeline.core.errors import ConfigError, ModelError, PatrolError
+from pipeline.detection.detectors import set_thread_budget
 
 
 def _warm(detector) -> float:
@@ -100,7 +101,6 @@ class DaskExecutor:
         processes there, so N workers on one machine do not oversubscribe it."""
         from collections import Counter
 
-        from pipeline.detection.detectors import set_thread_budget
         workers = self.client.scheduler_info()["workers"]
         cores = self.client.run(os.cpu_count)
         per_host = Counter(w["host"] for w in workers.values())

@@ -32,11 +32,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.core.errors import ConfigError, InputError, PatrolError, error_line
-from pipeline.detection.flightplan import CHUNK_TILES
+from pipeline.detection.flightplan import (
+    CHUNK_TILES,
+    Tiling,
+    finish,
+    plan_registered_flight,
+    run_chunk,
+)
 from pipeline.process.checkpoints import Checkpoint, checkpoint_root, sweep
 from pipeline.process.engine import commit_flight, fail_flight, flight_detector, start_flight
 from pipeline.process.executors import DaskExecutor, InlineExecutor
 from pipeline.process.summary import FlightOutcome, NightlySummary
+from pipeline.report import write_reports
 
 PENDING = ("uploaded", "processing")
 
@@ -75,8 +82,6 @@ def run_nightly(store, settings, flight_ids: list[str] | None = None, *, workers
     """Process the pending flights (or ``flight_ids``) of ``store``; see the module docstring.
     ``detector``: a tile detector (default: the settings' model, or the truth layer of ``truth``).
     Returns the summary (not yet written); flights that failed are recorded on the flight."""
-    from pipeline.detection.flightplan import Tiling, run_chunk
-
     if chunk_tiles < 1:
         raise ConfigError(f"--chunk-tiles {chunk_tiles} must be 1 or more")
     if workers is not None and workers < 1:
@@ -180,8 +185,6 @@ def run_nightly(store, settings, flight_ids: list[str] | None = None, *, workers
 def _start(store, settings, detector, flight_id, claim, root, key, force, echo) -> _Job:
     """Under the claim: re-read the flight, start it (``engine.start_flight``), plan its tiles, load its
     checkpoint."""
-    from pipeline.detection.flightplan import plan_registered_flight
-
     flight = store.get_flight(flight_id)
     outcome = FlightOutcome(flight_id, path=str(flight["path"]), captured_at=str(flight["captured_at"] or ""))
     job = _Job(flight, claim, outcome, Checkpoint(root, flight_id, key), t0=time.perf_counter())
@@ -234,8 +237,6 @@ def _wait_for_earlier(store, job: _Job, ours: set[str], echo, poll_s: float = 0.
 
 
 def _commit(store, settings, detector, rules, job: _Job, reports, echo) -> None:
-    from pipeline.detection.flightplan import finish
-
     fid = job.flight["flight_id"]
     o = job.outcome
     try:
@@ -255,7 +256,6 @@ def _commit(store, settings, detector, rules, job: _Job, reports, echo) -> None:
          f"({o.seconds:.1f} s)")
     if reports:
         try:
-            from pipeline.report import write_reports
             write_reports(store, settings, Path(reports) / fid, flight_id=fid, progress=False)
         except Exception as e:                  # the flight is stored; a report can be redone
             o.note = f"report not written: {error_line(e)[:200]}"

@@ -14,7 +14,16 @@ from pathlib import Path
 import geopandas as gpd
 
 from pipeline.core.errors import PatrolError
-from pipeline.process.engine import FlightResult, commit_flight, fail_flight, flight_detector, start_flight
+from pipeline.detection.detectors import tile_detector
+from pipeline.detection.flightplan import detect_plan, plan_registered_flight
+from pipeline.ingest import check_district, check_flight_gsd, ingest_flight
+from pipeline.process.engine import (
+    FlightResult,
+    commit_flight,
+    fail_flight,
+    flight_detector,
+    start_flight,
+)
 
 __all__ = ["FlightResult", "register_flight", "detect_flight", "process_flight", "commit_flight", "fail_flight"]
 
@@ -26,8 +35,6 @@ def register_flight(store, path: str | Path | list, settings, team: str | None =
     instead), and record it (status 'uploaded' unless already known). Files
     refused inside a folder/zip are appended to ``refused`` (``Refusal``: file, reason, zh), remarks (oblique
     photos kept as evidence, …) to ``notes``."""
-    from pipeline.ingest import check_district, check_flight_gsd, ingest_flight
-
     result = ingest_flight(path, settings, team)
     if refused is not None:
         refused.extend(result.refused)
@@ -55,9 +62,6 @@ def detect_flight(flight: dict, settings, detector=None, progress: bool = True) 
     its ortho, or every photo frame with duplicates across tiles and frames merged in one pass.
     ``detector``: a tile detector (``pipeline.detection.detectors``), a loaded model, or None for the
     settings' model."""
-    from pipeline.detection.detectors import tile_detector
-    from pipeline.detection.flightplan import detect_plan, plan_registered_flight
-
     return detect_plan(tile_detector(settings, detector), plan_registered_flight(flight, settings), settings,
                        progress=progress)
 

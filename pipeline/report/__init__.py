@@ -8,7 +8,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.report.lists import FORMATS, export_cases  # noqa: F401
+from pipeline.core.errors import PatrolError
+from pipeline.report.evidence import make_chips, write_evidence_sheets
+from pipeline.report.lists import (  # noqa: F401
+    FORMATS,
+    export_cases,
+    write_csv,
+    write_geojson,
+    write_gpkg,
+    write_kml,
+    write_kmz,
+    write_xlsx,
+)
+from pipeline.report.map import build_map
+from pipeline.report.stats import write_stats
 
 
 def write_reports(store, settings, out_dir: str | Path, flight_id: str | None = None, *,
@@ -19,12 +32,6 @@ def write_reports(store, settings, out_dir: str | Path, flight_id: str | None = 
     sheets, and statistics under ``out_dir``. With ``flight_id``: that flight's map and the
     cases it covers; without: the district map plus one map per flight. Filters narrow the
     cases listed and mapped (statistics always cover every case of the period)."""
-
-    from pipeline.core.errors import PatrolError
-    from pipeline.report.evidence import make_chips, write_evidence_sheets
-    from pipeline.report.lists import write_csv, write_geojson, write_gpkg, write_kml, write_kmz, write_xlsx
-    from pipeline.report.map import build_map
-    from pipeline.report.stats import write_stats
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

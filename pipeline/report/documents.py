@@ -24,12 +24,23 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from pipeline.core.errors import ConfigError, InputError, PatrolError
-from pipeline.report.common import (CATEGORIES, CLASSES, STOCK, change_text, label, missing, rule_texts,
-                                    status_label, text, to_wgs84_points)
-from pipeline.report.evidence import scale_and_north
-from pipeline.report.ledger import M2_PER_MU, land_class, parcel_facts, progress_text
 from pipeline.cases.track import get_case, mask_id
+from pipeline.core.disk import os_error_line
+from pipeline.core.errors import ConfigError, InputError, PatrolError
+from pipeline.report.common import (
+    CATEGORIES,
+    CLASSES,
+    STOCK,
+    change_text,
+    label,
+    missing,
+    rule_texts,
+    status_label,
+    text,
+    to_wgs84_points,
+)
+from pipeline.report.evidence import cut_chip, ortho_path, scale_and_north
+from pipeline.report.ledger import M2_PER_MU, land_class, parcel_facts, progress_text
 
 KINDS: dict[str, tuple[str, str]] = {
     "sheet": ("案件证据单", "Evidence sheet"),
@@ -157,7 +168,6 @@ def _chinese_date(t: pd.Timestamp) -> str:
 def _cut(src, geom, crs: str, margin: float, px: int, context=()) -> tuple[bytes, float] | None:
     import tempfile
 
-    from pipeline.report.evidence import cut_chip
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "chip.png"
         gsd = cut_chip(src, geom, crs, out, margin, px, context=context)
@@ -170,7 +180,6 @@ def _pictures(store, case: dict, flights) -> dict[str, Any]:
     (else the first covering flight), 后时相 the latest."""
     import rasterio
 
-    from pipeline.report.evidence import ortho_path
     g = case["geometry"]
     cover = []
     for _, fl in flights.sort_values("captured_at").iterrows():
@@ -386,7 +395,6 @@ def latest_document(store, case_no: str, kind: str) -> str | None:
 
 
 def write_pdf(path: Path, pdf: bytes) -> Path:
-    from pipeline.core.disk import os_error_line
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

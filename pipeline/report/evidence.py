@@ -19,9 +19,24 @@ import pandas as pd
 import shapely
 from tqdm import tqdm
 
-from pipeline.report.common import (CATEGORIES, CLASSES, FIELDS, FLAGS, STOCK, STATUS_COLOURS, change_text,
-                                    label, missing, rule_texts, safe_name, status_label, text, to_uint8,
-                                   to_wgs84_points)
+from pipeline.cases.change import flight_shift
+from pipeline.report.common import (
+    CATEGORIES,
+    CLASSES,
+    FIELDS,
+    FLAGS,
+    STATUS_COLOURS,
+    STOCK,
+    change_text,
+    label,
+    missing,
+    rule_texts,
+    safe_name,
+    status_label,
+    text,
+    to_uint8,
+    to_wgs84_points,
+)
 from pipeline.report.ledger import parcel_facts
 
 CHIP_MAX_PX = 256
@@ -170,7 +185,6 @@ def make_chips(store, cases, flights, out_dir: Path, margin_m: float = 8.0,
     chip_dir = Path(out_dir) / "chips"
     geoms = np.asarray(cases.geometry.values, dtype=object)
     centroids = shapely.centroid(geoms)
-    from pipeline.cases.change import flight_shift
 
     for _, fl in flights.sort_values("captured_at").iterrows():
         flight = fl.to_dict()

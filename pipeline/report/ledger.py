@@ -16,10 +16,24 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from pipeline.core.config import DEFAULT_LEDGER_COLUMNS
 from pipeline.cases.track import mask_id
-from pipeline.report.common import (CATEGORIES, CLASSES, FIELDS, FLAGS, SOURCES, STOCK, as_list, change_text, label,
-                                    missing, rule_texts, status_label, text, to_wgs84_points)
+from pipeline.core.config import DEFAULT_LEDGER_COLUMNS
+from pipeline.report.common import (
+    CATEGORIES,
+    CLASSES,
+    FIELDS,
+    FLAGS,
+    SOURCES,
+    STOCK,
+    as_list,
+    change_text,
+    label,
+    missing,
+    rule_texts,
+    status_label,
+    text,
+    to_wgs84_points,
+)
 
 M2_PER_MU = 666.67
 HEADERS: dict[str, str] = {

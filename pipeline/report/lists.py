@@ -21,8 +21,20 @@ import pandas as pd
 import shapely
 
 from pipeline.core.errors import InputError
-from pipeline.report.common import (CATEGORIES, CLASSES, FIELDS, FLAGS, STATUS_COLOURS, STOCK, as_list,
-                                    label, missing, rule_texts, status_label, text)
+from pipeline.report.common import (
+    CATEGORIES,
+    FIELDS,
+    STATUS_COLOURS,
+    as_list,
+    label,
+    missing,
+    rule_texts,
+    status_label,
+    text,
+    to_wgs84_points,
+)
+from pipeline.report.evidence import case_chips
+from pipeline.report.ledger import IMAGES, columns_of, ledger_table
 
 FORMATS = ("xlsx", "csv", "geojson", "kml", "kmz", "gpkg")
 
@@ -40,7 +52,6 @@ GIS_FIELDS = [f for f in LIST_FIELDS if f not in ("lon", "lat", "x", "y")] + [
 
 
 def _coords(cases: gpd.GeoDataFrame, crs: str) -> pd.DataFrame:
-    from pipeline.report.common import to_wgs84_points
     ll = to_wgs84_points(cases, crs)
     c = shapely.centroid(np.asarray(cases.geometry.values, dtype=object))
     return pd.DataFrame({"lon": np.round(ll[:, 0], 7), "lat": np.round(ll[:, 1], 7),
@@ -51,7 +62,6 @@ def _coords(cases: gpd.GeoDataFrame, crs: str) -> pd.DataFrame:
 def case_table(cases: gpd.GeoDataFrame, lang: str = "zh", rules=None, crs: str | None = None,
                columns: list | None = None, store=None) -> pd.DataFrame:
     """The 台账 as a table (``ledger.ledger_table``): display values, never a live formula."""
-    from pipeline.report.ledger import ledger_table
     return ledger_table(cases, lang, rules, crs, columns, store)
 
 
@@ -98,9 +108,6 @@ def write_xlsx(cases: gpd.GeoDataFrame, path: Path, lang: str, rules=None, evide
     from openpyxl.styles import Alignment, Font, PatternFill
     from openpyxl.utils import get_column_letter
     from openpyxl.worksheet.properties import PageSetupProperties
-
-    from pipeline.report.evidence import case_chips
-    from pipeline.report.ledger import IMAGES, columns_of
 
     cols = columns_of(columns)
     table = case_table(cases, lang, rules, crs, columns, store)
@@ -269,7 +276,6 @@ def write_kmz(cases, path: Path, lang: str, rules=None, crs: str | None = None,
     """doc.kml plus JPEG copies of the evidence chips and (with ``store``) the stamped on-site
     photos under files/ (shown in each case's balloon; JPEG keeps the file light enough for
     phones running 奥维)."""
-    from pipeline.report.evidence import case_chips
     images: dict[str, list[str]] = {}
     files: dict[str, str] = {}
     media = store.media() if store is not None else pd.DataFrame()

@@ -20,10 +20,30 @@ import pandas as pd
 import shapely
 
 from pipeline.core.errors import ConfigError, PatrolError
-from pipeline.report.common import (CATEGORIES, CLASS_COLOURS, CLASSES, FIELDS, LAYERS, STATUS_COLOURS,
-                                    ZONE_COLOURS, ZONE_KINDS, js_json, label, missing, rule_texts,
-                                    shift_gcj02, status_label, text, to_uint8, to_wgs84_points, wgs84_to_gcj02,
-                                    FLAGS, STOCK, change_text)
+from pipeline.report.common import (
+    CATEGORIES,
+    CLASS_COLOURS,
+    CLASSES,
+    FIELDS,
+    FLAGS,
+    LAYERS,
+    STATUS_COLOURS,
+    STOCK,
+    ZONE_COLOURS,
+    ZONE_KINDS,
+    change_text,
+    js_json,
+    label,
+    missing,
+    rule_texts,
+    shift_gcj02,
+    status_label,
+    text,
+    to_uint8,
+    to_wgs84_points,
+    wgs84_to_gcj02,
+)
+from pipeline.report.evidence import case_chips, ortho_path, rel_url
 
 STATIC = Path(__file__).parent / "static"
 VENDOR = "vendored:"
@@ -426,8 +446,6 @@ def build_map(store, settings, out_html: Path, *, flight_id: str | None = None, 
     officer's area; ``cases`` are expected scoped already.
     """
     import folium
-
-    from pipeline.report.evidence import case_chips, ortho_path, rel_url
 
     rep = settings.report
     lang = rep.language

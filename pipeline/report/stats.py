@@ -31,6 +31,7 @@ import pandas as pd
 
 from pipeline.report.common import CATEGORIES, label, text
 from pipeline.report.ledger import M2_PER_MU
+
 STAGES = ["found", "verified", "stopped", "filed", "ordered", "demolished", "rectified", "rechecked",
           "closed", "rebuilt", "lawful", "unfounded", "false_positive"]
 UNDONE_BY_REBUILD = {"demolished", "rectified", "rechecked", "closed"}

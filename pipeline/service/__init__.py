@@ -5,10 +5,12 @@ from __future__ import annotations
 
 
 def create_app(settings, **kw):
+    # lazy: loads fastapi, geopandas, jinja2, pandas, shapely only when used
     from pipeline.service.app import create_app as _create
     return _create(settings, **kw)
 
 
 def serve(settings, host=None, port=None, **kw):
+    # lazy: loads fastapi, geopandas, jinja2, pandas, shapely only when used
     from pipeline.service.app import serve as _serve
     return _serve(settings, host, port, **kw)

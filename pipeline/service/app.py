@@ -12,10 +12,18 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from pipeline.core.disk import os_error_line
 from pipeline.core.errors import PatrolError, TransitionError
-from pipeline.service import routes_admin, routes_api, routes_auth, routes_flights, routes_review, routes_work
-from pipeline.service.context import HTTPProblem, Service, is_api
+from pipeline.service import (
+    routes_admin,
+    routes_api,
+    routes_auth,
+    routes_flights,
+    routes_review,
+    routes_work,
+)
 from pipeline.service.auth import LoginRefused
+from pipeline.service.context import HTTPProblem, Service, is_api
 from pipeline.service.uploads import UploadNotFound, UploadTooLarge
 
 log = logging.getLogger("pipeline.service")
@@ -45,7 +53,6 @@ def create_app(settings, *, detector: Any = None, store=None) -> FastAPI:
 
     @app.exception_handler(OSError)
     async def _os(request: Request, e: OSError):
-        from pipeline.core.disk import os_error_line
         log.error("%s %s: %s", request.method, request.url.path, e)
         full = e.errno in (errno.ENOSPC, errno.EDQUOT)
         return svc.problem(request, 507 if full else 500, os_error_line(e, "the request"),

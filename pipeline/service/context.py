@@ -11,12 +11,12 @@ import hmac
 import html
 import json
 import re
-from functools import partial
 import shutil
 import tempfile
 import threading
 from dataclasses import dataclass, field
 from datetime import date
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
@@ -28,12 +28,28 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
 from pipeline.cases.change import registration_note
+from pipeline.cases.manual import add_manual_case, outline_from_geojson, report_from_ground
+from pipeline.cases.media import add_media
+from pipeline.cases.track import CASE_FACTS, change_status, redraw_outline
 from pipeline.core.errors import InputError, PatrolError
-from pipeline.report.common import CATEGORIES, STOCK, label, rule_texts, status_label, text
+from pipeline.core.words import FLIGHT_STATUS, MODEL_ACTIONS, MODEL_STATES, ROLE_LABELS, translate
+from pipeline.report.common import (
+    CATEGORIES,
+    STOCK,
+    label,
+    rule_texts,
+    safe_name,
+    status_label,
+    text,
+)
+from pipeline.report.documents import check_templates
+from pipeline.report.evidence import case_chips, case_facts, make_chips, phase_label
+from pipeline.report.lists import export_cases
+from pipeline.report.map import build_map
 from pipeline.service import auth as A
 from pipeline.service.jobs import Processor
-from pipeline.core.words import FLIGHT_STATUS, MODEL_ACTIONS, MODEL_STATES, ROLE_LABELS, translate
 from pipeline.service.uploads import Uploads
+from pipeline.store import open_store
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
@@ -111,9 +127,6 @@ class Service:
 
     @classmethod
     def start(cls, settings, detector: Any = None, store=None) -> "Service":
-        from pipeline.report.documents import check_templates
-        from pipeline.store import open_store
-
         svc = settings.service
         rules = settings.rules
         check_templates(settings)
@@ -239,7 +252,6 @@ class Service:
                   lon: Any = None, lat: Any = None) -> dict:
         """Attach a photo or video to a case the account sees; the phone's position (lon/lat
         as text, may be empty) stands in when the photo has no GPS."""
-        from pipeline.cases.media import add_media
         self.one_case(user, case_no)
         try:
             dlon = float(lon) if lon not in (None, "") else None
@@ -254,8 +266,6 @@ class Service:
     def ground_report(self, user: A.User, lat: Any, lon: Any, detector_class: str, area_m2: Any, note: str,
                       photo: bytes | None = None, filename: str = "") -> dict:
         """地面巡查上报 (any signed-in account): a case from a position on the ground, with its photo."""
-        from pipeline.cases.media import add_media
-        from pipeline.cases.manual import report_from_ground
         try:
             la, lo, area = float(lat), float(lon), float(area_m2)
         except (TypeError, ValueError):
@@ -271,8 +281,6 @@ class Service:
 
     def redraw_outline(self, user: A.User, case_no: str, geometry: dict) -> dict:
         """轮廓修正: the officer's outline (GeoJSON, WGS84) replaces the case's; the event."""
-        from pipeline.cases.manual import outline_from_geojson
-        from pipeline.cases.track import redraw_outline
         self.one_case(user, case_no)
         ev = redraw_outline(self.store, case_no, outline_from_geojson(geometry, self.settings), user.username)
         return event_json(ev)
@@ -281,7 +289,6 @@ class Service:
                        note: str = "") -> dict:
         """人工补录: a structure the model missed, drawn on the ortho of the latest processed flight
         that covers it, becomes a case (source ``manual``) through the rules."""
-        from pipeline.cases.manual import add_manual_case, outline_from_geojson
         outline = outline_from_geojson(geometry, self.settings)
         done = self.store.list_flights(status="done")
         done = done[done.geometry.notna()]
@@ -333,7 +340,6 @@ class Service:
                 round(float(c["change_confidence"]), 2)}
 
     def case_detail(self, user: A.User, case_no: str) -> dict:
-        from pipeline.report.evidence import case_facts
         g = self.one_case(user, case_no)
         c = g.iloc[0].to_dict()
         ev = self.store.events(case_no)
@@ -343,7 +349,6 @@ class Service:
                     "from_label": self.slabel(e["from_status"]) if text(e["from_status"]) else "",
                     "to_label": self.slabel(e["to_status"]), "note": text(e["note"])} for e in ev.to_dict("records")]
         centre = g.to_crs("EPSG:4326").geometry.iloc[0].centroid
-        from pipeline.cases.track import CASE_FACTS
         site = {k: "" if pd.isna(c.get(k)) else (str(int(c[k])) if k == "floors" else text(c[k])) for k in CASE_FACTS}
         media = [{"media_id": m["media_id"], "kind": m["kind"], "filename": text(m["filename"]),
                   "taken_at": text(m["taken_at"])[:16], "lon": None if pd.isna(m["lon"]) else float(m["lon"]),
@@ -359,8 +364,6 @@ class Service:
 
     def chips_for(self, case_gdf) -> list[dict]:
         """Evidence chips of one case (cut now if none recorded), copied under work/chips."""
-        from pipeline.report.common import safe_name
-        from pipeline.report.evidence import case_chips, make_chips, phase_label
         case_no = case_gdf["case_no"].iloc[0]
         rows = case_chips(self.store.evidence(case_no), case_no)
         if not rows:
@@ -380,7 +383,6 @@ class Service:
         return out
 
     def apply_status(self, user: A.User, case_no: str, ch: StatusChange) -> dict:
-        from pipeline.cases.track import change_status
         self.one_case(user, case_no)
         kw = {k: v for k, v in (("order_no", ch.order_no), ("deadline", ch.deadline),
                                 ("demolished_area_m2", ch.demolished_area_m2)) if v is not None}
@@ -391,7 +393,6 @@ class Service:
     def export(self, user: A.User, fmt: str, status: str | None) -> FileResponse:
         from starlette.background import BackgroundTask
 
-        from pipeline.report.lists import export_cases
         if fmt not in EXPORT_FORMATS:
             raise HTTPProblem(404, f"no case list as '{fmt}'; use one of {', '.join(EXPORT_FORMATS)}")
         cases = self.scoped_cases(user, status=status)
@@ -412,7 +413,6 @@ class Service:
 
     def review_map(self, user: A.User) -> Path:
         """The offline report map of the officer's cases (cached per scope and store state)."""
-        from pipeline.report.map import build_map
         cases = self.scoped_cases(user)
         flights = self.store.list_flights()
         events = self.store.events()

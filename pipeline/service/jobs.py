@@ -71,7 +71,10 @@ class Processor:
                     self.current = None
 
     def process(self, flight_id: str) -> None:
+        # lazy: loads geopandas, pandas, shapely only when used
         from pipeline.process.run import process_flight
+
+        # lazy: loads geopandas, pandas, shapely only when used
         from pipeline.store import open_store
 
         s = self.settings
@@ -101,6 +104,7 @@ class Processor:
 
     @staticmethod
     def _fail(store, flight_id: str, error: BaseException) -> None:
+        # lazy: loads geopandas, pandas, shapely only when used
         from pipeline.process.engine import fail_flight
         try:
             f = store.get_flight(flight_id)

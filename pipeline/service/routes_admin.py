@@ -8,6 +8,8 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from pipeline.core.errors import InputError
+from pipeline.model.active import active_model
+from pipeline.model.registry import compare, listing, promote, rollback
 from pipeline.service import auth as A
 from pipeline.service.context import Auth, Service, admin, service
 
@@ -55,8 +57,6 @@ def _figures(comparison: dict) -> list[dict]:
 
 @router.get("/admin/models", response_class=HTMLResponse)
 def models_page(request: Request, a: Auth = Depends(admin), svc: Service = Depends(service)):
-    from pipeline.model.active import active_model
-    from pipeline.model.registry import listing
     rows = listing(svc.store, svc.settings)
     for r in rows:
         comp = (r.get("metrics") or {}).get("comparison") or {}
@@ -68,7 +68,6 @@ def models_page(request: Request, a: Auth = Depends(admin), svc: Service = Depen
 
 @router.post("/admin/models/{version}/compare")
 def models_compare(version: str, a: Auth = Depends(admin), svc: Service = Depends(service)):
-    from pipeline.model.registry import compare
     compare(svc.store, svc.settings, version, actor=a.user.username)
     return RedirectResponse("/admin/models", status_code=303)
 
@@ -76,13 +75,11 @@ def models_compare(version: str, a: Auth = Depends(admin), svc: Service = Depend
 @router.post("/admin/models/{version}/promote")
 def models_promote(version: str, a: Auth = Depends(admin), expected_active: str = Form(..., max_length=100),
                    svc: Service = Depends(service)):
-    from pipeline.model.registry import promote
     promote(svc.store, svc.settings, version, actor=a.user.username, expected_active=expected_active)
     return RedirectResponse("/admin/models", status_code=303)
 
 
 @router.post("/admin/models/rollback")
 def models_rollback(a: Auth = Depends(admin), svc: Service = Depends(service)):
-    from pipeline.model.registry import rollback
     rollback(svc.store, svc.settings, actor=a.user.username)
     return RedirectResponse("/admin/models", status_code=303)

@@ -10,8 +10,19 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from pipeline.core.errors import PatrolError
-from pipeline.service.context import (FLIGHT_ID_RE, Auth, HTTPProblem, Service, StatusChange, admin, anyone,
-                                      officer, patrol, service)
+from pipeline.process.run import register_flight
+from pipeline.service.context import (
+    FLIGHT_ID_RE,
+    Auth,
+    HTTPProblem,
+    Service,
+    StatusChange,
+    admin,
+    anyone,
+    officer,
+    patrol,
+    service,
+)
 
 router = APIRouter(prefix="/api")
 
@@ -62,7 +73,6 @@ async def api_upload_put(request: Request, upload_id: str, offset: int = Query(.
 @router.post("/uploads/{upload_id}/finish", tags=["uploads"],
              summary="Check the complete upload with the ingest checks and register its flight")
 def api_upload_finish(upload_id: str, a: Auth = Depends(patrol), svc: Service = Depends(service)) -> dict:
-    from pipeline.process.run import register_flight
     path = svc.uploads.finish(upload_id, a.user.username, a.user.is_admin)
     try:
         flight = register_flight(svc.store, path, svc.settings, team=a.user.username)

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, Field
-from urllib.parse import quote
 
 from pipeline.service import auth as A
 from pipeline.service.context import STATIC, Auth, HTTPProblem, Service, anyone, service

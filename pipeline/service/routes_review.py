@@ -9,10 +9,21 @@ import pandas as pd
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
+from pipeline.cases.track import set_facts
 from pipeline.core.errors import InputError
-from pipeline.report.documents import KINDS, kind_label
-from pipeline.service.context import (CHIP_RE, EXPORT_FORMATS, NAME_RE, Auth, HTTPProblem, Service, StatusChange,
-                                      officer, service)
+from pipeline.report.documents import KINDS, kind_label, print_document, reprint_document
+from pipeline.report.evidence import write_evidence_sheets
+from pipeline.service.context import (
+    CHIP_RE,
+    EXPORT_FORMATS,
+    NAME_RE,
+    Auth,
+    HTTPProblem,
+    Service,
+    StatusChange,
+    officer,
+    service,
+)
 
 router = APIRouter(include_in_schema=False)
 ACTIONS = {  # lifecycle state -> button text (the officer's verb; English in service/messages.py)
@@ -70,7 +81,6 @@ def _pdf(row: dict, pdf: bytes) -> Response:
 def print_case_document(case_no: str, kind: str, a: Auth = Depends(officer), new: str = Form(""),
                         svc: Service = Depends(service)):
     """打印: the case's document of this kind (its first print numbers it; ``new`` numbers another)."""
-    from pipeline.report.documents import print_document
     if kind not in KINDS:
         raise HTTPProblem(404, f"no document '{kind}'; one of {', '.join(KINDS)}")
     svc.one_case(a.user, case_no)
@@ -80,7 +90,6 @@ def print_case_document(case_no: str, kind: str, a: Auth = Depends(officer), new
 
 @router.get("/documents/{doc_no}.pdf")
 def reprint_case_document(doc_no: str, a: Auth = Depends(officer), svc: Service = Depends(service)):
-    from pipeline.report.documents import reprint_document
     hit = svc.store.documents(doc_no=doc_no)
     if not len(hit):
         raise HTTPProblem(404, f"document {doc_no} not found")
@@ -124,7 +133,6 @@ def case_facts_form(case_no: str, a: Auth = Depends(officer), party: str = Form(
                     floor_area_m2: str = Form("", max_length=20), unit: str = Form("", max_length=100),
                     remark: str = Form("", max_length=2000), svc: Service = Depends(service)):
     """当事人与建筑: what the officer found on site, for the 台账 and the documents."""
-    from pipeline.cases.track import set_facts
     svc.one_case(a.user, case_no)
     set_facts(svc.store, case_no, {"party": party, "phone": phone, "id_number": id_number, "address": address,
                                    "floors": floors, "floor_area_m2": floor_area_m2, "unit": unit, "remark": remark},
@@ -163,7 +171,6 @@ def chip(name: str, a: Auth = Depends(officer), svc: Service = Depends(service))
 
 @router.get("/sheets/{case_no}", response_class=HTMLResponse)
 def sheet(case_no: str, a: Auth = Depends(officer), svc: Service = Depends(service)):
-    from pipeline.report.evidence import write_evidence_sheets
     g = svc.one_case(a.user, case_no)
     paths = write_evidence_sheets(svc.store, g, pd.DataFrame(svc.chips_for(g)), svc.work, svc.settings, svc.rules,
                                   svc.store.list_flights(), None, progress=False)

@@ -13,7 +13,19 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from starlette.background import BackgroundTask
 
+from pipeline.cases.dispatch import digest, work_queue
+from pipeline.cases.track import assign_case
 from pipeline.core.errors import InputError
+from pipeline.report.common import CLASSES, label
+from pipeline.report.stats import (
+    BREAKDOWNS,
+    ROW_LABELS,
+    campaign_stats,
+    figure_rows,
+    labelled,
+    period_text,
+    write_stats_xlsx,
+)
 from pipeline.service.context import Auth, Service, admin, anyone, officer, service
 
 router = APIRouter(include_in_schema=False)
@@ -21,7 +33,6 @@ router = APIRouter(include_in_schema=False)
 
 @router.get("/tasks", response_class=HTMLResponse)
 def tasks_page(request: Request, a: Auth = Depends(officer), svc: Service = Depends(service)):
-    from pipeline.cases.dispatch import digest, work_queue
     dg = digest(svc.store, svc.rules, svc.settings)
     if a.user.is_admin:
         cases = svc.store.cases()
@@ -46,7 +57,6 @@ def tasks_page(request: Request, a: Auth = Depends(officer), svc: Service = Depe
 
 
 def _assign(svc: Service, a: Auth, case_no: str, username: str) -> None:
-    from pipeline.cases.track import assign_case
     g = svc.one_case(a.user, case_no)
     who = [u for u in svc.officers_for(g["town"].iloc[0], g["village"].iloc[0]) if u.username == username]
     if not who:
@@ -76,7 +86,6 @@ async def assign_many(request: Request, a: Auth = Depends(admin), svc: Service =
 
 
 def _report_classes(svc: Service) -> list[tuple[str, str]]:
-    from pipeline.report.common import CLASSES, label
     return [(k, label(CLASSES, k, "zh")) for k in svc.rules.classes]
 
 
@@ -113,7 +122,6 @@ def _period(since: str, until: str) -> tuple[str | None, str | None]:
 
 
 def _stats(svc: Service, a: Auth, since: str, until: str) -> dict:
-    from pipeline.report.stats import campaign_stats
     s, u = _period(since, until)
     places = None if a.user.is_admin else [t for t in a.user.towns if t]
     return campaign_stats(svc.store, svc.rules, s, u, campaign_start=svc.settings.report.campaign_start,
@@ -123,7 +131,6 @@ def _stats(svc: Service, a: Auth, since: str, until: str) -> dict:
 @router.get("/stats", response_class=HTMLResponse)
 def stats_page(request: Request, a: Auth = Depends(officer), since: str = "", until: str = "",
                svc: Service = Depends(service)):
-    from pipeline.report.stats import BREAKDOWNS, ROW_LABELS, figure_rows, labelled, period_text
     st = _stats(svc, a, since, until)
     tables = [(title[0], labelled(st[key], "zh")) for key, _, title in BREAKDOWNS]
     funnel = [(k, st["period"][k]) for k in ("found", "verified", "stopped", "filed", "ordered", "demolished",
@@ -142,7 +149,6 @@ def stats_page(request: Request, a: Auth = Depends(officer), since: str = "", un
 
 @router.get("/stats.xlsx")
 def stats_xlsx(a: Auth = Depends(officer), since: str = "", until: str = "", svc: Service = Depends(service)):
-    from pipeline.report.stats import write_stats_xlsx
     st = _stats(svc, a, since, until)
     tmp = Path(tempfile.mkdtemp(prefix="stats-", dir=svc.work))
     path = write_stats_xlsx(st, tmp / "stats.xlsx", "zh", svc.settings.district.name)

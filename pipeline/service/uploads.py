@@ -21,8 +21,9 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 
-from pipeline.core.errors import InputError
 from pipeline.core.disk import check_room, unpacking
+from pipeline.core.errors import InputError
+from pipeline.ingest.archive import safe_extract
 
 UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".img", ".vrt")
@@ -172,7 +173,6 @@ class Uploads:
     def _unzip(self, part: Path, upload_id: str) -> Path | None:
         """A zip of one orthophoto: that file, unpacked with every guard of the ingest
         (``ingest.archive.safe_extract``); a split export or a photo set: None (kept whole)."""
-        from pipeline.ingest.archive import safe_extract
         try:
             zf = zipfile.ZipFile(part)
         except (zipfile.BadZipFile, OSError):

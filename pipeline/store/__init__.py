@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pipeline.core.errors import StoreError
 from pipeline.store.base import FLIGHT_STATUSES, BBox, Store
+from pipeline.store.gpkg import GpkgStore
 from pipeline.store.schema import CASE_COLUMNS, TABLES
 
 __all__ = ["open_store", "Store", "BBox", "FLIGHT_STATUSES", "CASE_COLUMNS", "TABLES"]
@@ -23,6 +24,7 @@ def open_store(url: str | Path, crs: str, case_prefix: str = "LW", migrate: bool
     text = str(url)
     if text.startswith(("postgresql://", "postgres://")):
         try:
+            # lazy: loads psycopg only when used
             from pipeline.store.postgis import PostgisStore
         except ImportError:
             raise StoreError(f"store {text}: the PostGIS backend is not available in this "
@@ -31,7 +33,6 @@ def open_store(url: str | Path, crs: str, case_prefix: str = "LW", migrate: bool
     elif "://" in text:
         raise StoreError(f"store '{text}': unknown kind; use a .gpkg file or a postgresql:// URL")
     else:
-        from pipeline.store.gpkg import GpkgStore
         path = Path(text.removeprefix("file:")).expanduser()
         store = GpkgStore(path, crs, case_prefix=case_prefix)
     if migrate:

@@ -39,10 +39,21 @@ import shapely
 from pyproj import CRS
 
 from pipeline.core.errors import StoreError
-from pipeline.store.core import check_bbox, from_sql, in_clause, q, to_sql
-from pipeline.store.schema import (COUNTED, DOCUMENT, DOCUMENT_VERSION, MEDIA, MEDIA_VERSION, MODEL, MODEL_EVENT,
-                                   MODEL_VERSION, TABLES, USERS, Table)
 from pipeline.core.values import is_missing, iso_datetime, plain
+from pipeline.store.core import check_bbox, from_sql, in_clause, q, to_sql
+from pipeline.store.schema import (
+    COUNTED,
+    DOCUMENT,
+    DOCUMENT_VERSION,
+    MEDIA,
+    MEDIA_VERSION,
+    MODEL,
+    MODEL_EVENT,
+    MODEL_VERSION,
+    TABLES,
+    USERS,
+    Table,
+)
 
 BBox = tuple[float, float, float, float]      # minx, miny, maxx, maxy in the store CRS
 When = str | date | datetime | pd.Timestamp

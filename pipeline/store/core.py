@@ -12,8 +12,22 @@ import shapely
 from pyproj import CRS
 
 from pipeline.core.errors import InputError, StoreError
-from pipeline.store.schema import Table
 from pipeline.core.values import is_missing, json_text, timestamp
+from pipeline.store.schema import (
+    CASE_CHANGE_COLUMNS,
+    CASE_LEDGER_COLUMNS,
+    CASE_PARTY_COLUMNS,
+    DOCUMENT,
+    FLIGHT_CHANGE_COLUMNS,
+    MEDIA,
+    MODEL,
+    MODEL_EVENT,
+    MODEL_VERSION_COLUMNS,
+    TABLES,
+    USER_GUARD_COLUMNS,
+    USERS,
+    Table,
+)
 
 _GEOMETRY_NAMES = ("Point LineString LinearRing Polygon MultiPoint MultiLineString MultiPolygon "
                    "GeometryCollection").split()
@@ -155,14 +169,12 @@ def table_columns(table: Table, sql_type, identity: str) -> list[str]:
 
 def add_user_guard_columns(store, sql_type) -> None:
     """Migration 3 of both backends: the account columns of sign-in lockout and logout."""
-    from pipeline.store.schema import USER_GUARD_COLUMNS, USERS
     for name in USER_GUARD_COLUMNS:
         store._x(f"ALTER TABLE {q(USERS.name)} ADD COLUMN {q(name)} {sql_type(USERS.column(name))}")
 
 
 def add_columns(store, sql_type, table_name: str, columns) -> None:
     """Add ``columns`` (as the schema declares them) to an existing table."""
-    from pipeline.store.schema import TABLES
     table = TABLES[table_name]
     for name in columns:
         store._x(f"ALTER TABLE {q(table.name)} ADD COLUMN {q(name)} {sql_type(table.column(name))}")
@@ -179,20 +191,17 @@ def _case_columns_and_table(store, sql_type, create_table, columns, table) -> No
 
 def add_documents(store, sql_type, create_table) -> None:
     """Migration 4 of both backends: the ledger columns of cases and the document table."""
-    from pipeline.store.schema import CASE_LEDGER_COLUMNS, DOCUMENT
     _case_columns_and_table(store, sql_type, create_table, CASE_LEDGER_COLUMNS, DOCUMENT)
 
 
 def add_media(store, sql_type, create_table) -> None:
     """Migration 5 of both backends: the media table and the 当事人 columns of cases."""
-    from pipeline.store.schema import CASE_PARTY_COLUMNS, MEDIA
     _case_columns_and_table(store, sql_type, create_table, CASE_PARTY_COLUMNS, MEDIA)
 
 
 def add_change_columns(store, sql_type) -> None:
     """Migration 6 of both backends: a failed flight's Chinese error and its co-registration;
     a case's change confidence and evidence."""
-    from pipeline.store.schema import CASE_CHANGE_COLUMNS, FLIGHT_CHANGE_COLUMNS
     add_columns(store, sql_type, "flight", FLIGHT_CHANGE_COLUMNS)
     add_columns(store, sql_type, "cases", CASE_CHANGE_COLUMNS)
 
@@ -200,7 +209,6 @@ def add_change_columns(store, sql_type) -> None:
 def add_model_registry(store, sql_type, create_table, append_only) -> None:
     """Migration 7 of both backends: the model registry (tables model, model_event; the second
     append-only through ``append_only(table_name)``) and the model version of detections and cases."""
-    from pipeline.store.schema import MODEL, MODEL_EVENT, MODEL_VERSION_COLUMNS
     for name, columns in MODEL_VERSION_COLUMNS.items():
         add_columns(store, sql_type, name, columns)
     for table in (MODEL, MODEL_EVENT):

@@ -27,8 +27,20 @@ from pyproj import CRS
 
 from pipeline.core.errors import StoreError, one_line
 from pipeline.store.base import Claim, Store
-from pipeline.store.core import add_columns, add_documents, add_change_columns, add_media, add_model_registry, add_user_guard_columns, from_wkb, multipolygons, projected_crs, q, table_columns
-from pipeline.store.schema import TABLES, Table, as_created
+from pipeline.store.core import (
+    add_change_columns,
+    add_columns,
+    add_documents,
+    add_media,
+    add_model_registry,
+    add_user_guard_columns,
+    from_wkb,
+    multipolygons,
+    projected_crs,
+    q,
+    table_columns,
+)
+from pipeline.store.schema import TABLES, USER_GUARD_COLUMNS, USERS, Table, as_created
 
 APPLICATION_ID = 0x47504B47          # "GPKG"
 USER_VERSION = 10200                 # GeoPackage 1.2
@@ -385,7 +397,6 @@ def _migration_1(store: GpkgStore) -> None:
 
 def _migration_2(store: GpkgStore) -> None:
     """The web service's accounts (schema.USERS), a GeoPackage attribute table."""
-    from pipeline.store.schema import USER_GUARD_COLUMNS, USERS
     v2 = Table(USERS.name, tuple(c for c in USERS.columns if c.name not in USER_GUARD_COLUMNS), USERS.key)
     store._x(f"CREATE TABLE {q(USERS.name)} ({', '.join(table_columns(v2, _sql_type, _identity(USERS)))})")
     store._x("INSERT INTO gpkg_contents (table_name, data_type, identifier, description) "

@@ -41,8 +41,20 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from pipeline.core.errors import StoreError, one_line
 from pipeline.store.base import Claim, Store
-from pipeline.store.core import add_columns, add_documents, add_change_columns, add_media, add_model_registry, add_user_guard_columns, from_wkb, multipolygons, projected_crs, q, table_columns
-from pipeline.store.schema import TABLES, Table, as_created
+from pipeline.store.core import (
+    add_change_columns,
+    add_columns,
+    add_documents,
+    add_media,
+    add_model_registry,
+    add_user_guard_columns,
+    from_wkb,
+    multipolygons,
+    projected_crs,
+    q,
+    table_columns,
+)
+from pipeline.store.schema import TABLES, USER_GUARD_COLUMNS, USERS, Table, as_created
 
 WRITE_LOCK = 0x4C57_5752          # advisory lock keys ("LWWR", "LWMG")
 MIGRATE_LOCK = 0x4C57_4D47
@@ -414,7 +426,6 @@ def _migration_1(store: PostgisStore) -> None:
 
 def _migration_2(store: PostgisStore) -> None:
     """The web service's accounts (schema.USERS)."""
-    from pipeline.store.schema import USER_GUARD_COLUMNS, USERS
     _create_table(store, Table(USERS.name, tuple(c for c in USERS.columns if c.name not in USER_GUARD_COLUMNS),
                                USERS.key, USERS.description))
 

@@ -18,7 +18,15 @@ from pipeline.core.errors import InputError
 from pipeline.synth.layout import build_layout, structures_at, violation_of
 from pipeline.synth.randomisation import Randomisation
 from pipeline.synth.render import Look, Renderer, View
-from pipeline.synth.scene import CRS, flight_footprint, rasterise_valid, render_view, season_of, sun_at, truth_frame
+from pipeline.synth.scene import (
+    CRS,
+    flight_footprint,
+    rasterise_valid,
+    render_view,
+    season_of,
+    sun_at,
+    truth_frame,
+)
 
 BAND_ROWS = 1024
 HALO = 16

@@ -16,8 +16,18 @@ from shapely.geometry import LineString, Polygon, box
 from shapely.ops import unary_union
 
 from pipeline.synth.randomisation import (
-    FLAT_CHINA, FLAT_GLOBAL, METAL_GLOBAL, SHED_CHINA, TANK_CHINA, TANK_GLOBAL, TILE_CHINA,
-    TILE_GLOBAL, Randomisation, jitter, pick)
+    FLAT_CHINA,
+    FLAT_GLOBAL,
+    METAL_GLOBAL,
+    SHED_CHINA,
+    TANK_CHINA,
+    TANK_GLOBAL,
+    TILE_CHINA,
+    TILE_GLOBAL,
+    Randomisation,
+    jitter,
+    pick,
+)
 
 CLASSES = ("building", "steel_shed", "under_construction", "greenhouse")
 ZONE_KINDS = ("basic_farmland", "farmland", "ecological_redline")

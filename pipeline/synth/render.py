@@ -13,7 +13,15 @@ import cv2
 import numpy as np
 
 from pipeline.synth.layout import Layout, Part, structures_at
-from pipeline.synth.randomisation import CROP_LOOK, CROPS, GROUND, TREE, SEASONS, Randomisation, pick
+from pipeline.synth.randomisation import (
+    CROP_LOOK,
+    CROPS,
+    GROUND,
+    SEASONS,
+    TREE,
+    Randomisation,
+    pick,
+)
 
 AMBIENT, DIFFUSE = 0.36, 0.64
 SHIFT = 3  # sub-pixel bits for cv2 drawing
