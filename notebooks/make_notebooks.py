@@ -342,13 +342,13 @@ for row, case_no in zip(axes, shown):
         ax.axis("off")
 plt.tight_layout()'''),
         new_markdown_cell("""\
-## 3 · Decide: change statuses with notes (`pipeline.cases.track.change_status`)
+## 3 · Decide: change statuses with notes (`pipeline.cases.casework.change_status`)
 Every change is checked against the lifecycle table of `config/rules.yaml` and written with a
 case_event (who, when, from, to, note) in one transaction; history is append-only.
 `stopped` and `filed` may be skipped (they are `optional` in the table)."""),
         new_code_cell('''\
 from pipeline.core.errors import TransitionError
-from pipeline.cases.track import assign_case, change_status
+from pipeline.cases.casework import assign_case, change_status
 
 lc = rules.lifecycle
 first, *rest = list(cases.sort_values("area_m2", ascending=False)["case_no"])

@@ -1,6 +1,6 @@
 """Train the detector on one GPU machine within a time budget (how the shipped model was made).
 
-Renders synthetic training scenes on every core (`pipeline.model.train.render_chips`), adds labelled
+Renders synthetic training scenes on every core (`pipeline.model.dataset.render_chips`), adds labelled
 real chips built beforehand with `patrol dataset build --scenes 0 --real … --real-val …`
 (--real-chips; train chips repeated --real-repeat times so the few real flights weigh in), and
 trains with `pipeline.model.train.train` on CUDA. It needs numpy, opencv, shapely, geopandas, affine,
@@ -33,7 +33,7 @@ def _quiet_worker() -> None:
 
 
 def _render(job):
-    from pipeline.model.train import render_chips
+    from pipeline.model.dataset import render_chips
     seed, split, data, size_m, chip_px, coarse, terraces = job
     st = render_chips(seed, Path(data), split, size_m, chip_px, (0.08, 0.14),
                       coarse=(coarse, 0.15, 0.30) if coarse else None, terraces=terraces)
@@ -93,7 +93,8 @@ def main() -> None:
     ap.add_argument("--device", default="0")
     a = ap.parse_args()
 
-    from pipeline.model.train import scene_seeds, train, write_data_yaml
+    from pipeline.model.dataset import scene_seeds, write_data_yaml
+    from pipeline.model.train import train
     t0 = time.time()
     data = a.work / "data"
     shutil.rmtree(a.work, ignore_errors=True)

@@ -19,7 +19,7 @@ FLIGHTS=(
 )
 
 # 0. warm-up stage on the real flights only (kampala held out as validation), stopped after ~14 epochs
-#    (pipeline.model.train.import_labelled into /work/datasets/real, stride 240 px), run stageA-real:
+#    (pipeline.model.dataset.import_labelled into /work/datasets/real, stride 240 px), run stageA-real:
 #    patrol dataset build --out /work/datasets/real --scenes 0 --val-scenes 0 --real-stride 240 --real ... --real-val ...
 #    patrol train --data /work/datasets/real --epochs 60 --name stageA-real   (interrupted by hand)
 

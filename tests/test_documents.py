@@ -96,7 +96,7 @@ def test_every_document_renders_and_is_recorded(doc_store, tmp_path):
 
 
 def test_a_dismissed_case_gets_no_notice(doc_store):
-    from pipeline.cases.track import change_status
+    from pipeline.cases.casework import change_status
     from pipeline.core.errors import InputError
     from pipeline.report.documents import issue_document
     store, s, no = doc_store
@@ -180,7 +180,7 @@ def test_cli_docs_batch_and_reprint(doc_store, tmp_path):
 def test_the_ledger_has_the_configured_columns_progress_and_documents(doc_store, tmp_path):
     from openpyxl import load_workbook
 
-    from pipeline.cases.track import change_status
+    from pipeline.cases.casework import change_status
     from pipeline.cli import main
     from pipeline.report.documents import issue_document
     store, s, no = doc_store

@@ -345,8 +345,8 @@ def test_config_and_store_refuse(world, kind, capsys):
 def web(world):
     from fastapi.testclient import TestClient
 
+    from pipeline.core import accounts
     from pipeline.core.config import load_settings
-    from pipeline.service import auth as A
     from pipeline.service.app import create_app
     from pipeline.store import open_store
 
@@ -357,9 +357,9 @@ def web(world):
     settings = load_settings(overrides=sets)
     with open_store(world["store"], CRS) as s:
         town = s.parcels()["town"].dropna().iloc[0]
-        A.add_user(s, "pat", "patrol-pass-1", "patrol")
-        A.add_user(s, "off", "officer-pass-1", "officer", ["另一个镇"])
-        A.add_user(s, "adm", "admin-pass-01", "admin")
+        accounts.add_user(s, "pat", "patrol-pass-1", "patrol")
+        accounts.add_user(s, "off", "officer-pass-1", "officer", ["另一个镇"])
+        accounts.add_user(s, "adm", "admin-pass-01", "admin")
     app = create_app(settings)
     client = TestClient(app, raise_server_exceptions=False)
     tok = {u: {"Authorization": "Bearer " + client.post("/api/token", json={"username": u, "password": p}).json()[

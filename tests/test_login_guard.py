@@ -13,8 +13,8 @@ GOOD = "admin-pass-01"
 
 
 def make_app(small_district_store, tmp_path, **sets):
+    from pipeline.core import accounts
     from pipeline.core.config import load_settings
-    from pipeline.service import auth as A
     from pipeline.service.app import create_app
     from pipeline.store import open_store
 
@@ -25,8 +25,8 @@ def make_app(small_district_store, tmp_path, **sets):
             "service.work_dir": str(tmp_path / "work"), "service.secret_file": str(tmp_path / "secret")}
     settings = load_settings(overrides={**base, **{f"service.{k}": v for k, v in sets.items()}})
     with open_store(store, settings.store.crs) as s:
-        A.add_user(s, "adm", GOOD, "admin")
-        A.add_user(s, "wang", "officer-pass-1", "officer", ["东山镇"])
+        accounts.add_user(s, "adm", GOOD, "admin")
+        accounts.add_user(s, "wang", "officer-pass-1", "officer", ["东山镇"])
     app = create_app(settings)
     return app, TestClient(app, follow_redirects=False)
 
@@ -57,21 +57,21 @@ def test_failed_sign_ins_back_off_per_account_and_per_address(small_district_sto
 
 
 def test_lockout_after_n_failures_until_an_admin_unlocks(small_district_store, tmp_path):
-    from pipeline.service import auth as A
+    from pipeline.core import accounts
 
     app, c = make_app(small_district_store, tmp_path, login_backoff_after=100, login_lockout_after=4)
     for _ in range(4):
         assert token(c, "wang", "not-it-at-all").status_code == 401
     r = token(c, "wang", "officer-pass-1")
     assert r.status_code == 429 and "locked" in r.json()["detail"] and "unlock" in r.json()["detail"]
-    assert A.get_user(app.state.store, "wang").locked
+    assert accounts.get_user(app.state.store, "wang").locked
     assert form_login(c).status_code == 303                 # an admin unlocks it on the users page
     page = c.get("/admin/users").text
     assert "已锁定" in page and "/admin/users/wang/unlock" in page
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
     assert c.post("/admin/users/wang/unlock", data={"csrf_token": csrf}).status_code == 303
     assert token(c, "wang", "officer-pass-1").status_code == 200
-    assert not A.get_user(app.state.store, "wang").locked
+    assert not accounts.get_user(app.state.store, "wang").locked
     app.state.store.close()
 
 

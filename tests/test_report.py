@@ -274,7 +274,7 @@ def test_case_lists_round_trip(reports):
 
 # ---------------------------------------------------------------- statistics
 def test_stats_agree_with_the_store(small_district_store, tmp_path):
-    from pipeline.cases.track import change_status
+    from pipeline.cases.casework import change_status
     from pipeline.report.stats import campaign_stats, write_stats
 
     store, s = _copy_store(small_district_store, tmp_path)

@@ -16,6 +16,7 @@ import pytest
 warnings.filterwarnings("ignore", message=".*httpx.*", category=DeprecationWarning)
 from fastapi.testclient import TestClient  # noqa: E402
 
+from pipeline.core import accounts  # noqa: E402
 from pipeline.core.config import load_settings  # noqa: E402
 from pipeline.service import auth as A  # noqa: E402
 from pipeline.store import open_store  # noqa: E402
@@ -44,10 +45,10 @@ def svc(small_district_store, tmp_path_factory):
     store = open_store(settings.store.url, settings.store.crs)
     cases = store.cases()
     town = cases["town"].dropna().iloc[0]
-    A.add_user(store, "pat", PASSWORDS["pat"], "patrol")
-    A.add_user(store, "adm", PASSWORDS["adm"], "admin")
-    A.add_user(store, "off", PASSWORDS["off"], "officer", [town])
-    A.add_user(store, "far", PASSWORDS["far"], "officer", ["不存在镇"])
+    accounts.add_user(store, "pat", PASSWORDS["pat"], "patrol")
+    accounts.add_user(store, "adm", PASSWORDS["adm"], "admin")
+    accounts.add_user(store, "off", PASSWORDS["off"], "officer", [town])
+    accounts.add_user(store, "far", PASSWORDS["far"], "officer", ["不存在镇"])
     in_town = cases[cases["town"] == town]["case_no"].tolist()
     xss_case = in_town[-1]
     store.save_cases(cases.loc[cases["case_no"] == xss_case, ["case_no"]].assign(owner=XSS))
@@ -141,14 +142,14 @@ def test_login_form_needs_its_csrf_token_and_the_right_password(svc):
 
 
 def test_password_change_and_disable_end_tokens(svc):
-    A.add_user(svc.store, "tmp", "temporary-1", "officer", [svc.town])
+    accounts.add_user(svc.store, "tmp", "temporary-1", "officer", [svc.town])
     c = svc.client
     h = _token_for(c, "tmp", "temporary-1")
     assert c.get("/api/me", headers=h).json()["username"] == "tmp"
-    A.set_password(svc.store, "tmp", "temporary-2")
+    accounts.set_password(svc.store, "tmp", "temporary-2")
     assert c.get("/api/me", headers=h).status_code == 401
     h = _token_for(c, "tmp", "temporary-2")
-    A.set_disabled(svc.store, "tmp")
+    accounts.set_disabled(svc.store, "tmp")
     assert c.get("/api/me", headers=h).status_code == 401
     assert c.post("/api/token", json={"username": "tmp", "password": "temporary-2"}).status_code == 401
 
@@ -224,18 +225,18 @@ def test_admin_manages_users_on_the_page(svc):
     r = s.post("/admin/users", data={"username": "zhao", "password": "zhao-pass-1", "role": "officer",
                                      "towns": f"{svc.town}, 某村", "display_name": XSS, "csrf_token": csrf})
     assert r.status_code == 303
-    u = A.get_user(svc.store, "zhao")
+    u = accounts.get_user(svc.store, "zhao")
     assert u.role == "officer" and u.towns == [svc.town, "某村"] and not u.disabled
     page = s.get("/admin/users").text
     assert "zhao" in page and XSS not in page
     assert s.post("/admin/users/zhao/disable", data={"disabled": "1"}).status_code == 403     # no CSRF
     assert s.post("/admin/users/zhao/disable", data={"disabled": "1", "csrf_token": csrf}).status_code == 303
-    assert A.get_user(svc.store, "zhao").disabled
+    assert accounts.get_user(svc.store, "zhao").disabled
     r = s.post("/admin/users", data={"username": "zhao", "password": "zhao-pass-1", "role": "officer",
                                      "csrf_token": csrf})
     assert r.status_code == 422 and "exists already" in r.text
     r = s.post("/admin/users/adm/disable", data={"disabled": "1", "csrf_token": csrf})
-    assert r.status_code == 422 and not A.get_user(svc.store, "adm").disabled
+    assert r.status_code == 422 and not accounts.get_user(svc.store, "adm").disabled
 
 
 # ---------------------------------------------------------------- CSRF
@@ -329,7 +330,7 @@ def test_print_button_issues_a_numbered_pdf_and_reprints_it(svc):
 
 
 def test_admin_dispatches_and_the_officer_sees_deadlines(svc):
-    from pipeline.cases.track import change_status
+    from pipeline.cases.casework import change_status
     cases = svc.store.cases()
     mine = [c for c in cases[cases["town"] == svc.town]["case_no"] if c not in (svc.case, svc.xss_case)]
     assert mine, "the district needs a third case in the officer's town"
@@ -691,8 +692,8 @@ def test_the_service_runs_over_postgis(pg_url, small_district_store, tmp_path):
                                        "owner": [XSS, "b"], "category": ["illegal_construction"] * 2},
                                       geometry=[box(x, y, x + 9, y + 9), box(x + 20, y, x + 29, y + 9)],
                                       crs=settings.store.crs))
-    A.add_user(store, "off", PASSWORDS["off"], "officer", ["东镇"])
-    A.add_user(store, "pat", PASSWORDS["pat"], "patrol")
+    accounts.add_user(store, "off", PASSWORDS["off"], "officer", ["东镇"])
+    accounts.add_user(store, "pat", PASSWORDS["pat"], "patrol")
     store.close()
     app = create_app(settings)
     with TestClient(app) as c:
@@ -730,10 +731,10 @@ def test_users_cli(tmp_path, capsys):
     with open_store(store, "EPSG:4547") as s:
         row = s.get_user("li")
         assert row["password_hash"].startswith("$argon2id$") and "another" not in row["password_hash"]
-        assert A.authenticate(s, "li", "another-pass-2") is None          # disabled
-        A.set_disabled(s, "li", False)
-        assert A.authenticate(s, "li", "another-pass-2").towns == ["东山镇", "马湖村"]
-        assert A.authenticate(s, "li", "secret-pass-1") is None
+        assert accounts.authenticate(s, "li", "another-pass-2") is None          # disabled
+        accounts.set_disabled(s, "li", False)
+        assert accounts.authenticate(s, "li", "another-pass-2").towns == ["东山镇", "马湖村"]
+        assert accounts.authenticate(s, "li", "secret-pass-1") is None
 
 
 def test_a_zip_of_drone_photos_uploads_as_one_photo_flight(svc, tmp_path):
@@ -863,7 +864,7 @@ def test_the_pages_speak_english_when_the_bureau_sets_it(small_district_store, t
     shutil.copy(src, tmp_path / "patrol.gpkg")
     settings = _settings(tmp_path, tmp_path / "patrol.gpkg", **{"report.language": "en"})
     store = open_store(settings.store.url, settings.store.crs)
-    A.add_user(store, "off", PASSWORDS["off"], "officer", [store.cases()["town"].dropna().iloc[0]])
+    accounts.add_user(store, "off", PASSWORDS["off"], "officer", [store.cases()["town"].dropna().iloc[0]])
     no = store.cases()["case_no"].iloc[0]
     store.close()
     app = create_app(settings)

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from browser import CHROMIUM, launch_chromium
 
+from pipeline.core import accounts
 from pipeline.core.config import DEFAULT_CONFIG, load_settings
-from pipeline.service import auth as A
 from pipeline.store import open_store
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -55,7 +55,7 @@ def server(small_district_store, tmp_path_factory):
     store.import_zones(read_zones(district / "district.gpkg", store_crs=settings.store.crs))
     town = parcels["town"].dropna().iloc[0]
     for u, (pw, role) in USERS.items():
-        A.add_user(store, u, pw, role, [town] if role == "officer" else [])
+        accounts.add_user(store, u, pw, role, [town] if role == "officer" else [])
     store.close()
 
     port = _free_port()
@@ -462,7 +462,7 @@ def test_offline_on_a_phone_queues_photo_and_status_and_shows_a_conflict(server)
             page.fill("#note", "复查")
             page.click("button[data-to='rechecked']")
             page.wait_for_selector("#outbox .waiting:text('离线待发送 1 项')", timeout=5000)
-            from pipeline.cases.track import change_status
+            from pipeline.cases.casework import change_status
             from pipeline.core.rules import load_rules
             with open_store(server["store"], server["settings"].store.crs) as store:   # meanwhile, at the office
                 change_status(store, no, "rechecked", "adm", "办公室复查", load_rules(server["settings"].rules_path).lifecycle)

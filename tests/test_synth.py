@@ -260,7 +260,7 @@ def test_dataset_build_passes_the_generator_levers_on(tmp_path):
     """`patrol dataset build --terraces 1 --no-l-houses` gives the chips and labels of
     `build_dataset(terraces=1.0, l_houses=False)`, and records the share in the manifest."""
     from pipeline.cli import main
-    from pipeline.model.train import build_dataset
+    from pipeline.model.dataset import build_dataset
     args = dict(scenes=1, val_scenes=0, seed=7_000_101, size_m=64.0, chip_px=320)
     assert main(["dataset", "build", "--out", str(tmp_path / "cli"), "--scenes", "1", "--val-scenes", "0",
                  "--seed", "7000101", "--size-m", "64", "--chip-px", "320", "--terraces", "1",

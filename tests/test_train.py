@@ -10,8 +10,8 @@ import shapely
 import shapely.affinity
 from shapely.geometry import box
 
+from pipeline.model.dataset import CLASSES, build_dataset, chip_labels, import_labelled
 from pipeline.model.evaluate import match_footprints, score
-from pipeline.model.train import CLASSES, build_dataset, chip_labels, import_labelled
 
 
 def read_labels(path: Path) -> np.ndarray:
@@ -68,7 +68,7 @@ def test_coarse_scenes_are_rendered_coarse_and_resampled_to_the_processing_gsd(t
     as the scene drawn at 0.10 m, but blurred (far less fine detail)."""
     import cv2
 
-    from pipeline.model.train import render_chips, write_data_yaml
+    from pipeline.model.dataset import render_chips, write_data_yaml
     out = {}
     for name, coarse in (("sharp", None), ("coarse", (1.0, 0.25, 0.25))):
         d = tmp_path / name

@@ -12,9 +12,10 @@ import pandas as pd
 import shapely
 from shapely.geometry import shape
 
+from pipeline.cases.casework import add_note
 from pipeline.cases.change import prior_coverage
 from pipeline.cases.match import find_violations
-from pipeline.cases.track import add_note, track_flight, transition
+from pipeline.cases.track import track_flight, transition
 from pipeline.core.errors import InputError
 from pipeline.core.values import jsonable
 

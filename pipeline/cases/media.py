@@ -106,7 +106,7 @@ def add_media(store, settings, case_no: str, data: bytes, filename: str, actor: 
               now: datetime | None = None) -> dict[str, Any]:
     """Check, keep and record one photo or video of a case; returns the media row."""
     # lazy: loads geopandas, shapely only when used
-    from pipeline.cases.track import add_note, get_case
+    from pipeline.cases.casework import add_note, get_case
     m = settings.media
     name = Path(filename or "photo").name[:200]
     if not data:

@@ -11,7 +11,6 @@ lifecycle table of config/rules.yaml. Both are pure: the store persists their ou
 from __future__ import annotations
 
 import json
-import math
 import re
 import uuid
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
@@ -27,7 +26,6 @@ import shapely.geometry
 from pipeline.core.errors import InputError, TransitionError
 from pipeline.core.labels import CLASSES
 from pipeline.core.rules import Lifecycle, Rules
-from pipeline.core.values import jsonable
 from pipeline.store.schema import CASE_COLUMNS
 
 SYSTEM_ACTOR = "system"
@@ -42,7 +40,7 @@ class TrackResult(NamedTuple):
 
 
 # ---------------------------------------------------------------- small helpers
-def _now(now: datetime | None) -> pd.Timestamp:
+def at_time(now: datetime | None) -> pd.Timestamp:
     t = pd.Timestamp(now if now is not None else datetime.now(timezone.utc))
     if t.tzinfo is not None:
         t = t.tz_convert("UTC").tz_localize(None)
@@ -58,7 +56,7 @@ def _day(t: Any) -> pd.Timestamp | None:
     return t.normalize()
 
 
-def _float(v: Any, default: float | None = None) -> float | None:
+def as_float(v: Any, default: float | None = None) -> float | None:
     """A float, or ``default`` for None / NaN / missing."""
     try:
         return default if v is None or pd.isna(v) else float(v)
@@ -80,7 +78,7 @@ def _dict(v: Any) -> dict:
     return dict(v) if isinstance(v, Mapping) else {}
 
 
-def _event(case_no: str, at: pd.Timestamp, actor: str, frm: str | None, to: str | None,
+def event_row(case_no: str, at: pd.Timestamp, actor: str, frm: str | None, to: str | None,
            note: str) -> dict:
     return {"case_no": case_no, "at": at, "actor": actor, "from_status": frm,
             "to_status": to, "note": note}
@@ -132,7 +130,7 @@ def transition(case: MutableMapping[str, Any], to_status: str, actor: str, note:
     demolished: demolished_area_m2 (given, else the case's area); rechecked: recheck_date;
     closing states: closed_date; back to the initial state (reopening): closed_date cleared.
     """
-    at = _now(now)
+    at = at_time(now)
     frm = case.get("status") or lifecycle.initial
     case_no = case.get("case_no") or "(new)"
     check_transition(case_no, frm, to_status, lifecycle)
@@ -147,7 +145,7 @@ def transition(case: MutableMapping[str, Any], to_status: str, actor: str, note:
         case["deadline"] = _day(deadline)
     if to_status == "demolished":
         area = demolished_area_m2 if demolished_area_m2 is not None else case.get("area_m2")
-        case["demolished_area_m2"] = _float(area)
+        case["demolished_area_m2"] = as_float(area)
     if to_status == "rechecked":
         case["recheck_date"] = today
     if to_status in lifecycle.closing:
@@ -156,7 +154,7 @@ def transition(case: MutableMapping[str, Any], to_status: str, actor: str, note:
         case["closed_date"] = None
     case["status"] = to_status
     case["updated_at"] = at
-    return _event(case_no, at, actor or SYSTEM_ACTOR, frm, to_status, note or "")
+    return event_row(case_no, at, actor or SYSTEM_ACTOR, frm, to_status, note or "")
 
 
 def set_status(cases: gpd.GeoDataFrame, case_no: str, to_status: str, actor: str, note: str,
@@ -237,13 +235,13 @@ def _finding_fields(f: Mapping[str, Any]) -> dict:
     out["rules"] = _list(out.get("rules"))
     out["parcel_snapshot"] = _dict(out.get("parcel_snapshot")) or None
     out["detector_class"] = f.get("class_name")
-    out["confidence"] = _float(f.get("confidence"))
+    out["confidence"] = as_float(f.get("confidence"))
     return out
 
 
 def _change_fields(f: Mapping[str, Any]) -> dict:
     """A finding's change confidence and evidence (the change check's), when it has them."""
-    conf = _float(f.get("change_confidence"))
+    conf = as_float(f.get("change_confidence"))
     return {"change_confidence": conf, "change_evidence": _dict(f.get("change_evidence")) or None} \
         if conf is not None else {}
 
@@ -282,9 +280,9 @@ def track_flight(cases: gpd.GeoDataFrame | None, findings: gpd.GeoDataFrame,
     Re-running a flight already tracked changes nothing (cases whose last_seen_flight is
     this flight are left as they are)."""
     lc = rules.lifecycle
-    at = _now(now)
+    at = at_time(now)
     fid = flight.get("flight_id")
-    seen_at = _now(flight.get("captured_at")) if flight.get("captured_at") is not None else at
+    seen_at = at_time(flight.get("captured_at")) if flight.get("captured_at") is not None else at
     footprint = flight.get("footprint")
     crs = findings.crs if findings is not None and findings.crs is not None else (
         cases.crs if cases is not None else None)
@@ -352,15 +350,15 @@ def track_flight(cases: gpd.GeoDataFrame | None, findings: gpd.GeoDataFrame,
             continue
         f = frecs[fi]
         row = recs[ci]
-        old_area = _float(row.get("area_m2"), 0.0)
-        new_area = _float(f.get("area_m2"), float(shapely.area(fg[fi])))
+        old_area = as_float(row.get("area_m2"), 0.0)
+        new_area = as_float(f.get("area_m2"), float(shapely.area(fg[fi])))
         growth = new_area - old_area
-        before = _float(f.get("before_area_m2"))
+        before = as_float(f.get("before_area_m2"))
         if before is not None and old_area > 0:        # the earlier image, looked at again, shows this much
             growth = new_area - max(old_area, before)
         st = status[ci]
         flags = [x for x in row["flags"] if x != "demolition_seen"]
-        demolished_before = st == "demolished" or _float(row.get("demolished_area_m2")) is not None
+        demolished_before = st == "demolished" or as_float(row.get("demolished_area_m2")) is not None
         if st in lc.dismissed:
             if old_area > 0 and new_area <= old_area * (1 + tracking.regrowth_ratio) + 1e-9:
                 row["last_seen_flight"], row["last_seen_at"] = fid, seen_at
@@ -379,7 +377,7 @@ def track_flight(cases: gpd.GeoDataFrame | None, findings: gpd.GeoDataFrame,
         elif old_area > 0 and growth >= max(ch.grown_min_m2, ch.grown_min_ratio * old_area) - 1e-9:
             flags.append("grown")
             row.update(_change_fields(f))
-            events.append(_event(row["case_no"], at, SYSTEM_ACTOR, st, st,
+            events.append(event_row(row["case_no"], at, SYSTEM_ACTOR, st, st,
                                  f"航次 {fid}：再次发现，面积由 {old_area:.1f} 增至 {new_area:.1f} m²"
                                  f"（+{growth:.1f}，扩建）"))
         row.update(_finding_fields(f))
@@ -401,7 +399,7 @@ def track_flight(cases: gpd.GeoDataFrame | None, findings: gpd.GeoDataFrame,
         if recs[ci]["case_no"] in demolition:
             _, conf, evidence = demolition[recs[ci]["case_no"]]
             recs[ci]["change_confidence"], recs[ci]["change_evidence"] = conf, evidence
-        events.append(_event(recs[ci]["case_no"], at, SYSTEM_ACTOR, status[ci], status[ci],
+        events.append(event_row(recs[ci]["case_no"], at, SYSTEM_ACTOR, status[ci], status[ci],
                              f"航次 {fid}：覆盖该案件但未见建筑——疑似已拆除，建议复查"))
     # a watched case seen standing again loses a stale demolition_seen flag
     back = still_there & np.isin(status, lc.demolition_watch) & ~rerun
@@ -423,7 +421,7 @@ def track_flight(cases: gpd.GeoDataFrame | None, findings: gpd.GeoDataFrame,
             inside_prior = covered_by(prior_coverage, ng, 0.5)
         for k, fi in enumerate(new_idx):
             f = frecs[fi]
-            area = _float(f.get("area_m2"), float(shapely.area(fg[fi])))
+            area = as_float(f.get("area_m2"), float(shapely.area(fg[fi])))
             row = {c: None for c in CASE_COLUMNS + extra}
             row.pop("geometry")
             row.update(_finding_fields(f))
@@ -441,208 +439,10 @@ def track_flight(cases: gpd.GeoDataFrame | None, findings: gpd.GeoDataFrame,
             geoms.append(fg[fi])
             stock_label = "新建" if stock == "new_build" else "存量，前时相影像已见该建筑" if seen_before else \
                 "存量，前后时相影像未见变化" if unchanged and inside_prior[k] else "存量"
-            events.append(_event(numbers[k], at, SYSTEM_ACTOR, None, lc.initial,
+            events.append(event_row(numbers[k], at, SYSTEM_ACTOR, None, lc.initial,
                                  f"{'地面巡查' if flight.get('source') == 'ground_patrol' else f'航次 {fid}'} 发现疑似图斑 {area:.1f} m²（{CLASSES.get(row['detector_class'], (row['detector_class'],))[0]}）："
                                  f"{'、'.join(_rule_label(rules, r) for r in row['rules'])}（{stock_label}）"))
     cols = [c for c in CASE_COLUMNS if c != "geometry"] + extra
     out = gpd.GeoDataFrame(pd.DataFrame.from_records(recs, columns=cols),
                            geometry=gpd.GeoSeries(geoms, crs=crs), crs=crs)
     return TrackResult(out[CASE_COLUMNS + extra], len(new_idx), events)
-
-
-# ---------------------------------------------------------------- store-level operations (CLI, web)
-def cases_geojson(cases: gpd.GeoDataFrame) -> dict:
-    """The cases as a GeoJSON FeatureCollection in EPSG:4326, every case field a property."""
-    g = cases if cases.crs is None else cases.to_crs("EPSG:4326")
-    feats = []
-    props = [c for c in g.columns if c != g.geometry.name]
-    for geom, rec in zip(g.geometry, g[props].to_dict("records")):
-        feats.append({"type": "Feature", "id": rec.get("case_no"),
-                      "properties": {k: jsonable(v) for k, v in rec.items()},
-                      "geometry": None if geom is None else shapely.geometry.mapping(geom)})
-    return {"type": "FeatureCollection", "features": feats}
-
-
-def get_case(store: Any, case_no: str) -> gpd.GeoDataFrame:
-    cases = store.cases()
-    one = cases[cases["case_no"] == case_no]
-    if not len(one):
-        raise InputError(f"case {case_no} is not in {store.url}; see `patrol cases list`",
-                         zh=f"没有案件 {case_no}")
-    return one
-
-
-def change_status(store: Any, case_no: str, to_status: str, actor: str, note: str,
-                  lifecycle: Lifecycle, now: datetime | None = None, **kw) -> dict:
-    """Validate (CLI, web and API alike: a note, a demolished area of 0–10 000 000 m²) and apply one
-    officer's status change: the case and its case_event in one store transaction; the event."""
-    if not str(note or "").strip():
-        raise InputError(f"case {case_no}: give a note with the status change (it goes in the history)",
-                         zh=f"案件 {case_no}：请填写说明（记入处置记录）")
-    area = kw.get("demolished_area_m2")
-    if area is not None and not (math.isfinite(float(area)) and 0 <= float(area) <= 1e7):
-        raise InputError(f"case {case_no}: demolished area {area} is not 0–10000000 m²; give the area measured",
-                         zh=f"案件 {case_no}：拆除面积 {area} 不在 0–10000000 m² 之间，请填写实测面积")
-    with store.transaction():
-        one = get_case(store, case_no).copy()
-        ev = set_status(one, case_no, to_status, actor, note, lifecycle, now, **kw)
-        cols = ["case_no", "status", "order_no", "order_date", "deadline", "recheck_date",
-                "closed_date", "demolished_area_m2", "updated_at"]
-        store.save_cases(one[cols])
-        store.append_events([ev])
-    return ev
-
-
-def assign_case(store: Any, case_no: str, officer: str, actor: str | None = None,
-                now: datetime | None = None) -> dict:
-    """Set the responsible officer (assignee) and log it as a case_event (status unchanged)."""
-    at = _now(now)
-    with store.transaction():
-        one = get_case(store, case_no).copy()
-        st = one["status"].iloc[0]
-        before = one["assignee"].iloc[0]
-        one["assignee"] = officer
-        one["updated_at"] = at
-        store.save_cases(one[["case_no", "assignee", "updated_at"]])
-        was = f"（原 {before}）" if isinstance(before, str) and before else ""
-        ev = _event(case_no, at, actor or SYSTEM_ACTOR, st, st, f"分派给 {officer}{was}")
-        store.append_events([ev])
-    return ev
-
-
-def add_note(store: Any, case_no: str, note: str, actor: str, now: datetime | None = None) -> dict:
-    """Log ``note`` on the case's history (status unchanged); returns the event."""
-    at = _now(now)
-    with store.transaction():
-        st = get_case(store, case_no)["status"].iloc[0]
-        ev = _event(case_no, at, actor or SYSTEM_ACTOR, st, st, note)
-        store.append_events([ev])
-    return ev
-
-
-def note_events(case_nos, statuses, note: str, now: datetime | None = None) -> list[dict]:
-    """History rows that log ``note`` on each case (status unchanged), by the system."""
-    at = _now(now)
-    return [_event(no, at, SYSTEM_ACTOR, st, st, note) for no, st in zip(case_nos, statuses)]
-
-
-def redraw_outline(store: Any, case_no: str, outline: Any, actor: str, now: datetime | None = None) -> dict:
-    """An officer's corrected outline of a case (the model's box was wrong; ``outline`` a polygon in
-    the store CRS): geometry and area replaced, the change in the history; the corrected outline is
-    what ``patrol dataset from-reviews`` trains on. Returns the event."""
-    at = _now(now)
-    with store.transaction():
-        one = get_case(store, case_no)
-        old = one.geometry.iloc[0]
-        if old is not None and not old.is_empty and old.distance(outline) > 50:
-            raise InputError(f"the new outline of {case_no} lies {old.distance(outline):.0f} m from the case; "
-                             f"draw it over the structure", zh=f"新轮廓距案件 {old.distance(outline):.0f} 米，请在该建筑上勾绘")
-        before = _float(one["area_m2"].iloc[0], 0.0)
-        area = round(float(shapely.area(outline)), 3)
-        frame = gpd.GeoDataFrame({"case_no": [case_no], "area_m2": [area], "updated_at": [at]},
-                                 geometry=[outline], crs=store.crs)
-        store.save_cases(frame)
-        st = one["status"].iloc[0]
-        ev = _event(case_no, at, actor or SYSTEM_ACTOR, st, st,
-                    f"轮廓修正（{actor}）：面积 {before:.1f} → {area:.1f} m²")
-        store.append_events([ev])
-    return ev
-
-
-#: what an officer records about a case on site: 当事人, 电话, 层数, 建筑面积, 责任单位, 备注
-CASE_FACTS = {"party": ("当事人", 100), "phone": ("电话", 40), "id_number": ("身份证号", 18), "address": ("地址", 200),
-              "floors": ("层数", None), "floor_area_m2": ("建筑面积", None), "unit": ("责任单位/执法中队", 100),
-              "remark": ("备注", 2000)}
-ID_NUMBER = re.compile(r"[1-9][0-9]{16}[0-9X]")
-ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
-
-
-def id_number_ok(v: str) -> bool:
-    """A mainland resident ID number (18 characters) whose check digit adds up (GB 11643)."""
-    if not ID_NUMBER.fullmatch(v):
-        return False
-    return "10X98765432"[sum(int(c) * w for c, w in zip(v[:17], ID_WEIGHTS)) % 11] == v[17]
-
-
-def mask_id(v: str) -> str:
-    """An ID number as lists, exports, documents and the history show it: 4201**********123X."""
-    v = str(v or "")
-    return v if len(v) < 8 else v[:4] + "*" * (len(v) - 8) + v[-4:]
-
-
-def check_facts(case_no: str, facts: Mapping[str, Any]) -> dict[str, Any]:
-    """The facts cleaned, or one InputError line naming the bad one (empty text clears a fact)."""
-    out: dict[str, Any] = {}
-    for key, value in facts.items():
-        if key not in CASE_FACTS:
-            raise InputError(f"case {case_no}: '{key}' is not a fact of a case; one of {', '.join(CASE_FACTS)}")
-        name, limit = CASE_FACTS[key]
-        v = value.strip() if isinstance(value, str) else value
-        if v is None or v == "":
-            out[key] = None
-        elif key == "floors":
-            if not re.fullmatch(r"[0-9]{1,3}", str(v)) or not 1 <= int(v) <= 200:
-                raise InputError(f"case {case_no}: {name} '{v}' is not a number of storeys 1–200",
-                                 zh=f"案件 {case_no}：{name}「{v}」应为 1–200 的整数")
-            out[key] = int(v)
-        elif key == "floor_area_m2":
-            try:
-                area = float(v)
-            except ValueError:
-                area = math.nan
-            if not (math.isfinite(area) and 0 < area <= 1e6):
-                raise InputError(f"case {case_no}: {name} '{v}' is not an area of 0–1000000 m²",
-                                 zh=f"案件 {case_no}：{name}「{v}」应为 0–1000000 m² 的面积")
-            out[key] = round(area, 2)
-        elif key == "id_number" and not id_number_ok(str(v).upper()):
-            raise InputError(f"case {case_no}: {name} '{mask_id(str(v))}' is not an 18-character ID number whose "
-                             f"check digit adds up; check it against the ID card",
-                             zh=f"案件 {case_no}：{name}「{mask_id(str(v))}」不是有效的 18 位身份证号（校验位不符），请核对身份证")
-        elif key == "id_number":
-            out[key] = str(v).upper()
-        elif key == "phone" and not re.fullmatch(r"[0-9+\-() ]{3,40}", str(v)):
-            raise InputError(f"case {case_no}: {name} '{v}' is not a phone number (digits, + - ( ) and spaces)",
-                             zh=f"案件 {case_no}：{name}「{v}」不是电话号码（只能含数字、+ - ( ) 和空格）")
-        elif len(str(v)) > limit:
-            raise InputError(f"case {case_no}: {name} is longer than {limit} characters; shorten it",
-                             zh=f"案件 {case_no}：{name}超过 {limit} 个字，请精简")
-        else:
-            out[key] = str(v)
-    return out
-
-
-def set_facts(store: Any, case_no: str, facts: Mapping[str, Any], actor: str, now: datetime | None = None) -> dict:
-    """Record 当事人 / 电话 / 层数 / 建筑面积 / 责任单位 / 备注 on the case and log the change
-    as a case_event (status unchanged); returns the event."""
-    clean = check_facts(case_no, facts)
-    at = _now(now)
-    with store.transaction():
-        one = get_case(store, case_no).copy()
-        st = one["status"].iloc[0]
-        now_v = {k: one[k].iloc[0] for k in clean}
-        changed = [k for k, v in clean.items()
-                   if not ((pd.isna(now_v[k]) and v is None) or (not pd.isna(now_v[k]) and now_v[k] == v))]
-        if not changed:
-            raise InputError(f"case {case_no}: nothing changed; give the facts that differ",
-                             zh=f"案件 {case_no}：内容没有变化")
-        for k in changed:
-            one[k] = clean[k]
-        one["updated_at"] = at
-        store.save_cases(one[["case_no", *changed, "updated_at"]])
-        def shown(k):
-            v = clean[k]
-            return "（清除）" if v is None else mask_id(v) if k == "id_number" else v
-        note = "；".join(f"{CASE_FACTS[k][0]}: {shown(k)}" for k in changed)
-        ev = _event(case_no, at, actor or SYSTEM_ACTOR, st, st, note)
-        store.append_events([ev])
-    return ev
-
-
-def with_change(cases, flags=(), min_change_confidence: float | None = None):
-    """The cases carrying any of ``flags`` (new, grown, rebuilt, demolition_seen) and, with
-    ``min_change_confidence``, whose change the images confirmed at least that surely."""
-    if flags:
-        cases = cases[cases["flags"].map(lambda f: bool(set(f or []) & set(flags)))]
-    if min_change_confidence is not None:
-        cases = cases[cases["change_confidence"].astype(float).fillna(-1) >= min_change_confidence]
-    return cases

@@ -89,7 +89,7 @@ def users_group():
 @pass_ctx
 def users_add(ctx, username, role, towns, display_name, password):
     """Create an account."""
-    from pipeline.service.auth import add_user
+    from pipeline.core.accounts import add_user
     with open_ctx_store(ctx, create=True) as store:
         u = add_user(store, username, ask_password(password), role, list(towns), display_name)
     click.echo(f"user {u.username} ({u.role}{': ' + ', '.join(u.towns) if u.towns else ''}) added")
@@ -101,7 +101,7 @@ def users_add(ctx, username, role, towns, display_name, password):
 @pass_ctx
 def users_passwd(ctx, username, password):
     """Set a new password (ends the account's sessions and API tokens)."""
-    from pipeline.service.auth import set_password
+    from pipeline.core.accounts import set_password
     with open_ctx_store(ctx) as store:
         set_password(store, username, ask_password(password))
     click.echo(f"password of {username} changed")
@@ -111,7 +111,7 @@ def users_passwd(ctx, username, password):
 @pass_ctx
 def users_list(ctx):
     """One line per account: name, role, towns/villages, active or disabled."""
-    from pipeline.service.auth import list_users
+    from pipeline.core.accounts import list_users
     with open_ctx_store(ctx) as store:
         for u in list_users(store):
             state = "disabled" if u.disabled else "active"
@@ -124,7 +124,7 @@ def users_list(ctx):
 @pass_ctx
 def users_disable(ctx, username, enable):
     """Disable an account (its sessions and tokens stop working at once)."""
-    from pipeline.service.auth import set_disabled
+    from pipeline.core.accounts import set_disabled
     with open_ctx_store(ctx) as store:
         set_disabled(store, username, not enable)
     click.echo(f"user {username} {'enabled' if enable else 'disabled'}")
@@ -135,7 +135,7 @@ def users_disable(ctx, username, enable):
 @pass_ctx
 def users_unlock(ctx, username):
     """Lift the lockout of an account locked after too many failed sign-ins."""
-    from pipeline.service.auth import unlock
+    from pipeline.core.accounts import unlock
     with open_ctx_store(ctx) as store:
         unlock(store, username)
     click.echo(f"user {username} unlocked")

@@ -39,7 +39,7 @@ def cases_list(ctx, status, category, town, village, since, until, flags, min_ch
 
     import pandas as pd
 
-    from pipeline.cases.track import cases_geojson, with_change
+    from pipeline.cases.casework import cases_geojson, with_change
     check_dates(since, until)
     rules = ctx.settings.rules
     for s in status:
@@ -72,7 +72,7 @@ def cases_list(ctx, status, category, town, village, since, until, flags, min_ch
 @pass_ctx
 def cases_show(ctx, case_no):
     """Every fact of one case and its event history."""
-    from pipeline.cases.track import get_case
+    from pipeline.cases.casework import get_case
     rules = ctx.settings.rules
     with open_ctx_store(ctx) as store:
         c = get_case(store, case_no).iloc[0]
@@ -107,7 +107,7 @@ def cases_set_status(ctx, case_no, status, note, actor, order_no, deadline, demo
     """Move a case to STATUS if the lifecycle table allows it."""
     import getpass
 
-    from pipeline.cases.track import change_status
+    from pipeline.cases.casework import change_status
     rules = ctx.settings.rules
     if deadline is not None:
         from datetime import date
@@ -131,7 +131,7 @@ def cases_assign(ctx, case_no, officer, actor):
     """Make OFFICER responsible for the case."""
     import getpass
 
-    from pipeline.cases.track import assign_case
+    from pipeline.cases.casework import assign_case
     with open_ctx_store(ctx) as store:
         assign_case(store, case_no, officer, actor or getpass.getuser())
     click.echo(f"{case_no}: assigned to {officer}")
@@ -153,7 +153,7 @@ def cases_set(ctx, case_no, actor, **facts):
     """Record what was found on site for the 台账 and the documents (an empty value clears it)."""
     import getpass
 
-    from pipeline.cases.track import set_facts
+    from pipeline.cases.casework import set_facts
     given = {k: v for k, v in facts.items() if v is not None}
     if not given:
         raise click.UsageError("give at least one of --party --phone --id-number --address --floors --floor-area "

@@ -42,8 +42,8 @@ def dataset_group():
 def dataset_build(ctx, out_dir, scenes, val_scenes, seed, size_m, chip_px, real, real_val, real_stride,
                   suite_dir, manifest, coarse, l_houses, terraces):
     """Render randomised synthetic scenes (split by scene) and import real flights into OUT."""
+    from pipeline.model.dataset import build_dataset
     from pipeline.model.evaluate import DEFAULT_SUITE, read_suite
-    from pipeline.model.train import build_dataset
     suite_real = []
     if suite_dir:
         if not Path(suite_dir).is_dir():
@@ -76,7 +76,7 @@ def dataset_build(ctx, out_dir, scenes, val_scenes, seed, size_m, chip_px, real,
 @pass_ctx
 def dataset_import(ctx, ortho, labels, out_dir, split, class_column, default_class, layer, chip_px, stride_px):
     """Import a labelled flight (ORTHO any CRS + LABELS polygons) as chips at the processing GSD."""
-    from pipeline.model.train import import_labelled
+    from pipeline.model.dataset import import_labelled
     st = import_labelled(ortho, labels, out_dir, gsd_m=ctx.settings.processing.gsd_m, chip_px=chip_px,
                          split=split, stride_px=stride_px, class_column=class_column,
                          default_class=default_class, layer=layer)

@@ -16,7 +16,7 @@ import numpy as np
 from pipeline.core.errors import ConfigError, InputError, ModelError
 from pipeline.detection.detect import Detector, detect_ortho, offline_ultralytics
 from pipeline.ingest import valid_footprint
-from pipeline.model.train import build_dataset, local_utm
+from pipeline.model.dataset import build_dataset, local_utm
 
 CLASSES = ["building", "steel_shed", "under_construction", "greenhouse"]
 

@@ -32,8 +32,8 @@ from pipeline.core.errors import InputError
 from pipeline.detection.detectors import ModelTileDetector
 from pipeline.detection.flightplan import detect_plan, plan_registered_flight
 from pipeline.ingest import flight_frames
+from pipeline.model.dataset import ChipStats, import_labelled
 from pipeline.model.evaluate import evaluate_ortho, evaluate_suite, match_footprints
-from pipeline.model.train import ChipStats, import_labelled
 from pipeline.synth import generate_district
 
 NEGATIVE = ("false_positive",)

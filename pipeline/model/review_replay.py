@@ -5,8 +5,8 @@ from __future__ import annotations
 import geopandas as gpd
 import shapely
 
+from pipeline.cases.casework import change_status, redraw_outline
 from pipeline.cases.manual import add_manual_case
-from pipeline.cases.track import change_status, redraw_outline
 from pipeline.core.errors import PatrolError
 from pipeline.model.evaluate import match_footprints
 

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import geopandas as gpd
 
+from pipeline.cases.casework import note_events
 from pipeline.cases.change import check_flight, prior_coverage
 from pipeline.cases.manual import MANUAL_SOURCE
 from pipeline.cases.match import find_violations
-from pipeline.cases.track import note_events, track_flight
+from pipeline.cases.track import track_flight
 from pipeline.core.disk import check_room
 from pipeline.core.errors import error_line, one_line
 from pipeline.core.values import is_missing

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from pipeline.cases.track import get_case, mask_id
+from pipeline.cases.casework import get_case, mask_id
 from pipeline.core.disk import os_error_line
 from pipeline.core.errors import ConfigError, InputError, PatrolError
 from pipeline.report.common import (

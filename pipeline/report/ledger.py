@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from pipeline.cases.track import mask_id
+from pipeline.cases.casework import mask_id
 from pipeline.core.config import DEFAULT_LEDGER_COLUMNS
 from pipeline.report.common import (
     CATEGORIES,

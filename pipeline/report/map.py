@@ -25,17 +25,12 @@ from pipeline.report.common import (
     CLASS_COLOURS,
     CLASSES,
     FIELDS,
-    FLAGS,
     LAYERS,
     STATUS_COLOURS,
-    STOCK,
     ZONE_COLOURS,
     ZONE_KINDS,
-    change_text,
     js_json,
     label,
-    missing,
-    rule_texts,
     shift_gcj02,
     status_label,
     text,
@@ -44,6 +39,7 @@ from pipeline.report.common import (
     wgs84_to_gcj02,
 )
 from pipeline.report.evidence import case_chips, ortho_path, rel_url
+from pipeline.report.popups import case_popup, legend_html, popup_rows
 
 STATIC = Path(__file__).parent / "static"
 VENDOR = "vendored:"
@@ -375,66 +371,6 @@ def _elements():
     return DataLayer, CaseLayer, ImageLayer, Controls
 
 
-# ---------------------------------------------------------------- popups
-def _rows(pairs: list[tuple[str, str]]) -> str:
-    return "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in pairs if v)
-
-
-def case_popup(c: dict, lang: str, rules, chips: list[dict], lonlat: tuple[float, float], crs: str,
-               sheet_url: str | None) -> str:
-    """Popup HTML of one case: every data value escaped."""
-    F = lambda k: label(FIELDS, k, lang)  # noqa: E731
-    conf = c.get("confidence")
-    g = c["geometry"].centroid
-    pairs = [
-        (F("case_no"), text(c.get("case_no"))),
-        (F("category"), label(CATEGORIES, c.get("category"), lang)),
-        (F("status"), status_label(c.get("status"), lang, rules)),
-        (F("stock"), label(STOCK, c.get("stock"), lang)),
-        (F("detector_class"), label(CLASSES, c.get("detector_class"), lang)),
-        (F("area_m2"), text(c.get("area_m2"))),
-        (F("parcel_id"), text(c.get("parcel_id"))),
-        (F("owner"), text(c.get("owner"))),
-        (F("village"), " ".join(x for x in (text(c.get("town")), text(c.get("village"))) if x)),
-        (F("confidence"), "" if missing(conf) else f"{float(conf):.2f}"),
-        (F("flags"), "、".join(label(FLAGS, f, lang) for f in (c.get("flags") or []))),
-        (F("change_confidence"), change_text(c, lang)),
-        (F("deadline"), text(c.get("deadline"))),
-        ("WGS84", f"{lonlat[1]:.6f}, {lonlat[0]:.6f}"),
-        (crs, f"{g.x:.2f}, {g.y:.2f}"),
-    ]
-    out = [f'<div class="patrol-popup"><table>{_rows(pairs)}</table>']
-    rt = rule_texts(c, lang, rules)
-    if rt:
-        out.append(f"<b>{html.escape(F('rules'))}</b><ul>"
-                   + "".join(f"<li>{html.escape(r)}</li>" for r in rt) + "</ul>")
-    if chips:
-        figs = "".join(
-            f'<figure><img src="{html.escape(ch["url"])}" alt="{html.escape(ch["role"])}" loading="lazy">'
-            f'<figcaption>{html.escape(ch["role"])} {html.escape(ch["date"])}</figcaption></figure>'
-            for ch in chips)
-        out.append(f'<div class="chips">{figs}</div>')
-    if sheet_url:
-        out.append(f'<div><a href="{html.escape(sheet_url)}" target="_blank">'
-                   f'{html.escape(label(LAYERS, "evidence_sheets", lang))}</a></div>')
-    out.append("</div>")
-    return "".join(out)
-
-
-def _legend(lang: str, rules, statuses, classes, zone_kinds) -> str:
-    def sw(colour, name):
-        return f'<div><i style="background:{colour}"></i>{html.escape(name)}</div>'
-    parts = [f"<b>{html.escape(label(LAYERS, 'cases', lang))}</b>"]
-    parts += [sw(STATUS_COLOURS.get(s, "#888"), status_label(s, lang, rules)) for s in statuses]
-    if classes:
-        parts.append(f"<b>{html.escape(label(LAYERS, 'detections', lang))}</b>")
-        parts += [sw(CLASS_COLOURS.get(c, "#888"), label(CLASSES, c, lang)) for c in classes]
-    if zone_kinds:
-        parts.append(f"<b>{html.escape(label(LAYERS, 'zones', lang))}</b>")
-        parts += [sw(ZONE_COLOURS.get(k, "#ccc"), label(ZONE_KINDS, k, lang)) for k in zone_kinds]
-    return "".join(parts)
-
-
 # ---------------------------------------------------------------- the map
 def build_map(store, settings, out_html: Path, *, flight_id: str | None = None, cases: gpd.GeoDataFrame | None = None,
               evidence: pd.DataFrame | None = None, rules=None, ortho_dir: Path | None = None,
@@ -552,7 +488,7 @@ def build_map(store, settings, out_html: Path, *, flight_id: str | None = None, 
                      ("name", text(z.get("name"))), ("code", text(z.get("code"))), ("id", text(z.get("zone_id")))]
             colour = ZONE_COLOURS.get(text(z.get("kind")), "#cccccc")
             props.append({"_s": {"color": colour, "weight": 1, "fillColor": colour, "fillOpacity": 0.25},
-                          "_p": f'<div class="patrol-popup"><table>{_rows(pairs)}</table></div>'})
+                          "_p": f'<div class="patrol-popup"><table>{popup_rows(pairs)}</table></div>'})
         fg = folium.FeatureGroup(name=html.escape(label(LAYERS, "zones", lang)), show=False).add_to(m)
         DataLayer(_fc(geo.geoms(zones), props)).add_to(fg)
 
@@ -569,7 +505,7 @@ def build_map(store, settings, out_html: Path, *, flight_id: str | None = None, 
                      (label(FIELDS, "land_use", lang), text(p.get("land_use"))),
                      (label(FIELDS, "approved_area_m2", lang), text(p.get("approved_area_m2")))]
             props.append({"_s": {"color": "#00e5ff", "weight": 1, "fill": True, "fillOpacity": 0.02},
-                          "_p": f'<div class="patrol-popup"><table>{_rows(pairs)}</table></div>'})
+                          "_p": f'<div class="patrol-popup"><table>{popup_rows(pairs)}</table></div>'})
         fg = folium.FeatureGroup(name=html.escape(label(LAYERS, "parcels", lang)), show=True).add_to(m)
         DataLayer(_fc(geo.geoms(parcels), props)).add_to(fg)
 
@@ -627,7 +563,7 @@ def build_map(store, settings, out_html: Path, *, flight_id: str | None = None, 
     title = f"{settings.district.name} · {label(LAYERS, title_key, lang)}"
     if flight_id is not None and len(flights):
         title += f" · {text(flights['captured_at'].iloc[-1])[:10]}"
-    Controls(title, _legend(lang, rules, statuses or ["suspected"], det_classes, zone_kinds), minimap,
+    Controls(title, legend_html(lang, rules, statuses or ["suspected"], det_classes, zone_kinds), minimap,
              lang).add_to(m)
     folium.LayerControl(collapsed=False).add_to(m)
 

@@ -27,10 +27,11 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
+from pipeline.cases.casework import CASE_FACTS, change_status, redraw_outline
 from pipeline.cases.change import registration_note
 from pipeline.cases.manual import add_manual_case, outline_from_geojson, report_from_ground
 from pipeline.cases.media import add_media
-from pipeline.cases.track import CASE_FACTS, change_status, redraw_outline
+from pipeline.core import accounts
 from pipeline.core.errors import InputError, PatrolError
 from pipeline.core.words import FLIGHT_STATUS, MODEL_ACTIONS, MODEL_STATES, ROLE_LABELS, translate
 from pipeline.report.common import (
@@ -104,7 +105,7 @@ class StatusChange(BaseModel):
 
 @dataclass
 class Auth:
-    user: A.User
+    user: accounts.User
     via: Literal["session", "token"]
     csrf: str | None = None
 
@@ -205,21 +206,21 @@ class Service:
                 "model_version": text(f.get("model_version")), "file": Path(text(f.get("path"))).name,
                 "queue": st or ("nightly" if f.get("status") == "uploaded" else "")}
 
-    def visible_flights(self, user: A.User) -> list[dict]:
+    def visible_flights(self, user: accounts.User) -> list[dict]:
         fl = self.store.list_flights()
         rows = [self.flight_row(r) for r in fl.drop(columns=fl.geometry.name).to_dict("records")]
         if not user.is_admin:
             rows = [r for r in rows if r["team"] == user.username]
         return sorted(rows, key=lambda r: r["captured_at"], reverse=True)
 
-    def one_flight(self, user: A.User, flight_id: str) -> dict:
+    def one_flight(self, user: accounts.User, flight_id: str) -> dict:
         f = self.store.get_flight(flight_id)
         if f is None or (not user.is_admin and f.get("team") != user.username):
             raise HTTPProblem(404, f"flight {flight_id} not found among your flights")
         f.pop("footprint", None)
         return self.flight_row(f)
 
-    def start_processing(self, user: A.User, flight_id: str) -> dict:
+    def start_processing(self, user: accounts.User, flight_id: str) -> dict:
         if not re.match(FLIGHT_ID_RE, flight_id):
             raise HTTPProblem(404, f"flight {flight_id} not found")
         if not self.settings.service.process_now:
@@ -233,14 +234,14 @@ class Service:
             {"chunk_size": self.uploads.chunk_bytes, "complete": info["offset"] == info["size"]}
 
     # ------------------------------------------------------------ cases
-    def scoped_cases(self, user: A.User, **filters):
+    def scoped_cases(self, user: accounts.User, **filters):
         cases = self.store.cases(**{k: v for k, v in filters.items() if v})
         if user.is_admin or not len(cases):
             return cases
         keep = [user.sees(t, v) for t, v in zip(cases["town"], cases["village"])]
         return cases[keep]
 
-    def one_case(self, user: A.User, case_no: str):
+    def one_case(self, user: accounts.User, case_no: str):
         cases = self.store.cases()
         hit = cases[cases["case_no"] == case_no]
         if not len(hit) or not user.sees(hit["town"].iloc[0], hit["village"].iloc[0]):
@@ -248,7 +249,7 @@ class Service:
                               zh=f"未找到案件 {case_no}（不在您负责的乡镇/村）")
         return hit
 
-    def add_media(self, user: A.User, case_no: str, data: bytes, filename: str, note: str = "",
+    def add_media(self, user: accounts.User, case_no: str, data: bytes, filename: str, note: str = "",
                   lon: Any = None, lat: Any = None) -> dict:
         """Attach a photo or video to a case the account sees; the phone's position (lon/lat
         as text, may be empty) stands in when the photo has no GPS."""
@@ -263,7 +264,7 @@ class Service:
         return {k: (text(v) if k in ("taken_at", "uploaded_at") else v) for k, v in row.items()
                 if k not in ("original_path", "stamped_path")}
 
-    def ground_report(self, user: A.User, lat: Any, lon: Any, detector_class: str, area_m2: Any, note: str,
+    def ground_report(self, user: accounts.User, lat: Any, lon: Any, detector_class: str, area_m2: Any, note: str,
                       photo: bytes | None = None, filename: str = "") -> dict:
         """地面巡查上报 (any signed-in account): a case from a position on the ground, with its photo."""
         try:
@@ -279,13 +280,13 @@ class Service:
                       "地面巡查上报", lo, la)
         return r
 
-    def redraw_outline(self, user: A.User, case_no: str, geometry: dict) -> dict:
+    def redraw_outline(self, user: accounts.User, case_no: str, geometry: dict) -> dict:
         """轮廓修正: the officer's outline (GeoJSON, WGS84) replaces the case's; the event."""
         self.one_case(user, case_no)
         ev = redraw_outline(self.store, case_no, outline_from_geojson(geometry, self.settings), user.username)
         return event_json(ev)
 
-    def draw_structure(self, user: A.User, geometry: dict, detector_class: str = "building",
+    def draw_structure(self, user: accounts.User, geometry: dict, detector_class: str = "building",
                        note: str = "") -> dict:
         """人工补录: a structure the model missed, drawn on the ortho of the latest processed flight
         that covers it, becomes a case (source ``manual``) through the rules."""
@@ -301,7 +302,7 @@ class Service:
                               note=note.strip() or "人工补录：模型漏检", detector_class=detector_class)
         return {"case_no": row["case_no"], "status": row["status"], "flight_id": flight_id}
 
-    def media_file(self, user: A.User, media_id: str, original: bool = False) -> FileResponse:
+    def media_file(self, user: accounts.User, media_id: str, original: bool = False) -> FileResponse:
         """A case's photo (stamped copy) or video, or its original, for an account that sees the case."""
         hit = self.store.media(media_id=media_id) if re.fullmatch(r"[0-9a-f]{32}", media_id) else None
         if hit is None or not len(hit):
@@ -315,11 +316,11 @@ class Service:
         return FileResponse(path, media_type=kind.get(path.suffix.lstrip("."), "application/octet-stream"),
                             headers={"Cache-Control": "private, max-age=3600"})
 
-    def officers(self) -> list[A.User]:
+    def officers(self) -> list[accounts.User]:
         """Enabled officer and admin accounts."""
-        return [u for u in A.list_users(self.store) if u.role in ("officer", "admin") and not u.disabled]
+        return [u for u in accounts.list_users(self.store) if u.role in ("officer", "admin") and not u.disabled]
 
-    def officers_for(self, town: Any, village: Any) -> list[A.User]:
+    def officers_for(self, town: Any, village: Any) -> list[accounts.User]:
         """The officers (and admins) that may work a case of this town / village."""
         return [u for u in self.officers() if u.sees(town, village)]
 
@@ -339,7 +340,7 @@ class Service:
                 "change_confidence": None if pd.isna(c.get("change_confidence")) else
                 round(float(c["change_confidence"]), 2)}
 
-    def case_detail(self, user: A.User, case_no: str) -> dict:
+    def case_detail(self, user: accounts.User, case_no: str) -> dict:
         g = self.one_case(user, case_no)
         c = g.iloc[0].to_dict()
         ev = self.store.events(case_no)
@@ -382,7 +383,7 @@ class Service:
                         "date": text(r.get("captured_at"))[:10], "role_label": phase_label(len(out), len(rows), self.lang)})
         return out
 
-    def apply_status(self, user: A.User, case_no: str, ch: StatusChange) -> dict:
+    def apply_status(self, user: accounts.User, case_no: str, ch: StatusChange) -> dict:
         self.one_case(user, case_no)
         kw = {k: v for k, v in (("order_no", ch.order_no), ("deadline", ch.deadline),
                                 ("demolished_area_m2", ch.demolished_area_m2)) if v is not None}
@@ -390,7 +391,7 @@ class Service:
                            **kw)
         return event_json(ev)
 
-    def export(self, user: A.User, fmt: str, status: str | None) -> FileResponse:
+    def export(self, user: accounts.User, fmt: str, status: str | None) -> FileResponse:
         from starlette.background import BackgroundTask
 
         if fmt not in EXPORT_FORMATS:
@@ -403,7 +404,7 @@ class Service:
         return FileResponse(path, media_type=MEDIA[fmt], filename=f"cases_{date.today():%Y%m%d}.{fmt}",
                             background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True))
 
-    def orthos_of(self, user: A.User) -> frozenset[str]:
+    def orthos_of(self, user: accounts.User) -> frozenset[str]:
         """The orthophoto overlays the officer's review map draws (read once per built map)."""
         page = self.review_map(user)
         if page not in self.map_orthos:
@@ -411,7 +412,7 @@ class Service:
                                                          page.read_text(encoding="utf-8")))
         return self.map_orthos[page]
 
-    def review_map(self, user: A.User) -> Path:
+    def review_map(self, user: accounts.User) -> Path:
         """The offline report map of the officer's cases (cached per scope and store state)."""
         cases = self.scoped_cases(user)
         flights = self.store.list_flights()

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, Field
 
+from pipeline.core import accounts
 from pipeline.service import auth as A
 from pipeline.service.context import STATIC, Auth, HTTPProblem, Service, anyone, service
 
@@ -58,7 +59,7 @@ def login(request: Request, username: str = Form("", max_length=100), password: 
 
 @router.post("/logout", include_in_schema=False)
 def logout(a: Auth = Depends(anyone), svc: Service = Depends(service)):
-    A.end_sessions(svc.store, a.user.username)          # the cookie is void on the server too
+    accounts.end_sessions(svc.store, a.user.username)          # the cookie is void on the server too
     resp = RedirectResponse("/login", status_code=303)
     resp.delete_cookie(A.SESSION_COOKIE, path="/")
     return resp

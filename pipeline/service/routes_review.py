@@ -9,7 +9,7 @@ import pandas as pd
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
-from pipeline.cases.track import set_facts
+from pipeline.cases.casework import set_facts
 from pipeline.core.errors import InputError
 from pipeline.report.documents import KINDS, kind_label, print_document, reprint_document
 from pipeline.report.evidence import write_evidence_sheets

@@ -13,8 +13,8 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from starlette.background import BackgroundTask
 
+from pipeline.cases.casework import assign_case
 from pipeline.cases.dispatch import digest, work_queue
-from pipeline.cases.track import assign_case
 from pipeline.core.errors import InputError
 from pipeline.report.common import CLASSES, label
 from pipeline.report.stats import (

@@ -10,7 +10,8 @@ import geopandas as gpd
 import numpy as np
 from affine import Affine
 
-from pipeline.synth.layout import Layout, blob, build_layout, structures_at, violation_of
+from pipeline.synth.layout import build_layout, structures_at, violation_of
+from pipeline.synth.parts import Layout, blob
 from pipeline.synth.randomisation import SEASONS, Randomisation
 from pipeline.synth.render import Look, Renderer, Sun, View
 
