@@ -1,7 +1,7 @@
 """Write notebooks/0*.ipynb from the cell sources below, outputs stripped.
 
 Edit the cells here, then run ``.venv/bin/python notebooks/make_notebooks.py``; the
-notebooks are committed without outputs (tests/test_notebooks.py runs each top to bottom).
+notebooks are committed without outputs (tests/system/test_notebooks.py runs each top to bottom).
 """
 from __future__ import annotations
 

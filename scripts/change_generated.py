@@ -4,7 +4,7 @@
     .venv/bin/python scripts/change_generated.py --detector truth --seeds 11 12 13 --off
 
 Each seed: a 200 m district at 10 cm, 3 flights, the later ones georeferenced up to 6 m off and
-turned up to 0.2°, flown through register + process (``tests/test_change.py::replay``, officer
+turned up to 0.2°, flown through register + process (``tests/cases/test_change.py::replay``, officer
 actions between flights as the truth implies). ``truth``: the truth layer as the detector, with
 flicker (the first flight misses a fifth of its structures, spurious boxes in every flight);
 ``model``: the shipped model. ``--off``: change_check.coregister and .confirm switched off.

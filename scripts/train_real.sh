@@ -76,7 +76,7 @@ python3 -c "import cv2, glob; [cv2.imwrite(p, cv2.imread(p), [cv2.IMWRITE_JPEG_Q
 #        --coarse 0.25 --terraces 0.5 --minutes 7
 #    (--terraces 0.5: rows of adjoining houses, the lever that kept Kampala's neighbours apart in the
 #    2026-12-07 CPU fine-tune; model card). Then `patrol evaluate --suite "$REAL"` on the result: every
-#    eval figure is honest for it; and both one-structure rules of tests/test_model.py
-#    (PATROL_TEST_MODEL=…onnx pytest tests/test_model.py -k "l_or_t or adjoining").
+#    eval figure is honest for it; and both one-structure rules of tests/model/test_shipped_model.py
+#    (PATROL_TEST_MODEL=…onnx pytest tests/model/test_shipped_model.py -k "l_or_t or adjoining").
 #    The model family by measurement: the same command with --model yolo11s-obb.yaml (the larger
 #    backbone), then the suite and bench/detect_throughput.py for both.

@@ -1,5 +1,5 @@
 """Headless Debian chromium for the page tests (Playwright with executable_path; never
-`playwright install`): one launch helper shared by tests/test_report.py and test_service_e2e.py."""
+`playwright install`): one launch helper shared by tests/report/test_report.py and test_service_e2e.py."""
 from __future__ import annotations
 
 from pathlib import Path

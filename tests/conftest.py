@@ -1,6 +1,8 @@
 """Shared pytest fixtures (small, additive: one section per owner)."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pytest
 
@@ -102,3 +104,29 @@ def small_district_store(tmp_path_factory):
         process_flight(store, flight["flight_id"], settings, progress=False, detector=truth)
     store.close()
     return root / "patrol.gpkg", settings, result.out_dir
+
+
+# ---------------------------------------------------------------- the command line (one way for every test)
+class CliResult(NamedTuple):
+    """What `patrol …` did: its exit code and what it printed (unpacks as code, out, err)."""
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+@pytest.fixture
+def patrol(capsys):
+    """Run `patrol ARG…` as the console script runs it (``pipeline.cli.main``: a PatrolError is one
+    line on stderr and exit code 2), in this process, its output captured."""
+    from pipeline.cli import main
+
+    def run(*args) -> CliResult:
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return CliResult(code, out.out, out.err)
+    return run

@@ -3,7 +3,7 @@ dialect hooks each backend supplies (running a statement with ``?`` placeholders
 transaction and its lock, geometry encoding, the bounding-box filter, the bulk write, the
 migrations' DDL): ``gpkg.py`` (embedded SQLite/GeoPackage) and ``postgis.py`` (PostgreSQL).
 
-Conventions shared by all backends (the contract suite in tests/test_store_contract.py
+Conventions shared by all backends (the contract suite in tests/system/test_store_contract.py
 checks them):
 
 - Geometries go in and come back in the store CRS (``store.crs``). A GeoDataFrame in

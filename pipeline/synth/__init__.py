@@ -5,7 +5,7 @@ stack (rasterio) that the district writer needs — e.g. on a bare GPU training 
 """
 from importlib import import_module
 
-_WHERE = {"DistrictResult": "district", "generate_district": "district", "CLASSES": "layout",
+_WHERE = {"DistrictResult": "district", "generate_district": "district", "CLASSES": "parts",
           "save_previews": "preview", "Randomisation": "randomisation", "Scene": "scene",
           "render_scene": "scene"}
 
