@@ -1,7 +1,7 @@
 """The change check on real imagery: a real ortho as the later flight, and as the earlier flight
 a copy with a quarter of its real buildings taken out, re-coloured (another season and light) and
 georeferenced some metres off — so every new building is known. Both go through the product
-(``patrol``'s register + process, the shipped model), with the check on and off.
+(``patrol``'s register + process, the shipped model or ``--model``), with the check on and off.
 
     .venv/bin/python scripts/change_real_pair.py ../shared/realdata/kampala/mosaic_z20_c0.tif \
         ../shared/realdata/kampala/osm_buildings.geojson --out /tmp/pair_kampala
@@ -76,7 +76,8 @@ def make_pair(ortho: Path, footprints: Path, out: Path, share: float, shift: tup
     return out / "before.tif", out / "after.tif", removed, inside
 
 
-def run(before: Path, after: Path, removed, inside, out: Path, check: bool, store_crs: str) -> dict:
+def run(before: Path, after: Path, removed, inside, out: Path, check: bool, store_crs: str,
+        model: Path | None = None) -> dict:
     import geopandas as gpd
     import shapely
 
@@ -88,7 +89,8 @@ def run(before: Path, after: Path, removed, inside, out: Path, check: bool, stor
     url = out / f"patrol_{'on' if check else 'off'}.gpkg"
     url.unlink(missing_ok=True)
     s = load_settings(overrides={"store.url": str(url), "store.crs": store_crs,
-                                 "change_check.coregister": check, "change_check.confirm": check})
+                                 "change_check.coregister": check, "change_check.confirm": check,
+                                 **({"detector.model": str(model)} if model else {})})
     rem = removed.to_crs(store_crs)
     rem = rem.set_geometry(rem.geometry.make_valid())
     allf = inside.to_crs(store_crs)
@@ -135,12 +137,13 @@ def main() -> None:
     ap.add_argument("--shift", type=float, nargs=2, default=(2.5, -1.5), metavar=("EAST", "NORTH"))
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--store-crs", default="EPSG:32636")
+    ap.add_argument("--model", type=Path, help="weights (default: detector.model, the shipped model)")
     a = ap.parse_args()
     before, after, removed, inside = make_pair(a.ortho, a.footprints, a.out, a.share, tuple(a.shift), a.seed)
     print(f"{len(inside)} footprints on the ortho, {len(removed)} taken out of the earlier flight; "
           f"earlier flight shifted {a.shift} m")
     for check in (False, True):
-        r = run(before, after, removed, inside, a.out, check, a.store_crs)
+        r = run(before, after, removed, inside, a.out, check, a.store_crs, a.model)
         print(json.dumps(r, ensure_ascii=False))
 
 

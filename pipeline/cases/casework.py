@@ -176,7 +176,7 @@ def check_facts(case_no: str, facts: Mapping[str, Any]) -> dict[str, Any]:
         elif key == "phone" and not re.fullmatch(r"[0-9+\-() ]{3,40}", str(v)):
             raise InputError(f"case {case_no}: {name} '{v}' is not a phone number (digits, + - ( ) and spaces)",
                              zh=f"案件 {case_no}：{name}「{v}」不是电话号码（只能含数字、+ - ( ) 和空格）")
-        elif len(str(v)) > limit:
+        elif limit is not None and len(str(v)) > limit:
             raise InputError(f"case {case_no}: {name} is longer than {limit} characters; shorten it",
                              zh=f"案件 {case_no}：{name}超过 {limit} 个字，请精简")
         else:

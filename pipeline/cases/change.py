@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
@@ -59,7 +60,7 @@ class Registration:
 
 
 # ---------------------------------------------------------------- reading on one grid
-def read_bands(path: str, bounds: tuple[float, float, float, float], gsd: float, crs: Any
+def read_bands(path: str | Path, bounds: tuple[float, float, float, float], gsd: float, crs: Any
                ) -> tuple[np.ndarray, np.ndarray]:
     """The raster's colour bands (bands, rows, cols; float) and validity over ``bounds`` (store
     CRS) at ``gsd``, north up (a north-up raster in the store CRS is read straight from its
@@ -270,7 +271,7 @@ class Look:
     appearance: float | None = None    # appearance change 0..1 (None: no image there)
 
 
-def look_again(geoms: list, other: dict, other_shift: tuple[float, float], this_path: str | None,
+def look_again(geoms: list, other: dict, other_shift: tuple[float, float], this_path: str | Path | None,
                this_shift: tuple[float, float], detector, settings) -> list[Look]:
     """For each outline (reference frame, store CRS): the other flight's ortho re-examined there
     with ``detector`` (at the recheck confidence; None: not re-examined) and the appearance change
@@ -297,8 +298,8 @@ def look_again(geoms: list, other: dict, other_shift: tuple[float, float], this_
         if not windows:
             continue
         ext = np.array([window_extent(w) for w in windows])
-        chunk = Chunk(fid, frame, other.get("captured_at"), tiling, list(range(len(windows))), windows, ext)
-        plan = FlightPlan(fid, other.get("captured_at"), tiling, [frame], raster_crs=rcrs)
+        chunk = Chunk(fid, str(frame), other.get("captured_at"), tiling, list(range(len(windows))), windows, ext)
+        plan = FlightPlan(fid, other.get("captured_at"), tiling, [str(frame)], raster_crs=rcrs)
         found.append(finish(detector, plan, [run_chunk(detector, chunk)], settings, crs))
     dets = pd.concat(found, ignore_index=True) if found else None
     if dets is not None and len(dets):
@@ -344,7 +345,7 @@ def _covering_windows(src, tiling, geoms: np.ndarray) -> list:
 
     margin = 4.0
     todo = list(range(len(geoms)))
-    out = []
+    out: list[Any] = []
     while todo:
         g = geoms[todo[0]]
         c = shapely.get_coordinates(g.centroid)

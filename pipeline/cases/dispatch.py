@@ -78,7 +78,7 @@ def work_queue(cases, rules, settings, today: date | None = None) -> dict[str, A
     lc = rules.lifecycle
     day = pd.Timestamp(today or date.today()).normalize()
     open_ = cases[cases["status"].isin(lc.open)]
-    ll = to_wgs84_points(open_, str(open_.crs)) if len(open_) else []
+    ll: Any = to_wgs84_points(open_, str(open_.crs)) if len(open_) else []
     items = []
     for (lon, lat), c in zip(ll, open_.to_dict("records")):
         i = _item(c, rules, day)

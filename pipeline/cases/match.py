@@ -122,7 +122,7 @@ def find_violations(detections: gpd.GeoDataFrame, parcels: gpd.GeoDataFrame,
 
     # ---- restricted land: zones by kind (dissolved per kind) and DLBM-coded parcels / zones
     lu = rules.rules.illegal_land_use
-    zone_m2 = [dict() for _ in range(n)]
+    zone_m2: list[dict[str, float]] = [dict() for _ in range(n)]
     restricted_parts: list[pd.DataFrame] = []      # d, key, a  (key: zone kind or dlbm:CODE)
     if len(zones):
         zkind = _col(zones, "kind").fillna("").astype(str).to_numpy()
@@ -160,8 +160,8 @@ def find_violations(detections: gpd.GeoDataFrame, parcels: gpd.GeoDataFrame,
     farm_m2 = kind_sum({"farmland"})
 
     # ---- exemptions: per detection, the rules it is exempt from and the exempt land keys
-    exempt_rules = [set() for _ in range(n)]
-    exempt_keys = [set() for _ in range(n)]
+    exempt_rules: list[set[str]] = [set() for _ in range(n)]
+    exempt_keys: list[set[str]] = [set() for _ in range(n)]
     exemption_id = np.array([None] * n, dtype=object)
     for ex in rules.exemptions:                         # a handful of configured exemptions
         on_cls = np.isin(cls, ex.classes)
@@ -282,7 +282,9 @@ def find_violations(detections: gpd.GeoDataFrame, parcels: gpd.GeoDataFrame,
         "confidence": pd.to_numeric(_col(det, "confidence", np.nan), errors="coerce").to_numpy(dtype=float),
         "area_m2": np.round(area, 3),
         "rules": rules_list, "category": category, "reasons": reasons,
-        "priority": score, "priority_level": np.where([bool(r) for r in rules_list], level, None),
+        "priority": score,
+        "priority_level": np.array([lv if r else None for lv, r in zip(level.astype(object), rules_list)],
+                                   dtype=object),
         "exemption": exemption_id,
         "inside_m2": np.round(inside, 3), "inside_share": np.round(share, 4),
         "parcel_id": main_pid, "owner": pcol("owner", mp_idx, True),

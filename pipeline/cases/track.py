@@ -15,7 +15,7 @@ import re
 import uuid
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 import geopandas as gpd
 import numpy as np
@@ -56,6 +56,10 @@ def _day(t: Any) -> pd.Timestamp | None:
     return t.normalize()
 
 
+@overload
+def as_float(v: Any, default: float) -> float: ...
+@overload
+def as_float(v: Any, default: None = None) -> float | None: ...
 def as_float(v: Any, default: float | None = None) -> float | None:
     """A float, or ``default`` for None / NaN / missing."""
     try:
@@ -390,7 +394,7 @@ def track_flight(cases: gpd.GeoDataFrame | None, findings: gpd.GeoDataFrame,
 
     # demolition seen: watched case, covered by the flight, nothing standing there
     gone = covered & ~still_there & np.isin(status, lc.demolition_watch) & ~rerun
-    for ci in np.flatnonzero(gone):
+    for ci in np.flatnonzero(gone).tolist():
         flags = recs[ci]["flags"]
         if "demolition_seen" in flags:
             continue
@@ -403,7 +407,7 @@ def track_flight(cases: gpd.GeoDataFrame | None, findings: gpd.GeoDataFrame,
                              f"航次 {fid}：覆盖该案件但未见建筑——疑似已拆除，建议复查"))
     # a watched case seen standing again loses a stale demolition_seen flag
     back = still_there & np.isin(status, lc.demolition_watch) & ~rerun
-    for ci in np.flatnonzero(back):
+    for ci in np.flatnonzero(back).tolist():
         recs[ci]["flags"] = [x for x in recs[ci]["flags"] if x != "demolition_seen"]
 
     # new cases from unmatched findings

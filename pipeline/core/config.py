@@ -139,7 +139,7 @@ DEFAULT_LEDGER_COLUMNS = [
 
 class LedgerSettings(Section):
     columns: list[str | dict[str, str]] = Field(
-        default_factory=lambda: list(DEFAULT_LEDGER_COLUMNS),
+        default_factory=lambda: list[str | dict[str, str]](DEFAULT_LEDGER_COLUMNS),
         description="columns of the case list (台账, xlsx/csv) in order: a field id, or {field: header}")
 
     @field_validator("columns")

@@ -47,7 +47,7 @@ class TileDetector(abc.ABC):
         """Checkpoint key: changes with anything that changes the boxes (weights, settings)."""
 
     @abc.abstractmethod
-    def detect_chunk(self, chunk, progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    def detect_chunk(self, chunk, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Plain arrays for one chunk (``pipeline.detection.flightplan.Chunk``); ``progress(n)`` after n tiles."""
 
     @abc.abstractmethod
@@ -140,7 +140,7 @@ class ModelTileDetector(TileDetector):
             return 0.0
         return float(model.load_s)
 
-    def detect_chunk(self, chunk, progress=None) -> dict[str, np.ndarray]:
+    def detect_chunk(self, chunk, progress=None) -> dict[str, Any]:
         model = self.predictor
         index_of = {(w.row, w.col): i for i, w in zip(chunk.indices, chunk.windows)}
         bounds, confs, classes, tile_ids, infer = [], [], [], [], 0.0
@@ -219,7 +219,7 @@ class TruthTileDetector(TileDetector):
                              f"this flight's district (the truth layer is for generated districts only)")
         return int(hit["epoch"].iloc[0])
 
-    def detect_chunk(self, chunk, progress=None) -> dict[str, np.ndarray]:
+    def detect_chunk(self, chunk, progress=None) -> dict[str, Any]:
         """The truth rows owned by the chunk's tiles; the tiles are read as the model would read
         them (and not used), so a damaged file fails as it would with the model."""
         import shapely

@@ -89,6 +89,7 @@ def ground_pixel_size(src) -> tuple[float, float]:
         to_geo = Transformer.from_crs(crs, crs.geodetic_crs, always_xy=True)
         pts = [to_geo.transform(x, y) for x, y in pts]
     geod = crs.get_geod()
+    assert geod is not None                 # a geographic or projected CRS has an ellipsoid
     (lon0, lat0), (lon1, lat1), (lon2, lat2) = pts
     gx = geod.inv(lon0, lat0, lon1, lat1)[2] / n
     gy = geod.inv(lon0, lat0, lon2, lat2)[2] / n

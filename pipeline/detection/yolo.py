@@ -6,6 +6,7 @@ import ast
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,6 +52,7 @@ class Detector:
         self.batch_size = batch_size
         self.runtime = runtime
         self.threads = threads or default_threads()
+        self.model: Any                                # OnnxYolo, or ultralytics' YOLO for a .pt
         if path.suffix.lower() == ".onnx":
             self.model = OnnxYolo(path, self.threads, runtime)
             self.task, names = self.model.task, self.model.names

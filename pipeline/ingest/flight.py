@@ -155,21 +155,21 @@ def ingest_flight(paths: str | Path | list[str | Path], settings, team: str | No
     when nothing usable is left."""
     store_crs = settings.store.crs
     projected_store_crs(store_crs)
-    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    if not paths:
+    given = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not given:
         raise InputError("no file given; give an orthophoto, a folder or a zip",
                          zh="未提供文件，请上传正射影像、文件夹或 zip 压缩包")
-    paths = [Path(p).expanduser() for p in paths]
+    files = [Path(p).expanduser() for p in given]
     max_mpix = settings.ingest.max_raster_mpix
-    if len(paths) == 1 and paths[0].is_file():  # one file: the original rules, its errors as they come
-        check_name(paths[0])
-        if sniff(paths[0]) != "zip":
-            if sniff(paths[0]) == "jpeg":
-                return _photos([_Item(shown(paths[0]), paths[0].resolve(), "jpeg")], settings, team, [])
-            return IngestResult(register_ortho(paths[0], store_crs, team, max_mpix=max_mpix))
+    if len(files) == 1 and files[0].is_file():  # one file: the original rules, its errors as they come
+        check_name(files[0])
+        if sniff(files[0]) != "zip":
+            if sniff(files[0]) == "jpeg":
+                return _photos([_Item(shown(files[0]), files[0].resolve(), "jpeg")], settings, team, [])
+            return IngestResult(register_ortho(files[0], store_crs, team, max_mpix=max_mpix))
     refused: list[Refusal] = []
-    items = _collect(paths, settings, refused)
-    what = ", ".join(shown(p) for p in paths[:3]) + (" …" if len(paths) > 3 else "")
+    items = _collect(files, settings, refused)
+    what = ", ".join(shown(p) for p in files[:3]) + (" …" if len(files) > 3 else "")
     tiffs = [i for i in items if i.kind == "tiff"]
     jpegs = [i for i in items if i.kind == "jpeg"]
     if tiffs and jpegs:  # an export folder with quick-look JPEGs: the orthos are the flight

@@ -232,7 +232,7 @@ def check_gauss_kruger(gdf: gpd.GeoDataFrame, where: str) -> None:
     op = crs.coordinate_operation
     if not crs.is_projected or op is None or "transverse mercator" not in op.method_name.lower():
         return
-    params = {p.name.lower(): p.value for p in op.params}
+    params = {p.name.lower(): float(p.value) for p in op.params}
     false_e = params.get("false easting")
     if false_e is None or false_e >= 1e6 or not len(gdf):
         return

@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from affine import Affine
 
@@ -60,7 +61,7 @@ class Photo:
 class Frame:
     transform: Affine  # pixel (col, row) top-left corner -> map (store CRS)
     gsd_m: float
-    footprint: object  # shapely Polygon in the store CRS
+    footprint: Any  # shapely Polygon in the store CRS
     uncertainty_m: float
     tilt_deg: float
 

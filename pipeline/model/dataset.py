@@ -18,7 +18,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -222,7 +222,7 @@ def _class_indices(gdf, class_column: str | None, default_class: str, src: Path)
     return out
 
 
-def local_utm(crs, bounds) -> "object":
+def local_utm(crs, bounds) -> Any:
     """The UTM CRS at the centre of a raster (any CRS)."""
     from pyproj import CRS, Transformer
     from pyproj.aoi import AreaOfInterest
@@ -441,7 +441,7 @@ def build_dataset(out_dir: str | Path, scenes: int = 100, val_scenes: int = 20, 
         raise ConfigError("--scenes and --val-scenes must be 0 or more")
     write_data_yaml(out_dir)
     manifest_path = out_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {
+    manifest: dict[str, Any] = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {
         "classes": CLASSES, "synthetic": {"train": [], "val": []}, "real": [], "chip_px": chip_px}
     train_seeds, val_seeds = scene_seeds(seed, scenes, val_scenes)
     used = set(manifest["synthetic"]["train"]) | set(manifest["synthetic"]["val"])

@@ -39,14 +39,16 @@ def match_footprints(pred, truth, iou: float = 0.5) -> tuple[np.ndarray, np.ndar
     ok = ious >= iou
     pi, ti, ious = pi[ok], ti[ok], ious[ok]
     order = np.argsort(-ious, kind="stable")
-    used_p, used_t, keep = set(), set(), []
+    used_p: set[int] = set()
+    used_t: set[int] = set()
+    kept: list[int] = []
     for k in order:
         if pi[k] in used_p or ti[k] in used_t:
             continue
         used_p.add(pi[k])
         used_t.add(ti[k])
-        keep.append(k)
-    keep = np.asarray(keep, dtype=int)
+        kept.append(k)
+    keep = np.asarray(kept, dtype=int)
     return pi[keep], ti[keep], ious[keep]
 
 

@@ -75,7 +75,7 @@ class DaskExecutor:
                 self.client = Client(scheduler, timeout="20s")
                 self.description = f"Dask scheduler {scheduler}"
             else:
-                self._cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
+                self._cluster = LocalCluster(n_workers=int(workers or 1), threads_per_worker=1, processes=True,
                                              dashboard_address=None, memory_limit=0)
                 self.client = Client(self._cluster)
                 self.description = f"local Dask cluster, {workers} worker processes"

@@ -150,9 +150,10 @@ def run_nightly(store, settings, flight_ids: list[str] | None = None, *, workers
             if not jobs:
                 continue
             fut = executor.next_done()
-            job, first = owner.pop(fut, (None, None))
-            if job is None or fut not in job.pending:      # cancelled after its flight failed
+            popped = owner.pop(fut, None)
+            if popped is None or fut not in popped[0].pending:      # cancelled after its flight failed
                 continue
+            job, first = popped
             job.pending.discard(fut)
             try:
                 part = fut.result()
