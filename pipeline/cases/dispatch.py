@@ -19,14 +19,8 @@ from typing import Any
 import pandas as pd
 
 from pipeline.core.errors import PatrolError
-from pipeline.report.common import (
-    CATEGORIES,
-    label,
-    navigation_links,
-    status_label,
-    text,
-    to_wgs84_points,
-)
+from pipeline.core.geo import navigation_links, to_wgs84_points
+from pipeline.report.common import CATEGORIES, label, status_label, text
 
 ATTEMPTS = 3
 RETRY_S = 1.0

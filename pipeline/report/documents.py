@@ -27,6 +27,7 @@ import shapely
 from pipeline.cases.casework import get_case, mask_id
 from pipeline.core.disk import os_error_line
 from pipeline.core.errors import ConfigError, InputError, PatrolError
+from pipeline.core.geo import to_wgs84_points
 from pipeline.report.common import (
     CATEGORIES,
     CLASSES,
@@ -37,7 +38,6 @@ from pipeline.report.common import (
     rule_texts,
     status_label,
     text,
-    to_wgs84_points,
 )
 from pipeline.report.evidence import cut_chip, ortho_path, scale_and_north
 from pipeline.report.ledger import M2_PER_MU, land_class, parcel_facts, progress_text

@@ -20,6 +20,7 @@ import shapely
 from tqdm import tqdm
 
 from pipeline.cases.change import flight_shift
+from pipeline.core.geo import to_wgs84_points
 from pipeline.report.common import (
     CATEGORIES,
     CLASSES,
@@ -35,7 +36,6 @@ from pipeline.report.common import (
     status_label,
     text,
     to_uint8,
-    to_wgs84_points,
 )
 from pipeline.report.ledger import parcel_facts
 

@@ -18,6 +18,7 @@ import shapely
 
 from pipeline.cases.casework import mask_id
 from pipeline.core.config import DEFAULT_LEDGER_COLUMNS
+from pipeline.core.geo import to_wgs84_points
 from pipeline.report.common import (
     CATEGORIES,
     CLASSES,
@@ -32,7 +33,6 @@ from pipeline.report.common import (
     rule_texts,
     status_label,
     text,
-    to_wgs84_points,
 )
 
 M2_PER_MU = 666.67

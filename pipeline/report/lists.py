@@ -21,6 +21,7 @@ import pandas as pd
 import shapely
 
 from pipeline.core.errors import InputError
+from pipeline.core.geo import to_wgs84_points
 from pipeline.report.common import (
     CATEGORIES,
     FIELDS,
@@ -31,7 +32,6 @@ from pipeline.report.common import (
     rule_texts,
     status_label,
     text,
-    to_wgs84_points,
 )
 from pipeline.report.evidence import case_chips
 from pipeline.report.ledger import IMAGES, columns_of, ledger_table

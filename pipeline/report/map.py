@@ -20,6 +20,7 @@ import pandas as pd
 import shapely
 
 from pipeline.core.errors import ConfigError, PatrolError
+from pipeline.core.geo import shift_gcj02, to_wgs84_points, wgs84_to_gcj02
 from pipeline.report.common import (
     CATEGORIES,
     CLASS_COLOURS,
@@ -31,12 +32,9 @@ from pipeline.report.common import (
     ZONE_KINDS,
     js_json,
     label,
-    shift_gcj02,
     status_label,
     text,
     to_uint8,
-    to_wgs84_points,
-    wgs84_to_gcj02,
 )
 from pipeline.report.evidence import case_chips, ortho_path, rel_url
 from pipeline.report.popups import case_popup, legend_html, popup_rows

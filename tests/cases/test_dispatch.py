@@ -76,7 +76,7 @@ def dispatch_store(tmp_path):
 
 def test_navigation_coordinates_follow_each_map():
     """高德 takes GCJ-02, 百度 BD-09 (published formulas; a point in Wuhan, offsets of ~500 m)."""
-    from pipeline.report.common import gcj02_to_bd09, wgs84_to_gcj02
+    from pipeline.core.geo import gcj02_to_bd09, wgs84_to_gcj02
     glon, glat = wgs84_to_gcj02(114.305, 30.593)
     assert 0.004 < glon - 114.305 < 0.007 and -0.004 < glat - 30.593 < 0.0
     blon, blat = gcj02_to_bd09(glon, glat)

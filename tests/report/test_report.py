@@ -52,7 +52,7 @@ def reports(small_district_store, tmp_path_factory):
 
 # ---------------------------------------------------------------- pure helpers
 def test_gcj02_matches_published_pair():
-    from pipeline.report.common import wgs84_to_gcj02
+    from pipeline.core.geo import wgs84_to_gcj02
     # wandergis/coordtransform README: wgs84togcj02(116.404, 39.915)
     lon, lat = wgs84_to_gcj02(116.404, 39.915)
     assert lon == pytest.approx(116.41024449916938, abs=1e-9)
