@@ -28,16 +28,12 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
 from pipeline.cases.casework import CASE_FACTS, change_status, redraw_outline
-from pipeline.cases.change import registration_note
 from pipeline.cases.manual import add_manual_case, outline_from_geojson, report_from_ground
 from pipeline.cases.media import add_media
 from pipeline.core import accounts
 from pipeline.core.errors import InputError, PatrolError
 from pipeline.core.words import FLIGHT_STATUS, MODEL_ACTIONS, MODEL_STATES, ROLE_LABELS, translate
 from pipeline.report.common import (
-    CATEGORIES,
-    STOCK,
-    label,
     rule_texts,
     safe_name,
     status_label,
@@ -50,6 +46,7 @@ from pipeline.report.map import build_map
 from pipeline.service import auth as A
 from pipeline.service.jobs import Processor
 from pipeline.service.uploads import Uploads
+from pipeline.service.views import case_summary, flight_row, history_rows, media_rows, upload_info
 from pipeline.store import open_store
 
 HERE = Path(__file__).parent
@@ -197,14 +194,7 @@ class Service:
 
     # ------------------------------------------------------------ flights
     def flight_row(self, f: dict) -> dict:
-        st = self.processor.state(f["flight_id"])
-        return {"flight_id": f["flight_id"], "captured_at": text(f.get("captured_at")), "team": text(f.get("team")),
-                "status": text(f.get("status")), "error": text(f.get("error")), "error_zh": text(f.get("error_zh")),
-                "registration": registration_note(f.get("registration")), "forced": text(f.get("forced")),
-                "processed_at": text(f.get("processed_at")),
-                "gsd_m": f.get("gsd_m") if pd.notna(f.get("gsd_m")) else None,
-                "model_version": text(f.get("model_version")), "file": Path(text(f.get("path"))).name,
-                "queue": st or ("nightly" if f.get("status") == "uploaded" else "")}
+        return flight_row(f, self.processor.state(f["flight_id"]))
 
     def visible_flights(self, user: accounts.User) -> list[dict]:
         fl = self.store.list_flights()
@@ -230,8 +220,7 @@ class Service:
         return self.one_flight(user, flight_id)
 
     def upload_info(self, info: dict) -> dict:
-        return {k: info[k] for k in ("upload_id", "filename", "size", "offset", "created")} | \
-            {"chunk_size": self.uploads.chunk_bytes, "complete": info["offset"] == info["size"]}
+        return upload_info(info, self.uploads.chunk_bytes)
 
     # ------------------------------------------------------------ cases
     def scoped_cases(self, user: accounts.User, **filters):
@@ -329,35 +318,15 @@ class Service:
         return file.file.read(self.settings.media.max_mb * 2**20 + 1)
 
     def case_summary(self, c: dict) -> dict:
-        pr = c.get("reasons", {}).get("priority") if isinstance(c.get("reasons"), dict) else None
-        return {"case_no": c["case_no"], "status": text(c.get("status")), "status_label": self.slabel(c.get("status")),
-                "category": text(c.get("category")), "category_label": label(CATEGORIES, c.get("category"), self.lang),
-                "town": text(c.get("town")), "village": text(c.get("village")), "owner": text(c.get("owner")),
-                "area_m2": None if pd.isna(c.get("area_m2")) else round(float(c["area_m2"]), 1),
-                "priority": text(pr), "first_seen_at": text(c.get("first_seen_at"))[:10],
-                "assignee": text(c.get("assignee")), "deadline": text(c.get("deadline"))[:10],
-                "stock_label": label(STOCK, c.get("stock"), self.lang) if text(c.get("stock")) else "",
-                "change_confidence": None if pd.isna(c.get("change_confidence")) else
-                round(float(c["change_confidence"]), 2)}
+        return case_summary(c, self.lang, self.rules)
 
     def case_detail(self, user: accounts.User, case_no: str) -> dict:
         g = self.one_case(user, case_no)
         c = g.iloc[0].to_dict()
-        ev = self.store.events(case_no)
-        history = [{"at": text(e["at"]), "actor": "系统" if e["actor"] == "system" and self.lang == "zh" else text(e["actor"]),
-                    "from_status": text(e["from_status"]),
-                    "to_status": text(e["to_status"]),
-                    "from_label": self.slabel(e["from_status"]) if text(e["from_status"]) else "",
-                    "to_label": self.slabel(e["to_status"]), "note": text(e["note"])} for e in ev.to_dict("records")]
+        history = history_rows(self.store.events(case_no), self.lang, self.rules)
         centre = g.to_crs("EPSG:4326").geometry.iloc[0].centroid
         site = {k: "" if pd.isna(c.get(k)) else (str(int(c[k])) if k == "floors" else text(c[k])) for k in CASE_FACTS}
-        media = [{"media_id": m["media_id"], "kind": m["kind"], "filename": text(m["filename"]),
-                  "taken_at": text(m["taken_at"])[:16], "lon": None if pd.isna(m["lon"]) else float(m["lon"]),
-                  "lat": None if pd.isna(m["lat"]) else float(m["lat"]), "position_source": text(m["position_source"]),
-                  "distance_m": None if pd.isna(m["distance_m"]) else float(m["distance_m"]), "far": bool(m["far"]),
-                  "sha256": m["sha256"], "actor": text(m["actor"]), "note": text(m["note"]),
-                  "url": f"/media/{m['media_id']}", "original_url": f"/media/{m['media_id']}/original"}
-                 for m in self.store.media(case_no).to_dict("records")]
+        media = media_rows(self.store.media(case_no))
         return {**self.case_summary(c), "facts": case_facts(c, self.lang, self.rules), "site": site, "media": media,
                 "reasons": rule_texts(c, self.lang, self.rules), "flags": list(c.get("flags") or []),
                 "history": history, "allowed": self.lifecycle.allowed(text(c.get("status")) or self.lifecycle.initial),
