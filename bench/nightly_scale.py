@@ -54,7 +54,7 @@ def prepare(district: Path, size_m: float, epochs: int, settings_over: dict) -> 
 
 def run_one(name: str, base: Path, settings, work: Path, workers: int | None, chunk_tiles: int) -> dict:
     from pipeline.core.config import load_settings
-    from pipeline.process import run_nightly
+    from pipeline.process.nightly import run_nightly
     from pipeline.store import open_store
 
     path = work / f"{name}.gpkg"

@@ -170,7 +170,7 @@ def nightly_cmd(ctx, flight_ids, workers, scheduler, summary_dir, checkpoints, c
     import re
 
     from pipeline.core.disk import collect_garbage
-    from pipeline.process import run_nightly
+    from pipeline.process.nightly import run_nightly
     ids = [i for v in flight_ids for i in re.split(r"[,\s]+", v) if i]
     settings = ctx.settings
     collect_garbage(settings)

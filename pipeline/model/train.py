@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pipeline.core.errors import ConfigError, InputError, ModelError
 from pipeline.detection.detect import offline_ultralytics
+from pipeline.model.active import file_hash
 from pipeline.model.dataset import CLASSES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,9 +51,8 @@ def transfer_pretrained(model, path: str | Path, nc: int | None = None) -> dict:
     and angle outputs, whose shapes differ, stay fresh. Returns what transferred (also written
     beside the run as ``pretrained.json``): file, sha256, tensors transferred of the model's total.
     """
-    import hashlib
-
     import torch
+    from ultralytics.utils.torch_utils import intersect_dicts
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"pretrained weights {path.name} not found; pass the path of a detection checkpoint (.pt)")
@@ -68,14 +68,13 @@ def transfer_pretrained(model, path: str | Path, nc: int | None = None) -> dict:
     if nc is not None and nc != model.model.yaml.get("nc"):
         model.model = model.task_map[model.task]["model"](cfg=model.model.yaml, nc=nc, verbose=False)
     ours = model.model.state_dict()
-    match = {k: v for k, v in theirs.items() if k in ours and v.shape == ours[k].shape}
+    match = intersect_dicts(theirs, ours)
     if not match:
         raise ModelError(f"pretrained weights {path.name} share no layer with {model.model.yaml.get('yaml_file')}; "
                          f"pass a checkpoint of the same family")
     model.model.load_state_dict(match, strict=False)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
     fresh = sorted({".".join(k.split(".")[:3]) for k in ours if k not in match})
-    return {"file": str(path), "sha256": digest, "transferred": len(match), "total": len(ours),
+    return {"file": str(path), "sha256": file_hash(path), "transferred": len(match), "total": len(ours),
             "fresh": fresh}
 
 

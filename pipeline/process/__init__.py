@@ -1,9 +1,3 @@
-"""Nightly batch runs (``patrol nightly``): the one processing path with claims (``nightly``),
-tile checkpoints (``checkpoints``), an executor (``executors``: in-process or Dask) and a run
-summary (``summary``) around it."""
-from pipeline.process.checkpoints import Checkpoint, checkpoint_root
-from pipeline.process.nightly import PENDING, run_nightly, select_flights
-from pipeline.process.summary import FlightOutcome, NightlySummary
-
-__all__ = ["run_nightly", "select_flights", "PENDING", "Checkpoint", "checkpoint_root", "FlightOutcome",
-           "NightlySummary"]
+"""Processing flights: the flight engine (``engine``), one flight in this process (``run``), and the
+nightly run over a queue (``nightly``) with tile checkpoints (``checkpoints``), an executor
+(``executors``: in-process or Dask) and a run summary (``summary``)."""

@@ -51,7 +51,7 @@ def fresh(base, tmp_path, name="patrol.gpkg", **extra):
 
 
 def nightly(store_path, settings, **kw):
-    from pipeline.process import run_nightly
+    from pipeline.process.nightly import run_nightly
     from pipeline.store import open_store
     with open_store(store_path, settings.store.crs) as store:
         return run_nightly(store, settings, echo=lambda line: None, progress=False, **kw)
@@ -142,7 +142,7 @@ def test_nightly_on_postgis_claims_and_commits_like_the_embedded_store(base, ref
         held = store.claim_flight(base["ids"][2])             # "another run" holds the last flight
         other = open_store(pg_url, settings.store.crs)
         try:
-            from pipeline.process import run_nightly
+            from pipeline.process.nightly import run_nightly
             s = run_nightly(other, settings, truth=base["vectors"], checkpoints=tmp_path / "ck",
                             echo=lambda line: None, progress=False)
             assert [f.status for f in s.flights] == ["done", "done", "skipped"]

@@ -158,7 +158,7 @@ def test_patrol_run_loads_no_training_code():
 LAZY_MODULE = "# lazy imports:"          # a module-wide reason (the CLI: start-up time)
 
 
-def unexplained_lazy_imports(name: str, path: Path, known: set[str]) -> list[str]:
+def unexplained_lazy_imports(name: str, path: Path) -> list[str]:
     """Imports of the package inside a function with no comment saying why: on the statement, on
     the line above it, or once for the whole module (a line starting with ``LAZY_MODULE``)."""
     src = path.read_text(encoding="utf-8")
@@ -188,10 +188,10 @@ def test_the_lazy_import_rule_catches_an_import_without_a_reason(tmp_path):
     src.write_text("def f():\n    from pipeline.core import errors\n\n\ndef g():\n"
                    "    # lazy: loads rasterio only when used\n    from pipeline.detection import tiling\n"
                    "    from pipeline.cases import track  # lazy: a cycle\n", encoding="utf-8")
-    assert unexplained_lazy_imports("m", src, set()) == ["m:2"]
+    assert unexplained_lazy_imports("m", src) == ["m:2"]
 
 
 def test_every_import_inside_a_function_says_why():
     mods = modules()
-    found = [x for name, path in mods.items() for x in unexplained_lazy_imports(name, path, set(mods))]
+    found = [x for name, path in mods.items() for x in unexplained_lazy_imports(name, path)]
     assert not found, "imports of the package inside a function without a comment saying why: " + ", ".join(found)
