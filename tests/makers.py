@@ -1,4 +1,5 @@
-"""Test inputs shared by several test modules: DJI-like photos, phone JPEGs, a signed-in web app.
+"""Test inputs shared by several test modules: DJI-like photos, phone JPEGs, a signed-in web app,
+a flickering detector.
 (Shared fixtures live in conftest.py; these are plain functions.)"""
 from __future__ import annotations
 
@@ -6,8 +7,13 @@ import io
 import shutil
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
+import pandas as pd
+import shapely
 from fastapi.testclient import TestClient
+
+from pipeline.detection.detectors import TileDetector
 
 LON, LAT = 114.02, 30.05  # the test site, near the store CRS central meridian
 GOOD = "admin-pass-01"
@@ -94,3 +100,38 @@ def make_app(small_district_store, tmp_path, **sets):
 
 def token(client, user="adm", password=GOOD):
     return client.post("/api/token", json={"username": user, "password": password})
+
+
+class Flicker(TileDetector):
+    """A detector that misses ``drop`` of a flight's structures at random and adds ``spurious``
+    boxes on the ground, flight by flight (the n-th flight it finishes: the n-th entry); its
+    second look (``at_confidence``) is the detector underneath, which keeps fainter boxes."""
+
+    def __init__(self, inner: TileDetector, drop=(0.2, 0.0, 0.0), spurious=(3, 3, 3), seed=0):
+        self.inner, self.drops, self.spurs, self.seed, self.n = inner, drop, spurious, seed, 0
+        self.version = f"flicker({inner.version})"
+
+    def key(self) -> str:
+        return f"flicker-{self.inner.key()}-{self.n}"
+
+    def detect_chunk(self, chunk, progress=None):
+        return self.inner.detect_chunk(chunk, progress)
+
+    def at_confidence(self, confidence, flip=False):
+        return self.inner.at_confidence(confidence, flip)
+
+    def finish(self, parts, raster_crs, store_crs, detector_settings):
+        g = self.inner.finish(parts, raster_crs, store_crs, detector_settings)
+        drop, spurious = self.drops[self.n], self.spurs[self.n]
+        rng = np.random.default_rng([self.seed, self.n])
+        self.n += 1
+        g = g[rng.random(len(g)) >= drop].reset_index(drop=True)
+        if spurious and len(g):
+            x0, y0, x1, y1 = g.total_bounds
+            xs, ys = rng.uniform(x0, x1, spurious), rng.uniform(y0, y1, spurious)
+            boxes = [shapely.box(x, y, x + rng.uniform(6, 12), y + rng.uniform(6, 12)) for x, y in zip(xs, ys)]
+            sp = gpd.GeoDataFrame({"class_name": ["building"] * spurious, "confidence": 0.5}, geometry=boxes,
+                                  crs=g.crs)
+            sp["area_m2"] = sp.area
+            g = gpd.GeoDataFrame(pd.concat([g, sp], ignore_index=True), geometry="geometry", crs=g.crs)
+        return g

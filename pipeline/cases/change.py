@@ -404,7 +404,7 @@ def corrected_footprint(flight: dict | None):
     return shapely.affinity.translate(fp, -dx, -dy) if dx or dy else fp
 
 
-def _earlier(store, flight: dict) -> list[dict]:
+def earlier_flights(store, flight: dict) -> list[dict]:
     """The processed flights captured before this one whose footprint it overlaps, newest first."""
     fl = store.list_flights(status="done")
     if not len(fl) or flight.get("footprint") is None:
@@ -436,7 +436,7 @@ def check_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, de
     show the change: False when they contradict it or show none), before_area_m2,
     change_confidence and change_evidence."""
     ch = settings.change_check
-    earlier = _earlier(store, flight)
+    earlier = earlier_flights(store, flight)
     det = detections.copy()
     for col, default in (("before_present", False), ("change_confirmed", None), ("before_area_m2", np.nan),
                          ("change_confidence", np.nan), ("change_evidence", None)):

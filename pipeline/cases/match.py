@@ -70,9 +70,11 @@ FINDING_COLUMNS = [
     "town", "village", "village_code", "parcel_snapshot", "zone_m2", "restricted_m2",
     "restricted_share", "basic_farmland_m2", "redline_m2", "farmland_m2", "approved_m2",
     "built_m2", "before_present", "change_confirmed", "before_area_m2", "change_confidence", "change_evidence",
-    "geometry"]
+    "height_m", "floors_est", "rise_m", "source", "geometry"]
 #: what the change check (pipeline.cases.change) says of a detection, passed through to its finding
 CHANGE_COLUMNS = ("before_present", "change_confirmed", "before_area_m2", "change_confidence", "change_evidence")
+#: what the flight's heights say of a detection (pipeline.detection.heights), passed through likewise
+HEIGHT_COLUMNS = ("height_m", "floors_est", "rise_m", "source")
 
 
 def find_violations(detections: gpd.GeoDataFrame, parcels: gpd.GeoDataFrame,
@@ -202,8 +204,22 @@ def find_violations(detections: gpd.GeoDataFrame, parcels: gpd.GeoDataFrame,
     built_d = np.where(has_main, built_per_parcel.reindex(mp_idx, fill_value=0.0).to_numpy(), np.nan)
     main_share = np.divide(main_a.to_numpy(), area, out=np.zeros(n), where=area > 0)
 
+    # ---- heights (a flight with a DSM): storeys against the parcel's approval, a storey added since
+    of = rules.rules.over_floors
+    floors = pd.to_numeric(_col(det, "floors_est"), errors="coerce").to_numpy(dtype=float)
+    approved_fl = pd.to_numeric(_col(parcels, "approved_floors"), errors="coerce").to_numpy(dtype=float)
+    approved_fl_d = np.where(has_main, approved_fl[np.clip(mp_idx, 0, None)] if len(approved_fl) else np.nan, np.nan)
+    rise = pd.to_numeric(_col(det, "rise_m"), errors="coerce").to_numpy(dtype=float)
+    raised = _col(det, "storey_added", False).fillna(False).to_numpy(dtype=bool)
+
     # ---- fire
     fired = {}
+    sa = rules.rules.storey_added
+    fired["storey_added"] = sa.enabled & np.isin(cls, sa.classes) & raised
+    with np.errstate(invalid="ignore"):
+        fired["over_floors"] = (of.enabled & np.isin(cls, of.classes) & has_main & np.isfinite(floors)
+                                & np.isfinite(approved_fl_d) & (approved_fl_d > 0)
+                                & (main_share >= of.min_inside_share - EPS) & (floors > approved_fl_d + of.extra_floors))
     fired["illegal_construction"] = (ic.enabled & np.isin(cls, ic.classes)
                                      & (share < ic.max_inside_share - EPS))
     fired["illegal_land_use"] = (lu.enabled & np.isin(cls, lu.classes)
@@ -261,6 +277,13 @@ def find_violations(detections: gpd.GeoDataFrame, parcels: gpd.GeoDataFrame,
                 "approved_m2": round(float(approved_d[d]), 2), "built_m2": round(float(built_d[d]), 2),
                 "limit_m2": round(float(limit[d]), 2), "tolerance": oa.tolerance,
                 "text": f"建筑占地 {built_d[d]:.1f} m² 超过批准 {approved_d[d]:.1f} m²（容差 {oa.tolerance:.0%}）"}
+        if fired["storey_added"][d]:
+            rs["storey_added"] = {"rise_m": round(float(rise[d]), 2), "height_m": _num(_col(det, "height_m").iloc[d]),
+                                  "text": f"较前次航飞升高 {rise[d]:.1f} m（疑似加层）"}
+        if fired["over_floors"][d]:
+            rs["over_floors"] = {"parcel_id": main_pid[d], "approved_floors": int(approved_fl_d[d]),
+                                 "floors_est": int(floors[d]), "extra_floors": of.extra_floors,
+                                 "text": f"估算 {int(floors[d])} 层，超过批准 {int(approved_fl_d[d])} 层"}
         if exemption_id[d] is not None:
             rs["exemption"] = exemption_id[d]
         cat = next((c for c in rules.category_order if c in fired_d), None)
@@ -295,11 +318,16 @@ def find_violations(detections: gpd.GeoDataFrame, parcels: gpd.GeoDataFrame,
         "basic_farmland_m2": np.round(bf_m2, 3), "redline_m2": np.round(red_m2, 3),
         "farmland_m2": np.round(farm_m2, 3),
         "approved_m2": approved_d, "built_m2": np.round(built_d, 3),
-        **{c: _col(det, c).to_numpy(dtype=object) for c in CHANGE_COLUMNS},
+        **{c: _col(det, c).to_numpy(dtype=object) for c in CHANGE_COLUMNS + HEIGHT_COLUMNS},
     }, geometry=list(geoms), crs=detections.crs, index=det.index)
     if not keep_all:
         out = out[np.array([bool(r) for r in rules_list], dtype=bool)]
     return _one_per_parcel(out[FINDING_COLUMNS])
+
+
+def _num(v) -> float | None:
+    v = pd.to_numeric(v, errors="coerce")
+    return None if pd.isna(v) else round(float(v), 2)
 
 
 def _one_per_parcel(findings: gpd.GeoDataFrame) -> gpd.GeoDataFrame:

@@ -250,6 +250,16 @@ def _change_fields(f: Mapping[str, Any]) -> dict:
         if conf is not None else {}
 
 
+def _height_fields(f: Mapping[str, Any]) -> dict:
+    """A finding's height and estimated storeys, when its flight had heights (else nothing, so a
+    flight without a DSM leaves the case's last known height as it was)."""
+    h = as_float(f.get("height_m"))
+    if h is None:
+        return {}
+    fl = as_float(f.get("floors_est"))
+    return {"height_m": round(h, 2), "floors_est": None if fl is None else int(fl)}
+
+
 def _rule_label(rules: Rules, rule_id: str) -> str:
     try:
         return rules.label(rule_id) or rule_id
@@ -384,7 +394,12 @@ def track_flight(cases: gpd.GeoDataFrame | None, findings: gpd.GeoDataFrame,
             events.append(event_row(row["case_no"], at, SYSTEM_ACTOR, st, st,
                                  f"航次 {fid}：再次发现，面积由 {old_area:.1f} 增至 {new_area:.1f} m²"
                                  f"（+{growth:.1f}，扩建）"))
+        if "storey_added" in _list(f.get("rules")):
+            flags.append("storey_added")
+            events.append(event_row(row["case_no"], at, SYSTEM_ACTOR, st, st,
+                                    f"航次 {fid}：高度较前次航飞升高 {as_float(f.get('rise_m'), 0.0):.1f} m，疑似加层"))
         row.update(_finding_fields(f))
+        row.update(_height_fields(f))
         row["flags"] = sorted(set(flags))
         row["area_m2"] = round(new_area, 3)
         row["growth_m2"] = round(growth, 3)
@@ -429,19 +444,22 @@ def track_flight(cases: gpd.GeoDataFrame | None, findings: gpd.GeoDataFrame,
             row = {c: None for c in CASE_COLUMNS + extra}
             row.pop("geometry")
             row.update(_finding_fields(f))
+            row.update(_height_fields(f))
             seen_before = f.get("before_present") is True or f.get("before_present") == 1
             unchanged = f.get("change_confirmed") is False or f.get("change_confirmed") == 0
-            stock = "new_build" if inside_prior[k] and not (seen_before or unchanged) else "existing"
+            raised = "storey_added" in row["rules"]            # the house stood before; its storey is new
+            stock = "new_build" if inside_prior[k] and (raised or not (seen_before or unchanged)) else "existing"
             row.update({
                 "case_no": numbers[k], "case_uuid": str(uuid.uuid4()),
                 "source": flight.get("source") or "uav", "stock": stock,
-                "status": lc.initial, "flags": ["new"], "area_m2": round(area, 3), "growth_m2": 0.0,
+                "status": lc.initial, "flags": ["new"] + (["storey_added"] if raised else []),
+                "area_m2": round(area, 3), "growth_m2": 0.0,
                 "party": f.get("owner"), "first_seen_flight": fid, "first_seen_at": seen_at,
                 "last_seen_flight": fid, "last_seen_at": seen_at, "created_at": at,
                 "updated_at": at, **_change_fields(f)})
             recs.append(row)
             geoms.append(fg[fi])
-            stock_label = "新建" if stock == "new_build" else "存量，前时相影像已见该建筑" if seen_before else \
+            stock_label = "新建加层" if raised and stock == "new_build" else "新建" if stock == "new_build" else "存量，前时相影像已见该建筑" if seen_before else \
                 "存量，前后时相影像未见变化" if unchanged and inside_prior[k] else "存量"
             events.append(event_row(numbers[k], at, SYSTEM_ACTOR, None, lc.initial,
                                  f"{'地面巡查' if flight.get('source') == 'ground_patrol' else f'航次 {fid}'} 发现疑似图斑 {area:.1f} m²（{CLASSES.get(row['detector_class'], (row['detector_class'],))[0]}）："

@@ -21,14 +21,20 @@ from pipeline.core.errors import InputError, PatrolError, one_line
               help="Georeference error of each later flight: shifted by up to this many metres.")
 @click.option("--rotate-deg", default=0.0, show_default=True,
               help="… and turned by up to this many degrees about the district's centre.")
-def synth(out_dir, seed, size_m, epochs, gsd_m, shift_m, rotate_deg):
-    """Generate a synthetic rural district: orthophotos per epoch + parcels, zones, truth."""
+@click.option("--dsm-gsd", "dsm_gsd_m", default=0.25, show_default=True,
+              help="Ground pixel of each epoch's DSM and DTM (m); 0: none.")
+def synth(out_dir, seed, size_m, epochs, gsd_m, shift_m, rotate_deg, dsm_gsd_m):
+    """Generate a synthetic rural district: orthophotos, DSM and DTM per epoch + parcels, zones, truth."""
     from pipeline.synth import generate_district
+    if dsm_gsd_m and not 0.05 <= dsm_gsd_m <= 2.0:
+        raise InputError(f"DSM ground pixel {dsm_gsd_m} m is out of range; choose --dsm-gsd between 0.05 and 2, or 0")
     result = generate_district(Path(out_dir), seed=seed, size_m=size_m, epochs=epochs, gsd_m=gsd_m,
-                               shift_m=shift_m, rotate_deg=rotate_deg)
+                               shift_m=shift_m, rotate_deg=rotate_deg, dsm_gsd_m=dsm_gsd_m or None)
     click.echo(f"district written to {result.out_dir}")
     for p in result.orthos:
         click.echo(f"  ortho   {p}")
+        if dsm_gsd_m:
+            click.echo(f"  heights {p.with_name(p.stem + '_dsm.tif')}, {p.with_name(p.stem + '_dtm.tif')}")
     click.echo(f"  vectors {result.vectors}")
 
 
@@ -195,11 +201,16 @@ def nightly_cmd(ctx, flight_ids, workers, scheduler, summary_dir, checkpoints, c
               help="A batch: every PATH is its own flight (default: all PATHs are one flight).")
 @click.option("--force", is_flag=True,
               help="Register imagery outside the model's GSD range (detector.gsd_range_m); the flight records it.")
+@click.option("--dsm", type=click.Path(dir_okay=False, path_type=Path),
+              help="The flight's DSM (float GeoTIFF of heights, docs/HEIGHTS.md); found in a folder/zip without it.")
+@click.option("--dtm", type=click.Path(dir_okay=False, path_type=Path),
+              help="The flight's DTM (terrain); without it the ground is filtered out of the DSM.")
 @pass_ctx
-def ingest_cmd(ctx, paths, team, each, force):
+def ingest_cmd(ctx, paths, team, each, force, dsm, dtm):
     """Register a flight: an ortho GeoTIFF, the orthos of one split export (a folder or several
-    paths), or a folder/zip of drone photos. Prints the flight id; refused files are listed at
-    the end (exit 1 when any was refused). `patrol run`/`patrol nightly` take it from there."""
+    paths), or a folder/zip of drone photos, with its DSM (and DTM) when it has one. Prints the
+    flight id; refused files are listed at the end (exit 1 when any was refused). `patrol run`/
+    `patrol nightly` take it from there."""
     from pipeline.core.values import is_missing
     from pipeline.ingest.flight import Refusal
     from pipeline.ingest.raster import shown
@@ -214,7 +225,7 @@ def ingest_cmd(ctx, paths, team, each, force):
             notes: list[str] = []
             try:
                 f = register_flight(store, group if len(group) > 1 else group[0], ctx.settings, team=team,
-                                    refused=mine, notes=notes, force=force)
+                                    refused=mine, notes=notes, force=force, dsm=dsm, dtm=dtm)
             except PatrolError as e:
                 refused.append(Refusal(", ".join(shown(p) for p in group), one_line(e), one_line(e.zh or e)))
                 refused.extend(mine)
@@ -226,6 +237,10 @@ def ingest_cmd(ctx, paths, team, each, force):
             gsd = f"{f['gsd_m']:.3f} m" if f.get("gsd_m") == f.get("gsd_m") and f.get("gsd_m") else "?"
             click.echo(f"registered {f['flight_id']}: {f.get('source')}, captured {f.get('captured_at')}, "
                        f"GSD {gsd}, status {f['status']}, {shown(f['path'])}", err=True)
+            if not is_missing(f.get("dsm")):
+                click.echo(f"heights: DSM {shown(Path(f['dsm']).name)}"
+                           + (f", DTM {shown(Path(f['dtm']).name)}" if not is_missing(f.get("dtm"))
+                              else " (ground filtered out of it)"), err=True)
             if not is_missing(f.get("forced")):
                 click.echo(f"note: outside the model's GSD range, registered because of --force ({f['forced']})",
                            err=True)
@@ -246,8 +261,11 @@ def ingest_cmd(ctx, paths, team, each, force):
 @click.option("--team", help="Patrol team, when FLIGHT is a path registered now.")
 @click.option("--force", is_flag=True, help="Process again even if the flight is done (never duplicates), and "
               "run imagery outside the model's GSD range (detector.gsd_range_m; the flight records it).")
+@click.option("--dsm", type=click.Path(dir_okay=False, path_type=Path),
+              help="With a FLIGHT path: its DSM (float GeoTIFF of heights, docs/HEIGHTS.md).")
+@click.option("--dtm", type=click.Path(dir_okay=False, path_type=Path), help="With a FLIGHT path: its DTM.")
 @pass_ctx
-def run_cmd(ctx, flight, team, force):
+def run_cmd(ctx, flight, team, force, dsm, dtm):
     """Run one flight through ingest → tile → detect → match → track.
 
     FLIGHT is a flight id (see `patrol flights list`) or a path to register first."""
@@ -260,7 +278,7 @@ def run_cmd(ctx, flight, team, force):
             if not Path(flight).exists():
                 raise PatrolError(f"'{flight}' is neither a flight id in {ctx.settings.store.url} nor a "
                                   f"file; see `patrol flights list` or give the ortho's path")
-            record = register_flight(store, flight, ctx.settings, team=team, force=force)
+            record = register_flight(store, flight, ctx.settings, team=team, force=force, dsm=dsm, dtm=dtm)
             click.echo(f"flight {record['flight_id']} ({flight})")
         res = process_flight(store, record["flight_id"], ctx.settings, force=force)
     finally:
@@ -270,6 +288,10 @@ def run_cmd(ctx, flight, team, force):
     else:
         click.echo(f"flight {res.flight_id}: {res.detections} detections, {res.findings} findings, "
                    f"{res.new_cases} new cases, {res.events} case events")
+        if res.heights:
+            h = res.heights
+            click.echo(f"heights: {h['measured']} measured, {h['flat_dropped']} flat dropped, "
+                       f"{h['found_by_height']} found by height, {h.get('storey_added', 0)} storey added (加层)")
 
 
 COMMANDS = [synth, demo, import_group, flights_group, detect, nightly_cmd, ingest_cmd, run_cmd]

@@ -289,6 +289,30 @@ class IngestSettings(Section):
     sensors: list[Sensor] = Field(DJI_SENSORS, description="camera sensor sizes by EXIF model; add your cameras")
 
 
+class HeightSettings(Section):
+    gsd_m: float = Field(0.25, gt=0, le=2, description="ground pixel at which a flight's DSM is read")
+    gsd_range_m: tuple[float, float] = Field((0.01, 2.0), description="ground pixel a DSM / DTM may have "
+                                                                      "(outside: refused at ingest)")
+    ground_window_m: float = Field(40.0, gt=1, le=500, description="ground filter window: larger than the "
+                                                                  "largest building (docs/HEIGHTS.md)")
+    edge_m: float = Field(0.5, ge=0, le=5, description="an outline is eroded this far before its heights "
+                                                       "are read (smeared DSM edges)")
+    min_structure_m: float = Field(1.5, ge=0, le=20, description="a detection whose median height above the "
+                                                                 "ground is lower is flat: dropped")
+    flat_classes: list[str] = Field(["under_construction"], description="classes that may be flat (a site, a "
+                                                                        "foundation): kept, never dropped")
+    storey_m: float = Field(3.1, gt=1.5, le=8, description="height of one storey (floors_est)")
+    storey_rise_m: float = Field(2.5, gt=0, le=20, description="a rise this high between flights is 加层")
+    candidate_min_m: float = Field(2.5, ge=0, le=50, description="elevated regions this high with no "
+                                                                 "detection become candidates")
+    candidate_min_area_m2: float = Field(8.0, ge=1, description="smallest candidate footprint")
+    candidate_max_area_m2: float = Field(2000.0, ge=1, description="largest candidate footprint")
+    candidate_max_roughness_m: float = Field(0.25, gt=0, description="rougher (tree crowns) is not a roof")
+    candidate_max_green: float = Field(0.5, ge=0, le=1, description="share of green pixels above which a "
+                                                                    "candidate is vegetation")
+    candidate_confidence: float = Field(0.5, ge=0, le=1, description="confidence given to a height candidate")
+
+
 class Settings(Section):
     store: StoreSettings = StoreSettings()
     district: DistrictSettings = DistrictSettings()
@@ -304,6 +328,7 @@ class Settings(Section):
     media: MediaSettings = MediaSettings()
     models: ModelsSettings = ModelsSettings()
     ingest: IngestSettings = IngestSettings()
+    heights: HeightSettings = HeightSettings()
     rules_file: Path = Field(Path("rules.yaml"), description="violation rules and lifecycle table")
 
     source: Path | None = Field(None, exclude=True, description="the config file these came from")

@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from pipeline.core.errors import ConfigError
 
-RULE_IDS = ("illegal_construction", "illegal_land_use", "over_approval")
+RULE_IDS = ("illegal_construction", "illegal_land_use", "over_approval", "storey_added", "over_floors")
+RuleId = Literal["illegal_construction", "illegal_land_use", "over_approval", "storey_added", "over_floors"]
 
 
 class _M(BaseModel):
@@ -47,17 +48,36 @@ class OverApproval(_M):
     min_inside_share: float = Field(0.5, ge=0, le=1)
 
 
+class StoreyAdded(_M):
+    """加层: the structure stands a storey higher than on an earlier flight with heights
+    (``heights.storey_rise_m``, pipeline.detection.heights)."""
+    label: str = "加层"
+    enabled: bool = True
+    classes: list[str] = ["building", "steel_shed"]
+
+
+class OverFloors(_M):
+    """超层: more storeys (estimated from the DSM) than the parcel's approved_floors."""
+    label: str = "超批准层数"
+    enabled: bool = True
+    classes: list[str] = ["building"]
+    extra_floors: int = Field(0, ge=0)
+    min_inside_share: float = Field(0.5, ge=0, le=1)
+
+
 class RuleSet(_M):
     illegal_construction: IllegalConstruction = IllegalConstruction()
     illegal_land_use: IllegalLandUse = IllegalLandUse()
     over_approval: OverApproval = OverApproval()
+    storey_added: StoreyAdded = StoreyAdded()
+    over_floors: OverFloors = OverFloors()
 
 
 class Exemption(_M):
     id: str
     label: str = ""
     classes: list[str]
-    rules: list[Literal["illegal_construction", "illegal_land_use", "over_approval"]]
+    rules: list[RuleId]
     zone_kinds: list[str] = []
     dlbm_codes: list[str] = []
     min_share: float = Field(0.5, ge=0, le=1)
@@ -65,7 +85,7 @@ class Exemption(_M):
 
 class Priority(_M):
     rule_weights: dict[str, float] = {"illegal_land_use": 40, "illegal_construction": 30,
-                                      "over_approval": 15}
+                                      "storey_added": 25, "over_approval": 15, "over_floors": 15}
     basic_farmland: float = 30
     ecological_redline: float = 30
     under_construction: float = 10
@@ -135,8 +155,8 @@ class Lifecycle(_M):
 class Rules(_M):
     min_structure_area_m2: float = Field(4.0, ge=0)
     classes: list[str] = ["building", "steel_shed", "under_construction", "greenhouse"]
-    category_order: list[Literal["illegal_construction", "illegal_land_use", "over_approval"]] = [
-        "illegal_land_use", "illegal_construction", "over_approval"]
+    category_order: list[RuleId] = [
+        "illegal_land_use", "illegal_construction", "storey_added", "over_floors", "over_approval"]
     rules: RuleSet = RuleSet()
     exemptions: list[Exemption] = []
     nearest_parcel_m: float = Field(300.0, ge=0)

@@ -32,6 +32,7 @@ from typing import NamedTuple
 from pipeline.core.disk import unpacking
 from pipeline.core.errors import InputError, one_line
 from pipeline.ingest.archive import safe_extract
+from pipeline.ingest.heights import is_height_raster
 from pipeline.ingest.photos import georeference, read_photo, write_frame_vrt
 from pipeline.ingest.raster import (
     RASTER_KINDS,
@@ -68,6 +69,7 @@ class IngestResult:
     flight: dict
     refused: list[Refusal] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    heights: list[Path] = field(default_factory=list)   # float rasters found beside the imagery (DSM / DTM)
 
 
 @dataclass
@@ -171,6 +173,12 @@ def ingest_flight(paths: str | Path | list[str | Path], settings, team: str | No
     items = _collect(files, settings, refused)
     what = ", ".join(shown(p) for p in files[:3]) + (" …" if len(files) > 3 else "")
     tiffs = [i for i in items if i.kind == "tiff"]
+    heights = [i.path for i in tiffs if is_height_raster(i.path)]      # an export's DSM / DTM beside its ortho
+    if heights and len(heights) < len(tiffs) + sum(i.kind == "jpeg" for i in items):
+        tiffs = [i for i in tiffs if i.path not in heights]
+        items = [i for i in items if i.path not in heights]
+    else:
+        heights = []
     jpegs = [i for i in items if i.kind == "jpeg"]
     if tiffs and jpegs:  # an export folder with quick-look JPEGs: the orthos are the flight
         refused += [Refusal(j.name, f"{j.name} is a JPEG beside orthophotos, left out; register photos as a "
@@ -185,9 +193,9 @@ def ingest_flight(paths: str | Path | list[str | Path], settings, team: str | No
                          zh=f"{what} 中没有正射影像 GeoTIFF 或无人机照片"
                          + (f"（{len(refused)} 个文件被拒收，例如：{refused[0].zh}）" if refused else "")
                          + "，请上传该航线的成果文件")
-    if tiffs:
-        return _orthos(tiffs, settings, team, refused)
-    return _photos(jpegs, settings, team, refused)
+    result = _orthos(tiffs, settings, team, refused) if tiffs else _photos(jpegs, settings, team, refused)
+    result.heights = heights
+    return result
 
 
 def _orthos(items: list[_Item], settings, team, refused) -> IngestResult:

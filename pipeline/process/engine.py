@@ -6,7 +6,8 @@
   registry's active model (its sha256 checked);
 - ``start_flight``: status 'processing', and the GSD range of the model checked again for a flight
   registered without ``--force`` (``force``: run it anyway, and the flight records it);
-- ``commit_flight``: change check, match, track, everything written in ONE transaction;
+- ``commit_flight``: heights (a flight with a DSM), change check, match, track, everything written in
+  ONE transaction;
 - ``fail_flight``: the error recorded on the flight, in English and Chinese.
 
 ``process_flight`` (``run.py``) is the engine over one flight, its chunks detected in this process;
@@ -22,7 +23,13 @@ from pathlib import Path
 import geopandas as gpd
 
 from pipeline.cases.casework import note_events
-from pipeline.cases.change import check_flight, prior_coverage
+from pipeline.cases.change import (
+    check_flight,
+    corrected_footprint,
+    earlier_flights,
+    flight_shift,
+    prior_coverage,
+)
 from pipeline.cases.manual import MANUAL_SOURCE
 from pipeline.cases.match import find_violations
 from pipeline.cases.track import track_flight
@@ -30,7 +37,8 @@ from pipeline.core.disk import check_room
 from pipeline.core.errors import error_line, one_line
 from pipeline.core.values import is_missing
 from pipeline.detection.detectors import TruthTileDetector, tile_detector
-from pipeline.ingest import check_flight_gsd
+from pipeline.detection.heights import apply_heights, rise_since
+from pipeline.ingest import check_flight_gsd, flight_frames
 from pipeline.model.active import active_settings
 
 
@@ -42,6 +50,7 @@ class FlightResult:
     new_cases: int
     events: int
     skipped: bool = False
+    heights: dict | None = None      # with a DSM: measured, flat_dropped, found_by_height, storey_added
 
 
 def flight_detector(store, settings, detector=None, truth=None):
@@ -70,23 +79,35 @@ def start_flight(store, flight: dict, settings, detector, force: bool = False) -
 
 def commit_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, model_version: str,
                   *, rules=None, now: datetime | None = None, detector=None) -> FlightResult:
-    """Line the flight up on the earlier ones and confirm its change candidates in their images
-    (``pipeline.cases.change``; ``detector`` re-examines them, None: appearance only), then match and
-    track its detections and write everything it produces — detections, cases, events, the
-    registration, status 'done' — in ONE store transaction (all or nothing)."""
+    """With a DSM, measure the flight's detections, drop the flat ones and add what stands up unseen
+    (``pipeline.detection.heights``); line the flight up on the earlier ones and confirm its change
+    candidates in their images (``pipeline.cases.change``; ``detector`` re-examines them, None:
+    appearance only) and in their heights (加层); then match and track its detections and write
+    everything it produces — detections, cases, events, the registration, status 'done' — in ONE
+    store transaction (all or nothing)."""
     rules = rules if rules is not None else settings.rules
     flight_id = flight["flight_id"]
     if store.backend == "gpkg":           # a full disk is refused before the transaction, not inside it
         check_room(Path(store.url).parent, 8 << 20, f"writing flight {flight_id} into the store")
     detections = detections.to_crs(settings.store.crs)
+    heights = None
+    if not is_missing(flight.get("dsm")):                  # reads the DSM: before the lock
+        frames = flight_frames(flight)
+        detections, heights = apply_heights(detections, flight, settings, frames[0] if len(frames) == 1 else None)
     check = check_flight(store, flight, detections, settings, detector, rules)    # reads images: before the lock
     detections = check.detections
+    if heights is not None:
+        earlier = [(f, corrected_footprint(f), flight_shift(f)) for f in earlier_flights(store, flight)]
+        detections["rise_m"] = rise_since(detections, earlier, settings)
+        detections["storey_added"] = detections["rise_m"].to_numpy() >= settings.heights.storey_rise_m
+        heights["storey_added"] = int(detections["storey_added"].sum())
     footprint = check.footprint
     bbox = footprint.bounds if footprint is not None else tuple(detections.total_bounds)
     earlier_model = flight.get("model_version") if flight.get("status") in ("done", "processing") else None
     with store.transaction():
-        store.replace_detections(flight_id, detections[["class_name", "confidence", "area_m2", "geometry"]]
-                                 .assign(model_version=model_version))
+        kept = ["class_name", "confidence", "area_m2", "geometry"] + \
+            [c for c in ("height_m", "floors_est", "source") if c in detections.columns]
+        store.replace_detections(flight_id, detections[kept].assign(model_version=model_version))
         findings = find_violations(detections, store.parcels(bbox), store.zones(bbox), rules)
         result = track_flight(store.cases(bbox), findings, detections, {**flight, "footprint": footprint},
                               settings.tracking, rules, now, prior_coverage=prior_coverage(store, flight),
@@ -106,7 +127,8 @@ def commit_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, m
         store.append_events(events)
         store.upsert_flight({"flight_id": flight_id, "registration": check.registration.as_dict()})
         store.set_flight_status(flight_id, "done", model_version=model_version)
-    return FlightResult(flight_id, len(detections), len(findings), result.new_case_count, len(result.events))
+    return FlightResult(flight_id, len(detections), len(findings), result.new_case_count, len(result.events),
+                        heights=heights)
 
 
 def fail_flight(store, flight_id: str, error: BaseException | str) -> str:

@@ -17,6 +17,7 @@ from pipeline.core.errors import PatrolError
 from pipeline.detection.detectors import tile_detector
 from pipeline.detection.flightplan import detect_plan, plan_registered_flight
 from pipeline.ingest import check_district, check_flight_gsd, ingest_flight
+from pipeline.ingest.heights import check_heights, dsm_and_dtm
 from pipeline.process.engine import (
     FlightResult,
     commit_flight,
@@ -29,12 +30,14 @@ __all__ = ["FlightResult", "register_flight", "detect_flight", "process_flight",
 
 
 def register_flight(store, path: str | Path | list, settings, team: str | None = None,
-                    refused: list | None = None, notes: list | None = None, force: bool = False) -> dict:
+                    refused: list | None = None, notes: list | None = None, force: bool = False,
+                    dsm: str | Path | None = None, dtm: str | Path | None = None) -> dict:
     """Validate the flight's files (an ortho, a split export, photos: ``pipeline.ingest``), refuse
     one outside the district or outside the model's GSD range (``force``: record it as forced
     instead), and record it (status 'uploaded' unless already known). Files
     refused inside a folder/zip are appended to ``refused`` (``Refusal``: file, reason, zh), remarks (oblique
-    photos kept as evidence, …) to ``notes``."""
+    photos kept as evidence, …) to ``notes``. ``dsm`` / ``dtm``: the flight's heights (else any found
+    in its folder or zip), checked against it (``pipeline.ingest.heights``) before anything is stored."""
     result = ingest_flight(path, settings, team)
     if refused is not None:
         refused.extend(result.refused)
@@ -45,6 +48,8 @@ def register_flight(store, path: str | Path | list, settings, team: str | None =
     forced = check_flight_gsd(flight, settings, force)
     if forced:
         flight["forced"] = forced
+    found_dsm, found_dtm = dsm_and_dtm(result.heights)
+    flight.update(check_heights(flight, settings, dsm or found_dsm, dtm or (None if dsm else found_dtm)))
     known = store.get_flight(flight["flight_id"])
     if known is not None:                # the same content again: the flight stays whose it was
         flight.pop("status")

@@ -98,6 +98,8 @@ CATEGORIES: dict[str, tuple[str, str]] = {
     "illegal_construction": ("违法建设", "Illegal construction"),
     "illegal_land_use": ("违法用地", "Illegal land use"),
     "over_approval": ("超批准面积", "Over approval"),
+    "storey_added": ("加层", "Storey added"),
+    "over_floors": ("超批准层数", "Over approved storeys"),
 }
 
 
@@ -120,6 +122,7 @@ SOURCES: dict[str, tuple[str, str]] = {
 FLAGS: dict[str, tuple[str, str]] = {
     "new": ("新发现", "new"), "rebuilt": ("复建", "rebuilt"),
     "demolition_seen": ("疑似已拆除", "demolition seen"), "grown": ("扩建", "grown"),
+    "storey_added": ("加层", "storey added"),
 }
 
 STATUS_COLOURS: dict[str, str] = {

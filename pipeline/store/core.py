@@ -19,6 +19,7 @@ from pipeline.store.schema import (
     CASE_PARTY_COLUMNS,
     DOCUMENT,
     FLIGHT_CHANGE_COLUMNS,
+    HEIGHT_COLUMNS,
     MEDIA,
     MODEL,
     MODEL_EVENT,
@@ -178,6 +179,12 @@ def add_columns(store, sql_type, table_name: str, columns) -> None:
     table = TABLES[table_name]
     for name in columns:
         store._x(f"ALTER TABLE {q(table.name)} ADD COLUMN {q(name)} {sql_type(table.column(name))}")
+
+
+def add_height_columns(store, sql_type) -> None:
+    """Migration 9: the heights columns of flight, detection and cases (``schema.HEIGHT_COLUMNS``)."""
+    for table, columns in HEIGHT_COLUMNS.items():
+        add_columns(store, sql_type, table, columns)
 
 
 def _case_columns_and_table(store, sql_type, create_table, columns, table) -> None:

@@ -31,6 +31,7 @@ from pipeline.store.core import (
     add_change_columns,
     add_columns,
     add_documents,
+    add_height_columns,
     add_media,
     add_model_registry,
     add_user_guard_columns,
@@ -428,5 +429,7 @@ MIGRATIONS: list[tuple[int, str, Any]] = [
      lambda s: add_model_registry(s, _sql_type, lambda t: _attribute_table(s, t), lambda t: _append_only(s, t))),
     (8, "flight: why it was processed outside the model's GSD range (forced)",
      lambda s: add_columns(s, _sql_type, "flight", ("forced",))),
+    (9, "flight: DSM and DTM; detection, cases: height and storeys; detection: source",
+     lambda s: add_height_columns(s, _sql_type)),
 ]
 GpkgStore.MIGRATIONS = MIGRATIONS

@@ -45,6 +45,7 @@ from pipeline.store.core import (
     add_change_columns,
     add_columns,
     add_documents,
+    add_height_columns,
     add_media,
     add_model_registry,
     add_user_guard_columns,
@@ -446,5 +447,7 @@ MIGRATIONS: list[tuple[int, str, Any]] = [
                                   lambda t: _append_only(s, t))),
     (8, "flight: why it was processed outside the model's GSD range (forced)",
      lambda s: add_columns(s, lambda c: _PG_TYPE[c.kind], "flight", ("forced",))),
+    (9, "flight: DSM and DTM; detection, cases: height and storeys; detection: source",
+     lambda s: add_height_columns(s, lambda c: _PG_TYPE[c.kind])),
 ]
 PostgisStore.MIGRATIONS = MIGRATIONS

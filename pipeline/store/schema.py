@@ -45,13 +45,14 @@ FLIGHT = Table("flight", (
     C("flight_id", required=True), C("path"), C("captured_at", "datetime"), C("team"), C("source"),
     C("crs"), C("gsd_m", "real"), C("status", required=True, default="uploaded"), C("error"),
     C("model_version"), C("processed_at", "datetime"), C("footprint", "geometry"), C("error_zh"),
-    C("registration", "json", default={}), C("forced"),
+    C("registration", "json", default={}), C("forced"), C("dsm"), C("dtm"),
 ), key=("flight_id",), description="drone flights (orthophotos) and their processing status",
     indexes=(("captured_at",),))
 
 DETECTION = Table("detection", (
     C("detection_id", required=True), C("flight_id", required=True), C("class_name", required=True),
     C("confidence", "real"), C("area_m2", "real"), C("geometry", "geometry"), C("model_version"),
+    C("height_m", "real"), C("floors_est", "int"), C("source"),
 ), key=("detection_id",), description="structures the detector found, per flight",
     indexes=(("flight_id",),))
 
@@ -80,6 +81,7 @@ CASES = Table("cases", (
     C("created_at", "datetime"), C("updated_at", "datetime"), C("geometry", "geometry"),
     C("floors", "int"), C("floor_area_m2", "real"), C("unit"), C("remark"), C("id_number"), C("address"),
     C("change_confidence", "real"), C("change_evidence", "json", default={}), C("model_version"),
+    C("height_m", "real"), C("floors_est", "int"),
 ), key=("case_no",), description="enforcement cases (台账)",
     indexes=(("status",), ("category",), ("town", "village"), ("first_seen_at",)))
 
@@ -124,8 +126,14 @@ FLIGHT_CHANGE_COLUMNS = ("error_zh", "registration")
 CASE_CHANGE_COLUMNS = ("change_confidence", "change_evidence")
 #: added by migration 7: the model version that produced a detection, and a case's latest detection
 MODEL_VERSION_COLUMNS = {"detection": ("model_version",), "cases": ("model_version",)}
-ADDED_LATER = {"cases": CASE_LEDGER_COLUMNS + CASE_PARTY_COLUMNS + CASE_CHANGE_COLUMNS + ("model_version",),
-               "flight": FLIGHT_CHANGE_COLUMNS + ("forced",), "detection": ("model_version",)}
+#: added by migration 9: a flight's heights (DSM, DTM paths); a detection's and a case's height and
+#: estimated storeys, and where a detection came from (model / truth / height)
+HEIGHT_COLUMNS = {"flight": ("dsm", "dtm"), "detection": ("height_m", "floors_est", "source"),
+                  "cases": ("height_m", "floors_est")}
+ADDED_LATER = {"cases": CASE_LEDGER_COLUMNS + CASE_PARTY_COLUMNS + CASE_CHANGE_COLUMNS + ("model_version",)
+               + HEIGHT_COLUMNS["cases"],
+               "flight": FLIGHT_CHANGE_COLUMNS + ("forced",) + HEIGHT_COLUMNS["flight"],
+               "detection": ("model_version",) + HEIGHT_COLUMNS["detection"]}
 
 
 def as_created(table: Table) -> Table:

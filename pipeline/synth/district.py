@@ -15,6 +15,7 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from pipeline.core.errors import InputError
+from pipeline.synth.heights import NODATA, surface_models
 from pipeline.synth.layout import build_layout, structures_at, violation_of
 from pipeline.synth.randomisation import Randomisation
 from pipeline.synth.render import Look, Renderer, View
@@ -86,12 +87,14 @@ def georeference_error(x0: float, ytop: float, size_m: float, shift: tuple[float
 
 def generate_district(out_dir: Path | str, seed: int = 1, size_m: float = 400.0, epochs: int = 3,
                       gsd_m: float = 0.05, progress: bool = True, shift_m: float = 0.0,
-                      rotate_deg: float = 0.0, look: dict | None = None) -> DistrictResult:
+                      rotate_deg: float = 0.0, look: dict | None = None,
+                      dsm_gsd_m: float | None = 0.25) -> DistrictResult:
     """Write epoch_*.tif, district.gpkg and district.json for a seeded district. ``shift_m`` /
     ``rotate_deg``: each later ortho is georeferenced up to that far off and turned up to that
     much (the truth stays where it is; the ``footprints`` layer and district.json record each
     epoch's error). ``look``: Randomisation fields over every epoch's look (another palette,
-    season or colour: a county whose roofs the training scenes did not show)."""
+    season or colour: a county whose roofs the training scenes did not show). ``dsm_gsd_m``: also
+    epoch_*_dsm.tif and epoch_*_dtm.tif at this ground pixel (``pipeline.synth.heights``; None: none)."""
     out = Path(out_dir)
     if not 20 <= size_m <= 4000:
         raise InputError(f"size {size_m} m is out of range; choose --size-m between 20 and 4000")
@@ -125,6 +128,10 @@ def generate_district(out_dir: Path | str, seed: int = 1, size_m: float = 400.0,
             rasterio.Affine(gsd_m, 0.0, lay.x0, 0.0, -gsd_m, lay.ytop)
         _write_ortho(path, lay, e, epoch_rnd, fp, n, gsd_m, transform, dates[e - 1], progress)
         orthos.append(path)
+        heights = {}
+        if dsm_gsd_m:
+            heights = _write_heights(out, lay, e, fp, float(dsm_gsd_m),
+                                     georeference_error(lay.x0, lay.ytop, size_m, shifts[e - 1]))
         footprints.append({"epoch": e, "captured_at": dates[e - 1].isoformat(), "shift_x": dx, "shift_y": dy,
                            "rotation_deg": rot, "centre_x": lay.x0 + size_m / 2, "centre_y": lay.ytop - size_m / 2,
                            "geometry": fp})
@@ -132,7 +139,7 @@ def generate_district(out_dir: Path | str, seed: int = 1, size_m: float = 400.0,
                             "rotation_deg": rot, "centre": [lay.x0 + size_m / 2, lay.ytop - size_m / 2],
                             "sun_azimuth_deg": round(epoch_rnd.sun.azimuth_deg, 2),
                             "sun_elevation_deg": round(epoch_rnd.sun.elevation_deg, 2),
-                            "season": epoch_rnd.season})
+                            "season": epoch_rnd.season, **heights})
     vectors = out / "district.gpkg"
     _write_vectors(vectors, lay, epochs, footprints)
     meta = out / "district.json"
@@ -184,6 +191,23 @@ def _write_ortho(path: Path, lay, epoch, look, fp, n, gsd, transform, when, prog
             factors = [f for f in (2, 4, 8, 16) if n // f >= 64] or [2]
             dst.build_overviews(factors, Resampling.average)
             dst.update_tags(ns="rio_overview", resampling="average")
+
+
+def _write_heights(out: Path, lay, epoch: int, fp, gsd: float, error: rasterio.Affine) -> dict:
+    """epoch_{epoch}_dsm.tif and _dtm.tif, georeferenced with the epoch's error like its ortho."""
+    dsm, dtm = surface_models(lay, epoch, gsd, fp)
+    n = dsm.shape[0]
+    profile = dict(driver="GTiff", width=n, height=n, count=1, dtype="float32", crs=CRS, nodata=NODATA,
+                   transform=error * rasterio.Affine(gsd, 0.0, lay.x0, 0.0, -gsd, lay.ytop), tiled=True,
+                   blockxsize=256, blockysize=256, compress="DEFLATE", predictor=3)
+    names = {}
+    for kind, arr in (("dsm", dsm), ("dtm", dtm)):
+        name = f"epoch_{epoch}_{kind}.tif"
+        with rasterio.open(out / name, "w", **profile) as dst:
+            dst.write(arr, 1)
+            dst.update_tags(TIFFTAG_SOFTWARE="lianwei-patrol synth", AREA_OR_POINT="Area")
+        names[kind] = name
+    return names
 
 
 def _write_vectors(path: Path, lay, epochs: int, footprints: list[dict]):

@@ -302,6 +302,7 @@ def build_layout(seed: int, size_m: float, n_epochs: int = 3, rnd: Randomisation
     parcels = [p for p in parcels if p["geometry"].intersects(bounds)]
     lay = Layout(seed, S, x0, y0, n_epochs, rnd, region, ground, structures, parcels, zones)
     plan_epochs(lay, rng)
+    plan_storeys(lay)
     return lay
 
 
@@ -361,6 +362,21 @@ def plan_epochs(lay: Layout, rng: np.random.Generator) -> None:
             for s in rb:
                 s.rebuild = e
     _drop_unused(lay)
+
+
+def plan_storeys(lay: Layout) -> None:
+    """Houses that gain a storey (加层) in a later epoch: about one in eight of the houses standing
+    before and after, at least one per epoch; drawn from a stream of their own, so the rest of the
+    layout (and every orthophoto: a storey does not show from above) is what it was."""
+    rng = np.random.default_rng([lay.seed, 3373])
+    for e in range(2, lay.n_epochs + 1):
+        cands = [s for s in lay.structures if s.cls == "building" and s.exists(e - 1) and s.exists(e)
+                 and s.raise_at is None and not s.change_at(e)]
+        chosen = [s for s in cands if rng.random() < 0.12]
+        if not chosen and cands:
+            chosen = [cands[int(rng.integers(len(cands)))]]
+        for s in chosen:
+            s.raise_at = e
 
 
 def _drop_unused(lay: Layout) -> None:

@@ -28,6 +28,7 @@ ZONE_KINDS = ("basic_farmland", "farmland", "ecological_redline")
 GREENHOUSE_EXEMPT_KINDS = {"farmland"}
 SURNAMES = list("王李张刘陈杨黄赵周吴徐孙胡朱高林何郭马罗梁宋郑谢韩唐冯于董萧程曹袁邓许傅沈曾彭吕")
 GIVEN = list("建国军华明伟强平芳秀英兰红霞丽敏静海涛斌勇春生福贵荣德志")
+STOREY_M = 3.1   # one storey of a generated village house (m)
 TOWNS = ["新店镇", "三里桥镇", "柏泉街道", "东山镇", "辛安渡镇"]
 VILLAGES = ["张湾村", "李家墩村", "杨岗村", "朱家河村", "马湖村", "石桥村"]
 
@@ -55,6 +56,21 @@ class Part:
     def polygon(self) -> Polygon:
         return Polygon(self.corners())
 
+    def rise(self) -> float:
+        """How far the roof rises above the eaves (m)."""
+        pitch = math.radians(self.look.get("pitch", 0.0))
+        if self.roof in ("gable", "hip") or (self.roof == "metal" and not self.look.get("mono")):
+            return self.width / 2 * math.tan(pitch)
+        if self.roof == "metal":
+            return self.width * math.tan(pitch)
+        return 0.0
+
+    def top(self, raised: bool = False) -> float:
+        """The top of the roof above the ground (m): the ridge, or a flat roof's slab; ``raised``:
+        one storey higher."""
+        slab = self.look.get("parapet_h", 0.0) if self.roof == "flat" else 0.0
+        return self.height + self.rise() - slab + (STOREY_M if raised else 0.0)
+
 
 @dataclass
 class Structure:
@@ -68,6 +84,7 @@ class Structure:
     grow: int | None = None
     demolish: int | None = None
     rebuild: int | None = None
+    raise_at: int | None = None   # the epoch from which it stands one storey higher (加层)
 
     def exists(self, e: int) -> bool:
         if self.appear is None or e < self.appear:
@@ -96,7 +113,23 @@ class Structure:
             out.append("demolished")
         if self.rebuild == e:
             out.append("rebuilt")
+        if self.raise_at == e:
+            out.append("storey_added")
         return out
+
+    def floors(self, e: int) -> int:
+        """Storeys at epoch ``e`` (0 for a site): its tallest part's, plus one once raised."""
+        base = max(round((p.height - (0.9 if p.roof == "flat" else 0.0)) / STOREY_M) for p in self.parts_at(e))
+        if self.cls != "building":
+            base = 0 if self.cls == "under_construction" else 1
+        return int(base) + (1 if self.raised(e) else 0)
+
+    def raised(self, e: int) -> bool:
+        return self.raise_at is not None and e >= self.raise_at
+
+    def top(self, e: int) -> float:
+        """The top of its highest roof above the ground at epoch ``e`` (m)."""
+        return max(p.top(self.raised(e)) for p in self.parts_at(e))
 
 
 @dataclass
@@ -203,7 +236,7 @@ def house_look(rng, rnd: Randomisation, floors: int) -> tuple[str, dict, float]:
             "pitch": float(rng.uniform(22, 32) if roof in ("gable", "hip") else rng.uniform(6, 14)),
             "rust": float(rng.uniform(0, 0.6)) if pal == "global" and roof == "metal" else 0.0,
             "period": float(rng.uniform(0.07, 0.14)) if roof == "metal" else 0.2}
-    height = floors * 3.1 + (0.9 if roof == "flat" else 0.0)
+    height = floors * STOREY_M + (0.9 if roof == "flat" else 0.0)
     if roof == "flat":
         look["parapet_w"] = float(rng.uniform(0.18, 0.26))
         look["parapet_h"] = float(rng.uniform(0.5, 1.1))

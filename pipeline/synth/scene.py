@@ -63,8 +63,9 @@ def truth_frame(lay: Layout, epoch: int) -> gpd.GeoDataFrame:
     for s in structures_at(lay, epoch):
         rows.append({"structure_id": s.sid, "epoch": epoch, "class_name": s.cls,
                      "violation": violation_of(lay, s, epoch), "parcel_id": s.parcel_id,
+                     "height_m": round(s.top(epoch), 2), "floors": s.floors(epoch),
                      "geometry": s.footprint(epoch)})
-    cols = ["structure_id", "epoch", "class_name", "violation", "parcel_id", "geometry"]
+    cols = ["structure_id", "epoch", "class_name", "violation", "parcel_id", "height_m", "floors", "geometry"]
     return gpd.GeoDataFrame(rows, columns=cols, geometry="geometry", crs=CRS)
 
 
