@@ -4,13 +4,14 @@ and optionally its DTM (terrain model), checked before the flight records them.
 DJI Terra, FlightHub 2 mapping, Pix4D and OpenDroneMap / WebODM all write them as single-band float
 GeoTIFFs in metres. ``is_height_raster`` tells one from an ortho by content (one float band), so a
 folder or zip of an export may hold them beside the ortho; ``dsm_and_dtm`` says which is which
-(names first: dsm / dtm / dem; else the DTM is the lower). ``check_heights`` refuses, one line
+(names first: dsm / dtm; else the DTM is the lower). ``check_heights`` refuses, one line
 each and nothing stored: not float, no CRS, a ground pixel outside ``heights.gsd_range_m``, no
 overlap with the flight (a DSM of another place), absurd or mostly missing values, a DTM above
 its DSM.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,8 @@ from pipeline.ingest.raster import check_name, shown, sniff
 
 FLOAT_DTYPES = ("float32", "float64")
 ELEVATION_RANGE_M = (-450.0, 9000.0)     # below the Dead Sea shore, above Everest: not heights in metres
-MAX_RELIEF_M = 1500.0                    # one flight's highest less lowest point
+MIN_RELIEF_LIMIT_M = 150.0               # one flight's highest less lowest point may reach this, or its
+                                         # diagonal (a mean slope of 45° over the whole flight)
 MIN_OVERLAP = 0.5                        # share of the flight's footprint the DSM must cover
 MIN_VALID = 0.2                          # share of the DSM's pixels over the flight holding a value
 SAMPLE_PX = 512                          # long side of the decimated read the values are checked on
@@ -54,17 +56,18 @@ def dsm_and_dtm(paths: list[Path]) -> tuple[Path | None, Path | None]:
     if len(dsm) == 1 and len(dtm) == 1 and not rest:
         return dsm[0], dtm[0]
     if len(paths) == 2:
-        a, b = sorted(paths, key=_median_height)
+        a, b = sorted(paths, key=_top_height)
         return b, a
     raise InputError(f"{len(paths)} height rasters ({', '.join(shown(p.name) for p in paths[:4])}); "
                      f"give one DSM and at most one DTM",
                      zh=f"有 {len(paths)} 个高程栅格，请只提供一个 DSM 和至多一个 DTM")
 
 
-def _median_height(path: Path) -> float:
+def _top_height(path: Path) -> float:
+    """The 95th percentile of a height raster (roofs and crowns lift a surface model's)."""
     with _open(path) as src:
         v = _sample(src)
-    return float(np.median(v)) if v.size else float("nan")
+    return float(np.percentile(v, 95)) if v.size else float("nan")
 
 
 def _open(path: Path):
@@ -141,13 +144,15 @@ def check_height_raster(path: str | Path, kind: str, flight: dict, settings) -> 
                              f"or an empty export?); export the {label} again",
                              zh=f"{name} 只有 {v.size / total:.0%} 的像素有高程值（未设置无效值或导出为空？），请重新导出")
         p1, p99 = np.percentile(v, [1, 99])
-        if p1 < ELEVATION_RANGE_M[0] or p99 > ELEVATION_RANGE_M[1] or p99 - p1 > MAX_RELIEF_M:
+        diagonal = math.hypot(src.width * gx, src.height * gy)
+        if p1 < ELEVATION_RANGE_M[0] or p99 > ELEVATION_RANGE_M[1] or p99 - p1 > max(MIN_RELIEF_LIMIT_M, diagonal):
             raise InputError(f"{name}: heights {p1:,.1f} to {p99:,.1f} m are not plausible elevations in metres "
                              f"(centimetres, feet, or nodata not set?); export the {label} in metres",
                              zh=f"{name} 的高程 {p1:,.1f}～{p99:,.1f} m 不合理（单位为厘米或英尺，或未设置无效值？），"
                                 f"请以米为单位重新导出")
         return {"path": str(path.resolve()), "crs": src.crs.to_string(), "gsd_m": round(gsd, 4),
-                "overlap": round(overlap, 3), "median_m": round(float(np.median(v)), 2)}
+                "overlap": round(overlap, 3), "median_m": round(float(np.median(v)), 2),
+                "p95_m": round(float(np.percentile(v, 95)), 2)}
 
 
 def check_heights(flight: dict, settings, dsm: str | Path | None, dtm: str | Path | None = None) -> dict:
@@ -161,9 +166,10 @@ def check_heights(flight: dict, settings, dsm: str | Path | None, dtm: str | Pat
     out = {"dsm": d["path"], "dtm": None}
     if dtm is not None:
         t = check_height_raster(dtm, "dtm", flight, settings)
-        if t["median_m"] > d["median_m"] + 1.0:
-            raise InputError(f"{shown(Path(dtm).name)} lies above {shown(Path(dsm).name)} (median {t['median_m']} m "
-                             f"against {d['median_m']} m): DSM and DTM swapped?; give the surface model as the DSM",
+        if t["p95_m"] > d["p95_m"] + 0.5:        # roofs and crowns: the surface's top is the higher
+            raise InputError(f"{shown(Path(dtm).name)} stands above {shown(Path(dsm).name)} (95th percentile "
+                             f"{t['p95_m']} m against {d['p95_m']} m): DSM and DTM swapped?; give the surface model "
+                             f"as the DSM",
                              zh=f"{shown(Path(dtm).name)} 高于 DSM（DSM 与 DTM 是否颠倒？），请确认后重新提供")
         out["dtm"] = t["path"]
     return out
