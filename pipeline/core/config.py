@@ -129,11 +129,11 @@ LEDGER_FIELDS = (
     "deadline", "overdue_days", "unit", "assignee", "demolished_area_m2", "recheck_date", "closed_date",
     "parcel_id", "owner", "basic_farmland_m2", "redline_m2", "farmland_m2", "rules", "reasons", "flags",
     "confidence", "change_confidence", "image_before", "image_after", "site_photo", "remark", "id_number",
-    "address")
-#: the columns of DOMAIN.md's 两违台账, in its order
+    "address", "height_m", "floors_est")
+#: the columns of DOMAIN.md's 两违台账, in its order (with the DSM's height and storeys beside 层数)
 DEFAULT_LEDGER_COLUMNS = [
     "seq", "case_no", "town", "village", "coords", "land_class", "area_m2", "area_mu", "floor_area_m2", "floors",
-    "category", "party", "phone", "source", "first_seen_at", "status", "progress", "doc_nos", "deadline",
+    "height_m", "floors_est", "category", "party", "phone", "source", "first_seen_at", "status", "progress", "doc_nos", "deadline",
     "overdue_days", "unit", "assignee", "demolished_area_m2", "image_before", "image_after", "site_photo", "remark"]
 
 

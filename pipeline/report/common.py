@@ -37,6 +37,8 @@ FIELDS: dict[str, tuple[str, str]] = {
     "approved_floors": ("批准层数", "Approved floors"),
     "permit_no": ("批准文号", "Permit no."),
     "floors": ("层数", "Floors"),
+    "height_m": ("高度(m，DSM)", "Height (m, DSM)"),
+    "floors_est": ("估算层数(DSM)", "Estimated storeys (DSM)"),
     "floor_area_m2": ("建筑面积(m²)", "Floor area (m²)"),
     "unit": ("责任单位/执法中队", "Responsible unit"),
     "remark": ("备注", "Remark"),
@@ -233,6 +235,18 @@ def to_uint8(a: np.ndarray) -> np.ndarray:
     a = a.astype(float)
     lo, hi = np.percentile(a, [2, 98]) if a.size else (0, 1)
     return np.clip((a - lo) / max(hi - lo, 1e-9) * 255, 0, 255).astype(np.uint8)
+
+
+def height_text(c: Mapping[str, Any], lang: str) -> str:
+    """The height the flight's DSM gives and the storeys it means, e.g. '7.4 m，约 2 层' ('' without)."""
+    h = c.get("height_m")
+    if missing(h):
+        return ""
+    fl = c.get("floors_est")
+    zh = lang_index(lang) == 0
+    if missing(fl):
+        return f"{float(h):.1f} m"
+    return f"{float(h):.1f} m，约 {int(fl)} 层" if zh else f"{float(h):.1f} m, about {int(fl)} storeys"
 
 
 def change_text(c: Mapping[str, Any], lang: str) -> str:

@@ -44,7 +44,8 @@ HEADERS: dict[str, str] = {
     "id_number": "身份证号", "address": "地址",
 }
 IMAGES = ("image_before", "image_after", "site_photo")
-NUMBERS = {"seq", "area_m2", "area_mu", "floor_area_m2", "floors", "overdue_days", "demolished_area_m2",
+NUMBERS = {"seq", "area_m2", "area_mu", "floor_area_m2", "floors", "height_m", "floors_est", "overdue_days",
+           "demolished_area_m2",
            "basic_farmland_m2", "redline_m2", "farmland_m2", "confidence", "lon", "lat", "x", "y"}
 
 # 三调 / 宅基地 attribute names in parcel snapshots, in Chinese
@@ -138,6 +139,8 @@ def ledger_table(cases: gpd.GeoDataFrame, lang: str = "zh", rules=None, crs: str
             "coords": f"{ll[i][0]:.6f},{ll[i][1]:.6f}",
             "area_m2": None if area is None else round(area, 1),
             "area_mu": None if area is None else round(area / M2_PER_MU, 2),
+            "height_m": None if missing(c.get("height_m")) else round(float(c["height_m"]), 1),
+            "floors_est": None if missing(c.get("floors_est")) else int(c["floors_est"]),
             "land_class": land_class(c, zones),
             "progress": progress_text(by_case_events.get(c["case_no"], pd.DataFrame()), rules, lang),
             "doc_nos": "、".join(by_case_docs.get(c["case_no"], []) + ([text(c["order_no"])]

@@ -32,7 +32,7 @@ def test_a_ground_report_on_farmland_is_a_land_use_case_and_the_flight_matches_i
     from pipeline.detection.detectors import TruthTileDetector
     from pipeline.process.run import process_flight, register_flight
     store, s, district = fresh_district
-    epochs = sorted(district.glob("epoch_*.tif"))
+    epochs = sorted(district.glob("epoch_[0-9].tif"))
     truth = gpd.read_file(district / "district.gpkg", layer="truth")
     last = truth[truth["epoch"] == int(epochs[-1].stem.split("_")[1])]
     on_farm = last[last["violation"].fillna("") == "illegal_land_use"]

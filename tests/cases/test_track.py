@@ -353,10 +353,12 @@ def _replay_and_check(district, store_path, detect) -> None:
             twice = pd.Series(list(sid.values()), dtype=object).value_counts()
             assert (twice == 1).all(), f"epoch {e}: structures with two live cases {list(twice[twice > 1].index)}"
 
-            # flags against the changes layer (illegal structures only)
+            # flags against the changes layer (illegal structures only; a storey added shows in heights only:
+            # tests/detection/test_heights.py)
             flags = dict(zip(cases["case_no"], cases["flags"]))
             by_sid = {s: c for c, s in sid.items()}
-            for _, ch in changes[(changes["epoch"] == e) & (changes["violation"] != "")].iterrows():
+            seen = changes[(changes["epoch"] == e) & (changes["violation"] != "") & (changes["change"] != "storey_added")]
+            for _, ch in seen.iterrows():
                 if ch["change"] == "demolished":
                     g = ch.geometry
                     on = shapely.area(shapely.intersection(np.asarray(cases.geometry.values), g)) > 0.5 * g.area
