@@ -32,7 +32,7 @@ from typing import NamedTuple
 from pipeline.core.disk import unpacking
 from pipeline.core.errors import InputError, one_line
 from pipeline.ingest.archive import safe_extract
-from pipeline.ingest.heights import is_height_raster
+from pipeline.ingest.dsm import is_height_raster
 from pipeline.ingest.photos import georeference, read_photo, write_frame_vrt
 from pipeline.ingest.raster import (
     RASTER_KINDS,

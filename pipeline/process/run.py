@@ -17,7 +17,7 @@ from pipeline.core.errors import PatrolError
 from pipeline.detection.detectors import tile_detector
 from pipeline.detection.flightplan import detect_plan, plan_registered_flight
 from pipeline.ingest import check_district, check_flight_gsd, ingest_flight
-from pipeline.ingest.heights import check_heights, dsm_and_dtm
+from pipeline.ingest.dsm import check_heights, dsm_and_dtm
 from pipeline.process.engine import (
     FlightResult,
     commit_flight,
@@ -37,7 +37,7 @@ def register_flight(store, path: str | Path | list, settings, team: str | None =
     instead), and record it (status 'uploaded' unless already known). Files
     refused inside a folder/zip are appended to ``refused`` (``Refusal``: file, reason, zh), remarks (oblique
     photos kept as evidence, …) to ``notes``. ``dsm`` / ``dtm``: the flight's heights (else any found
-    in its folder or zip), checked against it (``pipeline.ingest.heights``) before anything is stored."""
+    in its folder or zip), checked against it (``pipeline.ingest.dsm``) before anything is stored."""
     result = ingest_flight(path, settings, team)
     if refused is not None:
         refused.extend(result.refused)

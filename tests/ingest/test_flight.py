@@ -206,8 +206,9 @@ def test_split_export_is_one_flight(tmp_path):
     assert f["flight_id"] == combined_id(hashes)
     assert ingest_flight([b, a], s).flight["flight_id"] == f["flight_id"]   # order does not matter
     refused = {x.file: x.reason for x in r.refused}
-    assert sorted(refused) == [str(dsm), str(folder / "quicklook.jpg")]
-    assert "float32" in refused[str(dsm)] and "beside orthophotos" in refused[str(folder / "quicklook.jpg")]
+    assert sorted(refused) == [str(folder / "quicklook.jpg")]
+    assert "beside orthophotos" in refused[str(folder / "quicklook.jpg")]
+    assert r.heights == [dsm]                    # the export's DSM: the flight's heights (tests/ingest/test_dsm.py)
     assert f["source"] == "orthos" and f["path"].endswith("mosaic.vrt")
     assert f["footprint"].area == pytest.approx((400 * 150 - 50 * 50) * 0.01, rel=0.03)
     members = json.loads((Path(f["path"]).parent / "members.json").read_text())["members"]

@@ -443,7 +443,7 @@ def test_a_version_3_store_upgrades_to_documents_keeping_its_cases(backend, requ
     monkeypatch.setattr(cls, "MIGRATIONS", full)
     new = open_store(url, CRS, case_prefix="LW")
     try:
-        assert new.status()["version"] == len(full) == 8 and new.status()["counts"]["document"] == 0
+        assert new.status()["version"] == len(full) == 9 and new.status()["counts"]["document"] == 0
         assert new.status()["counts"]["media"] == 0 == new.status()["counts"]["model"]
         c = new.cases().set_index("case_no").loc["LW2025-000007"]
         assert c["status"] == "ordered" and c["party"] == "李四" and c["case_uuid"] == "u-7"

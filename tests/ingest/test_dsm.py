@@ -1,4 +1,4 @@
-"""A flight's DSM / DTM at ingest (pipeline.ingest.heights): found in an export folder by content, given
+"""A flight's DSM / DTM at ingest (pipeline.ingest.dsm): found in an export folder by content, given
 with --dsm / --dtm, and every bad one refused in one line (English on the CLI, Chinese beside it)
 with nothing stored."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import rasterio
 from pipeline.core.config import load_settings
 from pipeline.core.errors import InputError
 from pipeline.ingest import ingest_flight
-from pipeline.ingest.heights import check_heights, dsm_and_dtm, is_height_raster
+from pipeline.ingest.dsm import check_heights, dsm_and_dtm, is_height_raster
 
 
 @pytest.fixture(scope="module")
