@@ -761,6 +761,41 @@ def test_a_zip_of_drone_photos_uploads_as_one_photo_flight(svc, tmp_path):
     assert _flight_files(svc) == files                             # the zip itself is not kept
 
 
+def test_an_export_zip_uploads_with_its_heights_and_a_wrong_dsm_is_refused(svc, small_district_store, tmp_path):
+    """A zip of a photogrammetry export (ortho, DSM, DTM as ODM names them) is one flight with heights;
+    the same ortho with a DSM of another place is refused in one Chinese line and stores nothing."""
+    import io
+    import zipfile
+
+    import rasterio
+    district = small_district_store[2]
+    c, t = svc.client, svc.tokens["pat"]
+
+    def export(dsm_path):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            z.write(district / "epoch_2.tif", "odm/odm_orthophoto.tif")
+            z.write(dsm_path, "odm/dsm.tif")
+            z.write(district / "epoch_2_dtm.tif", "odm/dtm.tif")
+        return buf.getvalue()
+
+    with rasterio.open(district / "epoch_2_dsm.tif") as src:
+        prof, data = src.profile, src.read()
+    prof["transform"] = rasterio.Affine(prof["transform"].a, 0, prof["transform"].c + 9000, 0,
+                                        prof["transform"].e, prof["transform"].f)
+    with rasterio.open(tmp_path / "elsewhere.tif", "w", **prof) as dst:
+        dst.write(data)
+    before = len(svc.store.list_flights())
+    r = _upload(c, t, export(tmp_path / "elsewhere.tif"), "odm export.zip")
+    assert r.status_code == 422 and "其他地方" in r.json()["detail_zh"], r.text
+    assert len(svc.store.list_flights()) == before
+    r = _upload(c, t, export(district / "epoch_2_dsm.tif"), "odm export.zip")
+    assert r.status_code == 200, r.text
+    f = svc.store.get_flight(r.json()["flight_id"])
+    assert Path(f["dsm"]).name.endswith("dsm.tif") and Path(f["dsm"]).is_file()
+    assert Path(f["dtm"]).name.endswith("dtm.tif") and Path(f["dtm"]).is_file()
+
+
 # ---------------------------------------------------------------- Chinese first
 LATIN = re.compile(r"(?<![A-Za-z0-9_./-])[A-Za-z]{2,}(?![A-Za-z0-9_])")
 #: Latin words allowed on an officer's zh screen: formats, units, coordinate systems, file names
