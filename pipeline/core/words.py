@@ -27,7 +27,9 @@ EN: dict[str, str] = {
     "乡镇/村": "Town/Village", "权利人": "Owner", "优先级": "Priority", "发现": "Seen",
     # case page
     "← 审核": "← Review", "证据单": "Evidence sheet", "案件信息": "Facts", "规则依据": "Why",
-    "前后时相": "Before / after", "暂无影像": "No image of this place", "现场照片": "On-site photos",
+    "前后时相": "Before / after", "暂无影像": "No image of this place", "高度对比": "Heights", "高度": "Height",
+    "最高": "top", "颜色：深蓝 0 m → 黄 15 m（距地面高度，来自航飞 DSM）":
+        "Colour: dark blue 0 m to yellow 15 m above the ground (the flight's DSM)", "现场照片": "On-site photos",
     "尚无现场照片": "No photo yet", "拍照 / 选择文件": "Photo or video", "说明": "Note", "上传照片": "Upload",
     "当事人与建筑": "Party & building", "当事人": "Party", "电话": "Phone", "身份证号": "ID number", "地址": "Address",
     "层数": "Floors", "建筑面积 m²": "Floor area m²", "责任单位": "Unit", "备注": "Remark", "保存": "Save",

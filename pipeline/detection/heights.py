@@ -88,15 +88,25 @@ def roughness(above: np.ndarray, gsd: float) -> np.ndarray:
     return cv2.blur(dev, (k, k))
 
 
-def read_heights(dsm_path: str | Path, dtm_path: str | Path | None, settings) -> Heights:
-    """The height above ground of a flight at ``heights.gsd_m`` (the DSM's own pixel when coarser)."""
+def read_heights(dsm_path: str | Path, dtm_path: str | Path | None, settings, bounds=None) -> Heights:
+    """The height above ground of a flight at ``heights.gsd_m`` (the DSM's own pixel when coarser);
+    ``bounds`` (the DSM's CRS): only there, read with a margin of the ground filter's window."""
+    from rasterio.windows import Window, from_bounds
+
     hs = settings.heights
     with rasterio.open(dsm_path) as src:
+        win = Window(0, 0, src.width, src.height)
+        if bounds is not None:
+            pad = hs.ground_window_m
+            want = from_bounds(bounds[0] - pad, bounds[1] - pad, bounds[2] + pad, bounds[3] + pad, src.transform)
+            win = want.round_offsets().round_lengths().intersection(win)
         native = abs(src.transform.a)
         k = max(1.0, hs.gsd_m / native) if native > 0 else 1.0
-        shape = (max(1, int(round(src.height / k))), max(1, int(round(src.width / k))))
-        dsm = src.read(1, out_shape=shape, masked=True, resampling=Resampling.average if k > 1 else Resampling.nearest)
-        transform = src.transform * src.transform.scale(src.width / shape[1], src.height / shape[0])
+        shape = (max(1, int(round(win.height / k))), max(1, int(round(win.width / k))))
+        dsm = src.read(1, window=win, out_shape=shape, masked=True,
+                       resampling=Resampling.average if k > 1 else Resampling.nearest)
+        wt = src.window_transform(win)
+        transform = wt * wt.scale(win.width / shape[1], win.height / shape[0])
         crs = src.crs
     surface = np.where(np.ma.getmaskarray(dsm), np.nan, dsm.filled(np.nan)).astype(np.float32)
     surface[~np.isfinite(surface)] = np.nan
@@ -288,3 +298,4 @@ def rise_since(detections: gpd.GeoDataFrame, earlier: list[tuple[dict, Any, tupl
         out[np.flatnonzero(here)] = np.round(rise, 2)
         todo &= ~here
     return out
+

@@ -4,7 +4,9 @@
 around the case (bbox + margin, the case outlined in red), saves it under
 ``out_dir/chips`` and records it with ``store.add_evidence`` (role ``before`` for a flight
 captured before the case was first seen, else ``after``; sha256 of the file, capture
-time, GSD of the chip). ``write_evidence_sheets`` writes ``out_dir/evidence/<case>.html``.
+time, GSD of the chip). ``height_chips`` draws the height above ground around a case on every
+flight with a DSM (the case page's 高度对比). ``write_evidence_sheets`` writes
+``out_dir/evidence/<case>.html``.
 """
 from __future__ import annotations
 
@@ -14,13 +16,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
+import geopandas as gpd
 import numpy as np
 import pandas as pd
+import rasterio
 import shapely
 from tqdm import tqdm
 
 from pipeline.cases.change import flight_shift
 from pipeline.core.geo import to_wgs84_points
+from pipeline.detection.heights import measure as measure_heights
+from pipeline.detection.heights import read_heights
 from pipeline.report.common import (
     CATEGORIES,
     CLASSES,
@@ -178,7 +185,6 @@ def make_chips(store, cases, flights, out_dir: Path, margin_m: float = 8.0,
     by side before and after. Returns the evidence rows
     (case_no, flight_id, role, chip_path, file_hash, captured_at, gsd_m) also written with
     ``store.add_evidence``."""
-    import rasterio
 
     rows: list[dict] = []
     if not len(cases) or not len(flights):
@@ -214,6 +220,54 @@ def make_chips(store, cases, flights, out_dir: Path, margin_m: float = 8.0,
         with store.transaction():
             store.add_evidence(rows)
     return pd.DataFrame(rows)
+
+
+def height_chip(flight: dict, geom, geom_crs: Any, out_png: Path, settings, margin_m: float = 8.0,
+                top_m: float = 15.0) -> float | None:
+    """A picture of the height above ground around ``geom`` (reference frame, ``geom_crs``) on one
+    flight: 0 m dark blue to ``top_m`` yellow (turbo), no data grey, the outline drawn; returns the
+    outline's measured top (m), None where the flight's DSM does not reach it."""
+    g = gpd.GeoSeries([geom], crs=geom_crs).translate(*flight_shift(flight))
+    with rasterio.open(flight["dsm"]) as src:
+        local = g.to_crs(src.crs).iloc[0] if geom_crs is not None else g.iloc[0]
+    dtm = None if missing(flight.get("dtm")) else flight["dtm"]
+    hm = read_heights(flight["dsm"], dtm, settings, bounds=local.buffer(margin_m).bounds)
+    top = measure_heights([local], hm, settings.heights.edge_m)["top"].iloc[0]
+    r0, r1, c0, c1 = hm.window(local.buffer(margin_m).bounds)
+    if r0 >= r1 or c0 >= c1 or not np.isfinite(top):
+        return None
+    above = hm.above[r0:r1, c0:c1]
+    level = np.clip(np.nan_to_num(above, nan=0.0) / top_m * 255, 0, 255).astype(np.uint8)
+    rgb = cv2.applyColorMap(level, cv2.COLORMAP_TURBO)
+    rgb[~np.isfinite(above)] = 128
+    scale = max(1, int(round(240 / max(rgb.shape))))
+    rgb = cv2.resize(rgb, (rgb.shape[1] * scale, rgb.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
+    inv = ~hm.transform
+    for part in getattr(local, "geoms", [local]):
+        ring = (np.array([inv * xy for xy in part.exterior.coords]) - [c0, r0]) * scale
+        cv2.polylines(rgb, [np.round(ring * 8).astype(np.int32)], True, (255, 255, 255), 2, cv2.LINE_AA, 3)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out_png), rgb)
+    return round(float(top), 2)
+
+
+def height_chips(store, case_gdf, out_dir: Path, settings) -> list[dict]:
+    """The 高度对比 of a case: a height picture on every flight with a DSM that reaches it, oldest first
+    (file under ``out_dir/chips``, flight, date, the outline's measured top)."""
+    row = case_gdf.iloc[0]
+    flights = store.list_flights()
+    if not len(flights) or "dsm" not in flights.columns:
+        return []
+    out = []
+    for fid in flights[flights["dsm"].notna()].sort_values("captured_at")["flight_id"]:
+        f = store.get_flight(fid)
+        if missing(f.get("dsm")) or not Path(str(f["dsm"])).is_file():
+            continue
+        name = f"{safe_name(row['case_no'])}_{safe_name(fid)}_height.png"
+        top = height_chip(f, row.geometry, case_gdf.crs, Path(out_dir) / "chips" / name, settings)
+        if top is not None:
+            out.append({"name": name, "flight_id": fid, "date": text(f.get("captured_at"))[:10], "top_m": top})
+    return out
 
 
 def case_chips(evidence: pd.DataFrame, case_no: str) -> list[dict]:
@@ -282,7 +336,6 @@ def case_facts(c: dict, lang: str, rules=None, crs: str | None = None) -> list[t
 def write_evidence_sheets(store, cases, evidence: pd.DataFrame, out_dir: Path, settings, rules=None,
                           flights=None, map_html: Path | None = None, progress: bool = True) -> dict[str, Path]:
     """One A4 HTML sheet per case under ``out_dir/evidence`` plus ``index.html``."""
-    import rasterio
 
     lang = settings.report.language
     ev_dir = Path(out_dir) / "evidence"

@@ -40,7 +40,7 @@ from pipeline.report.common import (
     text,
 )
 from pipeline.report.documents import check_templates
-from pipeline.report.evidence import case_chips, case_facts, make_chips, phase_label
+from pipeline.report.evidence import case_chips, case_facts, height_chips, make_chips, phase_label
 from pipeline.report.lists import export_cases
 from pipeline.report.map import build_map
 from pipeline.service import auth as A
@@ -351,6 +351,11 @@ class Service:
             out.append({**r, "chip_path": str(dest), "name": name, "url": f"/chips/{quote(name)}",
                         "date": text(r.get("captured_at"))[:10], "role_label": phase_label(len(out), len(rows), self.lang)})
         return out
+
+    def height_chips_for(self, case_gdf) -> list[dict]:
+        """The 高度对比 of one case (flights with a DSM), drawn under work/chips."""
+        return [{**h, "url": f"/chips/{quote(h['name'])}"}
+                for h in height_chips(self.store, case_gdf, self.work, self.settings)]
 
     def apply_status(self, user: accounts.User, case_no: str, ch: StatusChange) -> dict:
         self.one_case(user, case_no)

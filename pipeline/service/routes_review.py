@@ -59,14 +59,17 @@ def review_ortho(name: str, a: Auth = Depends(officer), svc: Service = Depends(s
 @router.get("/cases/{case_no}", response_class=HTMLResponse)
 def case_page(request: Request, case_no: str, a: Auth = Depends(officer), svc: Service = Depends(service)):
     d = svc.case_detail(a.user, case_no)
-    chips = svc.chips_for(svc.one_case(a.user, case_no))
+    g = svc.one_case(a.user, case_no)
+    chips = svc.chips_for(g)
+    heights = svc.height_chips_for(g)
     actions = [(s, ACTIONS.get(s, s), svc.slabel(s)) for s in d["allowed"]]
     docs = [{"doc_no": r["doc_no"], "kind": kind_label(r["kind"]), "at": str(r["issued_at"])[:16],
              "actor": r["actor"], "url": f"/documents/{quote(r['doc_no'])}.pdf"}
             for r in svc.store.documents(case_no=case_no).to_dict("records")]
     assignees = [(u.username, u.display_name or u.username) for u in svc.officers_for(d["town"], d["village"])] \
         if a.user.is_admin else []
-    return svc.render(request, "case.html", {"c": d, "chips": chips, "actions": actions, "kinds": KINDS,
+    return svc.render(request, "case.html", {"c": d, "chips": chips, "heights": heights, "actions": actions,
+                                             "kinds": KINDS,
                                              "docs": docs, "assignees": assignees,
                                              "can_act": a.user.role in ("officer", "admin")})
 

@@ -12,14 +12,13 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+from makers import Flicker
 
 from pipeline.core.config import load_settings
 from pipeline.detection.detectors import ModelTileDetector, TruthTileDetector
 from pipeline.detection.heights import derive_ground, measure, read_heights
 from pipeline.process.run import process_flight, register_flight
 from pipeline.store import open_store
-
-from makers import Flicker
 
 MODEL = Path(__file__).resolve().parents[2] / "models" / "lianwei-yolo11n.onnx"
 
@@ -111,15 +110,55 @@ def _check(without: dict, with_: dict) -> None:
     assert with_["recovered"] >= 0.5 * with_["missed"], with_
 
 
-def test_heights_cut_flat_false_structures_and_find_added_storeys(district, tmp_path):
+@pytest.fixture(scope="module")
+def flown(district, tmp_path_factory):
+    """The district flown with the flickering truth, without and with its DSM: (without, with, store)."""
+    root = tmp_path_factory.mktemp("flown")
+    without = fly(district, root / "without.gpkg", _truth, heights=False)
+    with_ = fly(district, root / "with.gpkg", _truth, heights=True)
+    return without, with_, root / "with.gpkg"
+
+
+def test_heights_cut_flat_false_structures_and_find_added_storeys(flown):
     """The truth as the detector, flickering, with and without the flights' DSM: flat boxes cut by
     ≥ 90 %, recall not lower by more than a point, heights within 0.5 m (median) and storeys exact on
     ≥ 90 % of houses, 加层 recall and precision ≥ 0.95, ≥ 50 % of the eye's misses found by height;
     without a DSM nothing of it happens (no heights, no 加层)."""
-    without = fly(district, tmp_path / "without.gpkg", _truth, heights=False)
-    with_ = fly(district, tmp_path / "with.gpkg", _truth, heights=True)
+    without, with_, _ = flown
     _check(without, with_)
     assert without["summaries"] == [None, None, None] and without["flagged"] == 0 and without["recovered"] == 0
+
+
+def test_an_added_storey_shows_on_the_case(flown, district, tmp_path):
+    """A 加层 case: its facts say its height and storeys and the rule's reason; its 高度对比 holds a
+    picture per flight with a DSM, the latest a storey higher than the one before."""
+    from pipeline.report.common import height_text, rule_texts
+    from pipeline.report.evidence import height_chips
+    meta = json.loads((district / "district.json").read_text())
+    settings = load_settings(overrides={"store.crs": meta["crs"]})
+    with open_store(str(flown[2]), meta["crs"]) as store:
+        cases = store.cases()
+        raised = cases[cases["flags"].map(lambda x: "storey_added" in x)]
+        assert len(raised)
+        one = raised.iloc[[0]]
+        chips = height_chips(store, one, tmp_path, settings)
+    c = one.iloc[0].to_dict()
+    assert "层" in height_text(c, "zh") and any("疑似加层" in r for r in rule_texts(c, "zh", settings.rules))
+    assert len(chips) == 3 and all((tmp_path / "chips" / ch["name"]).stat().st_size > 500 for ch in chips)
+    assert chips[-1]["top_m"] - chips[-2]["top_m"] >= settings.heights.storey_rise_m, chips
+    # the case page, as the service serves it: the facts and the 高度对比 pictures
+    import re
+
+    from makers import GOOD, make_app
+    app, client = make_app((flown[2], None, None), tmp_path, work_dir=str(tmp_path / "work"))
+    page = client.get("/login")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    r = client.post("/login", data={"username": "adm", "password": GOOD, "csrf_token": csrf, "next": "/"})
+    assert r.status_code == 303, r.text
+    page = client.get(f"/cases/{c['case_no']}")
+    assert page.status_code == 200 and "高度对比" in page.text and height_text(c, "zh") in page.text
+    pictures = re.findall(r'<img src="(/chips/[^"]+_height\.png)"', page.text)
+    assert len(pictures) == 3 and all(client.get(u).status_code == 200 for u in pictures)
 
 
 @pytest.mark.slow
