@@ -128,12 +128,17 @@ def run_demo(ctx, out_dir: Path, seed: int = 1, size_m: float = 400.0, epochs: i
     summary = {"store": settings.store.url, "flights": []}
     for ep in meta["epochs"]:
         truth = truth_all[truth_all["epoch"] == ep["epoch"]]
-        flight = register_flight(store, out_dir / ep["ortho"], settings, team="demo")
+        dsm = out_dir / ep["dsm"] if ep.get("dsm") else None        # the flight's heights (docs/HEIGHTS.md)
+        flight = register_flight(store, out_dir / ep["ortho"], settings, team="demo", dsm=dsm)
         res = process_flight(store, flight["flight_id"], settings, detector=detector, force=True)
         acted = officer_actions_from_truth(store, truth, rules)
         echo(f"epoch {ep['epoch']} ({ep['date']}): flight {res.flight_id}: {res.detections} detections, "
              f"{res.findings} findings, {res.new_cases} new cases; simulated officer: "
              + (", ".join(f"{k} {v}" for k, v in sorted(acted.items())) or "nothing to do"))
+        if res.heights:
+            echo(f"  heights (DSM): {res.heights['flat_dropped']} flat boxes dropped, "
+                 f"{res.heights['found_by_height']} structures found by height, "
+                 f"{res.heights.get('storey_added', 0)} storeys added (加层)")
         summary["flights"].append(res.__dict__)
     cases = store.cases()
     echo(f"cases: {len(cases)} ({', '.join(f'{k} {v}' for k, v in cases['status'].value_counts().items())})")
