@@ -4,8 +4,8 @@
   one, else the ground filtered out of the DSM (``derive_ground``: the lowest point of every metre,
   a morphological opening wider than the largest building, smoothed);
 - ``measure``: per outline (eroded ``heights.edge_m`` from its smeared edge) the top (90th
-  percentile of the height above ground: ``height_m``), the median (does it stand?) and the lower
-  quartile (the eaves of a pitched roof, a flat roof's slab: ``floors_est`` = it / ``heights.storey_m``);
+  percentile of the height above ground: ``height_m``) and the median (does it stand? and its
+  storeys: ``floors_est``, ``floors_of``);
 - ``apply_heights``: every detection measured; one whose median stands lower than
   ``heights.min_structure_m`` is flat ground read as a roof and dropped, unless its class may be
   flat (``heights.flat_classes``: a site or a foundation is still a 违法建设 to stop); elevated,
@@ -164,9 +164,15 @@ def measure(geoms, hm: Heights, edge_m: float) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["top", "median", "low"])
 
 
-def floors_of(low: float, storey_m: float) -> int:
-    """Storeys of a structure whose eaves (or flat roof) stand ``low`` metres above the ground."""
-    return max(1, int(round(low / storey_m)))
+ROOF_ALLOWANCE_M = 0.8     # half a village roof's pitch rise, or a flat roof's slab above its top floor
+
+
+def floors_of(median: float, storey_m: float) -> int:
+    """Storeys of a structure whose roof stands ``median`` metres above the ground at its middle: the
+    middle of a pitched roof lies half its rise above the eaves, a flat slab a little above the top
+    storey; less ``ROOF_ALLOWANCE_M``, in storeys. The median, not a lower quantile: a lower annex
+    (a one-storey kitchen beside three storeys) does not pull the house down unless it is most of it."""
+    return max(1, int(round((median - ROOF_ALLOWANCE_M) / storey_m)))
 
 
 def _green_share(ortho: str | Path | None, geom_ortho_crs, gsd: float) -> float:
@@ -240,8 +246,8 @@ def apply_heights(detections: gpd.GeoDataFrame, flight: dict, settings, ortho: s
     local = det.geometry.to_crs(hm.crs) if det.crs is not None and len(det) else det.geometry
     m = measure(list(local), hm, hs.edge_m)
     det["height_m"] = m["top"].round(2).to_numpy()
-    det["floors_est"] = [None if not np.isfinite(lo) or med < hs.min_structure_m else floors_of(lo, hs.storey_m)
-                         for lo, med in zip(m["low"], m["median"])]
+    det["floors_est"] = [None if not np.isfinite(med) or med < hs.min_structure_m else floors_of(med, hs.storey_m)
+                         for med in m["median"]]
     if "source" not in det.columns:
         det["source"] = None
     flat = (m["median"].to_numpy() < hs.min_structure_m) & ~det["class_name"].isin(hs.flat_classes).to_numpy()
@@ -258,7 +264,7 @@ def apply_heights(detections: gpd.GeoDataFrame, flight: dict, settings, ortho: s
                                  "source": [HEIGHT_SOURCE] * k}, geometry=found, crs=hm.crs).to_crs(det.crs)
         cm = measure(found, hm, hs.edge_m)
         cand["height_m"] = cm["top"].round(2).to_numpy()
-        cand["floors_est"] = [floors_of(lo, hs.storey_m) if np.isfinite(lo) else None for lo in cm["low"]]
+        cand["floors_est"] = [floors_of(med, hs.storey_m) if np.isfinite(med) else None for med in cm["median"]]
         cand["area_m2"] = cand.geometry.area
         det = gpd.GeoDataFrame(pd.concat([det, cand], ignore_index=True), geometry="geometry", crs=det.crs)
     det = det.reset_index(drop=True)
