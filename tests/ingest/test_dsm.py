@@ -53,6 +53,8 @@ def test_an_export_folder_brings_its_heights_and_the_cli_says_so(export, tmp_pat
     assert "heights: DSM dsm.tif, DTM dtm.tif" in res.stderr
     res = patrol(*_store_args(tmp_path), "flights", "show", res.stdout.strip())
     assert res.exit_code == 0, res.output
+    shown = dict(line.split(None, 1) for line in res.stdout.splitlines() if len(line.split(None, 1)) == 2)
+    assert shown["dsm"].endswith("dsm.tif") and shown["dtm"].endswith("dtm.tif")
     # unnamed, the higher of two float rasters is the surface
     a, b = tmp_path / "a.tif", tmp_path / "b.tif"
     shutil.copy(export / "epoch_1_dtm.tif", a)
