@@ -211,6 +211,7 @@ def find_violations(detections: gpd.GeoDataFrame, parcels: gpd.GeoDataFrame,
     approved_fl_d = np.where(has_main, approved_fl[np.clip(mp_idx, 0, None)] if len(approved_fl) else np.nan, np.nan)
     rise = pd.to_numeric(_col(det, "rise_m"), errors="coerce").to_numpy(dtype=float)
     raised = _col(det, "storey_added", False).fillna(False).to_numpy(dtype=bool)
+    source = _col(det, "source").to_numpy(dtype=object)
 
     # ---- fire
     fired = {}
@@ -286,6 +287,8 @@ def find_violations(detections: gpd.GeoDataFrame, parcels: gpd.GeoDataFrame,
                                  "text": f"估算 {int(floors[d])} 层，超过批准 {int(approved_fl_d[d])} 层"}
         if exemption_id[d] is not None:
             rs["exemption"] = exemption_id[d]
+        if source[d] == "height":                        # the detector missed it; the DSM found it
+            rs["found_by"] = "height"
         cat = next((c for c in rules.category_order if c in fired_d), None)
         s = sum(pr.rule_weights.get(r, 0) for r in fired_d)
         if fired_d:

@@ -212,6 +212,9 @@ def rule_texts(case: Mapping[str, Any], lang: str, rules=None) -> list[str]:
             nums = {k: v for k, v in why.items() if k != "text" and not isinstance(v, (dict, list))}
             detail = ", ".join(f"{k}={text(v)}" for k, v in nums.items())
         out.append(f"{name}: {detail}" if detail else name)
+    if reasons.get("found_by") == "height":
+        out.append("识别来源：航飞 DSM 高程（影像识别未检出）" if lang_index(lang) == 0 else
+                   "Found by the flight's heights (the detector did not see it)")
     return out
 
 

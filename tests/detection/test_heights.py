@@ -131,7 +131,9 @@ def test_heights_cut_flat_false_structures_and_find_added_storeys(flown):
 
 def test_an_added_storey_shows_on_the_case(flown, district, tmp_path):
     """A 加层 case: its facts say its height and storeys and the rule's reason; its 高度对比 holds a
-    picture per flight with a DSM, the latest a storey higher than the one before."""
+    picture per flight with a DSM, the latest a storey higher than the one before. A structure found
+    by height says so among its reasons."""
+    from pipeline.cases.match import find_violations
     from pipeline.report.common import height_text, rule_texts
     from pipeline.report.evidence import height_chips
     meta = json.loads((district / "district.json").read_text())
@@ -142,6 +144,11 @@ def test_an_added_storey_shows_on_the_case(flown, district, tmp_path):
         assert len(raised)
         one = raised.iloc[[0]]
         chips = height_chips(store, one, tmp_path, settings)
+        by_height = store.detections()
+        by_height = by_height[by_height["source"] == "height"]
+        judged = find_violations(by_height, store.parcels(), store.zones(), settings.rules, keep_all=True)
+    assert len(judged) and (judged["reasons"].map(lambda r: r.get("found_by")) == "height").all()
+    assert "高程" in rule_texts(judged.iloc[0].to_dict(), "zh", settings.rules)[-1]
     c = one.iloc[0].to_dict()
     assert "层" in height_text(c, "zh") and any("疑似加层" in r for r in rule_texts(c, "zh", settings.rules))
     assert len(chips) == 3 and all((tmp_path / "chips" / ch["name"]).stat().st_size > 500 for ch in chips)

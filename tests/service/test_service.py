@@ -801,7 +801,7 @@ LATIN = re.compile(r"(?<![A-Za-z0-9_./-])[A-Za-z]{2,}(?![A-Za-z0-9_])")
 #: Latin words allowed on an officer's zh screen: formats, units, coordinate systems, file names
 ALLOWED = {"xlsx", "csv", "geojson", "kml", "kmz", "gpkg", "pdf", "m", "km", "MiB", "WGS", "EPSG", "GCJ", "BD",
            "sha", "jpg", "png", "mp", "GeoTIFF", "zip", "LW", "off", "adm", "far", "pat", "IMG", "VID", "x",
-           "JPEG", "PNG", "MOV", "RGB", "RGBA", "GPS", "EXIF", "XMP", "DSM", "UTF",
+           "JPEG", "PNG", "MOV", "RGB", "RGBA", "GPS", "EXIF", "XMP", "DSM", "DTM", "UTF",
            "script", "alert"}     # formats; the fixture's hostile owner name: data, shown as text
 
 
