@@ -66,6 +66,8 @@ class DetectorSettings(Section):
                                 "quantised copy (scripts/quantize_int8.py)")
     threads: int = Field(0, ge=0, le=256, description="inference threads per process; 0: the cores less one, "
                                                      "shared out among the Dask workers of a machine")
+    tta: bool = Field(False, description="test-time flips: every tile also read mirrored and the two views "
+                                         "fused (twice the inference; a nightly accuracy mode, model card)")
     classes: list[str] = Field(
         ["building", "steel_shed", "under_construction", "greenhouse"],
         description="class names in the model's index order")

@@ -7,6 +7,7 @@ gets the same object; the model loads once per process and the worker's threads 
 from __future__ import annotations
 
 import abc
+import copy
 import functools
 import hashlib
 import json
@@ -21,7 +22,12 @@ import numpy as np
 
 from pipeline.core.errors import InputError, ModelError
 from pipeline.detection.flightplan import chunk_tiles
-from pipeline.detection.postprocess import empty_detections, one_box_per_roof, tile_detections
+from pipeline.detection.postprocess import (
+    empty_detections,
+    fuse_views,
+    one_box_per_roof,
+    tile_detections,
+)
 from pipeline.detection.yolo import Detector
 
 _MODELS: dict[tuple, Any] = {}
@@ -89,14 +95,14 @@ class ModelTileDetector(TileDetector):
         self.version = path.stem          # the registry names its weights <version>.onnx
         self._predictor = predictor
         self.flip = False                   # mirrored tiles (the change check's second look)
+        self.tta = bool(getattr(d, "tta", False))   # each tile also mirrored, the two views fused
 
     def __getstate__(self) -> dict:        # a worker loads the weights of model_path itself
         return {**self.__dict__, "_predictor": None}
 
     def at_confidence(self, confidence: float, flip: bool = False) -> "ModelTileDetector":
-        import copy
         other = copy.copy(self)
-        other.confidence, other.flip = float(confidence), bool(flip)
+        other.confidence, other.flip, other.tta = float(confidence), bool(flip), False
         if self._predictor is not None:                  # a loaded model: a copy that keeps more boxes
             other._predictor = copy.copy(self._predictor)
             other._predictor.confidence = float(confidence)
@@ -104,6 +110,8 @@ class ModelTileDetector(TileDetector):
 
     def key(self) -> str:
         settings = [self.model_path, self.classes, self.confidence, self.nms_iou, self.tile_px, self.flip]
+        if self.tta:
+            settings.append("tta")
         if self.runtime == "openvino":               # the same boxes up to float noise; keyed apart all the same
             settings.append(self.runtime)
         stamp = _file_stamp(self.model_path) if os.path.exists(self.model_path) else ""
@@ -128,7 +136,6 @@ class ModelTileDetector(TileDetector):
                 _MODELS[key] = model
             model = _MODELS[key]
         if model.confidence != self.confidence:          # the same weights, another threshold
-            import copy
             model = copy.copy(model)
             model.confidence = self.confidence
         return model
@@ -142,18 +149,26 @@ class ModelTileDetector(TileDetector):
 
     def detect_chunk(self, chunk, progress=None) -> dict[str, Any]:
         model = self.predictor
+        if self.tta:                            # each view keeps fainter boxes; the fusion decides
+            model = copy.copy(model)
+            model.confidence = self.confidence / 2
         index_of = {(w.row, w.col): i for i, w in zip(chunk.indices, chunk.windows)}
         bounds, confs, classes, tile_ids, infer = [], [], [], [], 0.0
         for batch in chunk_tiles(chunk, self.batch_size):
             t1 = time.perf_counter()
+            images = [np.ascontiguousarray(tile.image[:, ::-1]) if self.flip else tile.image for tile in batch]
             with _MODEL_LOCK:
-                preds = model.predict([np.ascontiguousarray(tile.image[:, ::-1]) if self.flip else tile.image
-                                       for tile in batch])
+                preds = model.predict(images)
+                mirrored = model.predict([np.ascontiguousarray(im[:, ::-1]) for im in images]) if self.tta else None
             infer += time.perf_counter() - t1
-            for tile, (quads, conf, cls) in zip(batch, preds):
+            for n, (tile, (quads, conf, cls)) in enumerate(zip(batch, preds)):
                 if self.flip:                            # corners back onto the tile as it lies
-                    quads = np.array(quads, dtype=float, copy=True)
-                    quads[..., 0] = tile.image.shape[1] - quads[..., 0]
+                    quads = _unmirror(quads, tile.image.shape[1])
+                if mirrored is not None:
+                    mq, mc, mk = mirrored[n]
+                    mq = _unmirror(mq, tile.image.shape[1]) if not self.flip else np.asarray(mq, dtype=float)
+                    quads, conf, cls = fuse_views([(np.asarray(quads, float).reshape(-1, 4, 2), conf, cls),
+                                                   (mq.reshape(-1, 4, 2), mc, mk)], self.nms_iou, self.confidence)
                 b, c, k = tile_detections(tile, quads, conf, cls)
                 bounds.append(b)
                 confs.append(c)
@@ -187,6 +202,14 @@ class ModelTileDetector(TileDetector):
         gdf["area_m2"] = gdf.geometry.area
         return gdf[["class_name", "confidence", "area_m2", "geometry"]].sort_values(
             "confidence", ascending=False, ignore_index=True)
+
+
+def _unmirror(quads, width: int) -> np.ndarray:
+    """Corners found on a left-right mirrored tile, back onto the tile as it lies."""
+    quads = np.array(quads, dtype=float, copy=True)
+    if quads.size:
+        quads[..., 0] = width - quads[..., 0]
+    return quads
 
 
 class TruthTileDetector(TileDetector):

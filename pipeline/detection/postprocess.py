@@ -146,3 +146,41 @@ def empty_detections(crs):
                              "confidence": np.array([], dtype=float),
                              "area_m2": np.array([], dtype=float)},
                             geometry=gpd.GeoSeries([], crs=crs), crs=crs)
+
+
+def fuse_views(views: list[tuple[np.ndarray, np.ndarray, np.ndarray]], iou: float, confidence: float
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Test-time views of one tile fused (``detector.tta``): boxes of the views that overlap at IoU
+    ``iou`` are one roof; it keeps its most confident box and class, with the mean confidence over
+    all views (a view that missed it counts 0); kept when that mean reaches ``confidence``. A box
+    one view alone sees must be twice as sure; one both see keeps its level."""
+    import shapely
+
+    quads = np.concatenate([v[0] for v in views]) if views else np.zeros((0, 4, 2))
+    if not len(quads):
+        return np.zeros((0, 4, 2)), np.zeros(0), np.zeros(0, np.int64)
+    conf = np.concatenate([v[1] for v in views]).astype(float)
+    cls = np.concatenate([v[2] for v in views])
+    view = np.concatenate([np.full(len(v[1]), k) for k, v in enumerate(views)])
+    polys = shapely.polygons(quads)
+    area = shapely.area(polys)
+    order = np.argsort(-conf)
+    taken = np.zeros(len(conf), bool)
+    keep, fused = [], []
+    tree = shapely.STRtree(polys)
+    for i in order:
+        if taken[i]:
+            continue
+        near = tree.query(polys[i], predicate="intersects")
+        near = near[~taken[near]]
+        inter = shapely.area(shapely.intersection(polys[near], polys[i]))
+        same = near[inter / (area[near] + area[i] - inter) >= iou]
+        taken[same] = True
+        best = {}
+        for j in same:                      # the best box of each view in the cluster
+            best[view[j]] = max(best.get(view[j], 0.0), conf[j])
+        keep.append(i)
+        fused.append(sum(best.values()) / len(views))
+    keep_a, fused_a = np.array(keep), np.array(fused)
+    ok = fused_a >= confidence
+    return quads[keep_a[ok]], fused_a[ok], cls[keep_a[ok]]

@@ -4,7 +4,9 @@ from __future__ import annotations
 import geopandas as gpd
 import shapely
 
-from pipeline.detection.postprocess import drop_nested, empty_detections, merge_seams
+import numpy as np
+
+from pipeline.detection.postprocess import drop_nested, empty_detections, fuse_views, merge_seams
 
 
 def frame(rows):
@@ -44,3 +46,17 @@ def test_nothing_in_gives_nothing_out():
     empty = empty_detections("EPSG:4547")
     assert len(merge_seams(empty, 0.1)) == 0 and len(drop_nested(empty, 0.8)) == 0
     assert list(empty.columns) == ["class_name", "confidence", "area_m2", "geometry"]
+
+
+def test_two_views_fused_keep_what_both_see_and_what_one_sees_surely():
+    """detector.tta: a roof both views see keeps the mean of their confidences; one view's box alone
+    is kept only when twice as sure as the threshold; another roof of the same tile stays apart."""
+    sq = np.array([[0, 0], [10, 0], [10, 10], [0, 10]], float)
+    a = (np.stack([sq, sq + 30, sq + 60]), np.array([0.6, 0.95, 0.7]), np.array([0, 1, 0]))
+    b = (np.stack([sq + 0.5, sq + 60.4]), np.array([0.5, 0.3]), np.array([0, 0]))
+    quads, conf, cls = fuse_views([a, b], 0.5, 0.4)
+    assert sorted(np.round(conf, 3)) == [0.475, 0.5, 0.55]        # (0.6+0.5)/2, 0.95/2, (0.7+0.3)/2
+    assert len(quads) == 3 and sorted(cls.tolist()) == [0, 0, 1]
+    quads, conf, cls = fuse_views([a, b], 0.5, 0.5)
+    assert sorted(np.round(conf, 3)) == [0.5, 0.55]               # 0.95 seen alone: 0.475 < 0.5, gone
+    assert fuse_views([], 0.5, 0.4)[0].shape == (0, 4, 2)
