@@ -7,7 +7,7 @@ import click
 
 from pipeline.cli.options import (
     cell,
-    check_dates,
+    check_period,
     open_ctx_store,
     pad,
     pass_ctx,
@@ -40,7 +40,7 @@ def cases_list(ctx, status, category, town, village, since, until, flags, min_ch
     import pandas as pd
 
     from pipeline.cases.casework import cases_geojson, with_change
-    check_dates(since, until)
+    since, until = check_period(since, until)
     rules = ctx.settings.rules
     for s in status:
         if s not in rules.lifecycle.states:
@@ -195,7 +195,7 @@ def cases_photo(ctx, case_no, files, note, actor):
 def cases_export(ctx, fmt, out_file, status, category, town, village, since, until):
     """Write the case list as xlsx, csv (UTF-8 BOM), GeoJSON, KML/KMZ or GeoPackage."""
     from pipeline.report.lists import export_cases
-    check_dates(since, until)
+    since, until = check_period(since, until)
     rules = ctx.settings.rules
     with open_ctx_store(ctx) as store:
         cases = store.cases(status=list(status) or None, category=list(category) or None, town=town,

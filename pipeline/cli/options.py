@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from pipeline.core.errors import InputError, StoreError
+from pipeline.core.values import day_after
 
 # lazy imports: each command imports its stage when it runs, so that `patrol --help` stays quick
 
@@ -77,10 +78,18 @@ def report_filters(f):
         click.option("--town", help="Only cases in this town."),
         click.option("--village", help="Only cases in this village."),
         click.option("--from", "since", help="Only cases first seen on or after this date (YYYY-MM-DD)."),
-        click.option("--to", "until", help="Only cases first seen before this date (YYYY-MM-DD)."),
+        click.option("--to", "until", help="Only cases first seen on or before this date (YYYY-MM-DD)."),
     ]):
         f = opt(f)
     return f
+
+
+def check_period(since: str | None, to: str | None) -> tuple[str | None, str | None]:
+    """``--from`` / ``--to`` (both days included) checked; returns (since, the day after ``to``)."""
+    check_dates(since, to)
+    if since and to and since > to:
+        raise InputError(f"--from {since} is after --to {to}; give a period that starts before it ends")
+    return since, day_after(to)
 
 
 def check_dates(*values):

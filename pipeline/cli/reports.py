@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.options import check_dates, open_ctx_store, pass_ctx, report_filters
+from pipeline.cli.options import check_dates, check_period, open_ctx_store, pass_ctx, report_filters
 
 # lazy imports: each command imports its stage when it runs, so that `patrol --help` stays quick
 
@@ -20,7 +20,7 @@ from pipeline.cli.options import check_dates, open_ctx_store, pass_ctx, report_f
 def report_cmd(ctx, flight_id, out_dir, status, category, town, village, since, until):
     """Offline map, case lists, evidence sheets and statistics for a flight or the district."""
     from pipeline.report import write_reports
-    check_dates(since, until)
+    since, until = check_period(since, until)
     states = ctx.settings.rules.lifecycle.states
     for s in status:
         if s not in states:
@@ -35,7 +35,7 @@ def report_cmd(ctx, flight_id, out_dir, status, category, town, village, since, 
 
 @click.command("stats")
 @click.option("--from", "since", help="Count what happened on or after this date (YYYY-MM-DD).")
-@click.option("--to", "until", help="Count what happened before this date (YYYY-MM-DD).")
+@click.option("--to", "until", help="Count what happened up to and including this date (YYYY-MM-DD).")
 @click.option("--out", "out_dir", default="reports", show_default=True, type=click.Path(file_okay=False),
               help="Folder for stats.md, stats.xlsx and stats.png.")
 @pass_ctx
@@ -43,7 +43,7 @@ def stats_cmd(ctx, since, until, out_dir):
     """Campaign figures reported upward, by the date each action happened: 本期 and 累计,
     整改率, 销号率, by month, town, village and category."""
     from pipeline.report.stats import write_stats
-    check_dates(since, until)
+    since, until = check_period(since, until)
     with open_ctx_store(ctx) as store:
         paths = write_stats(store, ctx.settings, ctx.settings.rules, Path(out_dir), since, until)
     click.echo(paths["stats_md"].read_text(encoding="utf-8"))

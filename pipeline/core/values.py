@@ -97,3 +97,11 @@ def iso_datetime(v: Any) -> str | None:
     """ISO 8601 text of a date/time, None when missing."""
     ts = timestamp(v)
     return None if ts is None else ts.isoformat()
+
+
+def day_after(day: str | None) -> str | None:
+    """The day after a YYYY-MM-DD date (None stays None): an inclusive last day as the exclusive end
+    the stores and the statistics count up to (``--to 2026-11-30`` counts all of the 30th)."""
+    from datetime import date, timedelta
+    return None if not day else (date.fromisoformat(day) + timedelta(days=1)).isoformat()
+

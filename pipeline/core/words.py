@@ -69,7 +69,7 @@ EN: dict[str, str] = {
     "所有在办案件均已分派": "Every open case has an officer", "我的": "mine", "天": "days",
     "今日到期": "due today", "剩": "left:", "高德": "Amap", "百度": "Baidu", "拆除/整改": "Demolished/rectified",
     # stats
-    "自": "From", "至（不含）": "To (exclusive)", "统计期": "Period", "指标": "Figure", "本期": "This period",
+    "自": "From", "至": "To", "统计期": "Period", "指标": "Figure", "本期": "This period",
     "累计": "Cumulative", "本期处置": "This period", "按月份（事项发生日期）": "By month (of the event)",
     "本期无记录": "Nothing in this period", "下载 xlsx": "Download xlsx",
     "本期无任何记录（无航飞、无新发现、无处置事项）。": "Nothing happened in this period.",

@@ -16,6 +16,7 @@ from starlette.background import BackgroundTask
 from pipeline.cases.casework import assign_case
 from pipeline.cases.dispatch import digest, work_queue
 from pipeline.core.errors import InputError
+from pipeline.core.values import day_after
 from pipeline.report.common import CLASSES, label
 from pipeline.report.stats import (
     BREAKDOWNS,
@@ -109,16 +110,17 @@ def report_post(a: Auth = Depends(anyone), lat: str = Form(..., max_length=30), 
 
 
 def _period(since: str, until: str) -> tuple[str | None, str | None]:
+    """The page's 自 / 至 (both days included) checked; returns (since, the day after 至)."""
     for name, v in (("from", since), ("to", until)):
         if v:
             try:
                 date.fromisoformat(v)
             except ValueError:
                 raise InputError(f"{name} '{v}' is not a date; use YYYY-MM-DD", zh=f"「{v}」不是日期") from None
-    if since and until and since >= until:
-        raise InputError(f"from {since} is not before to {until}; give a period that starts before it ends",
-                         zh=f"起始日 {since} 不早于截止日 {until}，请重新选择统计期")
-    return since or None, until or None
+    if since and until and since > until:
+        raise InputError(f"from {since} is after to {until}; give a period that starts before it ends",
+                         zh=f"起始日 {since} 晚于截止日 {until}，请重新选择统计期")
+    return since or None, day_after(until or None)
 
 
 def _stats(svc: Service, a: Auth, since: str, until: str) -> dict:

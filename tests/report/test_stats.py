@@ -157,3 +157,23 @@ def test_stats_files(history_store, tmp_path):
     rows = {r[0].value: (r[1].value, r[2].value) for r in ws.iter_rows(min_row=4)}
     assert rows["已立案"] == (0, 2) and rows["拆除面积(亩)"] == (pytest.approx(0.18), pytest.approx(0.18))
     assert paths["stats_png"].stat().st_size > 10_000
+
+
+def test_the_last_day_given_is_counted_on_the_cli(history_store, patrol, tmp_path):
+    """`--to` is the last day counted (a month's report ends on its 30th, not the day before): one day
+    alone is its own period, the month boundary falls between 11-30 and 12-01, a backwards period is
+    one line."""
+    store = ["--store", history_store.url, "--set", "store.crs=EPSG:4547"]
+    r = patrol(*store, "stats", "--from", "2026-11-25", "--to", "2026-11-25", "--out", tmp_path / "day")
+    assert r.exit_code == 0, r.output
+    assert "2026-11-25 至 2026-11-25" in r.stdout
+    one_day = _stats(history_store, since="2026-11-25", until="2026-11-26")["period"]
+    assert one_day["found"] == 1                                   # 000005, first seen that day
+    r = patrol(*store, "stats", "--from", "2026-11-01", "--to", "2026-11-30", "--out", tmp_path / "month")
+    assert "2026-11-01 至 2026-11-30" in r.stdout
+    month = _stats(history_store, since="2026-11-01", until="2026-12-01")["period"]
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in r.stdout.splitlines()
+            if line.startswith("|") and line.count("|") >= 3}
+    assert any(v == str(month["found"]) for k, v in rows.items() if "发现" in k), rows
+    r = patrol(*store, "stats", "--from", "2026-12-01", "--to", "2026-11-30")
+    assert r.exit_code == 2 and "after --to" in r.stderr and len(r.stderr.strip().splitlines()) == 1
