@@ -83,9 +83,13 @@ def template_dir(settings) -> Path:
 
 @lru_cache(maxsize=8)
 def _environment(folder: str, stamp: tuple):
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-    return Environment(loader=FileSystemLoader(folder), undefined=StrictUndefined,
-                       autoescape=select_autoescape(["html"], default=True))
+    """The templates' environment, sandboxed: a template fills fields and calls filters, it cannot
+    reach Python's internals (``__class__``, ``__globals__``, …), change what it is given, or touch
+    files and processes (docs/SECURITY.md)."""
+    from jinja2 import FileSystemLoader, StrictUndefined, select_autoescape
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    return ImmutableSandboxedEnvironment(loader=FileSystemLoader(folder), undefined=StrictUndefined,
+                                         autoescape=select_autoescape(["html"], default=True))
 
 
 def _stamp(folder: Path) -> tuple:
@@ -309,6 +313,7 @@ def render_pdf(settings, kind: str, fields: dict[str, Any]) -> tuple[bytes, int]
     """The PDF of a filled document and its page count. Same fields, same template: same bytes."""
     import weasyprint
     from jinja2 import UndefinedError
+    from jinja2.exceptions import SecurityError
     folder = check_templates(settings)
     check_chinese_font()
     env = _environment(str(folder), _stamp(folder))
@@ -317,6 +322,10 @@ def render_pdf(settings, kind: str, fields: dict[str, Any]) -> tuple[bytes, int]
     except UndefinedError as e:
         raise TemplateError(f"document template {folder / (kind + '.html')}: {e.message}; "
                             f"fields: {', '.join(FIELDS)}") from None
+    except SecurityError as e:
+        raise TemplateError(f"document template {kind}.html reaches outside its fields ({e}); a template may "
+                            f"only show fields and use filters: fix it in {folder.name}/",
+                            zh=f"文书模板 {kind}.html 试图访问字段以外的内容，已拒绝；请管理员修正模板") from None
     doc = weasyprint.HTML(string=html, base_url=str(folder), url_fetcher=_local_fetcher(folder)).render()
     doc.metadata.created = doc.metadata.modified = fields["issued_at"]
     doc.metadata.title = f"{fields['title']} {fields['doc_no']}"

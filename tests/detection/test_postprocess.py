@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import geopandas as gpd
-import shapely
-
 import numpy as np
+import shapely
 
 from pipeline.detection.postprocess import drop_nested, empty_detections, fuse_views, merge_seams
 

@@ -252,6 +252,35 @@ def test_a_template_cannot_make_the_renderer_fetch_anything(doc_store, tmp_path)
     assert abs(len(pdf) - len(plain)) < 20_000               # the outside picture was not embedded
 
 
+@pytest.mark.parametrize("payload", [
+    "{{ party.__class__.__mro__[1].__subclasses__() }}",              # to Popen through object
+    "{{ (party|attr('__class__')).__base__.__subclasses__() }}",
+    "{{ lipsum.__globals__['os'].popen('id').read() }}",             # a global's module globals
+    "{{ cycler.__init__.__globals__.os.popen('id').read() }}",
+])
+def test_a_template_cannot_reach_python(doc_store, tmp_path, payload):
+    """Document templates run sandboxed: one that reaches for Python's internals (and from there a
+    process or a file) is refused in one line when it prints, and no number is spent."""
+    from pipeline.core.errors import PatrolError
+    from pipeline.report.documents import issue_document
+    store, s, no = doc_store
+    tpl = tmp_path / "documents"
+    shutil.copytree(ROOT / "config" / "documents", tpl)
+    stop = tpl / "stop_notice.html"
+    text = stop.read_text(encoding="utf-8")
+    assert "{% block body %}" in text
+    stop.write_text(text.replace("{% block body %}", "{% block body %}" + payload, 1),
+                    encoding="utf-8")
+    settings = load_settings(overrides={"store.url": s.store.url, "documents.template_dir": str(tpl)})
+    before = len(store.documents())
+    with pytest.raises(PatrolError) as e:
+        issue_document(store, settings, load_rules(settings.rules_path), "stop_notice", no, "t")
+    line = str(e.value)
+    assert len(line.splitlines()) == 1 and "stop_notice.html" in line, line
+    assert "uid=" not in line and "subprocess" not in line.lower() and "Popen" not in line
+    assert len(store.documents()) == before
+
+
 def test_a_document_issued_before_a_field_existed_prints_again(doc_store):
     """An upgrade adds fields to the templates; a document recorded without them still prints
     (the new fields empty) and is reported as differing from the issued file."""
