@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.core.errors import PatrolError
+from pipeline.core.errors import ConfigError, PatrolError
 from pipeline.core.geo import navigation_links, to_wgs84_points
 from pipeline.report.common import CATEGORIES, label, status_label, text
 
@@ -133,25 +133,76 @@ def send_digest(dg: dict, settings) -> str:
     if not d.webhook_url:
         raise PatrolError("dispatch.webhook_url is not set; set it to the chat robot's URL to send the digest")
     body = json.dumps(webhook_body(dg, d.webhook_format), ensure_ascii=False).encode("utf-8")
-    where = d.webhook_url.split("?")[0]
+    where = check_webhook(d.webhook_url, d.allowed_hosts)
     err = ""
+    deadline = time.monotonic() + d.timeout_s
     for attempt in range(ATTEMPTS):
-        req = urllib.request.Request(d.webhook_url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json; charset=utf-8"})
-        try:
-            with urllib.request.urlopen(req, timeout=d.timeout_s) as r:
-                reply = r.read(4096).decode("utf-8", "replace")
-            code = _robot_error(reply)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        outcome = _post_within(d.webhook_url, body, left)
+        if outcome is None:
+            err = f"no answer within {d.timeout_s:g} s (dispatch.timeout_s)"
+            break
+        kind, value = outcome
+        if kind == "reply":
+            code = _robot_error(value)
             if code is None:
                 return f"digest of {dg['date']} sent to {where}"
             err = f"the robot answered {code}"
             break                            # the robot refused it: sending again will not help
-        except urllib.error.HTTPError as e:
-            err = f"HTTP {e.code}"
-        except (urllib.error.URLError, OSError, TimeoutError) as e:
-            err = f"cannot reach it ({getattr(e, 'reason', e)})"
-        time.sleep(RETRY_S * (attempt + 1))
+        err = value
+        if kind == "redirect":
+            break
+        time.sleep(min(RETRY_S * (attempt + 1), max(0.0, deadline - time.monotonic())))
     raise PatrolError(f"digest not sent to {where}: {err}; check dispatch.webhook_url and the network")
+
+
+def check_webhook(url: str, allowed_hosts: list[str]) -> str:
+    """The webhook's address without its query (the robot's key), once it is an http(s) URL to one of
+    ``dispatch.allowed_hosts``; ConfigError (one line) otherwise."""
+    from urllib.parse import urlsplit
+    parts = urlsplit(url)
+    where = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"dispatch.webhook_url must be an http(s) address of the chat robot, not "
+                          f"'{parts.scheme or url.split(':')[0]}:'; set the robot's URL")
+    if parts.hostname.lower() not in {h.lower() for h in allowed_hosts}:
+        raise ConfigError(f"dispatch.webhook_url's host {parts.hostname} is not in dispatch.allowed_hosts "
+                          f"({', '.join(allowed_hosts)}); add it there if it is the bureau's robot")
+    return where
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        raise urllib.error.HTTPError(req.full_url, code, "redirect", headers, fp)
+
+
+def _post_within(url: str, body: bytes, seconds: float) -> tuple[str, str] | None:
+    """POST ``body``, following no redirect; ("reply", its first 4 KiB), ("redirect" | "error", why), or
+    None when no whole answer came within ``seconds`` (the try is left behind: a daemon thread)."""
+    import queue
+    import threading
+
+    out: queue.Queue = queue.Queue()
+
+    def post():
+        req = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json; charset=utf-8"})
+        try:
+            with urllib.request.build_opener(_NoRedirect).open(req, timeout=seconds) as r:
+                out.put(("reply", r.read(4096).decode("utf-8", "replace")))
+        except urllib.error.HTTPError as e:
+            out.put(("redirect", f"it redirects (HTTP {e.code}); give the robot's own address")
+                    if 300 <= e.code < 400 else ("error", f"HTTP {e.code}"))
+        except (urllib.error.URLError, OSError, TimeoutError, ValueError) as e:
+            out.put(("error", f"cannot reach it ({getattr(e, 'reason', e)})"))
+
+    threading.Thread(target=post, daemon=True).start()
+    try:
+        return out.get(timeout=seconds)
+    except queue.Empty:
+        return None
 
 
 def _robot_error(reply: str) -> str | None:

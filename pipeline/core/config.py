@@ -203,7 +203,11 @@ class DispatchSettings(Section):
     webhook_format: Literal["wecom", "dingtalk", "json"] = Field("wecom", description="message format of the robot")
     due_soon_days: int = Field(3, ge=0, le=60, description="the digest lists cases due within this many days")
     new_within_hours: float = Field(24.0, gt=0, description="the digest lists suspected cases found this recently")
-    timeout_s: float = Field(10.0, gt=0, le=120, description="how long one post to the webhook may take")
+    timeout_s: float = Field(10.0, gt=0, le=120, description="the most sending the digest may take, every try "
+                                                             "together (a slow or dripping answer is cut)")
+    allowed_hosts: list[str] = Field(["qyapi.weixin.qq.com", "oapi.dingtalk.com"],
+                                     description="hosts the webhook may post to (http or https only, no redirect); "
+                                                 "add an intranet robot's host")
 
 
 class ModelsSettings(Section):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -84,7 +85,9 @@ def test_navigation_coordinates_follow_each_map():
 
 
 def _settings(url=None, **kw):
-    return load_settings(overrides={**({"dispatch.webhook_url": url} if url else {}), **kw})
+    """The test robot listens on this machine: its host allowed."""
+    return load_settings(overrides={**({"dispatch.webhook_url": url} if url else {}),
+                                    "dispatch.allowed_hosts": ["127.0.0.1"], **kw})
 
 
 def test_digest_lists_overdue_due_soon_and_new(dispatch_store):
@@ -154,7 +157,8 @@ def test_cli_digest_send(dispatch_store):
     try:
         r = subprocess.run([sys.executable, "-m", "pipeline.cli", "--store", str(path), "digest", "--date",
                             "2026-12-01", "--send"], capture_output=True, text=True, cwd=ROOT,
-                           env={**os.environ, "PATROL__DISPATCH__WEBHOOK_URL": rx.url})
+                           env={**os.environ, "PATROL__DISPATCH__WEBHOOK_URL": rx.url,
+                                "PATROL__DISPATCH__ALLOWED_HOSTS": "[127.0.0.1]"})
     finally:
         rx.close()
     assert r.returncode == 0, r.stderr
@@ -162,3 +166,76 @@ def test_cli_digest_send(dispatch_store):
     r = subprocess.run([sys.executable, "-m", "pipeline.cli", "--store", str(path), "digest", "--send"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "dispatch.webhook_url is not set" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("url, allowed, words", [
+    ("file:///etc/passwd", ["127.0.0.1"], "http(s) address"),
+    ("ftp://127.0.0.1/x", ["127.0.0.1"], "http(s) address"),
+    ("http://127.0.0.1:9/cgi-bin/webhook/send?key=secret", ["qyapi.weixin.qq.com"], "not in dispatch.allowed_hosts"),
+    ("http://169.254.169.254/latest/meta-data?key=secret", ["qyapi.weixin.qq.com"], "not in dispatch.allowed_hosts"),
+])
+def test_the_webhook_posts_only_to_an_allowed_http_host(dispatch_store, url, allowed, words):
+    """No file:, no other scheme, no host the bureau did not list (loopback, cloud metadata): one line,
+    without the robot's key, and nothing sent."""
+    from pipeline.cases.dispatch import digest, send_digest
+    store, _ = dispatch_store
+    s = load_settings(overrides={"dispatch.webhook_url": url, "dispatch.allowed_hosts": allowed})
+    dg = digest(store, load_rules(s.rules_path), s, today=TODAY)
+    with pytest.raises(PatrolError, match=re.escape(words)) as e:
+        send_digest(dg, s)
+    assert "\n" not in str(e.value) and "secret" not in str(e.value)
+
+
+def test_the_webhook_follows_no_redirect_and_ends_within_its_deadline(dispatch_store, monkeypatch):
+    """A redirect is refused (the address it points to is never posted to); an answer dripping a
+    byte a second is cut at dispatch.timeout_s, every try together."""
+    import time
+
+    from pipeline.cases import dispatch
+    store, _ = dispatch_store
+    monkeypatch.setattr(dispatch, "RETRY_S", 0.01)
+    elsewhere = Receiver()
+    hits = []
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self):
+            hits.append(self.path)
+            self.send_response(307)
+            self.send_header("Location", elsewhere.url)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    class Drip(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            for _ in range(60):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.5)
+
+        def log_message(self, *a):
+            pass
+
+    servers = [HTTPServer(("127.0.0.1", 0), h) for h in (Redirect, Drip)]
+    for srv in servers:
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        s = _settings(f"http://127.0.0.1:{servers[0].server_port}/send?key=secret")
+        dg = dispatch.digest(store, load_rules(s.rules_path), s, today=TODAY)
+        with pytest.raises(PatrolError, match="redirects") as e:
+            dispatch.send_digest(dg, s)
+        assert hits == ["/send?key=secret"] and elsewhere.bodies == [] and "secret" not in str(e.value)
+        s = _settings(f"http://127.0.0.1:{servers[1].server_port}/send?key=secret", **{"dispatch.timeout_s": 2})
+        t0 = time.monotonic()
+        with pytest.raises(PatrolError, match="no answer within 2 s"):
+            dispatch.send_digest(dg, s)
+        assert time.monotonic() - t0 < 4
+    finally:
+        elsewhere.close()
+        servers[0].shutdown()                  # the dripping one is left to its daemon thread
+        for srv in servers:
+            srv.server_close()
