@@ -45,10 +45,26 @@ def get_case(store: Any, case_no: str) -> gpd.GeoDataFrame:
     return one
 
 
+#: the longest note a person may write into a case's history, on the CLI, the web and the API alike
+NOTE_MAX_CHARS = 4000
+
+
+def check_note(note: Any, where: str, where_zh: str) -> str:
+    """A person's note for a case's history, bounded like every text they enter; InputError (naming
+    ``where``) beyond it."""
+    note = str(note or "")
+    if len(note) > NOTE_MAX_CHARS:
+        raise InputError(f"{where}: the note has {len(note):,} characters, over {NOTE_MAX_CHARS:,}; "
+                         f"shorten it (attach a document or photo for more)",
+                         zh=f"{where_zh}：说明超过 {NOTE_MAX_CHARS} 字，请精简")
+    return note
+
+
 def change_status(store: Any, case_no: str, to_status: str, actor: str, note: str,
                   lifecycle: Lifecycle, now: datetime | None = None, **kw) -> dict:
     """Validate (CLI, web and API alike: a note, a demolished area of 0–10 000 000 m²) and apply one
     officer's status change: the case and its case_event in one store transaction; the event."""
+    check_note(note, f"case {case_no}", f"案件 {case_no}")
     if not str(note or "").strip():
         raise InputError(f"case {case_no}: give a note with the status change (it goes in the history)",
                          zh=f"案件 {case_no}：请填写说明（记入处置记录）")
@@ -84,7 +100,8 @@ def assign_case(store: Any, case_no: str, officer: str, actor: str | None = None
 
 
 def add_note(store: Any, case_no: str, note: str, actor: str, now: datetime | None = None) -> dict:
-    """Log ``note`` on the case's history (status unchanged); returns the event."""
+    """Log ``note`` on the case's history (status unchanged); returns the event. The caller bounds the
+    person's part of it (``check_note``); the system's words around it are its own."""
     at = at_time(now)
     with store.transaction():
         st = get_case(store, case_no)["status"].iloc[0]

@@ -12,7 +12,7 @@ import pandas as pd
 import shapely
 from shapely.geometry import shape
 
-from pipeline.cases.casework import add_note
+from pipeline.cases.casework import add_note, check_note
 from pipeline.cases.change import prior_coverage
 from pipeline.cases.match import find_violations
 from pipeline.cases.track import track_flight, transition
@@ -42,6 +42,7 @@ def report_from_ground(store, settings, lon: float, lat: float, actor: str, note
                          zh=f"面积 {area_m2} m² 应在 4–100000 m² 之间，估计即可")
     if not note.strip():
         raise InputError("say what you found (the note goes in the case history)", zh="请填写发现情况（记入处置记录）")
+    check_note(note, "ground report", "上报")
     at = pd.Timestamp(now or datetime.now()).floor("s")
     centre = gpd.GeoSeries([shapely.Point(lon, lat)], crs="EPSG:4326").to_crs(settings.store.crs).iloc[0]
     if not (math.isfinite(centre.x) and math.isfinite(centre.y)):
@@ -106,6 +107,7 @@ def add_manual_case(store, settings, flight_id: str, outline, actor: str, note: 
     becomes a case with source ``manual`` through the same rules; one that breaks none is recorded
     as 合法 (a real structure, lawful). Refused where a case already covers it."""
     rules = settings.rules
+    check_note(note, "drawn structure", "补录")
     flight = store.get_flight(flight_id)
     if flight is None:
         raise InputError(f"flight {flight_id} is not in the store; draw on a processed flight's ortho",

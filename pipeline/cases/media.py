@@ -106,9 +106,10 @@ def add_media(store, settings, case_no: str, data: bytes, filename: str, actor: 
               now: datetime | None = None) -> dict[str, Any]:
     """Check, keep and record one photo or video of a case; returns the media row."""
     # lazy: loads geopandas, shapely only when used
-    from pipeline.cases.casework import add_note, get_case
+    from pipeline.cases.casework import add_note, check_note, get_case
     m = settings.media
     name = Path(filename or "photo").name[:200]
+    check_note(note, f"case {case_no}", f"案件 {case_no}")
     if not data:
         raise InputError(f"{name}: the file is empty; take the photo again", zh=f"{name}：文件是空的，请重新拍摄")
     if len(data) > m.max_mb * 2**20:
@@ -166,7 +167,7 @@ def add_media(store, settings, case_no: str, data: bytes, filename: str, actor: 
                "bytes": len(data), "original_path": str(original), "stamped_path": str(stamped) if stamped else None,
                "taken_at": facts["taken_at"], "lon": facts["lon"], "lat": facts["lat"], "position_source": source,
                "distance_m": distance, "far": int(distance is not None and distance > m.max_distance_m),
-               "uploaded_at": at, "actor": actor, "note": note[:2000]}
+               "uploaded_at": at, "actor": actor, "note": note}
         where = f"距案件 {distance:.0f} m" if distance is not None else "无位置"
         flag = "，超出 {:.0f} m，请核实拍摄位置".format(m.max_distance_m) if row["far"] else ""
         with store.transaction():

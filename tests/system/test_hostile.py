@@ -275,6 +275,7 @@ COMMANDS = {   # kind: (argv after --store STORE, what the line says)
     "unknown status": (["cases", "set-status", CASE, "bogus", "--note", "x"], "bogus"),
     "transition not allowed": (["cases", "set-status", CASE, "closed", "--note", "x"], "cannot go"),
     "empty note": (["cases", "set-status", CASE, "demolished", "--note", " "], "note"),
+    "a 120 KB note": (["cases", "set-status", CASE, "verified", "--note", "长" * 40_000], "over 4,000"),
     "demolished area inf": (["cases", "set-status", CASE, "demolished", "--note", "x", "--demolished-area", "inf"],
                             "demolished area"),
     "demolished area negative": (["cases", "set-status", CASE, "demolished", "--note", "x", "--demolished-area",
