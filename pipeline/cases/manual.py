@@ -83,8 +83,31 @@ def report_from_ground(store, settings, lon: float, lat: float, actor: str, note
                      "reasons": case["reasons"] if isinstance(case["reasons"], dict) else {}})
 
 
+OUTLINE_MAX_VERTICES = 2000        # a structure drawn on the map has a handful; more is not a drawing
+
+
+def _coordinates(node, out: list, limit: int) -> None:
+    """The numbers of a GeoJSON coordinates array, flattened, stopping past ``limit`` pairs' worth."""
+    if isinstance(node, (int, float)) and not isinstance(node, bool):
+        out.append(float(node))
+    elif isinstance(node, (list, tuple)):
+        for item in node:
+            if len(out) > 2 * limit + 2:
+                return
+            _coordinates(item, out, limit)
+
+
 def outline_from_geojson(geometry: dict, settings):
-    """A polygon drawn on the map (GeoJSON in WGS84) in the store CRS, or one clear InputError."""
+    """A polygon drawn on the map (GeoJSON in WGS84) in the store CRS, or one clear InputError: at most
+    ``OUTLINE_MAX_VERTICES`` corners, every coordinate a finite longitude / latitude."""
+    numbers: list[float] = []
+    _coordinates(geometry.get("coordinates") if isinstance(geometry, dict) else None, numbers, OUTLINE_MAX_VERTICES)
+    if len(numbers) > 2 * OUTLINE_MAX_VERTICES + 2:
+        raise InputError(f"the outline has more than {OUTLINE_MAX_VERTICES} corners; draw the structure's "
+                         f"corners only", zh=f"轮廓超过 {OUTLINE_MAX_VERTICES} 个角点，请只勾绘建筑的角点")
+    if not all(math.isfinite(v) and -180 <= v <= 180 for v in numbers):
+        raise InputError("the outline has a coordinate that is no longitude or latitude (infinite or out of "
+                         "range); draw it again on the map", zh="轮廓坐标无效，请在地图上重新勾绘")
     try:
         geom = shape(geometry)
     except Exception:

@@ -101,6 +101,25 @@ def _distance_m(store, case_geom, lon: float, lat: float) -> float:
     return round(float(case_geom.distance(p)), 1)
 
 
+def check_pixels(data: bytes, name: str, max_megapixels: float) -> None:
+    """Refuse a picture whose header claims more than ``max_megapixels`` or more than one frame,
+    before a pixel of it is decoded (a small file can claim a gigabyte of pixels)."""
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(data)) as im:          # reads the header only
+            (w, h), frames = im.size, int(getattr(im, "n_frames", 1))
+    except Exception:            # noqa: BLE001 — Pillow raises many kinds on a broken header
+        raise InputError(f"{name}: the picture is damaged or cut short; take it again",
+                         zh=f"{name}：图片已损坏或不完整，请重新拍摄") from None
+    if w * h > max_megapixels * 1e6:
+        raise InputError(f"{name}: {w:,} × {h:,} pixels is more than media.max_megapixels ({max_megapixels:g} "
+                         f"megapixels); send the phone camera's photo, not an enlarged copy",
+                         zh=f"{name}：{w}×{h} 像素，超过上限 {max_megapixels:g} 百万像素，请上传手机相机原图")
+    if frames > 1:
+        raise InputError(f"{name}: an animated picture of {frames} frames; send a photo",
+                         zh=f"{name}：动图（{frames} 帧），请上传照片")
+
+
 def add_media(store, settings, case_no: str, data: bytes, filename: str, actor: str, note: str = "",
               device_lon: float | None = None, device_lat: float | None = None,
               now: datetime | None = None) -> dict[str, Any]:
@@ -121,6 +140,7 @@ def add_media(store, settings, case_no: str, data: bytes, filename: str, actor: 
     facts: dict[str, Any] = {"taken_at": None, "lon": None, "lat": None}
     if kind == "photo":
         from PIL import Image, ImageFile
+        check_pixels(data, name, m.max_megapixels)
         try:
             Image.open(io.BytesIO(data)).verify()
             lax, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False   # WeasyPrint sets it

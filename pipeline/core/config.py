@@ -194,6 +194,8 @@ class DocumentSettings(Section):
 class MediaSettings(Section):
     dir: Path = Field(Path("data/media"), description="on-site photos and videos (relative: to the working folder)")
     max_mb: int = Field(50, ge=1, le=2048, description="largest photo or video accepted (MiB)")
+    max_megapixels: float = Field(64.0, gt=0, le=1000, description="largest photo accepted (megapixels, read from "
+                                                                  "its header before it is decoded)")
     max_distance_m: float = Field(100.0, gt=0, description="a photo taken farther than this from its case is "
                                                             "flagged")
 

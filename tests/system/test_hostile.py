@@ -423,7 +423,42 @@ WEB = {   # kind: (request(web, world) -> response, status, what the message say
     "a page without a session": (lambda w, W: w["client"].get("/review", follow_redirects=False), 303, ""),
     "a wrong password": (lambda w, W: w["client"].post("/api/token", json={"username": "adm", "password": "nope"}),
                          401, "wrong"),
+    "a 2 KB photo claiming 13,000 x 13,000 pixels": (lambda w, W: _media(w, _pixel_bomb()), 422, "max_megapixels"),
+    "an outline of 50,000 corners": (lambda w, W: _outline(w, _ring(50_000)), 422, "corners"),
+    "an outline with an infinite corner": (lambda w, W: _outline(w, _ring(5, inf=True)), 422, "no longitude"),
 }
+
+
+def _pixel_bomb() -> bytes:
+    """A small JPEG whose header claims 13,000 x 13,000 pixels (0.5 GB once decoded)."""
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (120, 130, 140)).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = (13_000).to_bytes(2, "big") * 2          # height, width
+    return bytes(data)
+
+
+def _media(web, data: bytes):
+    return web["client"].post(f"/api/cases/{CASE}/media", files={"file": ("big.jpg", data, "image/jpeg")},
+                              headers=web["tok"]["adm"])
+
+
+def _ring(n: int, inf: bool = False) -> dict:
+    import math
+    lon, lat = 114.3, 30.6
+    pts = [[lon + 1e-4 * math.cos(2 * math.pi * k / n), lat + 1e-4 * math.sin(2 * math.pi * k / n)] for k in range(n)]
+    if inf:
+        pts[2][0] = float("inf")
+    return {"type": "Polygon", "coordinates": [pts + [pts[0]]]}
+
+
+def _outline(web, geometry: dict):
+    import json
+    body = json.dumps({"geometry": geometry}, allow_nan=True)       # Infinity: as a hostile client sends it
+    return web["client"].post(f"/api/cases/{CASE}/outline", content=body,
+                              headers={**web["tok"]["adm"], "Content-Type": "application/json"})
 
 
 def _chunk(web, offset=0, size=100, data=b"x" * 10, finish=False):
