@@ -176,7 +176,7 @@ def fuse_views(views: list[tuple[np.ndarray, np.ndarray, np.ndarray]], iou: floa
         inter = shapely.area(shapely.intersection(polys[near], polys[i]))
         same = near[inter / (area[near] + area[i] - inter) >= iou]
         taken[same] = True
-        best = {}
+        best: dict[int, float] = {}
         for j in same:                      # the best box of each view in the cluster
             best[view[j]] = max(best.get(view[j], 0.0), conf[j])
         keep.append(i)
