@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import geopandas as gpd
 import pandas as pd
@@ -23,9 +25,12 @@ GROUND_SOURCE = "ground_patrol"
 MANUAL_SOURCE = "manual"
 
 
+Scope = Callable[[Any, Any], bool]      # may this writer change a case of (town, village)?
+
+
 def report_from_ground(store, settings, lon: float, lat: float, actor: str, note: str, *,
                        detector_class: str = "building", area_m2: float = 50.0,
-                       now: datetime | None = None) -> dict:
+                       now: datetime | None = None, may_change: Scope | None = None) -> dict:
     """地面巡查上报: a structure a patrol found on the ground becomes a case like a flight's:
     a square of ``area_m2`` at the WGS84 point runs through the same parcel and zone rules and
     the same tracking (a report within ``tracking.centroid_m`` of a case is that case, seen
@@ -76,6 +81,11 @@ def report_from_ground(store, settings, lon: float, lat: float, actor: str, note
                              f"{rules.min_structure_area_m2:g} m² of a kind the rules look at",
                              zh=f"未能形成案件：请上报不小于 {rules.min_structure_area_m2:g} m² 的建筑")
         case_no = hit["case_no"].iloc[0]
+        if may_change is not None and not result.new_case_count and \
+                not may_change(hit["town"].iloc[0], hit["village"].iloc[0]):
+            raise InputError("a case another team works on is already on record at this place; nothing was "
+                             "recorded — tell the officer in charge of this place",
+                             zh="此处已有其他人员负责的案件，本次上报未登记，请联系该处负责人员")
         add_note(store, case_no, f"地面巡查上报（{actor}）：{note.strip()}", actor, at)
     case = store.cases().set_index("case_no").loc[case_no]
     return jsonable({"case_no": case_no, "new": bool(result.new_case_count), "status": case["status"],
@@ -125,10 +135,12 @@ def outline_from_geojson(geometry: dict, settings):
 
 
 def add_manual_case(store, settings, flight_id: str, outline, actor: str, note: str = "",
-                    detector_class: str = "building", now: datetime | None = None) -> dict:
+                    detector_class: str = "building", now: datetime | None = None,
+                    may_change: Scope | None = None) -> dict:
     """人工补录: a structure the model missed, drawn on a flight's ortho (``outline`` in the store CRS),
     becomes a case with source ``manual`` through the same rules; one that breaks none is recorded
-    as 合法 (a real structure, lawful). Refused where a case already covers it."""
+    as 合法 (a real structure, lawful). Refused where a case already covers it, and (``may_change``)
+    where the case would lie in a town or village the writer may not change."""
     rules = settings.rules
     check_note(note, "drawn structure", "补录")
     flight = store.get_flight(flight_id)
@@ -142,7 +154,11 @@ def add_manual_case(store, settings, flight_id: str, outline, actor: str, note: 
     if len(near):
         share = shapely.area(shapely.intersection(near.geometry.to_numpy(), outline)) / outline.area
         if share.max() >= 0.3:
-            no = near["case_no"].iloc[int(share.argmax())]
+            best = near.iloc[int(share.argmax())]
+            if may_change is not None and not may_change(best["town"], best["village"]):
+                raise InputError("a case another team works on already covers this structure; nothing was "
+                                 "recorded", zh="该建筑已有其他人员负责的案件，本次补录未登记")
+            no = best["case_no"]
             raise InputError(f"case {no} already covers this structure; correct its outline on its page instead",
                              zh=f"该建筑已有案件 {no}，请在案件页修正轮廓")
     at = pd.Timestamp(now or datetime.now()).floor("s")
@@ -161,6 +177,10 @@ def add_manual_case(store, settings, flight_id: str, outline, actor: str, note: 
                              f"{rules.min_structure_area_m2:g} m²", zh=f"未能形成案件：请勾绘不小于 "
                                                                     f"{rules.min_structure_area_m2:g} m² 的建筑")
         case = result.cases.iloc[[0]].copy()
+        if may_change is not None and not may_change(case["town"].iloc[0], case["village"].iloc[0]):
+            raise InputError("the drawn structure lies outside the towns and villages you work on; nothing was "
+                             "recorded — ask the officer in charge of that place",
+                             zh="勾绘的建筑不在您负责的乡镇/村，未登记，请联系该处负责人员")
         events = list(result.events)
         case_no = case["case_no"].iloc[0]
         if not list(case["rules"].iloc[0] or []):

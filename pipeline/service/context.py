@@ -263,7 +263,7 @@ class Service:
                              f"let the phone locate you and give the size in m²",
                              zh=f"位置「{lat}, {lon}」或面积「{area_m2}」不是数字，请让手机定位并填写面积") from None
         r = report_from_ground(self.store, self.settings, lo, la, user.username, note or "",
-                               detector_class=detector_class, area_m2=area)
+                               detector_class=detector_class, area_m2=area, may_change=user.sees)
         if photo:
             add_media(self.store, self.settings, r["case_no"], photo, filename or "photo", user.username,
                       "地面巡查上报", lo, la)
@@ -288,7 +288,8 @@ class Service:
                              zh="勾绘处没有已处理的航次影像，请在影像范围内勾绘")
         flight_id = covering.sort_values("captured_at")["flight_id"].iloc[-1]
         row = add_manual_case(self.store, self.settings, flight_id, outline, user.username,
-                              note=note.strip() or "人工补录：模型漏检", detector_class=detector_class)
+                              note=note.strip() or "人工补录：模型漏检", detector_class=detector_class,
+                              may_change=user.sees)
         return {"case_no": row["case_no"], "status": row["status"], "flight_id": flight_id}
 
     def media_file(self, user: accounts.User, media_id: str, original: bool = False) -> FileResponse:

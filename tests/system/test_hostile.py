@@ -423,10 +423,38 @@ WEB = {   # kind: (request(web, world) -> response, status, what the message say
     "a page without a session": (lambda w, W: w["client"].get("/review", follow_redirects=False), 303, ""),
     "a wrong password": (lambda w, W: w["client"].post("/api/token", json={"username": "adm", "password": "nope"}),
                          401, "wrong"),
+    "a patrol's ground report on another's case": (lambda w, W: _report_on_case(w, "pat"), 422, "another team"),
+    "an officer's ground report on another town's case": (lambda w, W: _report_on_case(w, "off"), 422,
+                                                          "another team"),
+    "a structure drawn over another town's case": (lambda w, W: _draw_over_case(w, "off"), 422, "another team"),
     "a 2 KB photo claiming 13,000 x 13,000 pixels": (lambda w, W: _media(w, _pixel_bomb()), 422, "max_megapixels"),
     "an outline of 50,000 corners": (lambda w, W: _outline(w, _ring(50_000)), 422, "corners"),
     "an outline with an infinite corner": (lambda w, W: _outline(w, _ring(5, inf=True)), 422, "no longitude"),
 }
+
+
+def _case_outline_wgs84(web):
+    cases = web["app"].state.store.cases()
+    return cases[cases["case_no"] == CASE].to_crs("EPSG:4326").geometry.iloc[0]
+
+
+def _report_on_case(web, user: str):
+    """A ground report at another town's case: it must not add to that case's history or move it,
+    nor name it (the test checks the store is as before and CASE is not in the answer)."""
+    c = _case_outline_wgs84(web).centroid
+    r = web["client"].post("/api/reports", json={"lat": c.y, "lon": c.x, "area_m2": 60, "note": "发现一处"},
+                           headers=web["tok"][user])
+    assert CASE not in r.text, r.text
+    return r
+
+
+def _draw_over_case(web, user: str):
+    import shapely
+    g = _case_outline_wgs84(web)
+    r = web["client"].post("/api/structures", json={"geometry": shapely.geometry.mapping(g)},
+                           headers=web["tok"][user])
+    assert CASE not in r.text, r.text
+    return r
 
 
 def _pixel_bomb() -> bytes:
