@@ -911,6 +911,18 @@ def test_the_pages_speak_english_when_the_bureau_sets_it(small_district_store, t
     assert r.status_code == 409 and "cannot go from" in r.text
 
 
+def _free_spot(store, flights, centre):
+    """A 10 m square near ``centre`` that a processed flight covers and no case touches."""
+    import shapely
+    cases = store.cases()
+    for dx in range(-80, 81, 10):
+        for dy in range(-80, 81, 10):
+            sq = shapely.box(centre.x + dx - 5, centre.y + dy - 5, centre.x + dx + 5, centre.y + dy + 5)
+            if flights.geometry.covers(sq).any() and not cases.intersects(sq.buffer(3)).any():
+                return sq
+    raise AssertionError("no free ground near the case")
+
+
 def test_drawing_refusals_are_one_chinese_line_and_store_nothing(svc):
     """修正轮廓 / 勾绘漏检 through the API: a line, a sliver, a place no flight covers, an outline far
     from its case, a case of another town: each refused with one line and its Chinese, nothing kept."""
@@ -936,6 +948,8 @@ def test_drawing_refusals_are_one_chinese_line_and_store_nothing(svc):
                 headers=off), "请在该建筑上勾绘"),
         (c.post(f"/api/cases/{svc.case}/outline", json={"geometry": to_gj(case.geometry)}, headers=far),
          "不在您负责的乡镇/村"),
+        (c.post("/api/structures", json={"geometry": to_gj(_free_spot(store, flights, centre))}, headers=far),
+         "不在您负责的乡镇/村"),                     # free ground of a town not hers: no case made there
     ]
     for r, zh in cases:
         assert r.status_code in (404, 409, 422), (r.status_code, r.text)
