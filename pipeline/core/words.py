@@ -80,6 +80,7 @@ EN: dict[str, str] = {
     "正射影像 GeoTIFF，或正射影像、分幅成果、无人机原始照片的 zip 压缩包":
         "Orthophoto GeoTIFF, or a zip of an orthophoto, a split export or the drone photos of one flight",
     "大文件分块续传。": "Large files upload in resumable chunks.",
+    "— 请选择 —": "— choose —",
     "带 DSM（数字表面模型，及 DTM）的建模成果请与正射影像一起压缩上传：可剔除平地误检、补漏并发现加层。":
         "A reconstruction with a DSM (and DTM): zip it with the orthophoto — flat false boxes go, "
         "missed structures are found and added storeys flagged.",

@@ -58,6 +58,8 @@ def tasks_page(request: Request, a: Auth = Depends(officer), svc: Service = Depe
 
 
 def _assign(svc: Service, a: Auth, case_no: str, username: str) -> None:
+    if not username.strip():
+        raise InputError("choose the officer to give the case to", zh="请选择责任人")
     g = svc.one_case(a.user, case_no)
     who = [u for u in svc.officers_for(g["town"].iloc[0], g["village"].iloc[0]) if u.username == username]
     if not who:
@@ -68,7 +70,7 @@ def _assign(svc: Service, a: Auth, case_no: str, username: str) -> None:
 
 
 @router.post("/cases/{case_no}/assign")
-def assign_one(case_no: str, a: Auth = Depends(admin), officer_name: str = Form(..., alias="officer", max_length=100),
+def assign_one(case_no: str, a: Auth = Depends(admin), officer_name: str = Form("", alias="officer", max_length=100),
                svc: Service = Depends(service)):
     _assign(svc, a, case_no, officer_name)
     return RedirectResponse(f"/cases/{quote(case_no)}#history", status_code=303)

@@ -338,6 +338,11 @@ def test_admin_dispatches_and_the_officer_sees_deadlines(svc):
     adm, adm_csrf = _session(svc.app, "adm")
     page = adm.get(f"/cases/{no}").text
     assert 'id="assign-form"' in page and 'value="off"' in page and 'value="far"' not in page
+    # an unassigned case's drop-down names no one (not the admin himself); sending it empty is one line
+    assert re.search(r'<select name="officer"[^>]*required><option value="" selected>', page), page
+    r = adm.post(f"/cases/{no}/assign", data={"officer": "", "csrf_token": adm_csrf})
+    assert r.status_code == 422 and "请选择责任人" in r.text
+    assert not isinstance(svc.store.cases().set_index("case_no").loc[no, "assignee"], str)   # still no one
     r = adm.post(f"/cases/{no}/assign", data={"officer": "off", "csrf_token": adm_csrf})
     assert r.status_code == 303
     assert svc.store.cases().set_index("case_no").loc[no, "assignee"] == "off"
