@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,7 +140,7 @@ def _mask(hm: Heights, geom) -> tuple[tuple[int, int, int, int], np.ndarray] | N
 
 
 def measure(geoms, hm: Heights, edge_m: float) -> pd.DataFrame:
-    """Per outline (in ``hm``'s CRS): top (p90), median, low (p25) of the height above ground inside
+    """Per outline (in ``hm``'s CRS): top (p90) and median of the height above ground inside
     it, eroded ``edge_m`` (less for a small outline); NaN where the DSM holds too little there."""
     rows = []
     for g in geoms:
@@ -157,11 +158,11 @@ def measure(geoms, hm: Heights, edge_m: float) -> pd.DataFrame:
             if vals.size < max(3, 0.3 * mask.sum()):
                 vals = np.zeros(0, np.float32)
         if vals.size:
-            p25, med, p90 = np.percentile(vals, [25, 50, 90])
-            rows.append((float(p90), float(med), float(p25)))
+            med, p90 = np.percentile(vals, [50, 90])
+            rows.append((float(p90), float(med)))
         else:
-            rows.append((np.nan, np.nan, np.nan))
-    return pd.DataFrame(rows, columns=["top", "median", "low"])
+            rows.append((np.nan, np.nan))
+    return pd.DataFrame(rows, columns=["top", "median"])
 
 
 ROOF_ALLOWANCE_M = 0.8     # half a village roof's pitch rise, or a flat roof's slab above its top floor
@@ -175,29 +176,32 @@ def floors_of(median: float, storey_m: float) -> int:
     return max(1, int(round((median - ROOF_ALLOWANCE_M) / storey_m)))
 
 
-def _green_share(ortho: str | Path | None, geom_ortho_crs, gsd: float) -> float:
-    """Share of the outline's pixels whose colour is vegetation (excess green); 0 without an ortho."""
-    if ortho is None:
+def _floors(medians, storey_m: float, min_structure_m: float) -> list:
+    """``floors_of`` of each median; None where it is unknown or the structure does not stand."""
+    return [floors_of(med, storey_m) if np.isfinite(med) and med >= min_structure_m else None for med in medians]
+
+
+def _green_share(src, geom_ortho_crs, gsd: float) -> float:
+    """Share of the outline's pixels on the open ortho ``src`` whose colour is vegetation (excess
+    green); 0 without an ortho or colour."""
+    if src is None or src.count < 3:
         return 0.0
     from rasterio.windows import from_bounds
 
-    with rasterio.open(ortho) as src:
-        if src.count < 3:
-            return 0.0
-        win = from_bounds(*geom_ortho_crs.bounds, transform=src.transform).round_offsets().round_lengths()
-        k = max(1.0, gsd / abs(src.transform.a))
-        shape = (3, max(1, int(win.height / k)), max(1, int(win.width / k)))
-        rgb = src.read([1, 2, 3], window=win, out_shape=shape, boundless=True, fill_value=0).astype(np.float32)
+    win = from_bounds(*geom_ortho_crs.bounds, transform=src.transform).round_offsets().round_lengths()
+    k = max(1.0, gsd / abs(src.transform.a))
+    shape = (3, max(1, int(win.height / k)), max(1, int(win.width / k)))
+    rgb = src.read([1, 2, 3], window=win, out_shape=shape, boundless=True, fill_value=0).astype(np.float32)
     total = rgb.sum(axis=0) + 1e-6
     r, g, b = rgb / total
     lit = total > 30
     return float(((2 * g - r - b) > 0.06)[lit].mean()) if lit.any() else 0.0
 
 
-def candidates(hm: Heights, taken, settings, ortho: str | Path | None = None, ortho_crs: Any = None) -> list:
+def candidates(hm: Heights, taken, settings, ortho_src: Any = None) -> list:
     """Outlines of elevated regions no detection covers: at least ``candidate_min_m`` above the ground,
-    smooth (not a crown), not green, between the candidate areas (minimum rotated rectangles, in
-    ``hm``'s CRS). ``taken``: outlines already detected (same CRS)."""
+    smooth (not a crown), not green on the open ortho ``ortho_src``, between the candidate areas
+    (minimum rotated rectangles, in ``hm``'s CRS). ``taken``: outlines already detected (same CRS)."""
     hs = settings.heights
     high = np.isfinite(hm.above) & (hm.above >= hs.candidate_min_m) & (hm.rough <= hs.candidate_max_roughness_m)
     high = high.astype(np.uint8)
@@ -214,9 +218,9 @@ def candidates(hm: Heights, taken, settings, ortho: str | Path | None = None, or
     px = hm.gsd * hm.gsd
     out = []
     to_ortho = None
-    if ortho is not None and ortho_crs is not None and ortho_crs != hm.crs:
+    if ortho_src is not None and ortho_src.crs != hm.crs:
         from pyproj import Transformer
-        to_ortho = Transformer.from_crs(hm.crs, ortho_crs, always_xy=True).transform
+        to_ortho = Transformer.from_crs(hm.crs, ortho_src.crs, always_xy=True).transform
     for i in range(1, n):
         area = stats[i, cv2.CC_STAT_AREA] * px
         if not hs.candidate_min_area_m2 <= area <= hs.candidate_max_area_m2:
@@ -230,7 +234,7 @@ def candidates(hm: Heights, taken, settings, ortho: str | Path | None = None, or
         corners = cv2.boxPoints(((cx + 0.5, cy + 0.5), (rw + 1, rh + 1), ang))
         poly = shapely.Polygon([hm.transform * (float(c), float(r)) for c, r in corners])
         seen = shapely.ops.transform(to_ortho, poly) if to_ortho else poly
-        if _green_share(ortho, seen, hm.gsd) > hs.candidate_max_green:
+        if _green_share(ortho_src, seen, hm.gsd) > hs.candidate_max_green:
             continue
         out.append(poly)
     return out
@@ -241,36 +245,36 @@ def apply_heights(detections: gpd.GeoDataFrame, flight: dict, settings, ortho: s
     """The flight's detections with ``height_m``, ``floors_est`` and ``source``, flat ones dropped and
     height candidates added (see the module docstring); and a summary (measured, dropped, found)."""
     hs = settings.heights
-    hm = read_heights(flight["dsm"], flight.get("dtm"), settings)
+    hm = read_heights(flight["dsm"], _dtm(flight), settings)
     det = detections.copy()
     local = det.geometry.to_crs(hm.crs) if det.crs is not None and len(det) else det.geometry
     m = measure(list(local), hm, hs.edge_m)
     det["height_m"] = m["top"].round(2).to_numpy()
-    det["floors_est"] = [None if not np.isfinite(med) or med < hs.min_structure_m else floors_of(med, hs.storey_m)
-                         for med in m["median"]]
+    det["floors_est"] = _floors(m["median"], hs.storey_m, hs.min_structure_m)
     if "source" not in det.columns:
         det["source"] = None
     flat = (m["median"].to_numpy() < hs.min_structure_m) & ~det["class_name"].isin(hs.flat_classes).to_numpy()
     dropped = det[flat]
     det = det[~flat]
-    ortho_crs = None
-    if ortho is not None:
-        with rasterio.open(ortho) as src:
-            ortho_crs = src.crs
-    found = candidates(hm, list(local), settings, ortho, ortho_crs)
+    with rasterio.open(ortho) if ortho is not None else nullcontext() as src:
+        found = candidates(hm, list(local), settings, src)
     if found:
         k = len(found)
         cand = gpd.GeoDataFrame({"class_name": ["building"] * k, "confidence": [hs.candidate_confidence] * k,
                                  "source": [HEIGHT_SOURCE] * k}, geometry=found, crs=hm.crs).to_crs(det.crs)
         cm = measure(found, hm, hs.edge_m)
         cand["height_m"] = cm["top"].round(2).to_numpy()
-        cand["floors_est"] = [floors_of(med, hs.storey_m) if np.isfinite(med) else None for med in cm["median"]]
+        cand["floors_est"] = _floors(cm["median"], hs.storey_m, hs.min_structure_m)
         cand["area_m2"] = cand.geometry.area
         det = gpd.GeoDataFrame(pd.concat([det, cand], ignore_index=True), geometry="geometry", crs=det.crs)
     det = det.reset_index(drop=True)
     summary = {"measured": int(np.isfinite(m["top"]).sum()), "flat_dropped": int(len(dropped)),
                "found_by_height": len(found)}
     return det, summary
+
+
+def _dtm(flight: dict) -> str | None:
+    return None if is_missing(flight.get("dtm")) else str(flight["dtm"])
 
 
 def rise_since(detections: gpd.GeoDataFrame, earlier: list[tuple[dict, Any, tuple[float, float]]],
@@ -294,10 +298,11 @@ def rise_since(detections: gpd.GeoDataFrame, earlier: list[tuple[dict, Any, tupl
         here = todo & np.asarray(shapely.covers(footprint, np.asarray(cents.values)), dtype=bool)
         if not here.any():
             continue
-        hm = read_heights(flight["dsm"], None if is_missing(flight.get("dtm")) else flight["dtm"], settings)
         moved = detections.geometry[here].translate(shift[0], shift[1])     # into that flight's own frame
         if detections.crs is not None:
-            moved = moved.to_crs(hm.crs)
+            with rasterio.open(flight["dsm"]) as src:
+                moved = moved.to_crs(src.crs)
+        hm = read_heights(flight["dsm"], _dtm(flight), settings, bounds=tuple(moved.total_bounds))
         before = measure(list(moved), hm, hs.edge_m)
         stood = before["median"].to_numpy() >= hs.min_structure_m     # a new structure did not rise: it appeared
         rise = np.where(stood, now[here] - before["top"].to_numpy(), np.nan)

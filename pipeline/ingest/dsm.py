@@ -89,10 +89,15 @@ def _open(path: Path):
 
 def _sample(src) -> np.ndarray:
     """The raster's valid values on a decimated grid (overviews when present)."""
+    return _read_sample(src)[0]
+
+
+def _read_sample(src) -> tuple[np.ndarray, int]:
+    """(the valid values, the pixels read) of the raster on a decimated grid (overviews when present)."""
     k = max(1, int(np.ceil(max(src.width, src.height) / SAMPLE_PX)))
     a = src.read(1, out_shape=(max(1, src.height // k), max(1, src.width // k)), masked=True)
     v = a.compressed().astype(np.float64)
-    return v[np.isfinite(v)]
+    return v[np.isfinite(v)], a.size
 
 
 def check_height_raster(path: str | Path, kind: str, flight: dict, settings) -> dict:
@@ -136,9 +141,7 @@ def check_height_raster(path: str | Path, kind: str, flight: dict, settings) -> 
                                  f"exported with this orthophoto",
                                  zh=f"{name} " + ("与航线不重叠" if overlap == 0 else f"只覆盖航线的 {overlap:.0%}")
                                  + f"（是否为其他地方的 {label_zh}？），请提供与本正射影像同批导出的 {label_zh}")
-        v = _sample(src)
-        total = max(1, (src.width // max(1, int(np.ceil(max(src.width, src.height) / SAMPLE_PX))))
-                    * (src.height // max(1, int(np.ceil(max(src.width, src.height) / SAMPLE_PX)))))
+        v, total = _read_sample(src)
         if v.size < MIN_VALID * total * min(1.0, overlap):
             raise InputError(f"{name} holds values in only {v.size / total:.0%} of its pixels (nodata not set, "
                              f"or an empty export?); export the {label} again",
