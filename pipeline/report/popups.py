@@ -3,7 +3,6 @@ statuses, classes and zones."""
 from __future__ import annotations
 
 import html
-from pathlib import Path
 
 from pipeline.report.common import (
     CATEGORIES,
@@ -24,27 +23,6 @@ from pipeline.report.common import (
     status_label,
     text,
 )
-
-STATIC = Path(__file__).parent / "static"
-VENDOR = "vendored:"
-
-BASEMAPS: dict[str, list[dict]] = {
-    "osm": [{"url": "https://tile.openstreetmap.org/{z}/{x}/{y}.png", "max": 19,
-             "attr": "© OpenStreetMap contributors"}],
-    "esri": [{"url": "https://server.arcgisonline.com/ArcGIS/rest/services/World_Imagery/MapServer/tile/{z}/{y}/{x}",
-              "max": 19, "attr": "Esri World Imagery"}],
-    "tianditu": [
-        {"url": "https://t{s}.tianditu.gov.cn/img_w/wmts?SERVICE=WMTS&REQUEST=GetTile&VERSION=1.0.0"
-                "&LAYER=img&STYLE=default&TILEMATRIXSET=w&FORMAT=tiles&TILEMATRIX={z}&TILEROW={y}"
-                "&TILECOL={x}&tk={tk}", "max": 18, "sub": "01234567", "attr": "天地图 Tianditu"},
-        {"url": "https://t{s}.tianditu.gov.cn/cia_w/wmts?SERVICE=WMTS&REQUEST=GetTile&VERSION=1.0.0"
-                "&LAYER=cia&STYLE=default&TILEMATRIXSET=w&FORMAT=tiles&TILEMATRIX={z}&TILEROW={y}"
-                "&TILECOL={x}&tk={tk}", "max": 18, "sub": "01234567", "attr": "天地图 Tianditu"}],
-    "amap": [{"url": "https://webst0{s}.is.autonavi.com/appmaptile?style=6&x={x}&y={y}&z={z}",
-              "max": 18, "sub": "1234", "attr": "高德 AMap"},
-             {"url": "https://webst0{s}.is.autonavi.com/appmaptile?style=8&x={x}&y={y}&z={z}",
-              "max": 18, "sub": "1234", "attr": "高德 AMap"}],
-}
 
 
 def popup_rows(pairs: list[tuple[str, str]]) -> str:
