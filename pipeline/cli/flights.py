@@ -150,6 +150,8 @@ def detect(ctx, ortho, out, model_path, force):
     counts = gdf["class_name"].value_counts().to_dict()
     summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
     click.echo(f"{len(gdf)} detections ({summary}) written to {out}")
+    if detector.choice is not None:
+        click.echo(f"inference: {detector.choice.text()}", err=True)
 
 
 @click.command("nightly")

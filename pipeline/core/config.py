@@ -60,12 +60,14 @@ class DetectorSettings(Section):
     nms_iou: float = Field(0.5, gt=0, le=1, description="IoU of the model's own non-max suppression")
     merge_iou: float = Field(0.3, gt=0, le=1, description="overlap (IoU or containment) that merges seam duplicates")
     nested_share: float = Field(0.8, gt=0, le=1, description="drop a box lying at least this share inside a bigger one")
-    runtime: Literal["fp32", "int8", "openvino"] = Field(
-        "openvino", description="openvino: the model as trained, run by OpenVINO's CPU plugin (the fastest at "
-                                "the same boxes); fp32: the same with onnxruntime; int8: its statically "
-                                "quantised copy (scripts/quantize_int8.py)")
-    threads: int = Field(0, ge=0, le=256, description="inference threads per process; 0: the cores less one, "
-                                                     "shared out among the Dask workers of a machine")
+    runtime: Literal["auto", "fp32", "int8", "openvino"] = Field(
+        "auto", description="auto: whichever of fp32 and openvino runs the model faster on this CPU, measured "
+                            "once per machine and model (the same boxes); openvino: the model run by OpenVINO's "
+                            "CPU plugin; fp32: by onnxruntime; int8: its statically quantised copy "
+                            "(scripts/quantize_int8.py)")
+    threads: int = Field(0, ge=0, le=256, description="inference threads per process; 0: every core or every "
+                                                     "core less one, whichever is measured faster (shared "
+                                                     "out among the Dask workers of a machine)")
     tta: bool = Field(False, description="test-time flips: every tile also read mirrored and the two views "
                                          "fused (twice the inference; a nightly accuracy mode, model card)")
     classes: list[str] = Field(

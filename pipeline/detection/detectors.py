@@ -28,7 +28,8 @@ from pipeline.detection.postprocess import (
     one_box_per_roof,
     tile_detections,
 )
-from pipeline.detection.yolo import Detector
+from pipeline.detection.tuning import Choice, choose
+from pipeline.detection.yolo import Detector, OnnxYolo, default_threads
 
 _MODELS: dict[tuple, Any] = {}
 _MODEL_LOCK = threading.RLock()
@@ -64,6 +65,10 @@ class TileDetector(abc.ABC):
     def warm(self) -> float:
         """Load what the detector needs in this process now; the seconds it took (0 if loaded)."""
         return 0.0
+
+    def inference_text(self) -> str:
+        """How the detector runs in this process, for the run summary ("" where nothing runs)."""
+        return ""
 
     def at_confidence(self, confidence: float, flip: bool = False) -> "TileDetector":
         """The same detector keeping boxes down to ``confidence``, on mirrored tiles when ``flip``
@@ -112,7 +117,7 @@ class ModelTileDetector(TileDetector):
         settings = [self.model_path, self.classes, self.confidence, self.nms_iou, self.tile_px, self.flip]
         if self.tta:
             settings.append("tta")
-        if self.runtime == "openvino":               # the same boxes up to float noise; keyed apart all the same
+        if self.runtime != "fp32":                   # the same boxes up to float noise; keyed apart all the same
             settings.append(self.runtime)
         stamp = _file_stamp(self.model_path) if os.path.exists(self.model_path) else ""
         return hashlib.sha256(json.dumps([settings, stamp]).encode()).hexdigest()[:12]
@@ -129,16 +134,30 @@ class ModelTileDetector(TileDetector):
             if key not in _MODELS:
                 _MODELS.clear()
                 t0 = time.perf_counter()
+                choice = self.runtime_choice(threads)
                 model = Detector(self.model_path, list(self.classes), self.confidence, self.nms_iou,
-                                 imgsz=self.tile_px, batch_size=self.batch_size, threads=threads,
-                                 runtime=self.runtime)
+                                 imgsz=self.tile_px, batch_size=self.batch_size, threads=choice.threads,
+                                 runtime=choice.runtime)
                 model.load_s = time.perf_counter() - t0
+                model.choice = choice
                 _MODELS[key] = model
             model = _MODELS[key]
         if model.confidence != self.confidence:          # the same weights, another threshold
             model = copy.copy(model)
             model.confidence = self.confidence
         return model
+
+    def runtime_choice(self, threads: int) -> Choice:
+        """The runtime and inference threads for this machine (``pipeline.detection.tuning``): as
+        set, or measured where ``detector.runtime`` is auto or ``detector.threads`` 0."""
+        if Path(self.model_path).suffix.lower() != ".onnx":
+            return Choice("torch", threads or default_threads())
+        return choose(self.model_path, self.tile_px, self.runtime, threads, OnnxYolo)
+
+    def inference_text(self) -> str:
+        """How the model runs in this process, for the run summary (loads it if needed)."""
+        choice = getattr(self.predictor, "choice", None)
+        return choice.text() if choice is not None else "a model given in-process"
 
     def warm(self) -> float:
         loaded = list(_MODELS.values())

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.errors import ModelError, one_line
+from pipeline.detection.tuning import choose
 
 MAX_DET = 300  # per tile
 
@@ -52,6 +53,7 @@ class Detector:
         self.batch_size = batch_size
         self.runtime = runtime
         self.threads = threads or default_threads()
+        self.choice: Any = None                        # how runtime and threads were chosen (tuning.Choice)
         self.model: Any                                # OnnxYolo, or ultralytics' YOLO for a .pt
         if path.suffix.lower() == ".onnx":
             self.model = OnnxYolo(path, self.threads, runtime)
@@ -79,8 +81,14 @@ class Detector:
     @classmethod
     def from_settings(cls, settings, model_path: str | Path | None = None) -> "Detector":
         d, p = settings.detector, settings.processing
-        return cls(model_path or settings.model_path, d.classes, d.confidence, d.nms_iou,
-                   imgsz=p.tile_px, batch_size=p.batch_size, runtime=d.runtime)
+        path = model_path or settings.model_path
+        choice = None
+        if Path(path).suffix.lower() == ".onnx":
+            choice = choose(path, p.tile_px, d.runtime, d.threads, OnnxYolo)
+        det = cls(path, d.classes, d.confidence, d.nms_iou, imgsz=p.tile_px, batch_size=p.batch_size,
+                  threads=choice.threads if choice else d.threads, runtime=choice.runtime if choice else "fp32")
+        det.choice = choice
+        return det
 
     def _check_onnx_size(self, hw: tuple) -> None:
         h, w = hw
@@ -128,9 +136,9 @@ class Detector:
 
 
 def default_threads() -> int:
-    """Inference threads when none are set: cpu_count - 1 (at most 8), as ultralytics gives torch;
-    one core stays free for reading and decoding the next tiles."""
-    return min(8, max(1, (os.cpu_count() or 1) - 1))
+    """Inference threads when none are set and nothing is measured (a .pt model): every core (at
+    most 8); the tile reader's thread spends most of its time in GDAL, outside the GIL."""
+    return min(8, max(1, os.cpu_count() or 1))
 
 
 class OnnxYolo:

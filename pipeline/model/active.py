@@ -69,5 +69,5 @@ def active_settings(store, settings):
         return settings
     path = verified_path(row)
     detector = settings.detector.model_copy(update={"model": path, "runtime": settings.detector.runtime
-                                                    if settings.detector.runtime != "int8" else "openvino"})
+                                                    if settings.detector.runtime != "int8" else "auto"})
     return settings.model_copy(update={"detector": detector})

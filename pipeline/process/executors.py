@@ -13,6 +13,11 @@ def _warm(detector) -> float:
     return detector.warm()
 
 
+def _inference(detector) -> str:
+    """How the detector runs on this worker (Dask ``client.run``)."""
+    return detector.inference_text()
+
+
 class _Task:
     def __init__(self, fn, args):
         self.fn, self.args, self._out, self._err = fn, args, None, None
@@ -55,6 +60,9 @@ class InlineExecutor:
 
     def warm(self, detector) -> list[float]:
         return [detector.warm()]
+
+    def inference(self, detector) -> dict[str, str]:
+        return {"in-process": detector.inference_text()}
 
     def close(self) -> None:
         pass
@@ -118,6 +126,9 @@ class DaskExecutor:
         except Exception as e:
             raise ModelError(f"the Dask workers cannot load the detector {detector.version} ({e}); every worker "
                              f"needs the same path and `pipeline` installed") from None
+
+    def inference(self, detector) -> dict[str, str]:
+        return {str(k): str(v) for k, v in self.client.run(_inference, detector).items()}
 
     def close(self) -> None:
         self.client.close()

@@ -124,6 +124,7 @@ def run_nightly(store, settings, flight_ids: list[str] | None = None, *, workers
     try:
         summary.model_load_s = executor.warm(detector)
         summary.inference_threads = getattr(executor, "threads", {})
+        summary.inference = {k: v for k, v in executor.inference(detector).items() if v}
         while queue or jobs:
             while queue and (not jobs or sum(len(j.pending) for j in jobs.values()) < window):
                 row = queue.pop(0)

@@ -42,6 +42,7 @@ class NightlySummary:
     workers: int = 1
     model_load_s: list[float] = field(default_factory=list)
     inference_threads: dict[str, int] = field(default_factory=dict)   # Dask worker -> its threads
+    inference: dict[str, str] = field(default_factory=dict)           # worker -> runtime, threads, tiles/s
     flights: list[FlightOutcome] = field(default_factory=list)
     message: str = ""
 
@@ -80,6 +81,7 @@ class NightlySummary:
                  f"- tiles {t['tiles']} ({t['tiles_reused']} reused from checkpoints), detections "
                  f"{t['detections']}, new cases {t['new_cases']}, area {t['area_km2']:.4f} km² "
                  f"({t['km2_per_hour']:.3f} km²/h)"]
+        lines += [f"- inference ({who}): {how}" for who, how in sorted(self.inference.items())]
         if self.message:
             lines.append(f"- {self.message}")
         if self.flights:
