@@ -7,6 +7,8 @@ For each ortho size the script generates a synthetic district ortho (5 cm native
 `pipeline.synth.generate_district`, cached in --work) and runs every variant in its own
 subprocess, so each peak RSS is that variant's alone:
 
+  default  the product as configured (config/default.yaml: runtime and threads as measured on
+        this machine, detection/tuning.py), the .onnx weights
   pt    `detect_ortho` with the .pt weights: streamed tiles resampled to processing.gsd_m, batches
   onnx  the same with the exported .onnx run by onnxruntime (``detector.runtime: fp32``)
   int8  the same with its statically quantised copy (``detector.runtime: int8``)
@@ -24,7 +26,10 @@ imports and model load included), peak RSS, and precision / recall / F1 at
 IoU 0.5 against the district's truth layer (classes of --classes), scored like `patrol
 evaluate` (truth clipped to the valid footprint; compared as polygons for an oriented-box model,
 as axis-aligned envelopes for a plain box model; SAHI's OBB predictions keep their rotation). Ratios against SAHI are
-measured in the same run. SAHI is not a project dependency: install it without its
+measured in the same run. Then the FP32 model alone (onnxruntime, 640 px batches of 8 textured
+tiles, nothing read) at 1 and 2 threads, turned into flown km²/h over the valid area without
+overlap (tiles/s × a tile's ground area), and each pipeline variant's flown km²/h with start-up
+as a share of the model alone on 2 threads (issue 37's bar: ≥ 1.0). SAHI is not a project dependency: install it without its
 opencv-python requirement, which would clash with ultralytics' opencv-python-headless
 (`.venv/bin/pip install --no-deps sahi fire`); GeoDeep likewise (`.venv/bin/pip install --no-deps geodeep`).
 """
@@ -42,9 +47,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = ("pt", "onnx", "int8", "openvino", "sahi", "geodeep")
+VARIANTS = ("default", "pt", "onnx", "int8", "openvino", "sahi", "geodeep")
 #: settings a variant runs with, over the --set ones
-VARIANT_SETTINGS = {"pt": {}, "onnx": {"detector.runtime": "fp32"}, "int8": {"detector.runtime": "int8"},
+VARIANT_SETTINGS = {"default": {}, "pt": {}, "onnx": {"detector.runtime": "fp32"}, "int8": {"detector.runtime": "int8"},
                     "openvino": {"detector.runtime": "openvino"}}
 
 
@@ -286,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad := set(variants) - set(VARIANTS):
         ap.error(f"unknown variants {sorted(bad)}; choose from {', '.join(VARIANTS)}")
     onnx = args.onnx or args.model.with_suffix(".onnx")
-    weights = {"pt": args.model, "sahi": args.model, "onnx": onnx, "int8": onnx.with_suffix(".int8.onnx"),
+    weights = {"default": onnx, "pt": args.model, "sahi": args.model, "onnx": onnx, "int8": onnx.with_suffix(".int8.onnx"),
                "openvino": onnx, "geodeep": onnx}
     for v in variants:
         if not weights[v].is_file():
@@ -302,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             ap.error("GeoDeep is not installed: .venv/bin/pip install --no-deps geodeep")
     overrides = dict(s.split("=", 1) for s in args.sets)
+    from pipeline.core.config import load_settings
     from pipeline.detection.detect import model_task
     oriented = model_task(args.model)[0] == "obb"  # truth as polygons for oriented boxes, else envelopes
     classes = [c for c in args.classes.split(",") if c]
@@ -365,9 +371,38 @@ def main(argv: list[str] | None = None) -> int:
                       f"{rs[-1]['peak_rss_mb']} MB at {rs[-1]['km2']} km² "
                       f"({rs[-1]['peak_rss_mb'] / rs[0]['peak_rss_mb']:.2f}x for "
                       f"{rs[-1]['km2'] / rs[0]['km2']:.1f}x the area)")
+    settings = load_settings(overrides=overrides)
+    p = settings.processing
+    tile_km2 = (p.tile_px * p.gsd_m) ** 2 / 1e6
+    alone = {n: model_alone(onnx, p.tile_px, n) for n in (1, 2)}
+    for n, tps in alone.items():
+        print(f"FP32 model alone (onnxruntime, {n} thread{'s' if n > 1 else ''}): {tps:.2f} tiles/s = "
+              f"{tps * tile_km2 * 3600:.1f} flown km²/h without overlap")
+    for r in rows:
+        if r["variant"] in VARIANT_SETTINGS:
+            r["share_of_model_alone"] = round(r["flown_km2_per_h_with_startup"] / (alone[2] * tile_km2 * 3600), 3)
+            print(f"{r['size_m']:g} m {r['variant']}: flown km²/h with start-up = {r['share_of_model_alone']:.2f} "
+                  f"of the model alone on 2 threads")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0
+
+
+def model_alone(onnx: Path, tile_px: int, threads: int, seconds: float = 8.0) -> float:
+    """Tiles per second of the FP32 graph alone (onnxruntime), fed batches of 8 textured tiles."""
+    import numpy as np
+
+    from pipeline.detection.yolo import OnnxYolo
+
+    rng = np.random.default_rng(0)
+    tiles = [rng.integers(40, 220, (tile_px, tile_px, 3), dtype=np.uint8) for _ in range(8)]
+    model = OnnxYolo(onnx, threads, "fp32")
+    model.predict(tiles, tile_px, 0.25, 0.5)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        model.predict(tiles, tile_px, 0.25, 0.5)
+        n += len(tiles)
+    return n / (time.perf_counter() - t0)
 
 
 if __name__ == "__main__":
