@@ -203,7 +203,7 @@ def match_pairs(a: np.ndarray, b: np.ndarray, match_iou: float, centroid_m: floa
     return p.sort_values(["iou", "dist"], ascending=[False, True])
 
 
-def _assign(pairs: pd.DataFrame) -> dict[int, int]:
+def assign_pairs(pairs: pd.DataFrame) -> dict[int, int]:
     """One-to-one assignment from pairs sorted best first (greedy, in vectorised rounds)."""
     out: dict[int, int] = {}
     p = pairs
@@ -335,7 +335,7 @@ def track_flight(cases: gpd.GeoDataFrame | None, findings: gpd.GeoDataFrame,
     if len(pairs):
         pairs = pairs.assign(rank=rank[pairs["b"].to_numpy()]).sort_values(
             ["rank", "iou", "dist"], ascending=[True, False, True])
-    assigned = _assign(pairs)                            # finding -> case
+    assigned = assign_pairs(pairs)                            # finding -> case
     seen_cases = set(assigned.values())
 
     # detections of any class still standing where a case is

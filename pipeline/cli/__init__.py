@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from pipeline.cli import admin, cases, flights, models, reports
+from pipeline.cli import admin, cases, flights, houses, models, reports
 from pipeline.cli.options import Context
 from pipeline.core.errors import PatrolError, one_line
 
@@ -29,7 +29,7 @@ def cli(ctx, config, store, overrides, debug):
     ctx.meta["debug"] = debug
 
 
-for _module in (flights, cases, models, reports, admin):
+for _module in (flights, cases, houses, models, reports, admin):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

@@ -45,6 +45,8 @@ from pipeline.store.schema import (
     COUNTED,
     DOCUMENT,
     DOCUMENT_VERSION,
+    HOUSE,
+    HOUSE_EVENT,
     MEDIA,
     MEDIA_VERSION,
     MODEL,
@@ -392,6 +394,39 @@ class Store(abc.ABC):
         """Media rows (of one case, or one), in the order they were uploaded."""
         where, params = _equal(case_no=case_no, media_id=media_id)
         return self._frame(MEDIA, where, params, order="uploaded_at, fid")
+
+    def houses(self, bbox: BBox | None = None, house_no: str | None = None, town: str | None = None,
+               village: str | None = None, status: str | Sequence[str] | None = None) -> gpd.GeoDataFrame:
+        """The building register (schema.HOUSE), ordered by house_no."""
+        where, params = _equal(house_no=house_no, town=town, village=village)
+        w, p = in_clause("status", status)
+        if w:
+            where, params = " AND ".join(x for x in (where, w) if x), [*params, *p]
+        return self._frame(HOUSE, where, params, order="house_no", bbox=bbox)
+
+    def save_houses(self, gdf: gpd.GeoDataFrame) -> int:
+        """Upsert register records by house_no; only the frame's columns are written; created_at
+        is kept, updated_at stamped unless given."""
+        frame = gdf.copy()
+        now = iso_datetime(datetime.now())
+        if "updated_at" not in frame.columns:
+            frame["updated_at"] = now
+        fill: dict[str, Any] = {"created_at": now, "status": "registered", "flights": to_sql("json", [])}
+        return self._upsert(HOUSE, frame, fill=fill, keep=("created_at",))
+
+    def append_house_events(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Append register history rows (house_no, at, actor, from_status, to_status, note, facts);
+        never updated or deleted."""
+        records = [{"at": datetime.now(), **dict(r)} for r in rows]
+        if records:
+            cols, values = self._prepare(HOUSE_EVENT, pd.DataFrame(records))
+            with self.transaction():           # a plain INSERT: an upsert would touch the history
+                self._write(HOUSE_EVENT, cols, values, "")
+
+    def house_events(self, house_no: str | None = None) -> pd.DataFrame:
+        """The register's history (of one house), oldest first."""
+        where, params = _equal(house_no=house_no)
+        return self._frame(HOUSE_EVENT, where, params, order="at, fid")
 
     def models(self, version: str | None = None, state: str | None = None) -> pd.DataFrame:
         """Registered detector models (schema.MODEL), in the order they were registered."""

@@ -15,11 +15,14 @@ from pipeline.core.errors import InputError, StoreError
 from pipeline.core.values import is_missing, json_text, timestamp
 from pipeline.store.schema import (
     CASE_CHANGE_COLUMNS,
+    CASE_HOUSE_COLUMNS,
     CASE_LEDGER_COLUMNS,
     CASE_PARTY_COLUMNS,
     DOCUMENT,
     FLIGHT_CHANGE_COLUMNS,
     HEIGHT_COLUMNS,
+    HOUSE,
+    HOUSE_EVENT,
     MEDIA,
     MODEL,
     MODEL_EVENT,
@@ -194,6 +197,18 @@ def _case_columns_and_table(store, sql_type, create_table, columns, table) -> No
     create_table(table)
     for i, idx in enumerate(table.indexes):
         store._x(f"CREATE INDEX {q(f'{table.name}_ix{i}')} ON {q(table.name)} ({', '.join(map(q, idx))})")
+
+
+def add_house_register(store, sql_type, create_feature_table, create_table, append_only) -> None:
+    """Migration 10 of both backends: the building register (house, a feature table; house_event,
+    append-only) and the register number of a case's house."""
+    add_columns(store, sql_type, "cases", CASE_HOUSE_COLUMNS)
+    create_feature_table(HOUSE)
+    create_table(HOUSE_EVENT)
+    append_only(HOUSE_EVENT.name)
+    for table in (HOUSE, HOUSE_EVENT):
+        for i, idx in enumerate(table.indexes):
+            store._x(f"CREATE INDEX {q(f'{table.name}_ix{i}')} ON {q(table.name)} ({', '.join(map(q, idx))})")
 
 
 def add_documents(store, sql_type, create_table) -> None:

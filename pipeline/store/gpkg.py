@@ -32,6 +32,7 @@ from pipeline.store.core import (
     add_columns,
     add_documents,
     add_height_columns,
+    add_house_register,
     add_media,
     add_model_registry,
     add_user_guard_columns,
@@ -379,15 +380,7 @@ def _migration_1(store: GpkgStore) -> None:
         for i, idx in enumerate(table.indexes):
             x(f"CREATE INDEX {table.name}_ix{i} ON {q(table.name)} ({', '.join(map(q, idx))})")
         if table.name in FEATURE_TABLES:
-            g = table.geometry
-            x("INSERT INTO gpkg_contents (table_name, data_type, identifier, description, srs_id) "
-              "VALUES (?, 'features', ?, ?, ?)", (table.name, table.name, table.description, store.srs_id))
-            x("INSERT INTO gpkg_geometry_columns VALUES (?, ?, 'MULTIPOLYGON', ?, 0, 0)",
-              (table.name, g, store.srs_id))
-            for sql in _rtree_sql(table.name, g):
-                x(sql)
-            x("INSERT INTO gpkg_extensions VALUES (?, ?, 'gpkg_rtree_index', "
-              "'http://www.geopackage.org/spec120/#extension_rtree', 'write-only')", (table.name, g))
+            _register_features(store, table)
         elif table.name in ATTRIBUTE_TABLES:
             x("INSERT INTO gpkg_contents (table_name, data_type, identifier, description) "
               "VALUES (?, 'attributes', ?, ?)", (table.name, table.name, table.description))
@@ -408,6 +401,23 @@ def _append_only(store: GpkgStore, table_name: str) -> None:
     for op in ("UPDATE", "DELETE"):
         store._x(f"CREATE TRIGGER {table_name}_no_{op.lower()} BEFORE {op} ON {q(table_name)} BEGIN "
                  f"SELECT RAISE(ABORT, '{table_name} is append-only: history is never rewritten'); END")
+
+
+def _register_features(store: GpkgStore, table: Table) -> None:
+    """A created table with a geometry column made a GeoPackage feature table with its R-tree."""
+    x, g = store._x, table.geometry
+    x("INSERT INTO gpkg_contents (table_name, data_type, identifier, description, srs_id) "
+      "VALUES (?, 'features', ?, ?, ?)", (table.name, table.name, table.description, store.srs_id))
+    x("INSERT INTO gpkg_geometry_columns VALUES (?, ?, 'MULTIPOLYGON', ?, 0, 0)", (table.name, g, store.srs_id))
+    for sql in _rtree_sql(table.name, g):
+        x(sql)
+    x("INSERT INTO gpkg_extensions VALUES (?, ?, 'gpkg_rtree_index', "
+      "'http://www.geopackage.org/spec120/#extension_rtree', 'write-only')", (table.name, g))
+
+
+def _feature_table(store: GpkgStore, table: Table) -> None:
+    store._x(f"CREATE TABLE {q(table.name)} ({', '.join(table_columns(table, _sql_type, _identity(table)))})")
+    _register_features(store, table)
 
 
 def _attribute_table(store: GpkgStore, table: Table) -> None:
@@ -431,5 +441,8 @@ MIGRATIONS: list[tuple[int, str, Any]] = [
      lambda s: add_columns(s, _sql_type, "flight", ("forced",))),
     (9, "flight: DSM and DTM; detection, cases: height and storeys; detection: source",
      lambda s: add_height_columns(s, _sql_type)),
+    (10, "house, house_event: the building register (自建房台账); cases: house number",
+     lambda s: add_house_register(s, _sql_type, lambda t: _feature_table(s, t), lambda t: _attribute_table(s, t),
+                                  lambda t: _append_only(s, t))),
 ]
 GpkgStore.MIGRATIONS = MIGRATIONS

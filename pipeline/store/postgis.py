@@ -46,6 +46,7 @@ from pipeline.store.core import (
     add_columns,
     add_documents,
     add_height_columns,
+    add_house_register,
     add_media,
     add_model_registry,
     add_user_guard_columns,
@@ -397,6 +398,12 @@ def _create_table(store: PostgisStore, table: Table) -> None:
     store._x(sql.SQL("COMMENT ON TABLE {} IS {}").format(sql.Identifier(table.name), sql.Literal(table.description)))
 
 
+def _feature_table(store: PostgisStore, table: Table) -> None:
+    _create_table(store, table)
+    store._x(f"CREATE INDEX {q(f'{table.name}_{table.geometry}_gix')} ON {q(table.name)} "
+             f"USING gist ({q(table.geometry)})")
+
+
 def _append_only(store: PostgisStore, table_name: str) -> None:
     store._x(f"CREATE FUNCTION {table_name}_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
              f"RAISE EXCEPTION '{table_name} is append-only: history is never rewritten'; END $$")
@@ -449,5 +456,8 @@ MIGRATIONS: list[tuple[int, str, Any]] = [
      lambda s: add_columns(s, lambda c: _PG_TYPE[c.kind], "flight", ("forced",))),
     (9, "flight: DSM and DTM; detection, cases: height and storeys; detection: source",
      lambda s: add_height_columns(s, lambda c: _PG_TYPE[c.kind])),
+    (10, "house, house_event: the building register (自建房台账); cases: house number",
+     lambda s: add_house_register(s, lambda c: _PG_TYPE[c.kind], lambda t: _feature_table(s, t),
+                                  lambda t: _create_table(s, t), lambda t: _append_only(s, t))),
 ]
 PostgisStore.MIGRATIONS = MIGRATIONS

@@ -81,7 +81,7 @@ CASES = Table("cases", (
     C("created_at", "datetime"), C("updated_at", "datetime"), C("geometry", "geometry"),
     C("floors", "int"), C("floor_area_m2", "real"), C("unit"), C("remark"), C("id_number"), C("address"),
     C("change_confidence", "real"), C("change_evidence", "json", default={}), C("model_version"),
-    C("height_m", "real"), C("floors_est", "int"),
+    C("height_m", "real"), C("floors_est", "int"), C("house_no"),
 ), key=("case_no",), description="enforcement cases (台账)",
     indexes=(("status",), ("category",), ("town", "village"), ("first_seen_at",)))
 
@@ -131,7 +131,7 @@ MODEL_VERSION_COLUMNS = {"detection": ("model_version",), "cases": ("model_versi
 HEIGHT_COLUMNS = {"flight": ("dsm", "dtm"), "detection": ("height_m", "floors_est", "source"),
                   "cases": ("height_m", "floors_est")}
 ADDED_LATER = {"cases": CASE_LEDGER_COLUMNS + CASE_PARTY_COLUMNS + CASE_CHANGE_COLUMNS + ("model_version",)
-               + HEIGHT_COLUMNS["cases"],
+               + HEIGHT_COLUMNS["cases"] + ("house_no",),
                "flight": FLIGHT_CHANGE_COLUMNS + ("forced",) + HEIGHT_COLUMNS["flight"],
                "detection": ("model_version",) + HEIGHT_COLUMNS["detection"]}
 
@@ -182,8 +182,31 @@ MODEL_EVENT = Table("model_event", (
 ), key=("version", "at", "action"), description="append-only history of the model registry", append_only=True,
     indexes=(("version",),))
 
+#: the migration that adds the building register of the self-built housing census (自建房台账)
+HOUSE_VERSION = 10
+#: every building the flights show (pipeline/cases/houses.py), one row per 栋, added by migration 10:
+#: numbered ZJ<year>-<seq>; seen on ``flights`` (first / last), ``gone_flight`` the flight that covered
+#: it and no longer saw it; ``case_no`` the 两违 case of the same house; ``status`` its census step
+HOUSE = Table("house", (
+    C("house_no", required=True), C("source"), C("status", required=True, default="registered"),
+    C("parcel_id"), C("owner"), C("town"), C("village"), C("village_code"), C("area_m2", "real"),
+    C("floors", "int"), C("floors_source"), C("height_m", "real"), C("flights", "json", default=[]),
+    C("first_seen_flight"), C("first_seen_at", "datetime"), C("last_seen_flight"), C("last_seen_at", "datetime"),
+    C("gone_flight"), C("gone_at", "datetime"), C("case_no"), C("created_at", "datetime"),
+    C("updated_at", "datetime"), C("geometry", "geometry"),
+), key=("house_no",), description="自建房台账: every building the flights show, one row per 栋",
+    indexes=(("town", "village"), ("case_no",)))
+#: what happened to a register record, append-only (seen, gone, seen again, census steps)
+HOUSE_EVENT = Table("house_event", (
+    C("house_no", required=True), C("at", "datetime", required=True), C("actor"), C("from_status"),
+    C("to_status"), C("note"), C("facts", "json", default={}),
+), key=("house_no", "at", "to_status", "note"), description="append-only history of the building register",
+    append_only=True, indexes=(("house_no",),))
+#: the column migration 10 added to cases: the register record of the case's house
+CASE_HOUSE_COLUMNS = ("house_no",)
+
 #: tables reported by Store.status()["counts"]
 COUNTED = ("flight", "detection", "parcel", "zone", "cases", "case_event", "evidence", "document", "media",
-           "model", "model_event")
+           "model", "model_event", "house", "house_event")
 
 CASE_COLUMNS = CASES.names

@@ -78,10 +78,10 @@ def test_tables_have_typed_geometry_columns_with_gist_indexes(pg_server, pg_url)
     cols = pg_server.sql(db, "SELECT f_table_name, f_geometry_column, srid, type FROM geometry_columns "
                              "ORDER BY 1")
     assert cols == [("cases", "geometry", 4547, "MULTIPOLYGON"), ("detection", "geometry", 4547, "MULTIPOLYGON"),
-                    ("flight", "footprint", 4547, "MULTIPOLYGON"), ("parcel", "geometry", 4547, "MULTIPOLYGON"),
-                    ("zone", "geometry", 4547, "MULTIPOLYGON")]
+                    ("flight", "footprint", 4547, "MULTIPOLYGON"), ("house", "geometry", 4547, "MULTIPOLYGON"),
+                    ("parcel", "geometry", 4547, "MULTIPOLYGON"), ("zone", "geometry", 4547, "MULTIPOLYGON")]
     gist = pg_server.sql(db, "SELECT tablename FROM pg_indexes WHERE indexdef LIKE '%USING gist%' ORDER BY 1")
-    assert [t for (t,) in gist] == ["cases", "detection", "flight", "parcel", "zone"]
+    assert [t for (t,) in gist] == ["cases", "detection", "flight", "house", "parcel", "zone"]
     pks = pg_server.sql(db, "SELECT tc.table_name, kcu.column_name FROM information_schema.table_constraints tc "
                             "JOIN information_schema.key_column_usage kcu USING (constraint_name, table_name) "
                             "WHERE tc.constraint_type = 'PRIMARY KEY' AND tc.table_name IN "

@@ -657,3 +657,31 @@ def test_gpkg_refuses_files_that_are_not_patrol_stores(tmp_path):
         open_store(other, CRS)
     with pytest.raises(StoreError, match="postgresql"):
         open_store("ftp://host/x", CRS)
+
+
+def test_the_building_register_round_trips_and_its_history_is_append_only(store):
+    rec = gpd.GeoDataFrame({"house_no": ["ZJ2026-000001", "ZJ2026-000002"], "town": ["新店镇", "新店镇"],
+                            "village": ["石桥村", "河口村"], "flights": [["f1"], ["f1", "f2"]], "floors": [2, 3],
+                            "area_m2": [96.0, 120.5]},
+                           geometry=[box(X0, Y0, X0 + 10, Y0 + 9.6), box(X0 + 40, Y0, X0 + 50, Y0 + 12.05)], crs=CRS)
+    assert store.save_houses(rec) == 2
+    got = store.houses()
+    assert got["house_no"].tolist() == ["ZJ2026-000001", "ZJ2026-000002"]
+    assert got["status"].tolist() == ["registered", "registered"] and got["flights"].tolist() == [["f1"], ["f1", "f2"]]
+    assert got.geometry.area.round(1).tolist() == [96.0, 120.5] and got["created_at"].notna().all()
+    assert store.houses(village="河口村")["house_no"].tolist() == ["ZJ2026-000002"]
+    assert store.houses(bbox=(X0 - 1, Y0 - 1, X0 + 11, Y0 + 11))["house_no"].tolist() == ["ZJ2026-000001"]
+    store.save_houses(pd.DataFrame({"house_no": ["ZJ2026-000001"], "case_no": ["LW2026-000007"]}))
+    one = store.houses(house_no="ZJ2026-000001").iloc[0]
+    assert one["case_no"] == "LW2026-000007" and one["town"] == "新店镇" and one["floors"] == 2   # the rest kept
+    store.append_house_events([{"house_no": "ZJ2026-000001", "actor": "system", "to_status": "registered",
+                                "note": "航次 f1 发现，登记入台账", "facts": {"flight": "f1"}}])
+    store.append_house_events([{"house_no": "ZJ2026-000001", "actor": "system", "note": "航次 f2 覆盖此处但未再发现"}])
+    ev = store.house_events("ZJ2026-000001")
+    assert ev["note"].tolist() == ["航次 f1 发现，登记入台账", "航次 f2 覆盖此处但未再发现"]
+    assert ev["facts"].iloc[0] == {"flight": "f1"} and store.status()["counts"]["house_event"] == 2
+    with pytest.raises(Exception, match="append-only"):
+        _raw_sql(store, "UPDATE house_event SET note = 'rewritten'")
+    with pytest.raises(Exception, match="append-only"):
+        _raw_sql(store, "DELETE FROM house_event")
+    assert len(store.house_events()) == 2

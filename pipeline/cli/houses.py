@@ -1,0 +1,58 @@
+"""`patrol houses …`: the building register of the self-built housing census (自建房台账)."""
+from __future__ import annotations
+
+import click
+
+from pipeline.cli.options import cell, open_ctx_store, pad, pass_ctx, table
+
+# lazy imports: each command imports its stage when it runs, so that `patrol --help` stays quick
+
+
+@click.group("houses")
+def houses_group():
+    """The building register (自建房台账): every building the flights show, one record per 栋."""
+
+
+@houses_group.command("list")
+@click.option("--town", help="Only this town (乡镇).")
+@click.option("--village", help="Only this village (村).")
+@click.option("--gone", "only_gone", is_flag=True, help="Only records a later flight no longer saw (疑已拆除).")
+@pass_ctx
+def houses_list(ctx, town, village, only_gone):
+    """One line per register record."""
+    with open_ctx_store(ctx) as store:
+        houses = store.houses(town=town, village=village)
+    if only_gone:
+        houses = houses[houses["gone_flight"].notna()]
+    if not len(houses):
+        click.echo("no houses")
+        return
+    head = ["house_no", "status", "town", "village", "owner", "area m²", "floors", "flights", "last seen",
+            "gone on", "case"]
+    rows = [[cell(h["house_no"]), cell(h["status"]), cell(h["town"]), cell(h["village"]), cell(h["owner"]),
+             cell(h["area_m2"]), cell(h["floors"]), str(len(h["flights"] or [])), cell(h["last_seen_at"]),
+             cell(h["gone_flight"]), cell(h["case_no"])] for _, h in houses.iterrows()]
+    click.echo(table(head, rows))
+    click.echo(f"{len(rows)} houses")
+
+
+@houses_group.command("show")
+@click.argument("house_no")
+@pass_ctx
+def houses_show(ctx, house_no):
+    """Every fact of one register record and its history."""
+    from pipeline.cases.houses import get_house
+    with open_ctx_store(ctx) as store:
+        h = get_house(store, house_no).iloc[0]
+        events = store.house_events(house_no)
+    for key, value in h.items():
+        if key == "geometry":
+            value = "" if value is None else (f"{value.geom_type}, centroid "
+                                              f"{value.centroid.x:.1f} {value.centroid.y:.1f}")
+        click.echo(f"{key:<20}{cell(value)}")
+    click.echo(f"history ({len(events)} events):")
+    for _, e in events.iterrows():
+        click.echo(f"  {cell(e['at'])}  {pad(cell(e['actor']), 10)}  {cell(e['note'])}")
+
+
+COMMANDS = [houses_group]
