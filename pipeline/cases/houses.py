@@ -11,6 +11,7 @@ and the record of the same house at each other. Both are pure: the store persist
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import date
 from typing import Any, NamedTuple
 
 import geopandas as gpd
@@ -19,7 +20,8 @@ import pandas as pd
 import shapely
 
 from pipeline.cases.track import assign_pairs, at_time, covered_by, match_pairs
-from pipeline.core.errors import InputError
+from pipeline.core.census import Census
+from pipeline.core.errors import InputError, TransitionError
 from pipeline.core.values import is_missing
 from pipeline.store.schema import HOUSE
 
@@ -162,3 +164,100 @@ def get_house(store, house_no: str) -> gpd.GeoDataFrame:
         raise InputError(f"no house {house_no} in the register; list them with `patrol houses list`",
                          zh=f"自建房台账中没有编号 {house_no}")
     return rec
+
+
+# ---------------------------------------------------------------- the census steps on a record
+def _day(on: date | str | None, today: date, what: str) -> date:
+    """The day a step happened: given (ISO, not in the future) or today."""
+    if on is None or str(on).strip() == "":
+        return today
+    try:
+        day = date.fromisoformat(str(on).strip()[:10])
+    except ValueError:
+        raise InputError(f"{what}: '{on}' is not a date (YYYY-MM-DD)", zh=f"{what}：“{on}”不是日期") from None
+    if day > today:
+        raise InputError(f"{what}: {day} lies in the future; give the day it happened",
+                         zh=f"{what}：{day} 晚于今天，请填写实际日期")
+    return day
+
+
+def _move(store, census: Census, house_no: str, to: str, actor: str, note: str, update: dict,
+          facts: dict, now) -> dict:
+    """Check the lifecycle allows ``to`` from the record's status, then write the record's
+    ``update`` and one history row, in one transaction. The record as stored."""
+    at = at_time(now)
+    with store.transaction():
+        rec = get_house(store, house_no).iloc[0].to_dict()
+        frm = rec["status"]
+        life = census.lifecycle
+        if to not in life.allowed(frm):
+            allowed = "、".join(life.label(s) for s in life.allowed(frm)) or "无"
+            raise TransitionError(
+                f"house {house_no} is {frm} ({life.label(frm)}); it cannot become {to} ({life.label(to)}) — "
+                f"allowed: {', '.join(life.allowed(frm)) or 'none'}",
+                zh=f"{house_no} 当前为“{life.label(frm)}”，不能改为“{life.label(to)}”（可改为：{allowed}）")
+        store.save_houses(pd.DataFrame([{"house_no": house_no, "status": to, **update}]))
+        store.append_house_events([{"house_no": house_no, "at": at, "actor": actor, "from_status": frm,
+                                    "to_status": to, "note": note, "facts": facts}])
+    return get_house(store, house_no).iloc[0].to_dict()
+
+
+def inspect_house(store, census: Census, house_no: str, facts: dict[str, Any], actor: str,
+                  now=None) -> dict:
+    """Record a 排查 form (``facts`` by field key, checked against config/census.yaml): the record
+    becomes ``hazard`` or ``safe`` by its 初判 (a re-inspection may change it)."""
+    today = at_time(now).date()
+    checked = census.check_facts(facts, today)
+    hazard = checked["judgement"]
+    to = "hazard" if hazard in census.hazard_values else "safe"
+    update = {"inspection": checked, "hazard": hazard, "inspected_on": checked["inspected_on"],
+              "business": None if "business" not in checked else int(bool(checked["business"]))}
+    if "floors" in checked:
+        update.update(floors=int(checked["floors"]), floors_source="officer")
+    if "owner" in checked:
+        update["owner"] = checked["owner"]
+    return _move(store, census, house_no, to, actor, f"排查：{hazard}", update,
+                 {"on": checked["inspected_on"], **checked}, now)
+
+
+def set_house_status(store, census: Census, house_no: str, to: str, actor: str, *, note: str = "",
+                     measures: Sequence[str] = (), deadline: str | None = None, assignee: str | None = None,
+                     on: str | None = None, now=None) -> dict:
+    """A rectification step: ``rectifying`` (整治措施 from the census's list, a deadline and the
+    person responsible), ``rectified`` (整治完成), ``closed`` (销号 after the recheck: a note says
+    what the recheck found). Inspections go through ``inspect_house``."""
+    today = at_time(now).date()
+    life = census.lifecycle
+    if to not in life.states:
+        raise InputError(f"'{to}' is not a census status; one of {', '.join(life.states)}",
+                         zh=f"“{to}”不是排查台账的状态")
+    if to in ("safe", "hazard"):
+        raise InputError(f"{to} follows an inspection; record it with `patrol houses inspect`",
+                         zh="“未发现隐患/存在隐患”由排查表决定，请填写排查表")
+    day = _day(on, today, "date of the step")
+    update: dict[str, Any] = {}
+    facts: dict[str, Any] = {"on": day.isoformat()}
+    if to == "rectifying":
+        bad = [m for m in measures if m not in census.measures]
+        if not measures or bad:
+            raise InputError(f"整治措施 must be one or more of {'、'.join(census.measures)}"
+                             + (f"; '{bad[0]}' is not" if bad else ""),
+                             zh=f"请选择整治措施（{'、'.join(census.measures)}）")
+        if not deadline or not assignee:
+            raise InputError("rectification needs a deadline (--deadline) and the person responsible (--assignee)",
+                             zh="整治需填写整改期限和责任人")
+        try:
+            limit = date.fromisoformat(str(deadline)[:10])
+        except ValueError:
+            raise InputError(f"deadline '{deadline}' is not a date (YYYY-MM-DD)", zh=f"整改期限“{deadline}”不是日期") from None
+        update.update(measures=list(measures), deadline=limit.isoformat(), assignee=assignee)
+        facts.update(measures=list(measures), deadline=limit.isoformat(), assignee=assignee)
+    elif to == "rectified":
+        update["rectified_on"] = day.isoformat()
+    elif to == "closed":
+        if not note.strip():
+            raise InputError("销号 needs the recheck's finding as a note (--note)", zh="销号须填写复核意见")
+        update["closed_on"] = day.isoformat()
+    label = life.label(to)
+    return _move(store, census, house_no, to, actor, f"{label}" + (f"：{note.strip()}" if note.strip() else ""),
+                 update, facts, now)

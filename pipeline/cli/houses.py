@@ -55,4 +55,49 @@ def houses_show(ctx, house_no):
         click.echo(f"  {cell(e['at'])}  {pad(cell(e['actor']), 10)}  {cell(e['note'])}")
 
 
+@houses_group.command("inspect")
+@click.argument("house_no")
+@click.option("--fact", "facts", multiple=True, metavar="KEY=VALUE", required=True,
+              help="One field of the 排查 form (config/census.yaml), e.g. judgement=存在一般安全隐患; repeatable.")
+@click.option("--actor", default=None, help="Who inspected (default: $USER).")
+@pass_ctx
+def houses_inspect(ctx, house_no, facts, actor):
+    """Record the 排查 form of HOUSE_NO: it becomes 存在隐患 or 未发现隐患 by its 初判."""
+    import getpass
+
+    from pipeline.cases.houses import inspect_house
+    pairs = {}
+    for f in facts:
+        key, sep, value = f.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"'{f}' is not KEY=VALUE", param_hint="--fact")
+        pairs[key.strip()] = value
+    census = ctx.settings.census
+    with open_ctx_store(ctx) as store:
+        rec = inspect_house(store, census, house_no, pairs, actor or getpass.getuser())
+    click.echo(f"{house_no}: {rec['status']} {census.lifecycle.label(rec['status'])} ({rec['hazard']})")
+
+
+@houses_group.command("set-status")
+@click.argument("house_no")
+@click.argument("status")
+@click.option("--measure", "measures", multiple=True, help="整治措施 (with rectifying; repeatable).")
+@click.option("--deadline", help="整改期限 YYYY-MM-DD (with rectifying).")
+@click.option("--assignee", help="The person responsible (with rectifying).")
+@click.option("--on", "on", help="The day the step happened, YYYY-MM-DD (default: today).")
+@click.option("--note", default="", help="What was found (required to close: the recheck).")
+@click.option("--actor", default=None, help="Who (default: $USER).")
+@pass_ctx
+def houses_set_status(ctx, house_no, status, measures, deadline, assignee, on, note, actor):
+    """Move HOUSE_NO through rectification: rectifying, rectified, closed (销号)."""
+    import getpass
+
+    from pipeline.cases.houses import set_house_status
+    census = ctx.settings.census
+    with open_ctx_store(ctx) as store:
+        rec = set_house_status(store, census, house_no, status, actor or getpass.getuser(), note=note,
+                               measures=measures, deadline=deadline, assignee=assignee, on=on)
+    click.echo(f"{house_no}: {rec['status']} {census.lifecycle.label(rec['status'])}")
+
+
 COMMANDS = [houses_group]

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from pipeline.core.census import Census, load_census
 from pipeline.core.errors import ConfigError
 from pipeline.core.rules import Rules, load_rules
 
@@ -340,9 +341,12 @@ class Settings(Section):
     ingest: IngestSettings = IngestSettings()
     heights: HeightSettings = HeightSettings()
     rules_file: Path = Field(Path("rules.yaml"), description="violation rules and lifecycle table")
+    census_file: Path = Field(Path("census.yaml"), description="the 自建房 census: form fields, measures, "
+                                                               "the register's lifecycle")
 
     source: Path | None = Field(None, exclude=True, description="the config file these came from")
     _rules: tuple[Path, Rules] | None = PrivateAttr(None)
+    _census: tuple[Path, Census] | None = PrivateAttr(None)
 
     def resolve(self, p: Path) -> Path:
         """A path from the config file, made absolute against the file's folder."""
@@ -369,6 +373,15 @@ class Settings(Section):
         if self._rules is None or self._rules[0] != path:
             self._rules = (path, load_rules(path))
         return self._rules[1]
+
+
+    @property
+    def census(self) -> Census:
+        """The census of ``census_file``, read and validated once (``load_census``)."""
+        path = self.resolve(self.census_file)
+        if self._census is None or self._census[0] != path:
+            self._census = (path, load_census(path))
+        return self._census[1]
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:

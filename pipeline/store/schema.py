@@ -187,13 +187,16 @@ HOUSE_VERSION = 10
 #: every building the flights show (pipeline/cases/houses.py), one row per 栋, added by migration 10:
 #: numbered ZJ<year>-<seq>; seen on ``flights`` (first / last), ``gone_flight`` the flight that covered
 #: it and no longer saw it; ``case_no`` the 两违 case of the same house; ``status`` its census step
+#: (config/census.yaml), ``inspection`` the 排查 form's facts, ``hazard`` its 初判, ``measures`` the 整治措施
 HOUSE = Table("house", (
     C("house_no", required=True), C("source"), C("status", required=True, default="registered"),
     C("parcel_id"), C("owner"), C("town"), C("village"), C("village_code"), C("area_m2", "real"),
     C("floors", "int"), C("floors_source"), C("height_m", "real"), C("flights", "json", default=[]),
     C("first_seen_flight"), C("first_seen_at", "datetime"), C("last_seen_flight"), C("last_seen_at", "datetime"),
-    C("gone_flight"), C("gone_at", "datetime"), C("case_no"), C("created_at", "datetime"),
-    C("updated_at", "datetime"), C("geometry", "geometry"),
+    C("gone_flight"), C("gone_at", "datetime"), C("case_no"),
+    C("inspection", "json", default={}), C("hazard"), C("business", "int"), C("inspected_on", "date"),
+    C("measures", "json", default=[]), C("deadline", "date"), C("assignee"), C("rectified_on", "date"),
+    C("closed_on", "date"), C("created_at", "datetime"), C("updated_at", "datetime"), C("geometry", "geometry"),
 ), key=("house_no",), description="自建房台账: every building the flights show, one row per 栋",
     indexes=(("town", "village"), ("case_no",)))
 #: what happened to a register record, append-only (seen, gone, seen again, census steps)

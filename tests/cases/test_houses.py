@@ -6,9 +6,13 @@ from __future__ import annotations
 import json
 
 import geopandas as gpd
+import pandas as pd
 import pytest
 
+from pipeline.cases.houses import inspect_house, set_house_status
+from pipeline.core.census import load_census
 from pipeline.core.config import load_settings
+from pipeline.core.errors import ConfigError, InputError, TransitionError
 from pipeline.ingest.parcels import import_registry
 from pipeline.process.run import process_flight, register_flight
 from pipeline.store import open_store
@@ -84,3 +88,85 @@ def test_a_village_register_through_three_flights(tmp_path, district, patrol):
     code, _, err = patrol("--store", settings.store.url, "houses", "show", "ZJ1999-000001")
     assert code == 2 and err.strip() == ("error: no house ZJ1999-000001 in the register; list them with "
                                          "`patrol houses list`")
+
+
+@pytest.fixture
+def registered(tmp_path, district):
+    """A store whose register holds the first flight's houses."""
+    result, meta, truth = district
+    settings = load_settings(overrides={"store.url": str(tmp_path / "patrol.gpkg")}, environ={})
+    store = open_store(settings.store.url, settings.store.crs)
+    import_registry(store, result.vectors)
+    f1 = register_flight(store, result.out_dir / meta["epochs"][0]["ortho"], settings)
+    process_flight(store, f1["flight_id"], settings, detections=_detections(truth, 1), progress=False)
+    yield store, settings, store.houses()["house_no"].tolist()
+    store.close()
+
+
+def _unchanged(store, house_no):
+    rec = store.houses(house_no=house_no).drop(columns="updated_at").iloc[0]
+    return rec.astype(str).to_dict(), len(store.house_events(house_no))
+
+
+def test_inspection_rectification_and_closing_with_refusals_that_change_nothing(registered, patrol):
+    store, settings, numbers = registered
+    census = settings.census
+    serious, general, safe = numbers[:3]
+    form = {"owner": "李四", "built_year": "1998", "structure": "砖混", "floors": "3", "use": "餐饮",
+            "business": "是", "inspected_on": "2026-11-20"}
+    assert inspect_house(store, census, serious, {**form, "judgement": "存在严重安全隐患"}, "officer-1")["status"] == "hazard"
+    assert inspect_house(store, census, general, {**form, "judgement": "存在一般安全隐患", "use": "自住",
+                                                  "business": "否"}, "officer-1")["status"] == "hazard"
+    rec = inspect_house(store, census, safe, {**form, "judgement": "未发现安全隐患"}, "officer-2")
+    assert (rec["status"], rec["business"], rec["floors"], rec["floors_source"], rec["owner"]) == \
+        ("safe", 1, 3, "officer", "李四")
+    assert rec["inspection"]["structure"] == "砖混" and rec["inspected_on"] == pd.Timestamp("2026-11-20")
+
+    # refusals: one line each, nothing stored
+    before = _unchanged(store, serious)
+    with pytest.raises(TransitionError, match="cannot become closed") as e:
+        set_house_status(store, census, serious, "closed", "officer-1", note="复核通过")
+    assert "不能改为“已销号”" in e.value.zh
+    with pytest.raises(InputError, match="结构类型 \\(structure\\): '石头' is not one of"):
+        inspect_house(store, census, serious, {**form, "structure": "石头", "judgement": "存在严重安全隐患"}, "x")
+    with pytest.raises(InputError, match="lies in the future"):
+        inspect_house(store, census, serious, {**form, "inspected_on": "2999-01-01", "judgement": "存在严重安全隐患"}, "x")
+    with pytest.raises(InputError, match="judgement\\) is required"):
+        inspect_house(store, census, serious, form, "x")
+    with pytest.raises(InputError, match="整治措施 must be one or more of"):
+        set_house_status(store, census, serious, "rectifying", "x", measures=["推倒"], deadline="2027-01-31",
+                         assignee="王五")
+    with pytest.raises(InputError, match="deadline"):
+        set_house_status(store, census, serious, "rectifying", "x", measures=["加固"])
+    assert _unchanged(store, serious) == before
+
+    rec = set_house_status(store, census, serious, "rectifying", "officer-1", measures=["停用/封控", "加固"],
+                           deadline="2027-01-31", assignee="王五", on="2026-11-25")
+    assert (rec["status"], rec["measures"], rec["assignee"]) == ("rectifying", ["停用/封控", "加固"], "王五")
+    set_house_status(store, census, serious, "rectified", "officer-1", on="2026-12-01")
+    with pytest.raises(InputError, match="needs the recheck"):
+        set_house_status(store, census, serious, "closed", "officer-1")
+    rec = set_house_status(store, census, serious, "closed", "officer-1", note="复核：加固完成，隐患消除")
+    assert rec["status"] == "closed" and rec["rectified_on"] == pd.Timestamp("2026-12-01")
+    history = store.house_events(serious)
+    assert history["to_status"].tolist() == ["registered", "hazard", "rectifying", "rectified", "closed"]
+    assert history["facts"].iloc[2]["on"] == "2026-11-25" and history["actor"].iloc[-1] == "officer-1"
+
+    # the same through the command line
+    code, out, _ = patrol("--store", settings.store.url, "houses", "set-status", general, "rectifying",
+                          "--measure", "限期整改", "--deadline", "2027-02-28", "--assignee", "赵六")
+    assert code == 0 and "rectifying 整治中" in out
+    code, _, err = patrol("--store", settings.store.url, "houses", "inspect", safe, "--fact", "structure=纸板",
+                          "--fact", "judgement=未发现安全隐患", "--fact", "inspected_on=2026-11-21")
+    assert code == 2 and err.count("\n") == 1 and "'纸板' is not one of" in err
+
+
+def test_a_census_file_that_breaks_its_own_rules_is_one_line(tmp_path):
+    bad = tmp_path / "census.yaml"
+    bad.write_text("fields: [{key: judgement, label: 初判, kind: choice}]\nhazard_values: []\nserious_values: []\n"
+                   "measures: []\nlifecycle: {states: {registered: 待排查}, transitions: {registered: [safe]}}\n",
+                   encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"census file .*census.yaml: 'fields.0' .*choice without values"):
+        load_census(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_census(tmp_path / "none.yaml")

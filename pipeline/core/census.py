@@ -1,0 +1,159 @@
+"""The census file's schema (config/census.yaml): the 排查 form's fields and allowed values, the
+整治措施 and the building register's lifecycle, validated (``load_census``); and one form's facts
+checked against it (``Census.check_facts``), refused in one line naming the field."""
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.core.errors import ConfigError, InputError
+from pipeline.core.values import is_missing
+
+YES = {"是", "yes", "true", "1", "y", "有"}
+NO = {"否", "no", "false", "0", "n", "无"}
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FormField(_M):
+    key: str
+    label: str
+    kind: Literal["text", "int", "real", "date", "choice", "bool"] = "text"
+    values: list[str] = []
+    required: bool = False
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _choices(self) -> "FormField":
+        if self.kind == "choice" and not self.values:
+            raise ValueError(f"field {self.key} is a choice without values")
+        return self
+
+    def value(self, raw: Any, today: date) -> Any:
+        """``raw`` as this field's kind; InputError (English and Chinese) naming the field."""
+        text = str(raw).strip()
+        where = f"{self.label} ({self.key})"
+        try:
+            if self.kind == "int":
+                v: Any = int(text)
+            elif self.kind == "real":
+                v = float(text)
+                if v != v:
+                    raise ValueError
+            elif self.kind == "date":
+                v = date.fromisoformat(text[:10])
+                if v > today:
+                    raise InputError(f"{where}: {v} lies in the future; give the day it happened",
+                                     zh=f"{self.label}：{v} 晚于今天，请填写实际日期")
+                return v.isoformat()
+            elif self.kind == "bool":
+                if text.lower() not in YES | NO:
+                    raise ValueError
+                return text.lower() in YES
+            elif self.kind == "choice":
+                if text not in self.values:
+                    raise InputError(f"{where}: '{text}' is not one of {'、'.join(self.values)}",
+                                     zh=f"{self.label}：“{text}”不在可选值内（{'、'.join(self.values)}）")
+                return text
+            else:
+                return text
+        except ValueError:
+            raise InputError(f"{where}: '{text}' is not a {self.kind}", zh=f"{self.label}：“{text}”格式不对") from None
+        if (self.min is not None and v < self.min) or (self.max is not None and v > self.max):
+            raise InputError(f"{where}: {v} is outside {self.min}–{self.max}",
+                             zh=f"{self.label}：{v} 超出范围（{self.min}–{self.max}）")
+        return v
+
+
+class CensusLifecycle(_M):
+    states: dict[str, str]
+    initial: str = "registered"
+    transitions: dict[str, list[str]]
+
+    @model_validator(mode="after")
+    def _known_states(self) -> "CensusLifecycle":
+        named = {self.initial, *self.transitions, *[t for ts in self.transitions.values() for t in ts]}
+        unknown = sorted(named - set(self.states))
+        if unknown:
+            raise ValueError(f"states {unknown} are not listed under lifecycle.states")
+        for needed in ("safe", "hazard", "rectifying", "rectified", "closed"):
+            if needed not in self.states:
+                raise ValueError(f"lifecycle.states lacks '{needed}' (the census counts it)")
+        return self
+
+    def label(self, state: str) -> str:
+        return self.states.get(state, state)
+
+    def allowed(self, state: str) -> list[str]:
+        return list(self.transitions.get(state, []))
+
+
+class Census(_M):
+    fields: list[FormField]
+    hazard_values: list[str]
+    serious_values: list[str]
+    crowded_uses: list[str] = []
+    measures: list[str]
+    lifecycle: CensusLifecycle
+
+    source: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _form(self) -> "Census":
+        keys = [f.key for f in self.fields]
+        for needed in ("judgement", "inspected_on"):
+            if needed not in keys:
+                raise ValueError(f"fields lacks '{needed}' (the census needs it)")
+        judgement = self.field("judgement").values
+        stray = sorted(set(self.hazard_values + self.serious_values) - set(judgement))
+        if stray:
+            raise ValueError(f"hazard/serious values {stray} are not values of the judgement field")
+        return self
+
+    def field(self, key: str) -> FormField:
+        return next(f for f in self.fields if f.key == key)
+
+    def check_facts(self, facts: dict[str, Any], today: date) -> dict[str, Any]:
+        """The form's facts, each converted and checked, blanks dropped; required ones present."""
+        known = {f.key: f for f in self.fields}
+        out: dict[str, Any] = {}
+        for key, raw in facts.items():
+            if key not in known:
+                raise InputError(f"the census form has no field '{key}'; its fields: {', '.join(known)}",
+                                 zh=f"排查表没有“{key}”这一项")
+            if is_missing(raw) or str(raw).strip() == "":
+                continue
+            out[key] = known[key].value(raw, today)
+        for f in self.fields:
+            if f.required and f.key not in out:
+                raise InputError(f"{f.label} ({f.key}) is required on the census form",
+                                 zh=f"排查表必须填写{f.label}")
+        return out
+
+
+def load_census(path: str | Path) -> Census:
+    """Read and validate config/census.yaml (ConfigError naming the file and the key)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"census file {path} not found; set census_file in the config to an existing file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        raise ConfigError(f"census file {path} is not valid YAML; fix its syntax") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"census file {path} is not UTF-8 text; save it as UTF-8 and try again") from None
+    try:
+        census = Census(**data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"]) or "(top)"
+        raise ConfigError(f"census file {path}: '{loc}' {err['msg'].lower()}; fix it in the file") from None
+    census.source = path
+    return census
