@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.report.census_stats import add_census_sheets, census_markdown, census_stats
 from pipeline.report.common import CATEGORIES, label, text
 from pipeline.report.ledger import M2_PER_MU
 
@@ -285,7 +286,8 @@ def stats_markdown(st: dict, lang: str, district: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_stats_xlsx(st: dict, path: Path, lang: str, district: str = "") -> Path:
+def write_stats_xlsx(st: dict, path: Path, lang: str, district: str = "", census: dict | None = None) -> Path:
+    """The figures, one sheet per breakdown, and the 自建房 census's figures when given."""
     from openpyxl import Workbook
     from openpyxl.styles import Font
     from openpyxl.utils import get_column_letter
@@ -320,6 +322,8 @@ def write_stats_xlsx(st: dict, path: Path, lang: str, district: str = "") -> Pat
         for c in sh[1]:
             c.font = Font(bold=True)
         sh.freeze_panes = "A2"
+    if census is not None:
+        add_census_sheets(wb, census)
     path.parent.mkdir(parents=True, exist_ok=True)
     wb.save(path)
     return path
@@ -377,13 +381,14 @@ def write_stats_png(st: dict, path: Path, lang: str) -> Path:
 
 def write_stats(store, settings, rules, out_dir: Path, since: Any = None, until: Any = None,
                 as_of: Any = None) -> dict[str, Path]:
-    """stats.md, stats.xlsx and stats.png under ``out_dir``."""
+    """stats.md, stats.xlsx and stats.png under ``out_dir``: the 两违 figures, then the 自建房 census's."""
     lang = settings.report.language
     st = campaign_stats(store, rules, since, until, as_of, settings.report.campaign_start)
+    census = census_stats(store, settings.census, since, until, settings.report.campaign_start)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "stats.md"
-    md.write_text(stats_markdown(st, lang, settings.district.name), encoding="utf-8")
+    md.write_text(stats_markdown(st, lang, settings.district.name) + "\n" + census_markdown(census), encoding="utf-8")
     return {"stats_md": md,
-            "stats_xlsx": write_stats_xlsx(st, out_dir / "stats.xlsx", lang, settings.district.name),
+            "stats_xlsx": write_stats_xlsx(st, out_dir / "stats.xlsx", lang, settings.district.name, census),
             "stats_png": write_stats_png(st, out_dir / "stats.png", lang)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import geopandas as gpd
+import openpyxl
 import pandas as pd
 import pytest
 
@@ -15,6 +16,8 @@ from pipeline.core.config import load_settings
 from pipeline.core.errors import ConfigError, InputError, TransitionError
 from pipeline.ingest.parcels import import_registry
 from pipeline.process.run import process_flight, register_flight
+from pipeline.report.census_stats import census_stats
+from pipeline.report.stats import write_stats
 from pipeline.store import open_store
 from pipeline.synth import generate_district
 
@@ -170,3 +173,54 @@ def test_a_census_file_that_breaks_its_own_rules_is_one_line(tmp_path):
         load_census(bad)
     with pytest.raises(ConfigError, match="not found"):
         load_census(tmp_path / "none.yaml")
+
+
+def test_census_figures_equal_their_hand_counts(registered, district, tmp_path):
+    store, settings, numbers = registered
+    result, meta, truth = district
+    census = settings.census
+    serious, general, safe = numbers[:3]
+    base = {"structure": "砖混", "inspected_on": "2026-11-20"}
+    inspect_house(store, census, serious, {**base, "judgement": "存在严重安全隐患", "use": "餐饮", "business": "是",
+                                           "floors": "3"}, "o")
+    inspect_house(store, census, general, {**base, "judgement": "存在一般安全隐患", "use": "自住", "business": "否",
+                                           "floors": "2"}, "o")
+    inspect_house(store, census, safe, {**base, "judgement": "未发现安全隐患", "use": "住宿", "business": "是",
+                                        "floors": "4"}, "o")
+    # a re-inspection corrects the general hazard: counted once, as what it was last found to be
+    inspect_house(store, census, general, {**base, "judgement": "未发现安全隐患", "use": "自住",
+                                           "inspected_on": "2026-11-29"}, "o")
+    set_house_status(store, census, serious, "rectifying", "o", measures=["加固"], deadline="2027-01-31",
+                     assignee="王五", on="2026-11-25")
+    set_house_status(store, census, serious, "rectified", "o", on="2026-11-28")
+    set_house_status(store, census, serious, "closed", "o", note="复核合格", on="2026-12-02")
+    # the second flight: a new house (registered on its capture day) and one house no longer seen
+    buildings = truth[truth["class_name"] == "building"]
+    first = set(buildings.loc[buildings["epoch"] == 1, "structure_id"])
+    f2 = register_flight(store, result.out_dir / meta["epochs"][1]["ortho"], settings)
+    process_flight(store, f2["flight_id"], settings, detections=_detections(truth, 2, drop=[sorted(first)[-1]]),
+                   progress=False)
+    new = [n for n in store.houses()["house_no"] if n not in numbers]
+    inspect_house(store, census, new[0], {**base, "judgement": "存在一般安全隐患", "inspected_on": "2026-12-03"}, "o")
+
+    november = census_stats(store, census, "2026-11-01", "2026-12-01")
+    assert november["period"] == {"registered": 0, "inspected": 3, "business": 2, "three_storeys": 2, "crowded": 2,
+                                  "hazard": 1, "serious": 1, "rectifying": 1, "rectified": 1, "closed": 0}
+    flown = sorted(pd.to_datetime(store.list_flights()["captured_at"]))
+    assert flown[-1] < pd.Timestamp("2026-11-01")             # both flights before November: registered earlier
+    assert november["cumulative"]["registered"] == len(numbers) + len(new) and november["cumulative"]["closed"] == 0
+    assert november["rates"] == {"closure_rate": 0.0, "rectification_rate": 1.0}
+    everything = census_stats(store, census)
+    assert everything["cumulative"]["registered"] == len(numbers) + len(new)
+    assert (everything["cumulative"]["inspected"], everything["cumulative"]["hazard"]) == (4, 2)
+    assert everything["rates"] == {"closure_rate": 0.5, "rectification_rate": 0.5}
+    assert int(november["by_village"]["inspected"].sum()) == 3
+    december = census_stats(store, census, "2026-12-01", "2027-01-01")
+    assert (december["period"]["inspected"], december["period"]["closed"], december["period"]["hazard"]) == (1, 1, 1)
+
+    paths = write_stats(store, settings, settings.rules, tmp_path / "stats", "2026-11-01", "2026-12-01")
+    md = paths["stats_md"].read_text(encoding="utf-8")
+    assert "## 自建房安全排查" in md and "| 排查栋数 | 3 | 3 |" in md and "| 销号率 | — | 0.0% |" in md
+    wb = openpyxl.load_workbook(paths["stats_xlsx"])
+    sheet = {r[0]: r[1:] for r in wb["自建房排查"].iter_rows(values_only=True)}
+    assert sheet["排查栋数"] == (3, 3) and sheet["其中严重隐患"] == (1, 1) and sheet["整改率"] == (None, 1.0)
