@@ -100,4 +100,24 @@ def houses_set_status(ctx, house_no, status, measures, deadline, assignee, on, n
     click.echo(f"{house_no}: {rec['status']} {census.lifecycle.label(rec['status'])}")
 
 
+@houses_group.command("export")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The register workbook (.xlsx).")
+@click.option("--town", help="Only this town (乡镇).")
+@click.option("--village", help="Only this village (村).")
+@pass_ctx
+def houses_export(ctx, out, town, village):
+    """The register (自建房台账) as xlsx, in the columns of config/census.yaml's register_columns."""
+    from pathlib import Path
+
+    from pipeline.core.errors import InputError
+    from pipeline.report.register import write_register_xlsx
+    if not out.lower().endswith(".xlsx"):
+        raise InputError(f"--out {out} must end in .xlsx; the register is a workbook")
+    with open_ctx_store(ctx) as store:
+        houses = store.houses(town=town, village=village)
+    title = f"{ctx.settings.district.name} 自建房安全排查台账"
+    path = write_register_xlsx(houses, ctx.settings.census, Path(out), title)
+    click.echo(f"{len(houses)} houses written to {path}")
+
+
 COMMANDS = [houses_group]

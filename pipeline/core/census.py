@@ -13,6 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pipeline.core.errors import ConfigError, InputError
 from pipeline.core.values import is_missing
 
+#: register columns that are not form fields (pipeline/report/register.py fills them)
+REGISTER_FIELDS: dict[str, str] = {
+    "seq": "序号", "house_no": "台账编号", "town": "乡镇", "village": "村", "owner": "产权人",
+    "coords": "坐标(经度,纬度)", "area_m2": "占地面积(m²)", "floors": "层数", "status": "排查状态",
+    "hazard": "初判", "measures": "整治措施", "deadline": "整改期限", "assignee": "责任人",
+    "inspected_on": "排查日期", "rectified_on": "整治完成日期", "closed_on": "销号日期",
+    "case_no": "关联两违案件", "last_seen_at": "最近航飞", "gone": "航飞未见",
+}
 YES = {"是", "yes", "true", "1", "y", "有"}
 NO = {"否", "no", "false", "0", "n", "无"}
 
@@ -102,6 +110,7 @@ class Census(_M):
     crowded_uses: list[str] = []
     measures: list[str]
     lifecycle: CensusLifecycle
+    register_columns: list[str | dict[str, str]] = list(REGISTER_FIELDS)
 
     source: Path | None = Field(None, exclude=True)
 
@@ -111,11 +120,24 @@ class Census(_M):
         for needed in ("judgement", "inspected_on"):
             if needed not in keys:
                 raise ValueError(f"fields lacks '{needed}' (the census needs it)")
+        for col in self.register_columns:
+            name = next(iter(col)) if isinstance(col, dict) else col
+            if name not in REGISTER_FIELDS and name not in keys:
+                raise ValueError(f"register column '{name}' is neither a register field nor a form field")
         judgement = self.field("judgement").values
         stray = sorted(set(self.hazard_values + self.serious_values) - set(judgement))
         if stray:
             raise ValueError(f"hazard/serious values {stray} are not values of the judgement field")
         return self
+
+    def register_headers(self) -> list[tuple[str, str]]:
+        """(field, header) of each register column: the configured header, the form's label, or ours."""
+        labels = {f.key: f.label for f in self.fields}
+        out = []
+        for col in self.register_columns:
+            name, header = next(iter(col.items())) if isinstance(col, dict) else (col, "")
+            out.append((name, header or labels.get(name) or REGISTER_FIELDS[name]))
+        return out
 
     def field(self, key: str) -> FormField:
         return next(f for f in self.fields if f.key == key)

@@ -224,3 +224,29 @@ def test_census_figures_equal_their_hand_counts(registered, district, tmp_path):
     wb = openpyxl.load_workbook(paths["stats_xlsx"])
     sheet = {r[0]: r[1:] for r in wb["自建房排查"].iter_rows(values_only=True)}
     assert sheet["排查栋数"] == (3, 3) and sheet["其中严重隐患"] == (1, 1) and sheet["整改率"] == (None, 1.0)
+
+
+def test_the_register_workbook_reads_back_in_the_configured_columns(registered, tmp_path, patrol):
+    store, settings, numbers = registered
+    census = settings.census
+    inspect_house(store, census, numbers[0], {"structure": "框架", "judgement": "存在严重安全隐患", "business": "是",
+                                              "use": "餐饮", "inspected_on": "2026-11-20"}, "o")
+    set_house_status(store, census, numbers[0], "rectifying", "o", measures=["停用/封控", "加固"],
+                     deadline="2027-01-31", assignee="王五")
+    store.close()
+    out = tmp_path / "register.xlsx"
+    code, text_out, _ = patrol("--store", settings.store.url, "houses", "export", "--out", str(out))
+    assert code == 0 and f"{len(numbers)} houses written" in text_out
+    ws = openpyxl.load_workbook(out)["自建房台账"]
+    rows = list(ws.iter_rows(values_only=True))
+    assert rows[1][:6] == ("序号", "台账编号", "乡镇", "村", "产权人", "坐标(经度,纬度)")
+    assert [h for h, _ in census.register_headers()] == [c for c in census.register_columns]
+    body = {r[1]: dict(zip(rows[1], r)) for r in rows[2:]}
+    assert len(body) == len(numbers)
+    first = body[numbers[0]]
+    assert (first["结构类型"], first["初判"], first["是否经营性"], first["排查状态"]) == ("框架", "存在严重安全隐患", "是", "整治中")
+    assert (first["整治措施"], first["责任人"], first["整改期限"]) == ("停用/封控、加固", "王五", "2027-01-31")
+    lon, lat = map(float, first["坐标(经度,纬度)"].split(","))
+    assert 73 < lon < 135 and 18 < lat < 54                        # a point in China
+    code, _, err = patrol("--store", settings.store.url, "houses", "export", "--out", str(tmp_path / "r.csv"))
+    assert code == 2 and "must end in .xlsx" in err
