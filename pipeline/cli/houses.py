@@ -120,4 +120,18 @@ def houses_export(ctx, out, town, village):
     click.echo(f"{len(houses)} houses written to {path}")
 
 
+@houses_group.command("form")
+@click.argument("house_no")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The PDF to write.")
+@pass_ctx
+def houses_form(ctx, house_no, out):
+    """The 自建房安全排查表 of HOUSE_NO as PDF (template config/documents/census_form.html)."""
+    from pathlib import Path
+
+    from pipeline.report.census_form import write_census_form
+    with open_ctx_store(ctx) as store:
+        path = write_census_form(store, ctx.settings, house_no, Path(out))
+    click.echo(f"排查表 {house_no} written to {path}")
+
+
 COMMANDS = [houses_group]

@@ -311,21 +311,31 @@ def check_chinese_font() -> None:
 
 def render_pdf(settings, kind: str, fields: dict[str, Any]) -> tuple[bytes, int]:
     """The PDF of a filled document and its page count. Same fields, same template: same bytes."""
+    folder = check_templates(settings)   # a document issued before a field existed prints with it empty
+    return render_template_pdf(folder, f"{kind}.html", {**{f: _empty(f) for f in FIELDS}, **fields}, FIELDS)
+
+
+def render_template_pdf(folder: Path, name: str, fields: dict[str, Any], known: tuple[str, ...]) -> tuple[bytes, int]:
+    """Any template of the document folder (sandboxed, fonts checked, nothing fetched) filled with
+    ``fields`` (which carry issued_at, title, doc_no and authority): the PDF and its page count."""
     import weasyprint
-    from jinja2 import UndefinedError
+    from jinja2 import TemplateNotFound, TemplateSyntaxError, UndefinedError
     from jinja2.exceptions import SecurityError
-    folder = check_templates(settings)
     check_chinese_font()
     env = _environment(str(folder), _stamp(folder))
-    try:     # a document issued before a field existed prints with that field empty
-        html = env.get_template(f"{kind}.html").render(**{**{f: _empty(f) for f in FIELDS}, **fields})
+    try:
+        html = env.get_template(name).render(**fields)
+    except TemplateNotFound:
+        raise TemplateError(f"document template {folder / name} is missing; copy it from the product's "
+                            f"config/documents") from None
+    except TemplateSyntaxError as e:
+        raise TemplateError(f"document template {folder / name} line {e.lineno}: {e.message}; fix the template") from None
     except UndefinedError as e:
-        raise TemplateError(f"document template {folder / (kind + '.html')}: {e.message}; "
-                            f"fields: {', '.join(FIELDS)}") from None
+        raise TemplateError(f"document template {folder / name}: {e.message}; fields: {', '.join(known)}") from None
     except SecurityError as e:
-        raise TemplateError(f"document template {kind}.html reaches outside its fields ({e}); a template may "
+        raise TemplateError(f"document template {name} reaches outside its fields ({e}); a template may "
                             f"only show fields and use filters: fix it in {folder.name}/",
-                            zh=f"文书模板 {kind}.html 试图访问字段以外的内容，已拒绝；请管理员修正模板") from None
+                            zh=f"文书模板 {name} 试图访问字段以外的内容，已拒绝；请管理员修正模板") from None
     doc = weasyprint.HTML(string=html, base_url=str(folder), url_fetcher=_local_fetcher(folder)).render()
     doc.metadata.created = doc.metadata.modified = fields["issued_at"]
     doc.metadata.title = f"{fields['title']} {fields['doc_no']}"

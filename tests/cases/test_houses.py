@@ -4,6 +4,7 @@ longer see; a 两违 case and the record of the same house point to each other."
 from __future__ import annotations
 
 import json
+import subprocess
 
 import geopandas as gpd
 import openpyxl
@@ -250,3 +251,24 @@ def test_the_register_workbook_reads_back_in_the_configured_columns(registered, 
     assert 73 < lon < 135 and 18 < lat < 54                        # a point in China
     code, _, err = patrol("--store", settings.store.url, "houses", "export", "--out", str(tmp_path / "r.csv"))
     assert code == 2 and "must end in .xlsx" in err
+
+
+def test_the_census_form_pdf_reads_back_with_the_inspection_and_its_history(registered, tmp_path, patrol):
+    store, settings, numbers = registered
+    census = settings.census
+    inspect_house(store, census, numbers[1], {"owner": "张三", "structure": "砖木", "built_year": "1988",
+                                              "judgement": "存在一般安全隐患", "appraisal_needed": "是",
+                                              "appraisal_grade": "C", "inspected_on": "2026-11-20"}, "o")
+    set_house_status(store, census, numbers[1], "rectifying", "o", measures=["限期整改"], deadline="2027-03-31",
+                     assignee="王五")
+    store.close()
+    out = tmp_path / "form.pdf"
+    code, said, _ = patrol("--store", settings.store.url, "houses", "form", numbers[1], "--out", str(out))
+    assert code == 0 and numbers[1] in said
+    got = subprocess.run(["pdftotext", "-layout", str(out), "-"], capture_output=True, text=True, check=True).stdout
+    for words in ("自建房安全排查表", numbers[1], "结构类型", "砖木", "1988", "存在一般安全隐患", "鉴定等级",
+                  "限期整改", "2027-03-31", "王五", "整治中", "登记入台账", "产权人（签名）"):
+        assert words in got, words
+    assert "Traceback" not in got and "None" not in got
+    code, _, err = patrol("--store", settings.store.url, "houses", "form", "ZJ1999-000009", "--out", str(out))
+    assert code == 2 and "no house ZJ1999-000009" in err
