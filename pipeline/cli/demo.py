@@ -69,6 +69,44 @@ def officer_actions_from_truth(store, truth: gpd.GeoDataFrame, rules, actor: str
     return counts
 
 
+STRUCTURES = ("砖混", "框架", "砖木", "混合")
+USES = ("自住", "自住", "自住", "出租", "餐饮", "住宿", "生产经营")
+
+
+def census_actions(store, census, day: str, actor: str = DEMO_ACTOR) -> dict[str, int]:
+    """A simulated census team on ``day``: every house still waiting is inspected (facts drawn
+    from its number, so each run gives the same census: about one in six a serious hazard, one
+    in four a general one); a hazard inspected earlier goes into rectification; a house in
+    rectification since an earlier visit is rectified, rechecked and closed (销号)."""
+    import hashlib
+
+    from pipeline.cases.houses import inspect_house, set_house_status
+    counts: dict[str, int] = {}
+    deadline = (pd.Timestamp(day) + pd.Timedelta(days=60)).date().isoformat()
+    for h in store.houses().itertuples(index=False):
+        k = int(hashlib.sha256(h.house_no.encode()).hexdigest()[:8], 16)
+        if h.status == "registered" and pd.isna(h.gone_flight):
+            use = USES[k % len(USES)]
+            judgement = ("存在严重安全隐患" if k % 6 == 0 else "存在一般安全隐患" if k % 4 == 1 else "未发现安全隐患")
+            facts = {"owner": h.owner if isinstance(h.owner, str) else "", "structure": STRUCTURES[k % 4],
+                     "built_year": str(1985 + k % 35), "floors": str(int(h.floors) if not pd.isna(h.floors) else 2),
+                     "use": use, "business": "是" if use not in ("自住",) else "否", "judgement": judgement,
+                     "inspected_on": day}
+            step = inspect_house(store, census, h.house_no, facts, actor)["status"]
+        elif h.status == "hazard":
+            measures = ["停用/封控", "加固"] if h.hazard == "存在严重安全隐患" else ["限期整改"]
+            step = set_house_status(store, census, h.house_no, "rectifying", actor, measures=measures,
+                                    deadline=deadline, assignee="村建设协管员", on=day)["status"]
+        elif h.status == "rectifying":
+            set_house_status(store, census, h.house_no, "rectified", actor, on=day)
+            step = set_house_status(store, census, h.house_no, "closed", actor, note="复核：整治完成，隐患消除",
+                                    on=day)["status"]
+        else:
+            continue
+        counts[step] = counts.get(step, 0) + 1
+    return counts
+
+
 #: the documents the demo prints: for the first case in each status, these kinds
 DEMO_DOCUMENTS = {"suspected": ("inspection",), "ordered": ("sheet", "inspection", "stop_notice", "demolition_notice"),
                   "demolished": ("recheck",)}
@@ -96,6 +134,9 @@ def run_demo(ctx, out_dir: Path, seed: int = 1, size_m: float = 400.0, epochs: i
     from pipeline.ingest.parcels import import_registry
     from pipeline.process.run import process_flight, register_flight
     from pipeline.report import write_reports
+    from pipeline.report.census_form import write_census_form
+    from pipeline.report.census_stats import census_rows, census_stats
+    from pipeline.report.register import write_register_xlsx
     from pipeline.store import open_store
     from pipeline.synth import generate_district
 
@@ -132,9 +173,12 @@ def run_demo(ctx, out_dir: Path, seed: int = 1, size_m: float = 400.0, epochs: i
         flight = register_flight(store, out_dir / ep["ortho"], settings, team="demo", dsm=dsm)
         res = process_flight(store, flight["flight_id"], settings, detector=detector, force=True)
         acted = officer_actions_from_truth(store, truth, rules)
+        surveyed = census_actions(store, settings.census, str(ep["date"])[:10])
         echo(f"epoch {ep['epoch']} ({ep['date']}): flight {res.flight_id}: {res.detections} detections, "
              f"{res.findings} findings, {res.new_cases} new cases; simulated officer: "
              + (", ".join(f"{k} {v}" for k, v in sorted(acted.items())) or "nothing to do"))
+        echo(f"  自建房台账: {res.houses_new} houses registered, {res.houses_gone} no longer seen; census team: "
+             + (", ".join(f"{k} {v}" for k, v in sorted(surveyed.items())) or "nothing to do"))
         if res.heights:
             echo(f"  heights (DSM): {res.heights['flat_dropped']} flat boxes dropped, "
                  f"{res.heights['found_by_height']} structures found by height, "
@@ -145,6 +189,12 @@ def run_demo(ctx, out_dir: Path, seed: int = 1, size_m: float = 400.0, epochs: i
     echo("writing reports ...")
     paths = write_reports(store, settings, out_dir / "reports")
     documents = demo_documents(store, settings, rules, out_dir / "reports" / "documents")
+    census = census_stats(store, settings.census)
+    register = write_register_xlsx(store.houses(), settings.census, out_dir / "reports" / "houses.xlsx",
+                                   f"{settings.district.name} 自建房安全排查台账")
+    closed = store.houses(status="closed")
+    form = write_census_form(store, settings, (closed if len(closed) else store.houses())["house_no"].iloc[0],
+                             out_dir / "reports" / "documents" / "census_form.pdf") if len(store.houses()) else None
     store.close()
     echo(f"map:        {paths['map']}")
     echo(f"case list:  {paths['cases_xlsx']}  (also .csv .geojson .kml .kmz .gpkg beside it)")
@@ -154,6 +204,10 @@ def run_demo(ctx, out_dir: Path, seed: int = 1, size_m: float = 400.0, epochs: i
             echo(f"statistics: {paths[key]}")
     if documents:
         echo(f"documents:  {len(documents)} PDFs in {documents[0].parent} (patrol docs KIND CASE_NO)")
+    echo("census (自建房安全排查, 累计): " + "; ".join(f"{a} {c}" for a, _, c in census_rows(census)))
+    echo(f"register:   {register}  (patrol houses export)")
+    if form is not None:
+        echo(f"排查表:     {form}  (patrol houses form HOUSE_NO)")
     echo(f"store:      {settings.store.url}")
     summary["reports"] = {k: str(v) for k, v in paths.items()}
     return summary

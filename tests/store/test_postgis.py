@@ -268,12 +268,12 @@ def _demo(district: Path, url: str):
     from pipeline.cli.demo import run_demo
     run_demo(Context(None, url, (NO_MODEL,)), district, seed=3, size_m=120, epochs=3, echo=lambda *a: None)
     with open_store(url, CRS) as s:
-        return s.cases(), s.events(), s.list_flights(), len(s.detections())
+        return s.cases(), s.events(), s.list_flights(), len(s.detections()), s.houses(), s.house_events()
 
 
 def test_demo_on_postgis_makes_the_same_cases_as_the_embedded_store(pg_url, district, tmp_path):
-    gc, ge, gf, gd = _demo(district, str(tmp_path / "demo.gpkg"))
-    pc, pe, pf, pd_ = _demo(district, pg_url)
+    gc, ge, gf, gd, gh, ghe = _demo(district, str(tmp_path / "demo.gpkg"))
+    pc, pe, pf, pd_, ph, phe = _demo(district, pg_url)
     assert len(gc) >= 3 and gd == pd_
     assert list(pc["case_no"]) == list(gc["case_no"])
     for col in ("category", "status", "stock", "detector_class", "parcel_id", "first_seen_flight",
@@ -287,6 +287,13 @@ def test_demo_on_postgis_makes_the_same_cases_as_the_embedded_store(pg_url, dist
     assert pe[key].astype(str).values.tolist() == ge[key].astype(str).values.tolist()
     assert pf[["flight_id", "status", "model_version"]].values.tolist() == \
         gf[["flight_id", "status", "model_version"]].values.tolist()
+    # the 自建房 register and its census, the same on both
+    assert len(gh) >= 3 and list(ph["house_no"]) == list(gh["house_no"])
+    for col in ("status", "hazard", "case_no", "gone_flight", "floors"):
+        assert ph[col].astype(str).tolist() == gh[col].astype(str).tolist(), col
+    assert ph["measures"].tolist() == gh["measures"].tolist() and ph["inspection"].tolist() == gh["inspection"].tolist()
+    key = ["house_no", "from_status", "to_status", "note"]
+    assert phe[key].astype(str).values.tolist() == ghe[key].astype(str).values.tolist()
 
 
 # ------------------------------------------------------------------ the CLI on a postgresql:// URL
