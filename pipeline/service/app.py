@@ -1,6 +1,7 @@
 """The web service: FastAPI app with server-rendered pages (Jinja2) and a JSON API. Routers by
 user: ``routes_auth`` (sign in/out, token), ``routes_flights`` (patrol teams), ``routes_review``
-(officers), ``routes_work`` (tasks, dispatch, statistics), ``routes_admin`` (accounts),
+(officers), ``routes_work`` (tasks, dispatch, statistics), ``routes_houses`` (the 自建房 census),
+``routes_admin`` (accounts),
 ``routes_api`` (``/api``, spec at ``/api/openapi.json``); they share ``context.Service``. Every route but the login and the token needs an account."""
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pipeline.service import (
     routes_api,
     routes_auth,
     routes_flights,
+    routes_houses,
     routes_review,
     routes_work,
 )
@@ -82,8 +84,9 @@ def create_app(settings, *, detector: Any = None, store=None) -> FastAPI:
         resp.headers.setdefault("Cache-Control", "no-store")
         return resp
 
-    for module in (routes_auth, routes_flights, routes_review, routes_work, routes_admin, routes_api):
-        app.router.routes.extend(module.router.routes)     # flat: app.routes lists every route
+    for router in (routes_auth.router, routes_flights.router, routes_review.router, routes_work.router,
+                   routes_houses.router, routes_admin.router, routes_api.router, routes_houses.api):
+        app.router.routes.extend(router.routes)             # flat: app.routes lists every route
     return app
 
 

@@ -962,3 +962,58 @@ def test_drawing_refusals_are_one_chinese_line_and_store_nothing(svc):
         assert zh in body["detail_zh"] and "\n" not in body["detail"], body
     assert len(store.cases()) == before_cases and len(store.events()) == before_events
     assert store.cases().set_index("case_no").loc[svc.case].geometry.equals(case.geometry)
+
+
+# ---------------------------------------------------------------- the 自建房 census
+def test_the_census_tab_the_inspection_form_and_the_api(svc):
+    houses = svc.store.houses()
+    mine = houses[houses["town"] == svc.town]
+    assert len(mine) >= 2
+    no, other = mine["house_no"].iloc[0], mine["house_no"].iloc[1]
+    off, csrf = _session(svc.app, "off")
+    page = off.get("/houses").text
+    assert "自建房排查" in page and no in page and "附近优先" in page and "高德" in page
+    assert 'aria-current="page">两违案件' in off.get("/tasks").text.replace("\n", "")    # the tab beside the cases
+    house = off.get(f"/houses/{no}").text
+    assert "排查表" in house and 'name="structure"' in house and "砖混" in house and 'data-offline="排查表' in house
+    form = {"structure": "框架", "judgement": "存在严重安全隐患", "use": "餐饮", "business": "是", "floors": "3",
+            "inspected_on": "2026-11-20", "csrf_token": csrf}
+    r = off.post(f"/houses/{no}/inspect", data=form)
+    assert r.status_code == 303 and r.headers["location"] == f"/houses/{no}#inspection"
+    rec = svc.store.houses(house_no=no).iloc[0]
+    assert (rec["status"], rec["hazard"], rec["inspection"]["use"]) == ("hazard", "存在严重安全隐患", "餐饮")
+    assert svc.store.house_events(no)["actor"].iloc[-1] == "off"
+    page = off.get(f"/houses/{no}").text
+    assert "改为：整治中" in page and "停用/封控" in page
+    # refusals: one Chinese line, nothing stored
+    events = len(svc.store.house_events(no))
+    bad = off.post(f"/houses/{no}/inspect", data={**form, "structure": "纸板"})
+    assert bad.status_code == 422 and "结构类型：“纸板”不在可选值内" in bad.text
+    early = off.post(f"/houses/{no}/status", data={"to": "closed", "note": "x", "csrf_token": csrf})
+    assert early.status_code == 409 and "不能改为“已销号”" in early.text
+    future = off.post(f"/houses/{no}/inspect", data={**form, "inspected_on": "2999-01-01"})
+    assert future.status_code == 422 and "晚于今天" in future.text
+    assert len(svc.store.house_events(no)) == events and svc.store.houses(house_no=no)["status"].iloc[0] == "hazard"
+    r = off.post(f"/houses/{no}/status", data={"to": "rectifying", "measure": ["停用/封控", "加固"],
+                                               "deadline": "2027-01-31", "assignee": "王五", "csrf_token": csrf})
+    assert r.status_code == 303 and svc.store.houses(house_no=no)["measures"].iloc[0] == ["停用/封控", "加固"]
+    # the JSON API: the same steps, the same refusals
+    t = svc.tokens["off"]
+    listed = svc.client.get("/api/houses", headers=t).json()
+    assert {h["house_no"] for h in listed} == set(mine["house_no"]) and listed[0]["status"] == "registered"
+    r = svc.client.post(f"/api/houses/{other}/inspection", headers=t,
+                        json={"facts": {"judgement": "未发现安全隐患", "inspected_on": "2026-11-21", "floors": 2}})
+    assert r.status_code == 200 and r.json()["status"] == "safe" and r.json()["status_label"] == "未发现隐患"
+    r = svc.client.post(f"/api/houses/{no}/status", headers=t, json={"to": "rectified", "on": "2026-12-01"})
+    assert r.status_code == 200 and r.json()["rectified_on"] == "2026-12-01"
+    r = svc.client.post(f"/api/houses/{no}/status", headers=t, json={"to": "closed"})
+    assert r.status_code == 422 and "复核" in r.json().get("detail_zh", r.text)
+    xl = svc.client.get("/api/houses.xlsx", headers=t)
+    assert xl.status_code == 200 and xl.content[:2] == b"PK"
+    # another town's officer neither sees nor changes them
+    far = svc.tokens["far"]
+    assert svc.client.get("/api/houses", headers=far).json() == []
+    assert svc.client.get(f"/api/houses/{no}", headers=far).status_code == 404
+    assert svc.client.post(f"/api/houses/{other}/inspection", headers=far,
+                           json={"facts": {"judgement": "存在一般安全隐患", "inspected_on": "2026-11-21"}}).status_code == 404
+    assert svc.store.houses(house_no=other)["status"].iloc[0] == "safe"
