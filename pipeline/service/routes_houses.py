@@ -28,6 +28,10 @@ api = APIRouter(prefix="/api", tags=["houses"])
 QUEUE_ORDER = ("registered", "hazard", "rectifying", "rectified", "safe", "closed")
 
 
+def _text(v: Any) -> str:
+    return "" if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v)
+
+
 def _day(v: Any) -> str:
     text = str(v) if v is not None else ""
     return "" if text in ("", "NaT", "None", "nan") else text[:10]
@@ -54,11 +58,11 @@ def summaries(svc: Service, houses) -> list[dict]:
     points = to_wgs84_points(houses, houses.crs)
     rows = []
     for (lon, lat), h in zip(points, houses.to_dict("records")):
-        rows.append({"house_no": h["house_no"], "town": h["town"] or "", "village": h["village"] or "",
-                     "owner": h["owner"] or "", "status": h["status"], "status_label": life.label(h["status"]),
-                     "hazard": h["hazard"] or "", "deadline": _day(h["deadline"]), "assignee": h["assignee"] or "",
+        rows.append({"house_no": h["house_no"], "town": _text(h["town"]), "village": _text(h["village"]),
+                     "owner": _text(h["owner"]), "status": h["status"], "status_label": life.label(h["status"]),
+                     "hazard": _text(h["hazard"]), "deadline": _day(h["deadline"]), "assignee": _text(h["assignee"]),
                      "floors": None if pd.isna(h["floors"]) else int(h["floors"]),
-                     "area_m2": round(float(h["area_m2"]), 1), "case_no": h["case_no"] or "",
+                     "area_m2": round(float(h["area_m2"]), 1), "case_no": _text(h["case_no"]),
                      "gone": isinstance(h["gone_flight"], str) and bool(h["gone_flight"]),
                      "lon": round(float(lon), 7), "lat": round(float(lat), 7),
                      "nav": navigation_links(lon, lat, h["house_no"])})

@@ -654,3 +654,79 @@ def test_officer_redraws_an_outline_and_draws_a_missed_structure_admin_promotes_
         assert abs(float(new["area_m2"]) - 64) < 8
         assert list(store.model_events()["action"])[-3:] == ["registered", "promoted", "rolled_back"]
     assert problems == [], problems
+
+
+def _english(page) -> list[str]:
+    """Latin words on the page's main part, leaving out numbers like ZJ2026-000001, WGS84 and the
+    accounts' names (who did what)."""
+    import re
+    words = re.findall(r"[A-Za-z]{2,}", re.sub(r"ZJ\d{4}-\d{6}|WGS84", "", page.inner_text("main")))
+    return [w for w in words if w not in USERS]
+
+
+def test_the_census_on_a_phone_tab_form_offline_and_house_page(server):
+    """自建房排查 at 390 × 844: the census tab and a house's page fit the screen in Chinese; the
+    排查 form filled without a signal waits on the phone and is stored when the signal returns."""
+    import geopandas as gpd
+    import shapely
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with open_store(server["store"], server["settings"].store.crs) as store:
+        parcels = store.parcels()
+        mine = parcels[parcels["town"] == server["town"]]
+        rows = []
+        for k in range(2):
+            c = mine.geometry.iloc[k].centroid
+            rows.append({"house_no": f"ZJ2026-90000{k + 1}", "town": server["town"], "village": mine["village"].iloc[k],
+                         "owner": "刘一", "area_m2": 96.0, "floors": 2, "floors_source": "parcel", "flights": ["f1"],
+                         "first_seen_flight": "f1", "first_seen_at": "2026-10-01",
+                         "geometry": shapely.box(c.x - 5, c.y - 5, c.x + 5, c.y + 4.6)})
+        store.save_houses(gpd.GeoDataFrame(rows, geometry="geometry", crs=store.crs))
+    no = "ZJ2026-900001"
+    base, problems = server["base"], []
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            ctx, page = _login(browser, base, "off", problems)
+            page.set_viewport_size({"width": 390, "height": 844})
+            page.goto("/tasks")
+            page.click("nav.tabs >> text=自建房排查")
+            page.wait_for_selector("#census")
+            assert no in page.inner_text("#my-cases") and "待排查" in page.inner_text("#census-counts")
+            assert _fits(page) and not _english(page), _english(page)
+            page.screenshot(path=str(ARTIFACTS / "service_census_tab_phone.png"), full_page=True)
+            page.wait_for_function("navigator.serviceWorker.controller !== null || "
+                                   "(location.reload(), false)", timeout=15000, polling=1000)
+            page.click(f"a[href='/houses/{no}']")
+            page.wait_for_selector("#inspect-form")
+            assert page.get_attribute("#house-status", "data-status") == "registered"
+            assert _fits(page) and not _english(page), _english(page)
+            assert not _uncovered(page), _uncovered(page)
+            page.screenshot(path=str(ARTIFACTS / "service_house_phone.png"), full_page=True)
+            ctx.set_offline(True)                              # no signal in the village
+            page.goto(f"/houses/{no}")                         # from the phone
+            page.select_option("#inspect-form select[name=structure]", "砖木")
+            page.select_option("#inspect-form select[name=judgement]", "存在一般安全隐患")
+            page.select_option("#inspect-form select[name=use]", "出租")
+            page.fill("#inspect-form input[name=inspected_on]", "2026-11-20")
+            page.fill("#inspect-form input[name=floors]", "3")
+            page.click("#inspect-form button[type=submit]")
+            page.wait_for_selector("#outbox .waiting:text('离线待发送 1 项')", timeout=5000)
+            page.screenshot(path=str(ARTIFACTS / "service_census_offline_phone.png"))
+            with open_store(server["store"], server["settings"].store.crs) as store:
+                assert store.houses(house_no=no)["status"].iloc[0] == "registered"       # still on the phone
+            ctx.set_offline(False)
+            page.wait_for_selector("#outbox", state="hidden", timeout=20000)
+            with open_store(server["store"], server["settings"].store.crs) as store:
+                rec = store.houses(house_no=no).iloc[0]
+                assert (rec["status"], rec["hazard"], rec["inspection"]["structure"], int(rec["floors"])) == \
+                    ("hazard", "存在一般安全隐患", "砖木", 3)
+            page.goto(f"/houses/{no}")
+            assert page.get_attribute("#house-status", "data-status") == "hazard"
+            assert "改为：整治中" in page.inner_text("#steps") and _fits(page) and not _english(page)
+            page.set_viewport_size({"width": 1366, "height": 768})
+            page.screenshot(path=str(ARTIFACTS / "service_house_desktop.png"), full_page=True)
+            ctx.close()
+        finally:
+            browser.close()
+    assert not [x for x in problems if "Failed to load resource" not in x], problems
