@@ -331,7 +331,7 @@ class Service:
         return {**self.case_summary(c), "facts": case_facts(c, self.lang, self.rules), "site": site, "media": media,
                 "reasons": rule_texts(c, self.lang, self.rules), "flags": list(c.get("flags") or []),
                 "history": history, "allowed": self.lifecycle.allowed(text(c.get("status")) or self.lifecycle.initial),
-                "lon": round(centre.x, 7), "lat": round(centre.y, 7)}
+                "lon": round(centre.x, 7), "lat": round(centre.y, 7), "house_no": text(c.get("house_no"))}
 
     def chips_for(self, case_gdf) -> list[dict]:
         """Evidence chips of one case (cut now if none recorded), copied under work/chips."""

@@ -971,6 +971,8 @@ def test_the_census_tab_the_inspection_form_and_the_api(svc):
     assert len(mine) >= 2
     no, other = mine["house_no"].iloc[0], mine["house_no"].iloc[1]
     off, csrf = _session(svc.app, "off")
+    linked = mine[mine["case_no"].notna()].iloc[0]               # a case and its house point at each other
+    assert f'href="/houses/{linked["house_no"]}"' in off.get(f"/cases/{linked['case_no']}").text
     page = off.get("/houses").text
     assert "自建房排查" in page and no in page and "附近优先" in page and "高德" in page
     assert 'aria-current="page">两违案件' in off.get("/tasks").text.replace("\n", "")    # the tab beside the cases
