@@ -32,12 +32,17 @@ def _day(v: Any) -> pd.Timestamp | None:
     return pd.Timestamp(str(v)[:10])
 
 
-def census_stats(store, census, since: Any = None, until: Any = None, campaign_start: Any = None) -> dict:
+def census_stats(store, census, since: Any = None, until: Any = None, campaign_start: Any = None,
+                 places: Any = None) -> dict:
     """``period`` and ``cumulative`` (figure → houses), ``rates`` (cumulative), and the period
-    ``by_village`` (town, village, figure columns)."""
+    ``by_village`` (town, village, figure columns). ``places`` (towns or villages) keeps only
+    their houses (an officer's figures)."""
     since_t, until_t, start_t = _day(since), _day(until), _day(campaign_start)
     houses = store.houses().set_index("house_no")
     events = store.house_events()
+    if places is not None:
+        houses = houses[houses["town"].isin(places) | houses["village"].isin(places)]
+        events = events[events["house_no"].isin(set(houses.index))]
     rows = []                                         # (house_no, step, day, facts)
     for no, seen in houses["first_seen_at"].items():
         if _day(seen) is not None:

@@ -17,6 +17,8 @@ from pipeline.cases.casework import assign_case
 from pipeline.cases.dispatch import digest, work_queue
 from pipeline.core.errors import InputError
 from pipeline.core.values import day_after
+from pipeline.report.census_stats import FIGURES as CENSUS_FIGURES
+from pipeline.report.census_stats import census_rows, census_stats
 from pipeline.report.common import CLASSES, label
 from pipeline.report.stats import (
     BREAKDOWNS,
@@ -125,17 +127,19 @@ def _period(since: str, until: str) -> tuple[str | None, str | None]:
     return since or None, day_after(until or None)
 
 
-def _stats(svc: Service, a: Auth, since: str, until: str) -> dict:
+def _stats(svc: Service, a: Auth, since: str, until: str) -> tuple[dict, dict]:
+    """The 两违 figures and the 自建房 census's, of the officer's towns (an admin's: all)."""
     s, u = _period(since, until)
     places = None if a.user.is_admin else [t for t in a.user.towns if t]
-    return campaign_stats(svc.store, svc.rules, s, u, campaign_start=svc.settings.report.campaign_start,
-                          places=places)
+    start = svc.settings.report.campaign_start
+    return (campaign_stats(svc.store, svc.rules, s, u, campaign_start=start, places=places),
+            census_stats(svc.store, svc.settings.census, s, u, campaign_start=start, places=places))
 
 
 @router.get("/stats", response_class=HTMLResponse)
 def stats_page(request: Request, a: Auth = Depends(officer), since: str = "", until: str = "",
                svc: Service = Depends(service)):
-    st = _stats(svc, a, since, until)
+    st, census = _stats(svc, a, since, until)
     tables = [(title[0], labelled(st[key], "zh")) for key, _, title in BREAKDOWNS]
     funnel = [(k, st["period"][k]) for k in ("found", "verified", "stopped", "filed", "ordered", "demolished",
                                              "rectified", "closed", "rebuilt")]
@@ -148,14 +152,16 @@ def stats_page(request: Request, a: Auth = Depends(officer), since: str = "", un
         "funnel": [(ROW_LABELS[k][0], v, round(100 * v / top)) for k, v in funnel],
         "months": [(m["month"], m["found"], round(100 * m["found"] / mtop), m["demolished"] + m["rectified"],
                     round(100 * (m["demolished"] + m["rectified"]) / mtop)) for m in months],
-        "query": f"since={quote(since)}&until={quote(until)}"})
+        "query": f"since={quote(since)}&until={quote(until)}", "census_rows": census_rows(census),
+        "census_villages": census["by_village"].to_dict("split")["data"],
+        "census_heads": ["乡镇", "村", *CENSUS_FIGURES.values()]})
 
 
 @router.get("/stats.xlsx")
 def stats_xlsx(a: Auth = Depends(officer), since: str = "", until: str = "", svc: Service = Depends(service)):
-    st = _stats(svc, a, since, until)
+    st, census = _stats(svc, a, since, until)
     tmp = Path(tempfile.mkdtemp(prefix="stats-", dir=svc.work))
-    path = write_stats_xlsx(st, tmp / "stats.xlsx", "zh", svc.settings.district.name)
+    path = write_stats_xlsx(st, tmp / "stats.xlsx", "zh", svc.settings.district.name, census)
     return FileResponse(path, filename=f"stats_{since or 'all'}_{until or date.today().isoformat()}.xlsx",
                         media_type="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
                         background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True))

@@ -1012,6 +1012,13 @@ def test_the_census_tab_the_inspection_form_and_the_api(svc):
     assert r.status_code == 422 and "复核" in r.json().get("detail_zh", r.text)
     xl = svc.client.get("/api/houses.xlsx", headers=t)
     assert xl.status_code == 200 and xl.content[:2] == b"PK"
+    # the 统计 page and its xlsx carry the census of the officer's towns beside the 两违 figures
+    stats = off.get("/stats").text
+    assert "自建房安全排查" in stats and "<th>其中严重隐患</th><td>1</td>" in stats
+    import openpyxl
+    wb = openpyxl.load_workbook(io.BytesIO(off.get("/stats.xlsx").content))
+    census = {r[0]: r[1:] for r in wb["自建房排查"].iter_rows(values_only=True)}
+    assert census["排查栋数"] == (2, 2) and census["已完成整治"] == (1, 1)
     # another town's officer neither sees nor changes them
     far = svc.tokens["far"]
     assert svc.client.get("/api/houses", headers=far).json() == []
