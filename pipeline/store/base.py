@@ -47,6 +47,7 @@ from pipeline.store.schema import (
     DOCUMENT_VERSION,
     HOUSE,
     HOUSE_EVENT,
+    HOUSE_VERSION,
     MEDIA,
     MEDIA_VERSION,
     MODEL,
@@ -132,7 +133,7 @@ class Store(abc.ABC):
         """``{"backend", "url", "crs", "version", "latest_version", "counts": {table: rows}}``."""
         version = self._version()
         since = {"document": DOCUMENT_VERSION, "media": MEDIA_VERSION, "model": MODEL_VERSION,
-                 "model_event": MODEL_VERSION}
+                 "model_event": MODEL_VERSION, "house": HOUSE_VERSION, "house_event": HOUSE_VERSION}
         tables = [t for t in COUNTED if version >= since.get(t, 1)]          # what this version has
         counts = {t: int(self._rows(f"SELECT COUNT(*) FROM {q(t)}")[0][0]) for t in tables} if version else {}
         return {"backend": self.backend, "url": self.display_url, "crs": self.crs, "version": version,

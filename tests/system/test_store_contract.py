@@ -117,7 +117,7 @@ def test_migrate_is_idempotent_and_status_counts_every_table(store):
     st = store.status()
     assert st["version"] == st["latest_version"]
     assert set(st["counts"]) == {"flight", "detection", "parcel", "zone", "cases", "case_event", "evidence",
-                                 "document", "media", "model", "model_event"}
+                                 "document", "media", "model", "model_event", "house", "house_event"}
     assert all(n == 0 for n in st["counts"].values())
     store.import_parcels(_parcels())
     assert store.status()["counts"]["parcel"] == 3
@@ -443,7 +443,8 @@ def test_a_version_3_store_upgrades_to_documents_keeping_its_cases(backend, requ
     monkeypatch.setattr(cls, "MIGRATIONS", full)
     new = open_store(url, CRS, case_prefix="LW")
     try:
-        assert new.status()["version"] == len(full) == 9 and new.status()["counts"]["document"] == 0
+        assert new.status()["version"] == len(full) == 10 and new.status()["counts"]["document"] == 0
+        assert new.status()["counts"]["house"] == 0 == new.status()["counts"]["house_event"]
         assert new.status()["counts"]["media"] == 0 == new.status()["counts"]["model"]
         c = new.cases().set_index("case_no").loc["LW2025-000007"]
         assert c["status"] == "ordered" and c["party"] == "李四" and c["case_uuid"] == "u-7"
