@@ -7,11 +7,11 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline.core.errors import ConfigError, InputError
+from pipeline.core.errors import InputError
 from pipeline.core.values import is_missing
+from pipeline.core.yaml_files import read_model
 
 #: register columns that are not form fields (pipeline/report/register.py fills them)
 REGISTER_FIELDS: dict[str, str] = {
@@ -162,20 +162,6 @@ class Census(_M):
 
 def load_census(path: str | Path) -> Census:
     """Read and validate config/census.yaml (ConfigError naming the file and the key)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"census file {path} not found; set census_file in the config to an existing file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError:
-        raise ConfigError(f"census file {path} is not valid YAML; fix its syntax") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"census file {path} is not UTF-8 text; save it as UTF-8 and try again") from None
-    try:
-        census = Census(**data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"]) or "(top)"
-        raise ConfigError(f"census file {path}: '{loc}' {err['msg'].lower()}; fix it in the file") from None
-    census.source = path
+    census = read_model(path, Census, "census file", "census_file")
+    census.source = Path(path).expanduser()
     return census

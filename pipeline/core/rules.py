@@ -8,10 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline.core.errors import ConfigError
+from pipeline.core.yaml_files import read_model
 
 RULE_IDS = ("illegal_construction", "illegal_land_use", "over_approval", "storey_added", "over_floors")
 RuleId = Literal["illegal_construction", "illegal_land_use", "over_approval", "storey_added", "over_floors"]
@@ -173,22 +172,8 @@ class Rules(_M):
 
 def load_rules(path: str | Path) -> Rules:
     """Read and validate config/rules.yaml (ConfigError naming the file and the key)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"rules file {path} not found; set rules_file in the config to an existing file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError:
-        raise ConfigError(f"rules file {path} is not valid YAML; fix its syntax") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"rules file {path} is not UTF-8 text; save it as UTF-8 and try again") from None
-    try:
-        rules = Rules(**data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"]) or "(top)"
-        raise ConfigError(f"rules file {path}: '{loc}' {err['msg'].lower()}; fix it in the file") from None
-    rules.source = path
+    rules = read_model(path, Rules, "rules file", "rules_file")
+    rules.source = Path(path).expanduser()
     return rules
 
 
