@@ -88,8 +88,10 @@ def _storeys(detection: pd.Series, parcel: dict) -> tuple[Any, Any]:
 
 
 def update_register(houses: gpd.GeoDataFrame | None, detections: gpd.GeoDataFrame, flight: dict,
-                    parcels: gpd.GeoDataFrame, tracking, numbers: Numbers, now=None) -> RegisterResult:
-    """The register after one flight (``flight``: its id, captured_at and corrected footprint)."""
+                    parcels: gpd.GeoDataFrame, tracking, numbers: Numbers, now=None,
+                    add_only: bool = False) -> RegisterResult:
+    """The register after one flight (``flight``: its id, captured_at and corrected footprint).
+    ``add_only``: a house found by hand or on the ground — new records only, those it matches untouched."""
     at = at_time(now)
     seen_at = at_time(flight.get("captured_at")) if flight.get("captured_at") is not None else at
     fid = flight["flight_id"]
@@ -101,7 +103,7 @@ def update_register(houses: gpd.GeoDataFrame | None, detections: gpd.GeoDataFram
     hg = np.asarray(houses.geometry.values)
     assigned = assign_pairs(match_pairs(dg, hg, tracking.match_iou, tracking.centroid_m))  # detection -> house
     changed, events = [], []
-    for d, h in assigned.items():
+    for d, h in ({} if add_only else assigned).items():
         rec = houses.iloc[h].to_dict()
         det = mine.iloc[d]
         flights = list(rec.get("flights") or [])
@@ -143,6 +145,33 @@ def update_register(houses: gpd.GeoDataFrame | None, detections: gpd.GeoDataFram
         gone += 1
     out = gpd.GeoDataFrame(changed, geometry="geometry", crs=crs) if changed else empty_houses(crs)
     return RegisterResult(out, events, len(new), gone)
+
+
+def register_structures(store, settings, detections: gpd.GeoDataFrame, flight: dict, bbox, now=None,
+                        add_only: bool = False) -> RegisterResult:
+    """``update_register`` on the store's records around ``bbox``, written with its history, and the
+    cases and houses there linked (inside the caller's transaction)."""
+    result = update_register(store.houses(bbox), detections, flight, store.parcels(bbox), settings.tracking,
+                             house_numbers(store.next_sequence), now, add_only)
+    store.save_houses(result.houses)
+    store.append_house_events(result.events)
+    link_houses(store, bbox)
+    return result
+
+
+def link_houses(store, bbox) -> None:
+    """Point the cases and the register records of the same houses in ``bbox`` at each other;
+    links already right are not rewritten."""
+    houses, cases = store.houses(bbox), store.cases(bbox)
+    case_to_house, house_to_case = link_cases(houses, cases)
+    stale_cases = [(c, case_to_house[c]) for c, h in zip(cases["case_no"], cases["house_no"])
+                   if c in case_to_house and h != case_to_house[c]]
+    stale_houses = [(h, house_to_case[h]) for h, c in zip(houses["house_no"], houses["case_no"])
+                    if h in house_to_case and c != house_to_case[h]]
+    if stale_cases:
+        store.save_cases(pd.DataFrame(stale_cases, columns=["case_no", "house_no"]))
+    if stale_houses:
+        store.save_houses(pd.DataFrame(stale_houses, columns=["house_no", "case_no"]))
 
 
 def link_cases(houses: gpd.GeoDataFrame, cases: gpd.GeoDataFrame) -> tuple[dict[str, str], dict[str, str]]:

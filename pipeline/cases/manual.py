@@ -16,6 +16,7 @@ from shapely.geometry import shape
 
 from pipeline.cases.casework import add_note, check_note
 from pipeline.cases.change import prior_coverage
+from pipeline.cases.houses import register_structures
 from pipeline.cases.match import find_violations
 from pipeline.cases.track import track_flight, transition
 from pipeline.core.errors import InputError
@@ -87,6 +88,8 @@ def report_from_ground(store, settings, lon: float, lat: float, actor: str, note
                              "recorded — tell the officer in charge of this place",
                              zh="此处已有其他人员负责的案件，本次上报未登记，请联系该处负责人员")
         add_note(store, case_no, f"地面巡查上报（{actor}）：{note.strip()}", actor, at)
+        register_structures(store, settings, det.assign(source=GROUND_SOURCE), {**report, "captured_at": at},
+                            bbox, at, add_only=True)
     case = store.cases().set_index("case_no").loc[case_no]
     return jsonable({"case_no": case_no, "new": bool(result.new_case_count), "status": case["status"],
                      "category": case["category"], "rules": list(case["rules"] or []), "source": case["source"],
@@ -191,6 +194,7 @@ def add_manual_case(store, settings, flight_id: str, outline, actor: str, note: 
         store.save_cases(case)
         store.append_events(events)
         add_note(store, case_no, f"人工补录漏检结构（{actor}）{'：' + note.strip() if note.strip() else ''}", actor, at)
+        register_structures(store, settings, det.assign(source=MANUAL_SOURCE), report, bbox, at, add_only=True)
     out = store.cases().set_index("case_no").loc[case_no]
     return {"case_no": case_no, "status": out["status"], "rules": list(out["rules"] or []),
             "area_m2": round(float(outline.area), 1)}

@@ -21,7 +21,6 @@ from datetime import datetime
 from pathlib import Path
 
 import geopandas as gpd
-import pandas as pd
 
 from pipeline.cases.casework import note_events
 from pipeline.cases.change import (
@@ -31,7 +30,7 @@ from pipeline.cases.change import (
     flight_shift,
     prior_coverage,
 )
-from pipeline.cases.houses import house_numbers, link_cases, update_register
+from pipeline.cases.houses import register_structures
 from pipeline.cases.manual import MANUAL_SOURCE
 from pipeline.cases.match import find_violations
 from pipeline.cases.track import track_flight
@@ -129,30 +128,11 @@ def commit_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, m
             cases.loc[mine, "model_version"] = model_version
             store.save_cases(cases)
         store.append_events(events)
-        register = update_register(store.houses(bbox), detections, {**flight, "footprint": footprint},
-                                   store.parcels(bbox), settings.tracking, house_numbers(store.next_sequence), now)
-        store.save_houses(register.houses)
-        store.append_house_events(register.events)
-        link_houses(store, bbox)
+        register = register_structures(store, settings, detections, {**flight, "footprint": footprint}, bbox, now)
         store.upsert_flight({"flight_id": flight_id, "registration": check.registration.as_dict()})
         store.set_flight_status(flight_id, "done", model_version=model_version)
     return FlightResult(flight_id, len(detections), len(findings), result.new_case_count, len(result.events),
                         heights=heights, houses_new=register.new, houses_gone=register.gone)
-
-
-def link_houses(store, bbox) -> None:
-    """Point the cases and the register records of the same houses in ``bbox`` at each other
-    (inside the caller's transaction); links already right are not rewritten."""
-    houses, cases = store.houses(bbox), store.cases(bbox)
-    case_to_house, house_to_case = link_cases(houses, cases)
-    stale_cases = [(c, case_to_house[c]) for c, h in zip(cases["case_no"], cases["house_no"])
-                   if c in case_to_house and h != case_to_house[c]]
-    stale_houses = [(h, house_to_case[h]) for h, c in zip(houses["house_no"], houses["case_no"])
-                    if h in house_to_case and c != house_to_case[h]]
-    if stale_cases:
-        store.save_cases(pd.DataFrame(stale_cases, columns=["case_no", "house_no"]))
-    if stale_houses:
-        store.save_houses(pd.DataFrame(stale_houses, columns=["house_no", "case_no"]))
 
 
 def fail_flight(store, flight_id: str, error: BaseException | str) -> str:

@@ -463,6 +463,8 @@ def test_ground_report_from_the_page_and_the_api(svc):
     c = svc.store.cases().set_index("case_no").loc[no]
     assert c["source"] == "ground_patrol" and "illegal_land_use" in c["rules"]
     assert len(svc.store.media(no)) == 1
+    house = svc.store.houses().set_index("house_no").loc[c["house_no"]]     # a house found on the ground: registered
+    assert house["source"] == "ground_patrol" and house["case_no"] == no and house["status"] == "registered"
     adm, _ = _session(svc.app, "adm")
     case_page = adm.get(f"/cases/{no}").text
     assert "占用受保护土地" in case_page and "地面巡查上报（pat）：耕地上建房" in case_page
@@ -962,6 +964,13 @@ def test_drawing_refusals_are_one_chinese_line_and_store_nothing(svc):
         assert zh in body["detail_zh"] and "\n" not in body["detail"], body
     assert len(store.cases()) == before_cases and len(store.events()) == before_events
     assert store.cases().set_index("case_no").loc[svc.case].geometry.equals(case.geometry)
+    # drawn where the officer works: a case, and a house of the 自建房台账 pointing at it
+    houses = len(store.houses())
+    r = c.post("/api/structures", json={"geometry": to_gj(_free_spot(store, flights, centre))}, headers=off)
+    assert r.status_code == 201, r.text
+    drawn = store.houses().set_index("house_no")
+    assert len(drawn) == houses + 1 and (drawn["source"] == "manual").sum() == 1
+    assert drawn.loc[drawn["source"] == "manual", "case_no"].iloc[0] == r.json()["case_no"]
 
 
 # ---------------------------------------------------------------- the 自建房 census
