@@ -102,19 +102,15 @@ def choose(model_path: str | Path, imgsz: int, runtime: str, threads: int, load:
 
 
 def measure(model: Any, imgsz: int, runtime: str, threads: int) -> Trial:
-    """Seconds per tile of the model alone: warmed on one tile, then the best of two batches of a
-    few textured tiles."""
+    """Seconds per tile of the model alone: warmed on one tile, then one batch of a few textured tiles."""
     rng = np.random.default_rng(0)
     base = rng.integers(60, 200, (imgsz // 8, imgsz // 8, 3), dtype=np.uint8)
     tiles = [np.ascontiguousarray(np.roll(base.repeat(8, 0).repeat(8, 1), k * 37, axis=1))
              for k in range(SAMPLE_TILES)]
     model.predict(tiles[:1], imgsz, 0.25, 0.5)
-    best = float("inf")
-    for _ in range(2):
-        t0 = time.perf_counter()
-        model.predict(tiles, imgsz, 0.25, 0.5)
-        best = min(best, (time.perf_counter() - t0) / len(tiles))
-    return Trial(runtime, threads, best)
+    t0 = time.perf_counter()
+    model.predict(tiles, imgsz, 0.25, 0.5)
+    return Trial(runtime, threads, (time.perf_counter() - t0) / len(tiles))
 
 
 def best_of(trials: tuple[Trial, ...], measured: str) -> Choice:
