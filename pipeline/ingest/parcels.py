@@ -43,6 +43,10 @@ _CPG = {"936": "gb18030", "cp936": "gb18030", "gbk": "gb18030", "gb2312": "gb180
         "utf8": "utf-8", "1252": "cp1252", "cp1252": "cp1252", "iso-8859-1": "latin-1",
         "iso88591": "latin-1", "88591": "latin-1", "latin1": "latin-1", "ansi 1252": "cp1252"}
 _SINGLE_BYTE = ("cp1252", "latin-1")
+#: bounds of a vector import, checked before and right after reading (a county's 三调 layer holds
+#: some 10⁵ polygons of a few hundred corners; a hostile file a million slivers or one huge ring)
+MAX_FEATURES = 300_000
+MAX_VERTICES = 30_000_000
 
 
 def read_parcels(path: str | Path, layer: str | None = None, *, store_crs: str) -> gpd.GeoDataFrame:
@@ -112,6 +116,14 @@ def _read(path: Path, layer: str | None, wanted: str, store_crs: str) -> tuple[g
         raise InputError(f"{path} has no layer '{layer}' (it has {', '.join(layers)}); "
                          f"pick one with --layer NAME")
     where = f"{path}" + (f" layer {layer}" if len(layers) > 1 else "")
+    try:
+        count = int(pyogrio.read_info(path, layer=layer).get("features") or 0)
+    except Exception:
+        count = 0                                         # unknown: the read below says what is wrong
+    if count > MAX_FEATURES:
+        raise InputError(f"{where} holds {count:,} features, more than the {MAX_FEATURES:,} an import takes; "
+                         f"split it by town or clip it to the district",
+                         zh=f"{path.name} 含 {count:,} 个要素，超过单次导入上限 {MAX_FEATURES:,}，请按乡镇拆分或裁剪到本辖区")
     encoding = _shapefile_encoding(path) if path.suffix.lower() == ".shp" else None
     try:
         gdf = pyogrio.read_dataframe(path, layer=layer, encoding=encoding, force_2d=True,
@@ -125,6 +137,16 @@ def _read(path: Path, layer: str | None, wanted: str, store_crs: str) -> tuple[g
         hint = " (the .prj file is missing)" if path.suffix.lower() == ".shp" else ""
         raise InputError(f"{where} has no CRS{hint}; define it (e.g. in QGIS: Assign Projection) "
                          f"and import again")
+    geoms = gdf.geometry.values
+    vertices = int(shapely.get_num_coordinates(geoms).sum())
+    if vertices > MAX_VERTICES:
+        raise InputError(f"{where} holds {vertices:,} vertices, more than the {MAX_VERTICES:,} an import takes; "
+                         f"simplify the outlines or split the file",
+                         zh=f"{path.name} 的边界点共 {vertices:,} 个，超过导入上限 {MAX_VERTICES:,}，请简化边界或拆分文件")
+    if not np.isfinite(shapely.get_coordinates(geoms)).all():
+        raise InputError(f"{where} has coordinates that are not finite numbers (inf / NaN); repair the geometries "
+                         f"in QGIS and import again",
+                         zh=f"{path.name} 含无效坐标（无穷大或非数字），请在 QGIS 中修复几何后重新导入")
     check_gauss_kruger(gdf, where)
     _check_text(gdf, where)
     return gdf, where
