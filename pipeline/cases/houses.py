@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from pipeline.cases.track import assign_pairs, at_time, covered_by, match_pairs
+from pipeline.cases.track import SYSTEM_ACTOR, assign_pairs, at_time, covered_by, match_pairs
 from pipeline.core.census import Census
 from pipeline.core.errors import InputError, TransitionError
 from pipeline.core.values import is_missing
@@ -28,7 +28,6 @@ from pipeline.store.schema import HOUSE
 #: detector classes that are houses (a shed, a site or a greenhouse is not a 栋 of the census)
 HOUSE_CLASSES = ("building",)
 HOUSE_PREFIX = "ZJ"
-SYSTEM_ACTOR = "system"
 #: a record the flight covers by this share of its outline was looked at by the flight
 COVERED_SHARE = 0.9
 #: a case and a house are the same structure when they overlap this much (IoU)
@@ -148,10 +147,12 @@ def update_register(houses: gpd.GeoDataFrame | None, detections: gpd.GeoDataFram
 
 
 def register_structures(store, settings, detections: gpd.GeoDataFrame, flight: dict, bbox, now=None,
-                        add_only: bool = False) -> RegisterResult:
-    """``update_register`` on the store's records around ``bbox``, written with its history, and the
-    cases and houses there linked (inside the caller's transaction)."""
-    result = update_register(store.houses(bbox), detections, flight, store.parcels(bbox), settings.tracking,
+                        add_only: bool = False, parcels: gpd.GeoDataFrame | None = None) -> RegisterResult:
+    """``update_register`` on the store's records around ``bbox`` (``parcels``: those of ``bbox``
+    when the caller has read them), written with its history, and the cases and houses there
+    linked (inside the caller's transaction)."""
+    parcels = store.parcels(bbox) if parcels is None else parcels
+    result = update_register(store.houses(bbox), detections, flight, parcels, settings.tracking,
                              house_numbers(store.next_sequence), now, add_only)
     store.save_houses(result.houses)
     store.append_house_events(result.events)

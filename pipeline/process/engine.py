@@ -111,7 +111,8 @@ def commit_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, m
         kept = ["class_name", "confidence", "area_m2", "geometry"] + \
             [c for c in ("height_m", "floors_est", "source") if c in detections.columns]
         store.replace_detections(flight_id, detections[kept].assign(model_version=model_version))
-        findings = find_violations(detections, store.parcels(bbox), store.zones(bbox), rules)
+        parcels = store.parcels(bbox)
+        findings = find_violations(detections, parcels, store.zones(bbox), rules)
         result = track_flight(store.cases(bbox), findings, detections, {**flight, "footprint": footprint},
                               settings.tracking, rules, now, prior_coverage=prior_coverage(store, flight),
                               allocate=store.allocate_case_numbers, prefix=store.case_prefix,
@@ -128,7 +129,8 @@ def commit_flight(store, flight: dict, detections: gpd.GeoDataFrame, settings, m
             cases.loc[mine, "model_version"] = model_version
             store.save_cases(cases)
         store.append_events(events)
-        register = register_structures(store, settings, detections, {**flight, "footprint": footprint}, bbox, now)
+        register = register_structures(store, settings, detections, {**flight, "footprint": footprint}, bbox, now,
+                                       parcels=parcels)
         store.upsert_flight({"flight_id": flight_id, "registration": check.registration.as_dict()})
         store.set_flight_status(flight_id, "done", model_version=model_version)
     return FlightResult(flight_id, len(detections), len(findings), result.new_case_count, len(result.events),

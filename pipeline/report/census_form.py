@@ -22,13 +22,7 @@ FIELDS = ("authority", "district", "title", "doc_no", "issued_at", "issued_date"
 
 
 def _value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "是" if v else "否"
-    if v is None or (not isinstance(v, str) and pd.isna(v)):
-        return ""
-    if isinstance(v, pd.Timestamp):
-        return text(v.date()) if v == v.normalize() else text(v)
-    return str(v)
+    return ("是" if v else "否") if isinstance(v, bool) else text(v)
 
 
 def form_fields(store, settings, house_no: str, now: datetime | None = None) -> dict[str, Any]:

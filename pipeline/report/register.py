@@ -9,7 +9,7 @@ import geopandas as gpd
 import pandas as pd
 
 from pipeline.core.geo import to_wgs84_points
-from pipeline.report.common import text
+from pipeline.report.common import missing, text
 
 
 def _cell(v: Any) -> Any:
@@ -17,10 +17,10 @@ def _cell(v: Any) -> Any:
         return "是" if v else "否"
     if isinstance(v, (list, tuple)):
         return "、".join(map(str, v))
-    if v is None or (not isinstance(v, (str, dict)) and pd.isna(v)):
+    if missing(v):
         return None
     if isinstance(v, pd.Timestamp):
-        return text(v.date()) if v == v.normalize() else text(v)
+        return text(v)
     return v.item() if hasattr(v, "item") else v
 
 

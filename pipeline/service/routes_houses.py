@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import pandas as pd
@@ -18,6 +17,7 @@ from starlette.background import BackgroundTask
 from pipeline.cases.houses import inspect_house, set_house_status
 from pipeline.core import accounts
 from pipeline.core.geo import navigation_links, to_wgs84_points
+from pipeline.report.common import text
 from pipeline.report.register import write_register_xlsx
 from pipeline.service.context import Auth, HTTPProblem, Service, officer, service
 
@@ -26,15 +26,6 @@ api = APIRouter(prefix="/api", tags=["houses"])
 
 #: the census tab's order: what waits for the officer first
 QUEUE_ORDER = ("registered", "hazard", "rectifying", "rectified", "safe", "closed")
-
-
-def _text(v: Any) -> str:
-    return "" if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v)
-
-
-def _day(v: Any) -> str:
-    text = str(v) if v is not None else ""
-    return "" if text in ("", "NaT", "None", "nan") else text[:10]
 
 
 def scoped_houses(svc: Service, user: accounts.User, **filters):
@@ -58,11 +49,11 @@ def summaries(svc: Service, houses) -> list[dict]:
     points = to_wgs84_points(houses, houses.crs)
     rows = []
     for (lon, lat), h in zip(points, houses.to_dict("records")):
-        rows.append({"house_no": h["house_no"], "town": _text(h["town"]), "village": _text(h["village"]),
-                     "owner": _text(h["owner"]), "status": h["status"], "status_label": life.label(h["status"]),
-                     "hazard": _text(h["hazard"]), "deadline": _day(h["deadline"]), "assignee": _text(h["assignee"]),
+        rows.append({"house_no": h["house_no"], "town": text(h["town"]), "village": text(h["village"]),
+                     "owner": text(h["owner"]), "status": h["status"], "status_label": life.label(h["status"]),
+                     "hazard": text(h["hazard"]), "deadline": text(h["deadline"]), "assignee": text(h["assignee"]),
                      "floors": None if pd.isna(h["floors"]) else int(h["floors"]),
-                     "area_m2": round(float(h["area_m2"]), 1), "case_no": _text(h["case_no"]),
+                     "area_m2": round(float(h["area_m2"]), 1), "case_no": text(h["case_no"]),
                      "gone": isinstance(h["gone_flight"], str) and bool(h["gone_flight"]),
                      "lon": round(float(lon), 7), "lat": round(float(lat), 7),
                      "nav": navigation_links(lon, lat, h["house_no"])})
@@ -80,8 +71,8 @@ def detail(svc: Service, user: accounts.User, house_no: str) -> dict:
             "form": [{"key": f.key, "label": f.label, "kind": f.kind, "values": f.values, "required": f.required,
                       "min": f.min, "max": f.max, "value": facts.get(f.key, "")} for f in census.fields],
             "measures": list(h["measures"] or []), "measure_choices": census.measures,
-            "inspected_on": _day(h["inspected_on"]), "rectified_on": _day(h["rectified_on"]),
-            "closed_on": _day(h["closed_on"]), "allowed": census.lifecycle.allowed(h["status"]),
+            "inspected_on": text(h["inspected_on"]), "rectified_on": text(h["rectified_on"]),
+            "closed_on": text(h["closed_on"]), "allowed": census.lifecycle.allowed(h["status"]),
             "steps": [{"to": s, "label": census.lifecycle.label(s)} for s in census.lifecycle.allowed(h["status"])
                       if s not in ("safe", "hazard")],
             "history": [{"at": str(e.at)[:16], "actor": e.actor or "", "step": census.lifecycle.label(e.to_status)
